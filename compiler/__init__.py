@@ -1,0 +1,1 @@
+"""The nnd compiler: parsing, checking, lowering to IR, graph passes and autodiff."""
