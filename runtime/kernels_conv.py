@@ -1,0 +1,241 @@
+"""Kernels for convolution, pooling and batch normalization (NHWC activations, HWIO kernels).
+
+Everything is written against `ctx.xp` (numpy or cupy):
+
+* convolution is im2col over a strided window view of the padded input followed by one GEMM;
+* its input gradient is one GEMM followed by col2im, which adds one strided slice per kernel offset
+  (kh * kw vectorized adds);
+* its filter gradient is one GEMM against the same window view;
+* pooling reduces over the per-offset strided slices of the padded input, and its gradients scatter
+  back with the same per-offset strided adds. Max pooling sends each window's gradient to the first
+  maximum in row-major order (argmax over the flattened window), as PyTorch and XLA do.
+"""
+from __future__ import annotations
+
+from nnd.compiler.ops.conv import conv_params, pool_params, window_output_size
+from nnd.runtime.kernel_table import kernel
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _pad(xp, x, padding, value):
+    (top, bottom), (left, right) = padding
+    if top == bottom == left == right == 0:
+        return x
+    return xp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), mode="constant", constant_values=value)
+
+
+def _out_hw(hw, k, padding, strides, dilation=(1, 1)):
+    return tuple(window_output_size(hw[a], padding[a], k[a], strides[a], dilation[a]) for a in (0, 1))
+
+
+def _windows(xp, xpad, out_hw, k, strides, dilation, channels_last=True):
+    """A read-only strided view of every window of `xpad` [N, Hp, Wp, C].
+
+    channels_last: shape [N, Ho, Wo, kh, kw, C] (im2col rows in HWIO order); otherwise
+    [N, Ho, Wo, C, kh, kw] (each window contiguous in row-major order once copied).
+    """
+    n, _, _, c = xpad.shape
+    sn, sh, sw, sc = xpad.strides
+    (ho, wo), (kh, kw) = out_hw, k
+    (st_h, st_w), (dh, dw) = strides, dilation
+    if channels_last:
+        shape = (n, ho, wo, kh, kw, c)
+        steps = (sn, sh * st_h, sw * st_w, sh * dh, sw * dw, sc)
+    else:
+        shape = (n, ho, wo, c, kh, kw)
+        steps = (sn, sh * st_h, sw * st_w, sc, sh * dh, sw * dw)
+    return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=steps)
+
+
+def _offset_slice(i, j, out_hw, strides, dilation=(1, 1)):
+    """The cells of the padded input that kernel offset (i, j) touches, one per output position."""
+    (ho, wo), (st_h, st_w), (dh, dw) = out_hw, strides, dilation
+    r0, c0 = i * dh, j * dw
+    return (slice(None), slice(r0, r0 + st_h * (ho - 1) + 1, st_h), slice(c0, c0 + st_w * (wo - 1) + 1, st_w),
+            slice(None))
+
+
+def _crop(xp, xpad, padding, hw):
+    (top, _), (left, _) = padding
+    return xp.ascontiguousarray(xpad[:, top:top + hw[0], left:left + hw[1], :])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Convolution
+
+
+@kernel("conv2d")
+def conv2d(ctx, attrs, x, w):
+    xp = ctx.xp
+    p = conv_params(attrs)
+    kh, kw, c, f = w.shape
+    n, h, wd, _ = x.shape
+    out_hw = _out_hw((h, wd), (kh, kw), p.padding, p.strides, p.dilation)
+    cols = _windows(xp, _pad(xp, x, p.padding, 0), out_hw, (kh, kw), p.strides, p.dilation)
+    out = xp.matmul(cols.reshape(n * out_hw[0] * out_hw[1], kh * kw * c), w.reshape(kh * kw * c, f))
+    return out.reshape(n, out_hw[0], out_hw[1], f)
+
+
+@kernel("conv2d_grad_input")
+def conv2d_grad_input(ctx, attrs, dy, w):
+    xp = ctx.xp
+    p = conv_params(attrs, "conv2d_grad_input")
+    h, wd = attrs["input_hw"]
+    kh, kw, c, f = w.shape
+    n, ho, wo, _ = dy.shape
+    (top, bottom), (left, right) = p.padding
+    dcols = xp.matmul(dy.reshape(n * ho * wo, f), w.reshape(kh * kw * c, f).T).reshape(n, ho, wo, kh, kw, c)
+    dxpad = xp.zeros((n, h + top + bottom, wd + left + right, c), dtype=dcols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxpad[_offset_slice(i, j, (ho, wo), p.strides, p.dilation)] += dcols[:, :, :, i, j, :]
+    return _crop(xp, dxpad, p.padding, (h, wd))
+
+
+@kernel("conv2d_grad_filter")
+def conv2d_grad_filter(ctx, attrs, x, dy):
+    xp = ctx.xp
+    p = conv_params(attrs, "conv2d_grad_filter")
+    kh, kw = attrs["kernel_hw"]
+    n, _, _, c = x.shape
+    _, ho, wo, f = dy.shape
+    cols = _windows(xp, _pad(xp, x, p.padding, 0), (ho, wo), (kh, kw), p.strides, p.dilation)
+    dw = xp.matmul(cols.reshape(n * ho * wo, kh * kw * c).T, dy.reshape(n * ho * wo, f))
+    return dw.reshape(kh, kw, c, f)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pooling
+
+
+def _pool_geometry(attrs, shape, op):
+    p = pool_params(attrs, op)
+    return p, _out_hw((shape[1], shape[2]), p.pool, p.padding, p.strides)
+
+
+@kernel("maxpool2d")
+def maxpool2d(ctx, attrs, x):
+    xp = ctx.xp
+    p, out_hw = _pool_geometry(attrs, x.shape, "maxpool2d")
+    xpad = _pad(xp, x, p.padding, -xp.inf)
+    out = None
+    for i in range(p.pool[0]):
+        for j in range(p.pool[1]):
+            cells = xpad[_offset_slice(i, j, out_hw, p.strides)]
+            if out is None:
+                out = cells.copy()
+            else:
+                xp.maximum(out, cells, out=out)
+    return out
+
+
+@kernel("maxpool2d_grad")
+def maxpool2d_grad(ctx, attrs, dy, x):
+    xp = ctx.xp
+    p, out_hw = _pool_geometry(attrs, x.shape, "maxpool2d_grad")
+    (ph, pw), (top, bottom), (left, right) = p.pool, *p.padding
+    n, h, wd, c = x.shape
+    xpad = _pad(xp, x, p.padding, -xp.inf)
+    windows = _windows(xp, xpad, out_hw, p.pool, p.strides, (1, 1), channels_last=False)
+    # argmax returns the first maximum of the row-major flattened window
+    winner = xp.argmax(windows.reshape(n, out_hw[0], out_hw[1], c, ph * pw), axis=-1)
+    dxpad = xp.zeros((n, h + top + bottom, wd + left + right, c), dtype=dy.dtype)
+    zero = xp.zeros((), dtype=dy.dtype)
+    for i in range(ph):
+        for j in range(pw):
+            dxpad[_offset_slice(i, j, out_hw, p.strides)] += xp.where(winner == i * pw + j, dy, zero)
+    return _crop(xp, dxpad, p.padding, (h, wd))
+
+
+def _avg_divisor(xp, p, hw, out_hw, dtype):
+    """What each window's sum is divided by: the window size, or (count_pad=False) its unpadded cells."""
+    if p.count_pad:
+        return dtype.type(p.pool[0] * p.pool[1])
+    counts = []
+    for axis in (0, 1):
+        start = xp.arange(out_hw[axis]) * p.strides[axis] - p.padding[axis][0]
+        end = xp.minimum(start + p.pool[axis], hw[axis])
+        counts.append(end - xp.maximum(start, 0))
+    return (counts[0][:, None] * counts[1][None, :]).astype(dtype)[:, :, None]
+
+
+@kernel("avgpool2d")
+def avgpool2d(ctx, attrs, x):
+    xp = ctx.xp
+    p, out_hw = _pool_geometry(attrs, x.shape, "avgpool2d")
+    xpad = _pad(xp, x, p.padding, 0)
+    total = None
+    for i in range(p.pool[0]):
+        for j in range(p.pool[1]):
+            cells = xpad[_offset_slice(i, j, out_hw, p.strides)]
+            if total is None:
+                total = cells.copy()
+            else:
+                total += cells
+    return total / _avg_divisor(xp, p, x.shape[1:3], out_hw, x.dtype)
+
+
+@kernel("avgpool2d_grad")
+def avgpool2d_grad(ctx, attrs, dy):
+    xp = ctx.xp
+    h, wd = attrs["input_hw"]
+    n, ho, wo, c = dy.shape
+    p = pool_params(attrs, "avgpool2d_grad")
+    (top, bottom), (left, right) = p.padding
+    share = dy / _avg_divisor(xp, p, (h, wd), (ho, wo), dy.dtype)
+    dxpad = xp.zeros((n, h + top + bottom, wd + left + right, c), dtype=dy.dtype)
+    for i in range(p.pool[0]):
+        for j in range(p.pool[1]):
+            dxpad[_offset_slice(i, j, (ho, wo), p.strides)] += share
+    return _crop(xp, dxpad, p.padding, (h, wd))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batch normalization: statistics over every axis but the last, biased variance
+
+
+def _reduce_axes(x):
+    return tuple(range(x.ndim - 1))
+
+
+@kernel("batchnorm_train")
+def batchnorm_train(ctx, attrs, x, gamma, beta):
+    xp = ctx.xp
+    axes = _reduce_axes(x)
+    mean = x.mean(axis=axes)
+    centered = x - mean
+    var = xp.mean(centered * centered, axis=axes)
+    inv = 1 / xp.sqrt(var + x.dtype.type(attrs["epsilon"]))
+    return centered * (gamma * inv) + beta, mean, var
+
+
+@kernel("batchnorm_train_grad")
+def batchnorm_train_grad(ctx, attrs, dy, x, gamma, mean, var):
+    xp = ctx.xp
+    axes = _reduce_axes(x)
+    count = x.size // x.shape[-1]
+    inv = 1 / xp.sqrt(var + x.dtype.type(attrs["epsilon"]))
+    xhat = (x - mean) * inv
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * xhat).sum(axis=axes)
+    dx = (gamma * inv / count) * (count * dy - dbeta - xhat * dgamma)
+    return dx, dgamma, dbeta
+
+
+@kernel("batchnorm_infer")
+def batchnorm_infer(ctx, attrs, x, gamma, beta, moving_mean, moving_var):
+    xp = ctx.xp
+    scale = gamma / xp.sqrt(moving_var + x.dtype.type(attrs["epsilon"]))
+    return (x - moving_mean) * scale + beta
+
+
+@kernel("batchnorm_infer_grad")
+def batchnorm_infer_grad(ctx, attrs, dy, x, gamma, moving_mean, moving_var):
+    xp = ctx.xp
+    axes = _reduce_axes(x)
+    inv = 1 / xp.sqrt(moving_var + x.dtype.type(attrs["epsilon"]))
+    dgamma = (dy * ((x - moving_mean) * inv)).sum(axis=axes)
+    return dy * (gamma * inv), dgamma, dy.sum(axis=axes)
