@@ -320,7 +320,8 @@ def _describe_error(error: UnexpectedInput, source: SourceFile, lark_parser: Lar
     elif isinstance(error, UnexpectedEOF):
         expected = error.expected
     else:
-        span = Span(source.name, error.line, error.column, error.line, error.column) if error.line > 0 else None
+        line, column = getattr(error, "line", -1), getattr(error, "column", -1)
+        span = Span(source.name, line, column, line, column) if line > 0 and column > 0 else None
         return Diagnostic("syntax error", span)
     words = _expected_words(lark_parser, expected)
     message = "unexpected end of input" + (f", expected {_join(words)}" if words else "")
