@@ -1,0 +1,67 @@
+"""Backends: an array module (numpy or cupy) and the kernel table that runs on it."""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from nnd.compiler.diagnostics import NndError
+from nnd.runtime import kernels_basic, kernels_conv  # noqa: F401  (importing fills the kernel tables)
+from nnd.runtime.kernel_table import Kernel, kernels_for
+
+BACKENDS = ("numpy", "cupy")
+
+
+class Backend:
+    """`name`, the array module `xp` and the op -> kernel table for that backend."""
+
+    def __init__(self, name: str, xp: ModuleType):
+        self.name = name
+        self.xp = xp
+        self.kernels: dict[str, Kernel] = kernels_for(name)
+
+    def asarray(self, array: Any, dtype: Any = None):
+        """An array of this backend (copied to the device for cupy)."""
+        return self.xp.asarray(array, dtype=dtype)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        """A host (NumPy) copy or view of an array of this backend."""
+        if self.name == "cupy" and hasattr(array, "get"):
+            return array.get()
+        return np.asarray(array)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU); used to time kernels."""
+        if self.name == "cupy":
+            self.xp.cuda.Device().synchronize()
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
+
+
+_CACHE: dict[str, Backend] = {}
+
+
+def get_backend(name: str = "numpy") -> Backend:
+    if name in _CACHE:
+        return _CACHE[name]
+    if name == "numpy":
+        backend = Backend("numpy", np)
+    elif name == "cupy":
+        try:
+            import cupy
+        except ImportError:
+            raise NndError("the cupy backend needs CuPy: pip install 'nnd[gpu]'") from None
+        try:
+            available = cupy.is_available()
+        except Exception:  # a broken CUDA install reports itself here
+            available = False
+        if not available:
+            raise NndError("no CUDA device is available for the cupy backend "
+                           "(check the driver and CUDA_VISIBLE_DEVICES, or use --backend numpy)")
+        backend = Backend("cupy", cupy)
+    else:
+        raise NndError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
+    _CACHE[name] = backend
+    return backend

@@ -1,0 +1,243 @@
+"""Executes a graph: compiled once into a flat list of steps over numbered slots.
+
+Each step is (kernel, attrs, input slots, output slots, slots to free). A value's buffer is dropped right
+after its last use, so a long chain keeps only a few arrays alive; graph outputs and state updates are kept.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from nnd.compiler.diagnostics import Diagnostic, NndError
+from nnd.compiler.ir import Graph, Node, Value
+from nnd.compiler.tensor_type import FLOAT_DTYPES, NUMPY_DTYPES, TensorType, format_shape
+from nnd.runtime.backend import Backend, get_backend
+from nnd.runtime.kernel_table import KernelContext
+
+UPDATE_PREFIX = "update:"
+
+
+@dataclass
+class Step:
+    kernel: Callable[..., Any]
+    attrs: dict[str, Any]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    free: tuple[int, ...]
+    node: Node
+
+
+class Executor:
+    """Runs `graph` on a backend in one float dtype.
+
+    Float inputs and parameters are converted to `dtype`; kernels keep the dtype of their inputs, so the
+    whole graph runs in it (float64 for gradient checks). Stochastic kernels draw from `rng`, seeded from
+    `seed` and carried across runs; `rng_state` / `set_rng_state` save and restore it.
+    With `profile=True` each step's seconds accumulate in `step_seconds` (see `profile_by_op`).
+    """
+
+    def __init__(self, graph: Graph, backend: str | Backend = "numpy", dtype: Any = np.float32,
+                 seed: int = 0, profile: bool = False):
+        self.graph = graph
+        self.backend = get_backend(backend) if isinstance(backend, str) else backend
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise NndError(f"the executor runs in float32 or float64, not {self.dtype}")
+        self.rng = np.random.default_rng(seed)
+        self.ctx = KernelContext(self.backend.xp, self.rng, self.dtype.type)
+        self.profile = profile
+        self.peak_live_buffers = 0
+        self.runs = 0
+        self._compile()
+        self.step_seconds = [0.0] * len(self.steps)
+
+    # ------------------------------------------------------------------------------------ compilation
+
+    def _compile(self) -> None:
+        graph = self.graph
+        slots: dict[Value, int] = {}
+
+        def slot(value: Value) -> int:
+            if value not in slots:
+                slots[value] = len(slots)
+            return slots[value]
+
+        kept = list(graph.outputs.values()) + list(graph.state_updates.values())
+        needed = set(kept)
+        for node in graph.nodes:
+            needed.update(node.inputs)
+
+        self.input_slots: list[tuple[str, Value, int]] = []
+        for value in graph.inputs:
+            if value in needed:
+                self.input_slots.append((value.name, value, slot(value)))
+        self.param_slots: list[tuple[str, Value, int]] = []
+        for name, value in graph.params.items():
+            if value in needed:
+                self.param_slots.append((name, value, slot(value)))
+
+        last_use: dict[Value, int] = {}
+        for index, node in enumerate(graph.nodes):
+            for value in node.inputs:
+                last_use[value] = index
+        keep = set(kept)
+
+        self.steps: list[Step] = []
+        freed_at: dict[int, list[int]] = {}
+        for value, index in last_use.items():
+            if value not in keep:
+                freed_at.setdefault(index, []).append(slot(value))
+        for index, node in enumerate(graph.nodes):
+            for value in node.outputs:
+                if value not in last_use and value not in keep:
+                    freed_at.setdefault(index, []).append(slot(value))
+        for index, node in enumerate(graph.nodes):
+            self.steps.append(Step(self._kernel(node), node.attr_dict,
+                                   tuple(slot(v) for v in node.inputs),
+                                   tuple(slot(v) for v in node.outputs),
+                                   tuple(sorted(set(freed_at.get(index, ())))), node))
+        for value in kept:
+            if value not in slots:
+                raise NndError(f"graph {graph.name!r} outputs a value that no node, input or parameter makes")
+        self.output_slots = [(name, slots[v]) for name, v in graph.outputs.items()]
+        self.update_slots = [(UPDATE_PREFIX + name, slots[v]) for name, v in graph.state_updates.items()]
+        self.num_slots = len(slots)
+        self.slot_of = slots
+
+    def _kernel(self, node: Node) -> Callable[..., Any]:
+        kernel = self.backend.kernels.get(node.op)
+        if kernel is not None:
+            return kernel
+        if node.body is not None:
+            return self._body_kernel(node)
+        raise NndError(Diagnostic(f"the {self.backend.name} backend has no kernel for op '{node.op}'",
+                                  node.span))
+
+    def _body_kernel(self, node: Node) -> Callable[..., Any]:
+        """A fused node without a kernel of its own runs its body: body inputs take the node's inputs in
+        order and the body's outputs, in order, become the node's outputs."""
+        inner = Executor.__new__(Executor)
+        inner.graph, inner.backend, inner.dtype = node.body, self.backend, self.dtype
+        inner.rng, inner.ctx, inner.profile = self.rng, self.ctx, False
+        inner.peak_live_buffers, inner.runs = 0, 0
+        inner._compile()
+        inner.step_seconds = [0.0] * len(inner.steps)
+
+        def run_body(ctx, attrs, *args):
+            slots: list[Any] = [None] * inner.num_slots
+            for value, array in zip(inner.graph.inputs, args):
+                index = inner.slot_of.get(value)
+                if index is not None:
+                    slots[index] = array
+            inner._execute(slots)
+            results = tuple(slots[index] for _, index in inner.output_slots)
+            return results[0] if len(results) == 1 else results
+
+        if inner.param_slots:
+            raise NndError(f"fused node {node.op} has parameters in its body; pass them as inputs")
+        return run_body
+
+    # -------------------------------------------------------------------------------------- execution
+
+    def run(self, inputs: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every graph output by name, plus each state update under `update:<param name>`."""
+        params = params or {}
+        slots: list[Any] = [None] * self.num_slots
+        bindings: dict[str, int] = {}
+        for name, value, index in self.input_slots:
+            if name not in inputs:
+                raise NndError(f"missing input {name!r}: expected an array of shape "
+                               f"{format_shape(value.type.shape)} ({value.type.dtype})")
+            slots[index] = self._load("input", name, inputs[name], value.type, bindings)
+        for name, value, index in self.param_slots:
+            if name not in params:
+                raise NndError(f"missing parameter {name!r}: expected an array of shape "
+                               f"{format_shape(value.type.shape)} ({value.type.dtype})")
+            slots[index] = self._load("parameter", name, params[name], value.type, bindings)
+        self._execute(slots)
+        self.runs += 1
+        xp = self.backend.xp
+        result = {name: xp.asarray(slots[index]) for name, index in self.output_slots}
+        for name, index in self.update_slots:
+            result[name] = xp.asarray(slots[index])
+        return result
+
+    def _execute(self, slots: list[Any]) -> None:
+        ctx = self.ctx
+        live = sum(1 for s in slots if s is not None)
+        peak = live
+        profile = self.profile
+        for i, step in enumerate(self.steps):
+            args = [slots[j] for j in step.inputs]
+            if profile:
+                self.backend.synchronize()
+                start = time.perf_counter()
+            try:
+                result = step.kernel(ctx, step.attrs, *args)
+            except NndError:
+                raise
+            except Exception as exc:
+                exc.add_note(_describe(step.node, args))
+                raise
+            if profile:
+                self.backend.synchronize()
+                self.step_seconds[i] += time.perf_counter() - start
+            del args
+            if len(step.outputs) == 1:
+                slots[step.outputs[0]] = result
+            else:
+                for j, array in zip(step.outputs, result):
+                    slots[j] = array
+            live += len(step.outputs)
+            peak = max(peak, live)
+            for j in step.free:
+                if slots[j] is not None:
+                    slots[j] = None
+                    live -= 1
+        self.peak_live_buffers = peak
+
+    def _load(self, kind: str, name: str, array: Any, type: TensorType, bindings: dict[str, int]):
+        xp = self.backend.xp
+        dtype = self.dtype if type.dtype in FLOAT_DTYPES else np.dtype(NUMPY_DTYPES[type.dtype])
+        shape = tuple(getattr(array, "shape", np.shape(array)))
+        if len(shape) != type.rank or any(
+                _mismatch(have, want, bindings) for have, want in zip(shape, type.shape)):
+            bound = ", ".join(f"{k}={v}" for k, v in bindings.items())
+            raise NndError(f"{kind} {name!r} has shape {format_shape(shape)} but the graph expects "
+                           f"{format_shape(type.shape)}" + (f" (with {bound})" if bound else ""))
+        if getattr(array, "dtype", None) == dtype and isinstance(array, xp.ndarray):
+            return array
+        return xp.asarray(array, dtype=dtype)
+
+    # ---------------------------------------------------------------------------------------- state
+
+    def rng_state(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state
+
+    def profile_by_op(self) -> dict[str, float]:
+        """Seconds spent per op name over all profiled runs, largest first."""
+        totals: dict[str, float] = {}
+        for step, seconds in zip(self.steps, self.step_seconds):
+            totals[step.node.op] = totals.get(step.node.op, 0.0) + seconds
+        return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def _mismatch(have: int, want, bindings: dict[str, int]) -> bool:
+    if isinstance(want, str):
+        bound = bindings.setdefault(want, have)
+        return bound != have
+    return have != want
+
+
+def _describe(node: Node, args: list[Any]) -> str:
+    shapes = ", ".join(str(tuple(getattr(a, "shape", ()))) for a in args)
+    where = f" in layer {node.layer}" if node.layer else ""
+    if node.span is not None:
+        where += f" at {node.span}"
+    return f"while running {node.op}({shapes}){where}"
