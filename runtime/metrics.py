@@ -1,0 +1,239 @@
+"""Streaming metrics over batches: `update(pred, target)`, `result() -> float`, `reset()`.
+
+Each metric is a running mean over samples (for mae/mse and binary accuracy: over elements), so the result
+over an epoch equals the metric over the concatenated batches, as in Keras. `result()` is 0.0 before any
+update. Metrics work on NumPy arrays; CuPy arrays are accepted (the per-batch counts are moved to the host).
+
+`accuracy` picks its form from the shapes like Keras' 'accuracy' string:
+  pred last dim 1                                      -> binary_accuracy (threshold 0.5)
+  target rank < pred rank, or target last dim 1 < pred -> sparse_categorical_accuracy
+  otherwise                                            -> categorical_accuracy
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nnd.compiler.diagnostics import NndError, did_you_mean
+
+__all__ = ["Metric", "Accuracy", "SparseCategoricalAccuracy", "CategoricalAccuracy", "BinaryAccuracy",
+           "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError", "make_metric", "METRICS"]
+
+
+def _module(a: Any):
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return np
+    return cupy.get_array_module(a)
+
+
+class Metric:
+    name = "metric"
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def reset(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def result(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def update(self, pred: Any, target: Any) -> None:
+        pred, target = self._check(pred, target)
+        values = self._values(pred, target)
+        self.total += float(values.sum())
+        self.count += int(values.size)
+
+    def _values(self, pred, target):
+        raise NotImplementedError
+
+    def _check(self, pred, target):
+        if not hasattr(pred, "shape"):
+            pred = np.asarray(pred)
+        if not hasattr(target, "shape"):
+            target = np.asarray(target)
+        if pred.ndim == 0 or target.ndim == 0:
+            raise NndError(f"metric '{self.name}': predictions and targets need a batch dimension, got shapes "
+                           f"{tuple(pred.shape)} and {tuple(target.shape)}")
+        if pred.shape[0] != target.shape[0]:
+            raise NndError(f"metric '{self.name}': predictions have batch size {pred.shape[0]} {tuple(pred.shape)} "
+                           f"but targets have {target.shape[0]} {tuple(target.shape)}")
+        return pred, target
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(result={self.result():.6g}, count={self.count})"
+
+
+def _sparse_labels(metric: str, pred, target):
+    """Integer class ids of shape (batch, ...) matching pred.shape[:-1], with range checks."""
+    xp = _module(target)
+    if target.ndim == pred.ndim and target.shape[-1] == 1:
+        target = target.reshape(target.shape[:-1])
+    if tuple(target.shape) != tuple(pred.shape[:-1]):
+        raise NndError(f"metric '{metric}': sparse labels of shape {tuple(target.shape)} do not match predictions "
+                       f"of shape {tuple(pred.shape)} (expected labels of shape {tuple(pred.shape[:-1])})")
+    if target.dtype.kind == "f":
+        if not bool(xp.all(target == xp.floor(target))):
+            raise NndError(f"metric '{metric}': sparse labels must be whole numbers (class ids)")
+    elif target.dtype.kind not in "iub":
+        raise NndError(f"metric '{metric}': sparse labels must be integers, got dtype {target.dtype}")
+    labels = target.astype(np.int64)
+    n = pred.shape[-1]
+    bad = (labels < 0) | (labels >= n)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in np.argwhere(_host(bad))[0])
+        raise NndError(f"metric '{metric}': label {int(labels[idx])} at index {idx if len(idx) > 1 else idx[0]} "
+                       f"is out of range for {n} classes (expected 0..{n - 1})")
+    return labels
+
+
+def _host(a):
+    get = getattr(a, "get", None)
+    return get() if callable(get) else np.asarray(a)
+
+
+class SparseCategoricalAccuracy(Metric):
+    name = "sparse_categorical_accuracy"
+
+    def _values(self, pred, target):
+        labels = _sparse_labels(self.name, pred, target)
+        return pred.argmax(axis=-1) == labels
+
+
+class CategoricalAccuracy(Metric):
+    name = "categorical_accuracy"
+
+    def _values(self, pred, target):
+        if tuple(target.shape) != tuple(pred.shape):
+            raise NndError(f"metric '{self.name}': one-hot targets of shape {tuple(target.shape)} do not match "
+                           f"predictions of shape {tuple(pred.shape)}")
+        return pred.argmax(axis=-1) == target.argmax(axis=-1)
+
+
+class BinaryAccuracy(Metric):
+    name = "binary_accuracy"
+
+    def __init__(self, threshold: float = 0.5):
+        super().__init__()
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+            raise NndError(f"metric '{self.name}': threshold must be a number, got {threshold!r}")
+        self.threshold = float(threshold)
+
+    def _values(self, pred, target):
+        if target.size != pred.size:
+            raise NndError(f"metric '{self.name}': targets of shape {tuple(target.shape)} do not match predictions "
+                           f"of shape {tuple(pred.shape)}")
+        target = target.reshape(pred.shape)
+        return (pred > self.threshold).astype(target.dtype) == target
+
+
+class Accuracy(Metric):
+    """Keras' 'accuracy': binary, sparse categorical or categorical, decided from the shapes of each batch."""
+
+    name = "accuracy"
+
+    def __init__(self, threshold: float = 0.5):
+        super().__init__()
+        self._binary = BinaryAccuracy(threshold)
+        self._sparse = SparseCategoricalAccuracy()
+        self._categorical = CategoricalAccuracy()
+
+    def kind(self, pred, target) -> Metric:
+        if pred.shape[-1] == 1 or pred.ndim == 1:
+            return self._binary
+        if target.ndim < pred.ndim or (target.shape[-1] == 1 and pred.shape[-1] > 1):
+            return self._sparse
+        return self._categorical
+
+    def _values(self, pred, target):
+        impl = self.kind(pred, target)
+        try:
+            return impl._values(pred, target)
+        except NndError as e:
+            raise NndError(str(e.diagnostics[0].message).replace(f"metric '{impl.name}'",
+                                                                 f"metric 'accuracy' (as {impl.name})")) from None
+
+
+class TopKAccuracy(Metric):
+    """Sparse labels; a sample counts when fewer than k classes score strictly higher than the true class."""
+
+    name = "top_k_accuracy"
+
+    def __init__(self, k: int = 5):
+        super().__init__()
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise NndError(f"metric '{self.name}': k must be a positive integer, got {k!r}")
+        self.k = k
+
+    def _values(self, pred, target):
+        xp = _module(pred)
+        labels = _sparse_labels(self.name, pred, target)
+        true_score = xp.take_along_axis(pred, labels[..., None], axis=-1)
+        higher = (pred > true_score).sum(axis=-1)
+        return higher < self.k
+
+
+class MeanAbsoluteError(Metric):
+    name = "mae"
+
+    def _values(self, pred, target):
+        return abs(pred - _broadcast_target(self.name, pred, target))
+
+
+class MeanSquaredError(Metric):
+    name = "mse"
+
+    def _values(self, pred, target):
+        d = pred - _broadcast_target(self.name, pred, target)
+        return d * d
+
+
+def _broadcast_target(metric, pred, target):
+    if tuple(target.shape) == tuple(pred.shape):
+        return target
+    if target.size == pred.size:
+        return target.reshape(pred.shape)
+    raise NndError(f"metric '{metric}': targets of shape {tuple(target.shape)} do not match predictions of shape "
+                   f"{tuple(pred.shape)}")
+
+
+METRICS: dict[str, type[Metric]] = {
+    "accuracy": Accuracy,
+    "sparse_categorical_accuracy": SparseCategoricalAccuracy,
+    "categorical_accuracy": CategoricalAccuracy,
+    "binary_accuracy": BinaryAccuracy,
+    "top_k_accuracy": TopKAccuracy,
+    "mae": MeanAbsoluteError,
+    "mse": MeanSquaredError,
+}
+_ALIASES = {
+    "acc": "accuracy",
+    "sparse_top_k_categorical_accuracy": "top_k_accuracy",
+    "sparse_top_k_accuracy": "top_k_accuracy",
+    "mean_absolute_error": "mae",
+    "mean_squared_error": "mse",
+}
+
+
+def make_metric(name: str, **args: Any) -> Metric:
+    """Build a metric by name (Keras spellings such as 'acc' and 'mean_squared_error' are accepted)."""
+    import inspect
+
+    key = str(name).strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    cls = METRICS.get(key)
+    if cls is None:
+        hint = did_you_mean(key, list(METRICS) + list(_ALIASES))
+        raise NndError(f"unknown metric '{name}'" + (f"; did you mean '{_ALIASES.get(hint, hint)}'?" if hint else "")
+                       + f" (available: {', '.join(METRICS)})")
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for k in args:
+        if k not in valid:
+            raise NndError(f"unknown argument '{k}' for metric '{key}'"
+                           + (f" (valid: {', '.join(valid)})" if valid else " (it takes no arguments)"))
+    return cls(**args)
