@@ -8,6 +8,7 @@ body as a graph of its own. `print_graph` gives the deterministic text used by g
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -51,8 +52,11 @@ class Regularizer:
     l2: float = 0.0
 
     def __str__(self) -> str:
-        parts = [f"l1={_fmt(self.l1)}" if self.l1 else "", f"l2={_fmt(self.l2)}" if self.l2 else ""]
-        return "l1_l2(" + ", ".join(p for p in parts if p) + ")"
+        if not self.l1:
+            return f"l2({_fmt(self.l2)})"
+        if not self.l2:
+            return f"l1({_fmt(self.l1)})"
+        return f"l1_l2(l1={_fmt(self.l1)}, l2={_fmt(self.l2)})"
 
 
 @dataclass(frozen=True)
@@ -204,7 +208,7 @@ def _print_node(node: Node, namer: _Namer, indent: str) -> list[str]:
     args = ", ".join(namer(v) for v in node.inputs)
     where = ""
     if node.layer or node.span:
-        loc = f" @ {node.span.line}:{node.span.column}" if node.span else ""
+        loc = f" @ {os.path.basename(node.span.file)}:{node.span.line}:{node.span.column}" if node.span else ""
         where = f"  # {node.layer or ''}{loc}"
     lines = [f"{indent}{outs} = {node.op}{format_attrs(node.attrs)}({args}){where}"]
     if node.body is not None:

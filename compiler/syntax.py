@@ -211,3 +211,27 @@ class Module:
 
     file: str
     items: tuple[Item, ...]
+
+
+def dump(node, indent: str = "") -> str:
+    """An indented, span-free rendering of a syntax tree, for `nnd compile --emit ast`."""
+    from dataclasses import fields, is_dataclass
+
+    if isinstance(node, tuple):
+        if not node:
+            return "()"
+        return "\n".join(f"{indent}- " + dump(item, indent + "  ").lstrip() for item in node)
+    if not is_dataclass(node):
+        return repr(node)
+    parts = [f"{type(node).__name__}"]
+    for f in fields(node):
+        if f.name == "span":
+            continue
+        value = getattr(node, f.name)
+        if isinstance(value, tuple) and value and is_dataclass(value[0]):
+            parts.append(f"{indent}  {f.name}:\n{dump(value, indent + '    ')}")
+        elif is_dataclass(value):
+            parts.append(f"{indent}  {f.name}: {dump(value, indent + '    ').lstrip()}")
+        else:
+            parts.append(f"{indent}  {f.name}: {value!r}")
+    return "\n".join(parts)

@@ -1,0 +1,268 @@
+"""Compile-time values of the language and the argument kinds that layers and settings accept.
+
+Expressions that are not tensors evaluate to plain Python values (int, float, bool, str for string
+literals, lists), to a `Symbol` for a bare word such as `relu` or `same`, or to a `CallValue` for a
+constructor such as `he_normal()`, `l2(0.01)` or `adam(lr=0.001)`. Each `ArgKind` converts such a value
+into what a layer needs, or raises `ArgError` with a message for the user.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from nnd.compiler.diagnostics import did_you_mean
+from nnd.compiler.ir import Initializer, Regularizer
+from nnd.compiler.source import Span
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A bare word that names no constant or value: an option such as `same`, `relu`, `val_loss`."""
+
+    name: str
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class CallValue:
+    """A constructor call in a value position, checked by whoever consumes it."""
+
+    callee: str
+    args: tuple[Any, ...]
+    kwargs: tuple[tuple[str, Any], ...]
+    span: Span | None = field(default=None, compare=False)
+
+
+class ArgError(Exception):
+    def __init__(self, message: str, notes: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.message = message
+        self.notes = notes
+
+
+def describe(value: Any) -> str:
+    """How a value is named in messages: `a float (1.5)`, `the name 'relux'`."""
+    if isinstance(value, bool):
+        return f"a bool ({'true' if value else 'false'})"
+    if isinstance(value, int):
+        return f"an int ({value})"
+    if isinstance(value, float):
+        return f"a float ({value:g})"
+    if isinstance(value, str):
+        return f'a string ("{value}")'
+    if isinstance(value, Symbol):
+        return f"the name '{value.name}'"
+    if isinstance(value, CallValue):
+        return f"a call of '{value.callee}'"
+    if isinstance(value, list):
+        return "a list"
+    return "a tensor"
+
+
+Converter = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class ArgKind:
+    """What an argument accepts: `expected` reads in messages ('a positive int'), `convert` checks."""
+
+    expected: str
+    convert: Converter
+
+
+def _fail(kind: str, value: Any) -> ArgError:
+    return ArgError(f"expected {kind}, got {describe(value)}")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail("an int", value)
+    return value
+
+
+def _bounded_int(lo: int) -> Converter:
+    def convert(value: Any) -> int:
+        number = _int(value)
+        if number < lo:
+            raise ArgError(f"must be at least {lo}, got {number}")
+        return number
+
+    return convert
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail("a number", value)
+    return float(value)
+
+
+def _float_range(lo: float, hi: float, hi_open: bool) -> Converter:
+    def convert(value: Any) -> float:
+        number = _float(value)
+        if number < lo or number > hi or (hi_open and number == hi):
+            bracket = ")" if hi_open else "]"
+            raise ArgError(f"must be in [{lo:g}, {hi:g}{bracket}, got {number:g}")
+        return number
+
+    return convert
+
+
+def _positive_float(value: Any) -> float:
+    number = _float(value)
+    if number <= 0:
+        raise ArgError(f"must be positive, got {number:g}")
+    return number
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail("true or false", value)
+    return value
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    """An int or a list of two ints, each at least 1: kernel sizes, strides, pool sizes."""
+    items = value if isinstance(value, list) else [value, value]
+    if len(items) != 2:
+        raise ArgError(f"expected an int or a list of two ints, got a list of {len(items)}")
+    pair = tuple(_bounded_int(1)(v) for v in items)
+    return pair  # type: ignore[return-value]
+
+
+def _optional_pair(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, Symbol) and value.name == "none":
+        return None
+    return _pair(value)
+
+
+def _padding2d(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """`1`, `[1, 2]` (rows, columns) or `[[top, bottom], [left, right]]`, as Keras' ZeroPadding2D."""
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value):
+        pads = tuple(tuple(_bounded_int(0)(p) for p in side) for side in value)
+        if any(len(side) != 2 for side in pads):
+            raise ArgError("expected [[top, bottom], [left, right]]")
+        return pads  # type: ignore[return-value]
+    items = value if isinstance(value, list) else [value, value]
+    if len(items) != 2:
+        raise ArgError("expected an int, [rows, columns] or [[top, bottom], [left, right]]")
+    rows, cols = (_bounded_int(0)(v) for v in items)
+    return ((rows, rows), (cols, cols))
+
+
+def _choice(choices: tuple[str, ...], what: str) -> Converter:
+    def convert(value: Any) -> str:
+        name = value.name if isinstance(value, Symbol) else value if isinstance(value, str) else None
+        if name is None:
+            raise ArgError(f"expected {what} ({', '.join(choices)}), got {describe(value)}")
+        if name not in choices:
+            hint = did_you_mean(name, choices)
+            suggestion = f"; did you mean '{hint}'?" if hint else ""
+            raise ArgError(f"unknown {what} '{name}'{suggestion}", (f"valid: {', '.join(choices)}",))
+        return name
+
+    return convert
+
+
+def _name(value: Any) -> str:
+    if isinstance(value, Symbol):
+        return value.name
+    if isinstance(value, str) and value.isidentifier():
+        return value
+    raise _fail("a name", value)
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise _fail("a list of dimensions", value)
+    dims = tuple(_int(v) for v in value)
+    if sum(1 for d in dims if d == -1) > 1:
+        raise ArgError("at most one dimension may be -1")
+    if any(d == 0 or d < -1 for d in dims):
+        raise ArgError("dimensions must be positive (or -1 once, inferred)")
+    return dims
+
+
+ACTIVATIONS = ("linear", "relu", "leaky_relu", "elu", "gelu", "swish", "silu", "sigmoid", "tanh",
+               "softmax", "softplus", "exponential")
+
+INITIALIZERS: dict[str, tuple[str, ...]] = {
+    "zeros": (), "ones": (), "constant": ("value",),
+    "glorot_uniform": (), "glorot_normal": (), "he_uniform": (), "he_normal": (),
+    "lecun_uniform": (), "lecun_normal": (), "orthogonal": ("gain",),
+    "random_normal": ("mean", "stddev"), "random_uniform": ("minval", "maxval"),
+    "truncated_normal": ("mean", "stddev"),
+}
+
+
+def _initializer(value: Any) -> Initializer:
+    if isinstance(value, (Symbol, str)):
+        name = _choice(tuple(INITIALIZERS), "initializer")(value)
+        return Initializer(name)
+    if isinstance(value, CallValue):
+        name = _choice(tuple(INITIALIZERS), "initializer")(Symbol(value.callee))
+        allowed = INITIALIZERS[name]
+        if len(value.args) > len(allowed):
+            raise ArgError(f"{name} takes at most {len(allowed)} positional arguments")
+        args = dict(zip(allowed, value.args))
+        for key, arg in value.kwargs:
+            if key not in allowed:
+                raise ArgError(f"{name} has no argument '{key}'",
+                               (f"valid: {', '.join(allowed) or 'none'}",))
+            args[key] = arg
+        return Initializer(name, tuple(sorted((k, _float(v)) for k, v in args.items())))
+    raise _fail("an initializer such as glorot_uniform or he_normal()", value)
+
+
+def _regularizer(value: Any) -> Regularizer | None:
+    if isinstance(value, Symbol) and value.name == "none":
+        return None
+    if not isinstance(value, CallValue) or value.callee not in ("l1", "l2", "l1_l2"):
+        raise _fail("a regularizer: l1(F), l2(F) or l1_l2(l1=F, l2=F)", value)
+    names = ("l1", "l2") if value.callee == "l1_l2" else (value.callee,)
+    factors = dict(zip(names, value.args))
+    for key, arg in value.kwargs:
+        if key not in names:
+            raise ArgError(f"{value.callee} has no argument '{key}'")
+        factors[key] = arg
+    if value.callee != "l1_l2" and value.callee not in factors:
+        factors[value.callee] = 0.01  # Keras' default factor
+    checked = {k: _float_range(0.0, 1e9, False)(v) for k, v in factors.items()}
+    return Regularizer(l1=checked.get("l1", 0.0), l2=checked.get("l2", 0.0))
+
+
+INT = ArgKind("an int", _int)
+POSITIVE_INT = ArgKind("a positive int", _bounded_int(1))
+NON_NEGATIVE_INT = ArgKind("a non-negative int", _bounded_int(0))
+FLOAT = ArgKind("a number", _float)
+POSITIVE_FLOAT = ArgKind("a positive number", _positive_float)
+RATE = ArgKind("a rate in [0, 1)", _float_range(0.0, 1.0, True))
+UNIT_FLOAT = ArgKind("a number in [0, 1]", _float_range(0.0, 1.0, False))
+BOOL = ArgKind("true or false", _bool)
+PAIR = ArgKind("an int or a list of two ints", _pair)
+OPTIONAL_PAIR = ArgKind("an int, a list of two ints or none", _optional_pair)
+PADDING2D = ArgKind("an int or padding list", _padding2d)
+PADDING_MODE = ArgKind("valid or same", _choice(("valid", "same"), "padding"))
+ACTIVATION = ArgKind("an activation", _choice(ACTIVATIONS, "activation"))
+INITIALIZER = ArgKind("an initializer", _initializer)
+REGULARIZER = ArgKind("a regularizer", _regularizer)
+NAME = ArgKind("a name", _name)
+SHAPE = ArgKind("a list of dimensions", _shape)
+
+
+def choice(choices: tuple[str, ...], what: str) -> ArgKind:
+    return ArgKind(f"one of {', '.join(choices)}", _choice(choices, what))
+
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    name: str
+    kind: ArgKind
+    default: Any = REQUIRED
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED

@@ -1,0 +1,506 @@
+"""Checking and lowering: evaluate a model's statements into an IR graph, reporting every error.
+
+The checker walks a model like an interpreter walks a program: constants fold, blocks expand at their
+call sites, `repeat` unrolls, and each layer call lowers to IR through the layer catalog, so shapes are
+inferred as the graph is built. Errors do not stop the walk: a failed step yields `POISON`, which later
+steps pass along silently, so one run reports every independent mistake of a file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnd.compiler import syntax as S
+from nnd.compiler.args import ArgError, ArgSpec, CallValue, Symbol, describe
+from nnd.compiler.builder import GraphBuilder
+from nnd.compiler.diagnostics import DiagnosticBag, did_you_mean
+from nnd.compiler.ir import Graph, LayerRecord, Value
+from nnd.compiler.layers import INFER, LAYERS, LayerContext, LayerError, LayerSpec
+from nnd.compiler.layers.core import lower_arithmetic
+from nnd.compiler.source import Span
+from nnd.compiler.tensor_type import BATCH, DTYPE_NAMES, ShapeError, TensorType
+
+POISON = Symbol("<error>")  # the value of anything whose error has been reported already
+MAX_REPEAT = 10_000
+
+
+@dataclass
+class Tensor:
+    """A tensor value during checking: the IR value it lowered to."""
+
+    value: Value
+
+
+@dataclass
+class Definitions:
+    """Everything defined at the top level of a program and its imports."""
+
+    consts: dict[str, Any] = field(default_factory=dict)
+    blocks: dict[str, S.BlockDef] = field(default_factory=dict)
+    models: dict[str, S.ModelDef] = field(default_factory=dict)
+    trains: dict[str, S.TrainDef] = field(default_factory=dict)
+
+
+@dataclass
+class Frame:
+    """The state of one model or block body being evaluated."""
+
+    locals: dict[str, Any]
+    current: Any = None  # the running value of the sequential form
+    in_block: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    returned: Any = None
+
+
+class ModelLowering:
+    """Lowers one model to a graph in one mode (`infer` or `train`), reporting errors into `bag`."""
+
+    def __init__(self, defs: Definitions, bag: DiagnosticBag, mode: str = INFER):
+        self.defs = defs
+        self.bag = bag
+        self.mode = mode
+        self.call_stack: list[tuple[str, Span | None]] = []
+        self.layer_counts: dict[str, int] = {}
+        self.layer_names: set[str] = set()
+        self.builder: GraphBuilder | None = None
+        self.frame = Frame(locals={})  # the body being evaluated, for "did you mean" over local names
+
+    # ------------------------------------------------------------ diagnostics
+
+    def error(self, message: str, span: Span | None, notes: tuple[str, ...] | list[str] = ()) -> Any:
+        chain = tuple(f"in block '{name}' called at {site}" for name, site in reversed(self.call_stack))
+        self.bag.error(message, span, tuple(notes) + chain)
+        return POISON
+
+    # ------------------------------------------------------------ models
+
+    def lower(self, model: S.ModelDef) -> Graph:
+        graph = Graph(model.name)
+        self.builder = GraphBuilder(graph)
+        frame = self.frame = Frame(locals={})
+        self.run_body(model.body, frame)
+        outputs = frame.outputs
+        if not graph.inputs and not any(isinstance(s, S.InputDecl) for s in model.body):
+            self.error(f"model '{model.name}' declares no input", model.span,
+                       ["add a line such as: input image: [28, 28, 1]"])
+        if not outputs:
+            if isinstance(frame.current, Tensor):
+                outputs = {"output": frame.current}
+            elif frame.current is None and graph.inputs:
+                self.error(f"model '{model.name}' has no layers and no output", model.span)
+        for name, value in outputs.items():
+            if isinstance(value, Tensor):
+                graph.outputs[name] = value.value
+        return graph
+
+    def run_body(self, body: tuple[S.Stmt, ...], frame: Frame) -> None:
+        for stmt in body:
+            if frame.returned is not None:
+                self.error("statement after return is never reached", stmt.span)
+                return
+            self.run_statement(stmt, frame)
+
+    def run_statement(self, stmt: S.Stmt, frame: Frame) -> None:
+        if isinstance(stmt, S.InputDecl):
+            self.declare_input(stmt, frame)
+        elif isinstance(stmt, S.Assign):
+            value = self.eval_assigned(stmt, frame)
+            if stmt.target in self.defs.consts:
+                self.error(f"'{stmt.target}' is a constant and cannot be reassigned", stmt.span)
+            elif not isinstance(value, Tensor) and value is not POISON:
+                frame.locals[stmt.target] = value  # a compile-time value bound locally
+            else:
+                frame.locals[stmt.target] = value
+                frame.current = value
+        elif isinstance(stmt, S.ExprStmt):
+            self.run_expression_statement(stmt, frame)
+        elif isinstance(stmt, S.Output):
+            self.declare_output(stmt, frame)
+        elif isinstance(stmt, S.Return):
+            if frame.in_block is None:
+                self.error("return is only allowed inside a block", stmt.span,
+                           ["a model names its results with: output NAME = VALUE"])
+                return
+            value = self.eval(stmt.value, frame)
+            frame.returned = self.expect_tensor(value, stmt.value)
+
+    def declare_input(self, stmt: S.InputDecl, frame: Frame) -> None:
+        if frame.in_block is not None:
+            self.error("input is only allowed in a model; a block takes its inputs as parameters", stmt.span)
+            return
+        if stmt.name in frame.locals:
+            self.error(f"duplicate name '{stmt.name}'", stmt.span, ["each input needs a name of its own"])
+            return
+        dims = []
+        for expr in stmt.dims:
+            dim = self.eval(expr, frame)
+            if dim is POISON:
+                return
+            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+                self.error(f"input dimensions must be positive ints, got {describe(dim)}", expr.span)
+                return
+            dims.append(dim)
+        dtype = "f32"
+        if stmt.dtype is not None:
+            if stmt.dtype not in DTYPE_NAMES:
+                hint = did_you_mean(stmt.dtype, DTYPE_NAMES)
+                return self.error(f"unknown dtype '{stmt.dtype}'" + (f"; did you mean '{hint}'?" if hint else ""),
+                                  stmt.span, [f"valid: {', '.join(k for k in DTYPE_NAMES if len(k) > 3)}"])
+            dtype = DTYPE_NAMES[stmt.dtype]
+        assert self.builder is not None
+        value = Tensor(self.builder.add_input(stmt.name, TensorType((BATCH, *dims), dtype)))
+        frame.locals[stmt.name] = value
+        frame.current = value
+
+    def declare_output(self, stmt: S.Output, frame: Frame) -> None:
+        if frame.in_block is not None:
+            self.error("output is only allowed in a model; a block ends with return", stmt.span)
+            return
+        value = self.expect_tensor(self.eval(stmt.value, frame), stmt.value)
+        name = stmt.name or (stmt.value.name if isinstance(stmt.value, S.Name) else None)
+        if name is None:
+            name = "output" if "output" not in frame.outputs else f"output_{len(frame.outputs)}"
+        if name in frame.outputs:
+            self.error(f"duplicate output name '{name}'", stmt.span)
+            return
+        frame.outputs[name] = value
+
+    def eval_assigned(self, stmt: S.Assign, frame: Frame) -> Any:
+        if isinstance(stmt.value, S.Repeat):
+            start = frame.locals.get(stmt.target, frame.current)
+            return self.eval_repeat(stmt.value, frame, start, stmt.target)
+        return self.eval(stmt.value, frame)
+
+    def run_expression_statement(self, stmt: S.ExprStmt, frame: Frame) -> None:
+        expr = stmt.value
+        if isinstance(expr, S.Repeat):
+            result = self.eval_repeat(expr, frame, frame.current, None)
+        elif isinstance(expr, S.Call):
+            result = self.apply(expr, frame, piped=None, implicit=frame.current, statement=True)
+        else:
+            result = self.eval(expr, frame)
+        if isinstance(result, Tensor) or result is POISON:
+            frame.current = result
+        elif isinstance(result, CallValue):
+            self.unknown_layer(result.callee, result.span)
+            frame.current = POISON
+
+    def eval_repeat(self, rep: S.Repeat, frame: Frame, start: Any, target: str | None) -> Any:
+        count = self.eval(rep.count, frame)
+        if count is POISON:
+            return POISON
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            return self.error(f"repeat count must be a non-negative int, got {describe(count)}", rep.count.span)
+        if count > MAX_REPEAT:
+            return self.error(f"repeat count {count} is larger than the limit of {MAX_REPEAT}", rep.count.span)
+        frame.current = start
+        errors_before = len(self.bag.diagnostics)
+        for index in range(count):
+            if rep.index is not None:
+                frame.locals[rep.index] = index
+            for stmt in rep.body:
+                self.run_statement(stmt, frame)
+            if target is not None:
+                frame.locals[target] = frame.current
+            if len(self.bag.diagnostics) > errors_before:
+                break  # the same mistake would repeat on every pass
+        return frame.current
+
+    # ------------------------------------------------------------ expressions
+
+    def eval(self, expr: S.Expr, frame: Frame) -> Any:
+        if isinstance(expr, (S.Number, S.String, S.Bool)):
+            return expr.value
+        if isinstance(expr, S.Name):
+            return self.lookup(expr, frame)
+        if isinstance(expr, S.ListExpr):
+            items = [self.eval(item, frame) for item in expr.items]
+            return POISON if any(item is POISON for item in items) else items
+        if isinstance(expr, S.Unary):
+            return self.eval_unary(expr, frame)
+        if isinstance(expr, S.BinaryOp):
+            return self.eval_binary(expr, frame)
+        if isinstance(expr, S.Call):
+            return self.apply(expr, frame, piped=None, implicit=None, statement=False)
+        if isinstance(expr, S.Pipe):
+            source = self.expect_tensor(self.eval(expr.source, frame), expr.source)
+            if source is POISON:
+                return POISON
+            return self.apply(expr.stage, frame, piped=source, implicit=None, statement=False)
+        if isinstance(expr, S.Repeat):
+            return self.eval_repeat(expr, frame, frame.current, None)
+        raise TypeError(f"unknown expression {expr!r}")
+
+    def lookup(self, expr: S.Name, frame: Frame) -> Any:
+        if expr.name in frame.locals:
+            return frame.locals[expr.name]
+        if expr.name in self.defs.consts:
+            return self.defs.consts[expr.name]
+        return Symbol(expr.name, expr.span)
+
+    def expect_tensor(self, value: Any, expr: S.Expr) -> Any:
+        if isinstance(value, Tensor) or value is POISON:
+            return value
+        if isinstance(value, Symbol):
+            return self.undefined_value(value)
+        if isinstance(value, CallValue):
+            return self.unknown_layer(value.callee, value.span)
+        return self.error(f"expected a tensor value, got {describe(value)}", expr.span)
+
+    def undefined_value(self, symbol: Symbol) -> Any:
+        known = [k for k in self.visible_names()]
+        hint = did_you_mean(symbol.name, known)
+        return self.error(f"undefined value '{symbol.name}'" + (f"; did you mean '{hint}'?" if hint else ""),
+                          symbol.span)
+
+    def visible_names(self) -> list[str]:
+        return list(self.defs.consts) + [k for k, v in self.frame.locals.items() if isinstance(v, Tensor)]
+
+    def unknown_layer(self, name: str, span: Span | None) -> Any:
+        hint = did_you_mean(name, list(LAYERS) + list(self.defs.blocks))
+        notes = [] if hint else ["see `nnd layers` for the catalog"]
+        return self.error(f"unknown layer '{name}'" + (f"; did you mean '{hint}'?" if hint else ""), span, notes)
+
+    def eval_unary(self, expr: S.Unary, frame: Frame) -> Any:
+        operand = self.eval(expr.operand, frame)
+        if operand is POISON:
+            return POISON
+        if isinstance(operand, (int, float)) and not isinstance(operand, bool):
+            return -operand
+        if isinstance(operand, Tensor):
+            return self.arithmetic("*", operand, -1.0, expr.span)
+        if isinstance(operand, Symbol):
+            return self.undefined_value(operand)
+        return self.error(f"cannot negate {describe(operand)}", expr.span)
+
+    def eval_binary(self, expr: S.BinaryOp, frame: Frame) -> Any:
+        left, right = self.eval(expr.left, frame), self.eval(expr.right, frame)
+        if left is POISON or right is POISON:
+            return POISON
+        for side in (left, right):
+            if isinstance(side, Symbol):
+                return self.undefined_value(side)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right))
+        if numbers:
+            return self.fold(expr, left, right)
+        tensors = [v for v in (left, right) if isinstance(v, Tensor)]
+        scalars_ok = all(isinstance(v, Tensor) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                         for v in (left, right))
+        if tensors and scalars_ok and expr.op in ("+", "-", "*", "/"):
+            return self.arithmetic(expr.op, left, right, expr.span)
+        return self.error(f"cannot apply '{expr.op}' to {describe(left)} and {describe(right)}", expr.span)
+
+    def fold(self, expr: S.BinaryOp, left: float, right: float) -> Any:
+        if expr.op in ("/", "//", "%") and right == 0:
+            return self.error("division by zero", expr.span)
+        if expr.op == "+":
+            return left + right
+        if expr.op == "-":
+            return left - right
+        if expr.op == "*":
+            return left * right
+        if expr.op == "/":
+            return left / right
+        if expr.op == "//":
+            return left // right
+        return left % right
+
+    def arithmetic(self, symbol: str, left: Any, right: Any, span: Span | None) -> Any:
+        kind = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide"}[symbol]
+        operands = [v.value if isinstance(v, Tensor) else float(v) for v in (left, right)]
+        return self.run_layer(kind, span, None, lambda ctx: lower_arithmetic(ctx, symbol, *operands))
+
+    # ------------------------------------------------------------ calls
+
+    def apply(self, call: S.Call, frame: Frame, piped: Any, implicit: Any, statement: bool) -> Any:
+        """Evaluate a call: a block, a layer, or (elsewhere) a constructor value such as `l2(0.01)`."""
+        positional: list[tuple[Any, S.Arg]] = []
+        keywords: dict[str, tuple[Any, S.Arg]] = {}
+        for arg in call.args:
+            value = self.eval(arg.value, frame)
+            if arg.name is None:
+                if keywords:
+                    self.error("positional argument after keyword argument", arg.span)
+                    return POISON
+                positional.append((value, arg))
+            elif arg.name in keywords:
+                return self.error(f"argument '{arg.name}' given twice", arg.span)
+            else:
+                keywords[arg.name] = (value, arg)
+        if call.callee in self.defs.blocks:
+            return self.call_block(self.defs.blocks[call.callee], call, piped, implicit, positional, keywords)
+        if call.callee in LAYERS:
+            return self.call_layer(LAYERS[call.callee], call, piped, implicit, positional, keywords)
+        if piped is not None or statement:
+            return self.unknown_layer(call.callee, call.span)
+        if any(v is POISON for v, _ in positional) or any(v is POISON for v, _ in keywords.values()):
+            return POISON
+        return CallValue(call.callee, tuple(v for v, _ in positional),
+                         tuple((k, v) for k, (v, _) in keywords.items()), call.span)
+
+    def call_layer(self, spec: LayerSpec, call: S.Call, piped: Any, implicit: Any,
+                   positional: list[tuple[Any, S.Arg]], keywords: dict[str, tuple[Any, S.Arg]]) -> Any:
+        inputs: list[Any] = [piped] if piped is not None else []
+        rest = list(positional)
+        while rest and (isinstance(rest[0][0], Tensor) or rest[0][0] is POISON):
+            inputs.append(rest.pop(0)[0])
+        minimum = spec.inputs if isinstance(spec.inputs, int) else spec.inputs[0]
+        positional_specs = [a for a in spec.args if a.name != "name"]
+        if not inputs and implicit is not None:
+            inputs.append(implicit)
+        if len(inputs) < minimum and rest and isinstance(rest[0][0], Symbol) and not positional_specs:
+            return self.undefined_value(rest[0][0])
+        for value, arg in rest:
+            if isinstance(value, Tensor):
+                return self.error(f"tensor inputs of {call.callee} must come before its other arguments",
+                                  arg.span)
+        if not spec.accepts_inputs(len(inputs)):
+            if not inputs:
+                return self.error(f"{call.callee} has no input", call.span,
+                                  [f"pipe a value into it: x -> {call.callee}(...)"])
+            return self.error(f"{call.callee} takes {spec.input_words()}, got {len(inputs)}", call.span)
+        args = self.bind_layer_args(spec, call, rest, keywords, bool(inputs))
+        if args is POISON or any(v is POISON for v in inputs):
+            return POISON
+        values = [v.value for v in inputs]
+        return self.run_layer(spec.name, call.span, args.get("name"),
+                              lambda ctx: spec.lower(ctx, values, args))
+
+    def bind_layer_args(self, spec: LayerSpec, call: S.Call, positional: list[tuple[Any, S.Arg]],
+                        keywords: dict[str, tuple[Any, S.Arg]], has_input: bool) -> Any:
+        by_name: dict[str, ArgSpec] = {}
+        for arg_spec in spec.args:
+            by_name[arg_spec.name] = arg_spec
+            for alias in arg_spec.aliases:
+                by_name[alias] = arg_spec
+        positional_specs = [a for a in spec.args if a.name != "name"]  # a layer's name is keyword-only
+        raw: dict[str, tuple[Any, S.Arg]] = {}
+        ok = True
+        if len(positional) > len(positional_specs):
+            value, arg = positional[len(positional_specs)]
+            if isinstance(value, Symbol) and not has_input:
+                return self.undefined_value(value)
+            count = len(positional_specs)
+            self.error(f"{call.callee} takes at most {count} positional argument{'s' if count != 1 else ''}"
+                       f" besides its input, got {len(positional)}", arg.span)
+            ok = False
+        for arg_spec, (value, arg) in zip(positional_specs, positional):
+            raw[arg_spec.name] = (value, arg)
+        for key, (value, arg) in keywords.items():
+            arg_spec = by_name.get(key)
+            if arg_spec is None:
+                hint = did_you_mean(key, by_name)
+                self.error(f"{call.callee} has no argument '{key}'" + (f"; did you mean '{hint}'?" if hint else ""),
+                           arg.span, [f"valid: {', '.join(a.name for a in spec.args)}"])
+                ok = False
+            elif arg_spec.name in raw:
+                self.error(f"argument '{arg_spec.name}' of {call.callee} given twice", arg.span)
+                ok = False
+            else:
+                raw[arg_spec.name] = (value, arg)
+        bound: dict[str, Any] = {}
+        for arg_spec in spec.args:
+            if arg_spec.name not in raw:
+                if arg_spec.required:
+                    self.error(f"{call.callee} needs argument '{arg_spec.name}' ({arg_spec.kind.expected})",
+                               call.span)
+                    ok = False
+                else:
+                    bound[arg_spec.name] = arg_spec.default
+                continue
+            value, arg = raw[arg_spec.name]
+            if value is POISON:
+                ok = False
+                continue
+            try:
+                bound[arg_spec.name] = arg_spec.kind.convert(value)
+            except ArgError as err:
+                if isinstance(value, Symbol) and not has_input and arg_spec is positional_specs[0]:
+                    self.undefined_value(value)
+                else:
+                    self.error(f"{call.callee} argument '{arg_spec.name}': {err.message}", arg.value.span or arg.span,
+                               err.notes)
+                ok = False
+        return bound if ok else POISON
+
+    def run_layer(self, kind: str, span: Span | None, explicit_name: str | None, lower) -> Any:
+        assert self.builder is not None
+        name = self.layer_name(kind, explicit_name, span)
+        if name is None:
+            return POISON
+        ctx = LayerContext(self.builder, name, kind, span, self.mode)
+        try:
+            output = lower(ctx)
+        except LayerError as err:
+            return self.error(err.message, span, err.notes)
+        except ShapeError as err:
+            return self.error(f"{kind}: {err}", span)
+        self.builder.graph.layers.append(LayerRecord(name, kind, span, output, tuple(ctx.param_names), ctx.flops))
+        return Tensor(output)
+
+    def layer_name(self, kind: str, explicit: str | None, span: Span | None) -> str | None:
+        if explicit is not None:
+            if explicit in self.layer_names:
+                self.error(f"duplicate layer name '{explicit}'", span)
+                return None
+            self.layer_names.add(explicit)
+            return explicit
+        while True:
+            count = self.layer_counts.get(kind, 0)
+            self.layer_counts[kind] = count + 1
+            name = kind if count == 0 else f"{kind}_{count}"  # Keras' naming: conv2d, conv2d_1, ...
+            if name not in self.layer_names:
+                self.layer_names.add(name)
+                return name
+
+    def call_block(self, block: S.BlockDef, call: S.Call, piped: Any, implicit: Any,
+                   positional: list[tuple[Any, S.Arg]], keywords: dict[str, tuple[Any, S.Arg]]) -> Any:
+        if any(name == block.name for name, _ in self.call_stack):
+            return self.error(f"block '{block.name}' calls itself; recursion is not allowed", call.span,
+                              ["use repeat N { ... } to apply a block several times"])
+        values: list[Any] = [v for v, _ in positional]
+        if piped is not None:
+            values.insert(0, piped)
+        elif implicit is not None and not (values and isinstance(values[0], Tensor)):
+            values.insert(0, implicit)
+        params = block.params
+        if len(values) > len(params):
+            return self.error(f"block '{block.name}' takes {len(params)} argument{'s' if len(params) != 1 else ''}"
+                              f", got {len(values)}", call.span, [_signature(block)])
+        bound: dict[str, Any] = {p.name: v for p, v in zip(params, values)}
+        names = [p.name for p in params]
+        for key, (value, arg) in keywords.items():
+            if key not in names:
+                hint = did_you_mean(key, names)
+                return self.error(f"block '{block.name}' has no parameter '{key}'"
+                                  + (f"; did you mean '{hint}'?" if hint else ""), arg.span, [_signature(block)])
+            if key in bound:
+                return self.error(f"argument '{key}' of block '{block.name}' given twice", arg.span)
+            bound[key] = value
+        for param in params:
+            if param.name not in bound:
+                if param.default is None:
+                    return self.error(f"block '{block.name}' needs argument '{param.name}'", call.span,
+                                      [_signature(block)])
+                bound[param.name] = self.eval(param.default, Frame(locals={}))
+        if any(v is POISON for v in bound.values()):
+            return POISON
+        frame = Frame(locals=dict(bound), in_block=block.name)
+        frame.current = next((v for v in bound.values() if isinstance(v, Tensor)), None)
+        caller, self.frame = self.frame, frame
+        self.call_stack.append((block.name, call.span))
+        try:
+            self.run_body(block.body, frame)
+        finally:
+            self.call_stack.pop()
+            self.frame = caller
+        result = frame.returned if frame.returned is not None else frame.current
+        if result is None:
+            return self.error(f"block '{block.name}' produces no value", call.span,
+                              ["end the block with: return VALUE"])
+        return result
+
+
+def _signature(block: S.BlockDef) -> str:
+    params = ", ".join(p.name if p.default is None else f"{p.name}=..." for p in block.params)
+    return f"block {block.name}({params})"

@@ -1,0 +1,161 @@
+"""The front end's driver: source files → checked program with one graph per model and train specs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnd.compiler import syntax as S
+from nnd.compiler.args import CallValue
+from nnd.compiler.checker import POISON, Definitions, Frame, ModelLowering, Tensor
+from nnd.compiler.diagnostics import DiagnosticBag, NndError, did_you_mean
+from nnd.compiler.imports import Program, load_program, load_program_text
+from nnd.compiler.ir import Graph
+from nnd.compiler.layers import INFER, LAYERS, TRAIN
+from nnd.compiler.source import Span
+from nnd.compiler.training import TrainSpec, check_train
+
+
+@dataclass
+class CheckedProgram:
+    program: Program
+    defs: Definitions
+    graphs: dict[str, Graph] = field(default_factory=dict)  # inference graphs, one per model
+    trains: dict[str, TrainSpec] = field(default_factory=dict)
+
+    @property
+    def sources(self):
+        return self.program.sources
+
+    def model_name(self, name: str | None = None) -> str:
+        """The model to use: the one named, or the only one (or the last one) of the root file."""
+        if name is not None:
+            if name not in self.graphs:
+                hint = did_you_mean(name, self.graphs)
+                raise NndError(f"no model named '{name}'" + (f"; did you mean '{hint}'?" if hint else "")
+                               + f" (models: {', '.join(self.graphs) or 'none'})")
+            return name
+        root_models = [item.name for item in self.program.root.items if isinstance(item, S.ModelDef)]
+        if not root_models:
+            root_models = list(self.graphs)
+        if not root_models:
+            raise NndError(f"{self.program.root.file} defines no model")
+        return root_models[-1]
+
+    def lower(self, name: str, mode: str = INFER) -> Graph:
+        """A fresh graph of the model: `infer` (dropout off, moving statistics) or `train`."""
+        if mode == INFER and name in self.graphs:
+            return self.graphs[name]
+        bag = DiagnosticBag()
+        graph = ModelLowering(self.defs, bag, mode).lower(self.defs.models[name])
+        bag.raise_if_any(self.sources)
+        return graph
+
+    def train_spec(self, name: str) -> TrainSpec:
+        return self.trains.get(name) or TrainSpec(model=name)
+
+
+def compile_file(path: str | Path) -> CheckedProgram:
+    return check_program(load_program(path))
+
+
+def compile_text(text: str, name: str = "<string>", base_dir: str | Path | None = None) -> CheckedProgram:
+    return check_program(load_program_text(text, name=name, base_dir=base_dir))
+
+
+def check_program(program: Program) -> CheckedProgram:
+    """Check every model and train section of a program; raise NndError listing every error found."""
+    bag = DiagnosticBag()
+    defs = _collect_definitions(program, bag)
+    checked = CheckedProgram(program, defs)
+    for name, model in defs.models.items():
+        checked.graphs[name] = ModelLowering(defs, bag, INFER).lower(model)
+    for name, section in defs.trains.items():
+        checked.trains[name] = _check_train_section(section, defs, bag)
+    if bag:
+        raise NndError(_unique(bag.diagnostics), program.sources)
+    return checked
+
+
+def _unique(diagnostics):
+    seen, result = set(), []
+    for diagnostic in diagnostics:
+        key = (diagnostic.message, diagnostic.span, diagnostic.notes)
+        if key not in seen:
+            seen.add(key)
+            result.append(diagnostic)
+    return result
+
+
+def _collect_definitions(program: Program, bag: DiagnosticBag) -> Definitions:
+    defs = Definitions()
+    seen: dict[str, tuple[str, Span | None]] = {}
+    evaluator = ModelLowering(defs, bag)
+    for module in program.modules:
+        for item in module.items:
+            if isinstance(item, S.Import):
+                continue
+            key = item.model if isinstance(item, S.TrainDef) else item.name
+            kind = {S.ConstDef: "constant", S.BlockDef: "block", S.ModelDef: "model",
+                    S.TrainDef: "train section for"}[type(item)]
+            namespace = "train" if isinstance(item, S.TrainDef) else "name"
+            if (namespace, key) in seen:
+                first_kind, first_span = seen[(namespace, key)]
+                bag.error(f"duplicate {kind} '{key}'", item.span,
+                          [f"'{key}' is first defined as a {first_kind} at {first_span}"])
+                continue
+            seen[(namespace, key)] = (kind, item.span)
+            if isinstance(item, S.BlockDef):
+                _check_block_definition(item, bag)
+                defs.blocks[item.name] = item
+            elif isinstance(item, S.ModelDef):
+                defs.models[item.name] = item
+            elif isinstance(item, S.TrainDef):
+                defs.trains[item.model] = item
+            else:
+                defs.consts[item.name] = _eval_const(item, evaluator, bag)
+    for name in defs.blocks:
+        if name in LAYERS:
+            bag.error(f"block '{name}' has the name of a built-in layer", defs.blocks[name].span,
+                      ["choose another name"])
+    return defs
+
+
+def _check_block_definition(block: S.BlockDef, bag: DiagnosticBag) -> None:
+    names: set[str] = set()
+    seen_default = False
+    for param in block.params:
+        if param.name in names:
+            bag.error(f"duplicate parameter '{param.name}' in block '{block.name}'", param.span)
+        names.add(param.name)
+        if param.default is not None:
+            seen_default = True
+        elif seen_default:
+            bag.error(f"parameter '{param.name}' without a default follows one with a default", param.span)
+
+
+def _eval_const(item: S.ConstDef, evaluator: ModelLowering, bag: DiagnosticBag):
+    value = evaluator.eval(item.value, Frame(locals={}))
+    if isinstance(value, Tensor) or isinstance(value, CallValue):
+        bag.error(f"constant '{item.name}' must be a number, bool, string or list", item.value.span)
+        return POISON
+    return value
+
+
+def _check_train_section(section: S.TrainDef, defs: Definitions, bag: DiagnosticBag) -> TrainSpec:
+    if section.model not in defs.models:
+        hint = did_you_mean(section.model, defs.models)
+        bag.error(f"train section names unknown model '{section.model}'"
+                  + (f"; did you mean '{hint}'?" if hint else ""), section.span)
+    evaluator = ModelLowering(defs, bag)
+    values = {}
+    for setting in section.settings:
+        if setting.key in values:
+            bag.error(f"setting '{setting.key}' given twice", setting.span)
+            continue
+        value = evaluator.eval(setting.value, Frame(locals={}))
+        if value is not POISON:
+            values[setting.key] = (value, setting.value.span or setting.span)
+    return check_train(section, values, bag)
+
+
+__all__ = ["CheckedProgram", "check_program", "compile_file", "compile_text", "TRAIN", "INFER"]

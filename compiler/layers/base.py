@@ -1,0 +1,114 @@
+"""What a layer is to the compiler: its arguments and how it lowers to IR ops.
+
+A layer's `lower(ctx, inputs, args)` declares its parameters through the context (Keras names and
+layouts) and emits nodes; the context stamps every node with the layer's name and source span.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from nnd.compiler.args import ArgSpec
+from nnd.compiler.builder import GraphBuilder
+from nnd.compiler.ir import Initializer, Parameter, Regularizer, Value
+from nnd.compiler.source import Span
+from nnd.compiler.tensor_type import TensorType
+
+TRAIN = "train"
+INFER = "infer"
+
+
+class LayerError(Exception):
+    """A layer cannot apply to its inputs; the message names shapes, notes suggest a fix."""
+
+    def __init__(self, message: str, notes: Sequence[str] = ()):
+        super().__init__(message)
+        self.message = message
+        self.notes = tuple(notes)
+
+
+class LayerContext:
+    def __init__(self, builder: GraphBuilder, name: str, kind: str, span: Span | None, mode: str):
+        self.builder = builder
+        self.name = name
+        self.kind = kind
+        self.span = span
+        self.mode = mode
+        self.param_names: list[str] = []
+        self.flops = 0
+
+    @property
+    def training(self) -> bool:
+        return self.mode == TRAIN
+
+    def param(self, suffix: str, shape: Sequence[int], initializer: Initializer,
+              trainable: bool = True, regularizer: Regularizer | None = None) -> Value:
+        name = f"{self.name}.{suffix}"
+        self.param_names.append(name)
+        info = Parameter(name, TensorType(tuple(shape)), initializer, trainable, regularizer, self.name)
+        return self.builder.add_param(info)
+
+    def emit(self, op: str, inputs: Sequence[Value], **attrs: Any) -> Value:
+        with self.builder.origin(self.span, self.name):
+            return self.builder.emit1(op, inputs, attrs)
+
+    def emit_many(self, op: str, inputs: Sequence[Value], **attrs: Any) -> tuple[Value, ...]:
+        with self.builder.origin(self.span, self.name):
+            return self.builder.emit(op, inputs, attrs)
+
+    def constant(self, value: float) -> Value:
+        return self.emit("constant", [], value=float(value), dtype="f32")
+
+    def update_state(self, param: str, value: Value) -> None:
+        self.builder.graph.state_updates[param] = value
+
+    def count(self, flops: int) -> None:
+        self.flops += int(flops)
+
+
+Lowering = Callable[[LayerContext, list[Value], dict[str, Any]], Value]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """`inputs` is the number of tensor inputs: an int, or (minimum, None) for merges like add."""
+
+    name: str
+    args: tuple[ArgSpec, ...]
+    lower: Lowering
+    inputs: int | tuple[int, None] = 1
+    doc: str = ""
+
+    def accepts_inputs(self, count: int) -> bool:
+        if isinstance(self.inputs, int):
+            return count == self.inputs
+        return count >= self.inputs[0]
+
+    def input_words(self) -> str:
+        if isinstance(self.inputs, int):
+            return f"{self.inputs} input{'s' if self.inputs != 1 else ''}"
+        return f"at least {self.inputs[0]} inputs"
+
+
+LAYERS: dict[str, LayerSpec] = {}
+
+
+def layer(name: str, *args: ArgSpec, inputs: int | tuple[int, None] = 1, doc: str = "",
+          aliases: Sequence[str] = ()) -> Callable[[Lowering], Lowering]:
+    def decorate(fn: Lowering) -> Lowering:
+        for key in (name, *aliases):
+            if key in LAYERS:
+                raise ValueError(f"layer {key!r} defined twice")
+            LAYERS[key] = LayerSpec(name, tuple(args), fn, inputs, doc or (fn.__doc__ or "").strip())
+        return fn
+
+    return decorate
+
+
+def shape_of(value: Value) -> tuple:
+    return value.type.shape
+
+
+def static_dims(value: Value) -> tuple[int, ...]:
+    """The dimensions after the batch; all must be known."""
+    return tuple(d for d in value.type.shape[1:])  # type: ignore[misc]

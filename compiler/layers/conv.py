@@ -1,0 +1,141 @@
+"""Image layers, channels-last (N, H, W, C) like Keras: convolution, pooling, padding, batchnorm."""
+from __future__ import annotations
+
+from typing import Any
+
+from nnd.compiler.args import (ACTIVATION, FLOAT, INITIALIZER, NAME, OPTIONAL_PAIR, PADDING2D, PADDING_MODE,
+                               PAIR, POSITIVE_INT, REGULARIZER, UNIT_FLOAT, ArgSpec, BOOL)
+from nnd.compiler.ir import Initializer, Value
+from nnd.compiler.layers.base import LayerContext, LayerError, layer
+from nnd.compiler.layers.core import _with_fans, apply_activation
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _image(x: Value, kind: str) -> tuple[int, int, int]:
+    if x.type.rank != 4:
+        notes = ["reshape the input to (height, width, channels)"] if x.type.rank < 4 else []
+        raise LayerError(f"{kind} expects an image batch (N, height, width, channels), got {x.type}", notes)
+    _, h, w, c = x.type.shape
+    return h, w, c  # type: ignore[return-value]
+
+
+def _window_plan(kind: str, size: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int],
+                 dilation: tuple[int, int], padding: str) -> tuple[Pads, tuple[int, int]]:
+    """Explicit pads and output size for a sliding window, with TensorFlow's 'same' split."""
+    pads, out = [], []
+    for extent, k, s, d in zip(size, kernel, strides, dilation):
+        span = (k - 1) * d + 1
+        if padding == "same":
+            o = -(-extent // s)
+            total = max((o - 1) * s + span - extent, 0)
+            pads.append((total // 2, total - total // 2))
+        else:
+            if span > extent:
+                window = "x".join(str(v) for v in kernel)
+                raise LayerError(f"{kind} window {window} is larger than its {size[0]}x{size[1]} input",
+                                 ["use padding=same or a smaller window"])
+            o = (extent - span) // s + 1
+            pads.append((0, 0))
+        out.append(o)
+    return (pads[0], pads[1]), (out[0], out[1])
+
+
+@layer("conv2d",
+       ArgSpec("filters", POSITIVE_INT), ArgSpec("kernel_size", PAIR, aliases=("kernel",)),
+       ArgSpec("strides", PAIR, (1, 1)), ArgSpec("padding", PADDING_MODE, "valid"),
+       ArgSpec("dilation_rate", PAIR, (1, 1), aliases=("dilation",)),
+       ArgSpec("activation", ACTIVATION, "linear"), ArgSpec("use_bias", BOOL, True),
+       ArgSpec("kernel_initializer", INITIALIZER, Initializer("glorot_uniform")),
+       ArgSpec("bias_initializer", INITIALIZER, Initializer("zeros")),
+       ArgSpec("kernel_regularizer", REGULARIZER, None), ArgSpec("bias_regularizer", REGULARIZER, None),
+       ArgSpec("name", NAME, None))
+def _conv2d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """2-D convolution, kernel (kh, kw, in, out), then bias and activation."""
+    x = inputs[0]
+    h, w, c = _image(x, "conv2d")
+    kh, kw = args["kernel_size"]
+    filters = args["filters"]
+    if args["strides"] != (1, 1) and args["dilation_rate"] != (1, 1):
+        raise LayerError("conv2d cannot combine strides and dilation_rate other than 1")
+    pads, (ho, wo) = _window_plan("conv2d", (h, w), (kh, kw), args["strides"], args["dilation_rate"],
+                                  args["padding"])
+    init = _with_fans(args["kernel_initializer"], kh * kw * c, kh * kw * filters)
+    kernel = ctx.param("kernel", (kh, kw, c, filters), init, regularizer=args["kernel_regularizer"])
+    y = ctx.emit("conv2d", [x, kernel], strides=args["strides"], padding=pads, dilation=args["dilation_rate"])
+    ctx.count(2 * ho * wo * filters * kh * kw * c)
+    if args["use_bias"]:
+        bias = ctx.param("bias", (filters,), args["bias_initializer"], regularizer=args["bias_regularizer"])
+        y = ctx.emit("add", [y, bias])
+        ctx.count(ho * wo * filters)
+    return apply_activation(ctx, y, args["activation"])
+
+
+def _pool(kind: str, op: str) -> None:
+    @layer(kind, ArgSpec("pool_size", PAIR, (2, 2), aliases=("pool",)), ArgSpec("strides", OPTIONAL_PAIR, None),
+           ArgSpec("padding", PADDING_MODE, "valid"), ArgSpec("name", NAME, None),
+           doc=f"{'Max' if op == 'maxpool2d' else 'Average'} pooling over windows (strides default to the window)")
+    def lower(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+        x = inputs[0]
+        h, w, c = _image(x, kind)
+        pool = args["pool_size"]
+        strides = args["strides"] or pool
+        pads, (ho, wo) = _window_plan(kind, (h, w), pool, strides, (1, 1), args["padding"])
+        ctx.count(ho * wo * c * pool[0] * pool[1])
+        attrs: dict[str, Any] = {"pool": pool, "strides": strides, "padding": pads}
+        if op == "avgpool2d":
+            attrs["count_pad"] = False  # Keras averages over the cells inside the image only
+        return ctx.emit(op, [x], **attrs)
+
+
+_pool("maxpool2d", "maxpool2d")
+_pool("avgpool2d", "avgpool2d")
+
+
+def _global_pool(kind: str, op: str) -> None:
+    @layer(kind, ArgSpec("name", NAME, None),
+           doc=f"{'Maximum' if op == 'reduce_max' else 'Mean'} over height and width: (N, H, W, C) -> (N, C)")
+    def lower(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+        x = inputs[0]
+        _image(x, kind)
+        ctx.count(x.type.concrete_size())
+        return ctx.emit(op, [x], axes=(1, 2), keepdims=False)
+
+
+_global_pool("global_avgpool2d", "reduce_mean")
+_global_pool("global_maxpool2d", "reduce_max")
+
+
+@layer("zero_padding2d", ArgSpec("padding", PADDING2D, ((1, 1), (1, 1))), ArgSpec("name", NAME, None))
+def _zero_padding2d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Zeros around each image: an int, [rows, columns] or [[top, bottom], [left, right]]."""
+    x = inputs[0]
+    _image(x, "zero_padding2d")
+    (top, bottom), (left, right) = args["padding"]
+    return ctx.emit("pad", [x], pads=((0, 0), (top, bottom), (left, right), (0, 0)), value=0.0)
+
+
+@layer("batchnorm", ArgSpec("momentum", UNIT_FLOAT, 0.99), ArgSpec("epsilon", FLOAT, 1e-3),
+       ArgSpec("gamma_initializer", INITIALIZER, Initializer("ones")),
+       ArgSpec("beta_initializer", INITIALIZER, Initializer("zeros")), ArgSpec("name", NAME, None),
+       aliases=("batch_normalization",))
+def _batchnorm(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Normalize over the batch (and space) per channel; moving statistics serve inference."""
+    x = inputs[0]
+    if x.type.rank < 2:
+        raise LayerError(f"batchnorm expects a batch with a channel axis, got {x.type}")
+    channels = x.type.shape[-1]
+    gamma = ctx.param("gamma", (channels,), args["gamma_initializer"])
+    beta = ctx.param("beta", (channels,), args["beta_initializer"])
+    moving_mean = ctx.param("moving_mean", (channels,), Initializer("zeros"), trainable=False)
+    moving_var = ctx.param("moving_variance", (channels,), Initializer("ones"), trainable=False)
+    ctx.count(4 * x.type.concrete_size())
+    if not ctx.training:
+        return ctx.emit("batchnorm_infer", [x, gamma, beta, moving_mean, moving_var], epsilon=args["epsilon"])
+    y, mean, var = ctx.emit_many("batchnorm_train", [x, gamma, beta], epsilon=args["epsilon"])
+    momentum = args["momentum"]
+    for param, batch_stat in ((moving_mean, mean), (moving_var, var)):
+        kept = ctx.emit("mul", [param, ctx.constant(momentum)])
+        fresh = ctx.emit("mul", [batch_stat, ctx.constant(1.0 - momentum)])
+        ctx.update_state(param.name, ctx.emit("add", [kept, fresh]))
+    return y

@@ -1,0 +1,221 @@
+"""Core layers: activations, dense, flatten, reshape, dropout, and merges of several values."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, INT, NAME, POSITIVE_INT, RATE,
+                               REGULARIZER, SHAPE, ArgSpec)
+from nnd.compiler.ir import Initializer, Value
+from nnd.compiler.layers.base import LayerContext, LayerError, layer
+from nnd.compiler.tensor_type import BATCH, ShapeError, broadcast_shapes, format_shape
+
+# ---------------------------------------------------------------- activations
+
+_ACTIVATION_OPS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "swish": "swish", "silu": "swish",
+                   "softplus": "softplus", "exponential": "exp"}
+
+
+def apply_activation(ctx: LayerContext, x: Value, name: str, **options: Any) -> Value:
+    """Emit the activation `name` on x; `linear` emits nothing."""
+    ctx.count(x.type.concrete_size())
+    if name == "linear":
+        return x
+    if name == "softmax":
+        return ctx.emit("softmax", [x], axis=options.get("axis", -1))
+    if name == "leaky_relu":
+        return ctx.emit("leaky_relu", [x], alpha=options.get("alpha", 0.2))
+    if name == "elu":
+        return ctx.emit("elu", [x], alpha=options.get("alpha", 1.0))
+    if name == "gelu":
+        return ctx.emit("gelu", [x], approximate=options.get("approximate", False))
+    return ctx.emit(_ACTIVATION_OPS[name], [x])
+
+
+def _simple_activation(name: str) -> None:
+    @layer(name, ArgSpec("name", NAME, None), doc=f"{name} activation, elementwise")
+    def lower(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+        return apply_activation(ctx, inputs[0], name)
+
+
+for _name in ("relu", "sigmoid", "tanh", "swish", "softplus", "linear"):
+    _simple_activation(_name)
+
+
+@layer("leaky_relu", ArgSpec("negative_slope", FLOAT, 0.3, aliases=("alpha",)), ArgSpec("name", NAME, None))
+def _leaky_relu(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """x for x > 0, negative_slope * x otherwise (Keras' LeakyReLU default slope 0.3)."""
+    return apply_activation(ctx, inputs[0], "leaky_relu", alpha=args["negative_slope"])
+
+
+@layer("elu", ArgSpec("alpha", FLOAT, 1.0), ArgSpec("name", NAME, None))
+def _elu(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """x for x > 0, alpha * (exp(x) - 1) otherwise."""
+    return apply_activation(ctx, inputs[0], "elu", alpha=args["alpha"])
+
+
+@layer("gelu", ArgSpec("approximate", BOOL, False), ArgSpec("name", NAME, None))
+def _gelu(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Gaussian error linear unit; approximate=true uses the tanh form."""
+    return apply_activation(ctx, inputs[0], "gelu", approximate=args["approximate"])
+
+
+@layer("softmax", ArgSpec("axis", INT, -1), ArgSpec("name", NAME, None))
+def _softmax(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Softmax along an axis (the last by default)."""
+    _check_axis(inputs[0], args["axis"])
+    return apply_activation(ctx, inputs[0], "softmax", axis=args["axis"])
+
+
+@layer("activation", ArgSpec("activation", ACTIVATION), ArgSpec("name", NAME, None))
+def _activation(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Any activation by name: activation(relu)."""
+    return apply_activation(ctx, inputs[0], args["activation"])
+
+
+# ---------------------------------------------------------------- dense and reshaping
+
+@layer("dense",
+       ArgSpec("units", POSITIVE_INT), ArgSpec("activation", ACTIVATION, "linear"),
+       ArgSpec("use_bias", BOOL, True),
+       ArgSpec("kernel_initializer", INITIALIZER, Initializer("glorot_uniform")),
+       ArgSpec("bias_initializer", INITIALIZER, Initializer("zeros")),
+       ArgSpec("kernel_regularizer", REGULARIZER, None), ArgSpec("bias_regularizer", REGULARIZER, None),
+       ArgSpec("name", NAME, None))
+def _dense(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Fully connected: activation(x @ kernel + bias), over the last axis."""
+    x = inputs[0]
+    if x.type.rank > 3:
+        raise LayerError(f"dense expects a flat input, got {x.type}",
+                         ["insert flatten() before this layer"])
+    if x.type.rank < 2:
+        raise LayerError(f"dense expects a batch of vectors, got {x.type}")
+    fan_in = x.type.shape[-1]
+    units = args["units"]
+    kernel = ctx.param("kernel", (fan_in, units), _with_fans(args["kernel_initializer"], fan_in, units),
+                       regularizer=args["kernel_regularizer"])
+    y = ctx.emit("matmul", [x, kernel])
+    steps = x.type.concrete_size() // fan_in
+    ctx.count(2 * fan_in * units * steps)
+    if args["use_bias"]:
+        bias = ctx.param("bias", (units,), args["bias_initializer"], regularizer=args["bias_regularizer"])
+        y = ctx.emit("add", [y, bias])
+        ctx.count(units * steps)
+    return apply_activation(ctx, y, args["activation"])
+
+
+def _with_fans(init: Initializer, fan_in: int, fan_out: int) -> Initializer:
+    """Variance-scaling initializers need the fans, which only the layer knows."""
+    if init.name.split("_")[0] in ("glorot", "he", "lecun"):
+        return Initializer(init.name, tuple(sorted(dict(init.args, fan_in=fan_in, fan_out=fan_out).items())))
+    return init
+
+
+@layer("flatten", ArgSpec("name", NAME, None))
+def _flatten(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Collapse every axis but the batch into one."""
+    x = inputs[0]
+    size = math.prod(x.type.shape[1:])
+    return ctx.emit("reshape", [x], shape=(BATCH, size))
+
+
+@layer("reshape", ArgSpec("target_shape", SHAPE, aliases=("shape",)), ArgSpec("name", NAME, None))
+def _reshape(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Reshape every sample to target_shape (the batch axis is kept; one -1 is inferred)."""
+    x = inputs[0]
+    size = math.prod(x.type.shape[1:])
+    target = list(args["target_shape"])
+    known = math.prod(d for d in target if d != -1)
+    if -1 in target:
+        if size % known:
+            raise LayerError(f"cannot reshape {x.type} to {format_shape(tuple(target))}: "
+                             f"{size} elements per sample are not divisible by {known}")
+        target[target.index(-1)] = size // known
+    elif known != size:
+        raise LayerError(f"cannot reshape {x.type} to {format_shape(tuple(target))}: "
+                         f"{size} elements per sample, the target holds {known}")
+    return ctx.emit("reshape", [x], shape=(BATCH, *target))
+
+
+@layer("dropout", ArgSpec("rate", RATE), ArgSpec("seed", INT, None), ArgSpec("name", NAME, None))
+def _dropout(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """While training, zero each element with probability `rate` and scale the rest by 1/(1-rate)."""
+    x = inputs[0]
+    if not ctx.training or args["rate"] == 0.0:
+        return x
+    mask = ctx.emit("dropout_mask", [x], rate=args["rate"])
+    return ctx.emit("mul", [x, mask])
+
+
+# ---------------------------------------------------------------- merges and arithmetic
+
+def _merge(ctx: LayerContext, op: str, word: str, inputs: list[Value]) -> Value:
+    result = inputs[0]
+    for other in inputs[1:]:
+        try:
+            broadcast_shapes(result.type.shape, other.type.shape)
+        except ShapeError:
+            raise LayerError(f"cannot {word} {result.type} and {other.type}: the shapes differ") from None
+        result = ctx.emit(op, [result, other])
+        ctx.count(result.type.concrete_size())
+    return result
+
+
+@layer("add", ArgSpec("name", NAME, None), inputs=(2, None))
+def _add(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Elementwise sum of two or more values."""
+    return _merge(ctx, "add", "add", inputs)
+
+
+@layer("subtract", ArgSpec("name", NAME, None), inputs=2)
+def _subtract(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Elementwise difference of two values."""
+    return _merge(ctx, "sub", "subtract", inputs)
+
+
+@layer("multiply", ArgSpec("name", NAME, None), inputs=(2, None))
+def _multiply(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Elementwise product of two or more values."""
+    return _merge(ctx, "mul", "multiply", inputs)
+
+
+@layer("average", ArgSpec("name", NAME, None), inputs=(2, None))
+def _average(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Elementwise mean of two or more values."""
+    total = _merge(ctx, "add", "average", inputs)
+    return ctx.emit("mul", [total, ctx.constant(1.0 / len(inputs))])
+
+
+@layer("concat", ArgSpec("axis", INT, -1), ArgSpec("name", NAME, None), inputs=(2, None),
+       aliases=("concatenate",))
+def _concat(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Join values along an axis (the last, channels, by default)."""
+    first = inputs[0]
+    axis = _check_axis(first, args["axis"])
+    for other in inputs[1:]:
+        same_rank = other.type.rank == first.type.rank
+        if not same_rank or any(a != b for i, (a, b) in enumerate(zip(first.type.shape, other.type.shape))
+                                if i != axis):
+            raise LayerError(f"concat along axis {args['axis']} needs equal sizes on the other axes, "
+                             f"got {first.type} and {other.type}")
+    return ctx.emit("concat", inputs, axis=axis)
+
+
+def _check_axis(x: Value, axis: int) -> int:
+    rank = x.type.rank
+    if not -rank <= axis < rank:
+        raise LayerError(f"axis {axis} is out of range for {x.type}")
+    normalized = axis % rank
+    if normalized == 0:
+        raise LayerError("axis 0 is the batch axis; choose another")
+    return normalized
+
+
+ARITHMETIC = {"+": ("add", "add"), "-": ("sub", "subtract"), "*": ("mul", "multiply"), "/": ("div", "divide")}
+
+
+def lower_arithmetic(ctx: LayerContext, symbol: str, left: Value | float, right: Value | float) -> Value:
+    """`a + b`, `x * 0.5`, ...: tensors broadcast like NumPy; a number becomes a scalar constant."""
+    op, word = ARITHMETIC[symbol]
+    operands = [v if isinstance(v, Value) else ctx.constant(v) for v in (left, right)]
+    return _merge(ctx, op, word, operands)

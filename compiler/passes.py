@@ -1,0 +1,60 @@
+"""The pass manager: passes are pure functions Graph -> Graph, run in order, each checked and dumpable."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from nnd.compiler.diagnostics import NndError, did_you_mean
+from nnd.compiler.ir import Graph, print_graph
+from nnd.compiler.verify import verify_graph
+
+Pass = Callable[[Graph], Graph]
+
+
+def eliminate_dead_code(graph: Graph) -> Graph:
+    """Drop nodes whose results reach no output and no state update."""
+    live = set(graph.outputs.values()) | set(graph.state_updates.values())
+    kept = []
+    for node in reversed(graph.nodes):
+        if any(v in live for v in node.outputs):
+            kept.append(node)
+            live.update(node.inputs)
+    result = graph.copy_shallow()
+    result.nodes = list(reversed(kept))
+    return result
+
+
+PASSES: dict[str, Pass] = {"dce": eliminate_dead_code}
+PIPELINES: dict[int, tuple[str, ...]] = {0: (), 1: ("dce",), 2: ("dce",)}
+
+
+@dataclass
+class PassManager:
+    passes: list[str]
+    verify: bool = True
+    dump_after: set[str] = field(default_factory=set)  # pass names, or "all"
+    dump: Callable[[str, str], None] = lambda name, text: None
+
+    @classmethod
+    def for_level(cls, level: int, disabled: tuple[str, ...] = (), **options) -> "PassManager":
+        if level not in PIPELINES:
+            raise NndError(f"-O{level} is not an optimization level; use -O0, -O1 or -O2")
+        for name in disabled:
+            check_pass_name(name)
+        return cls([p for p in PIPELINES[level] if p not in disabled], **options)
+
+    def run(self, graph: Graph) -> Graph:
+        for name in self.passes:
+            graph = PASSES[name](graph)
+            if self.verify:
+                verify_graph(graph)
+            if name in self.dump_after or "all" in self.dump_after:
+                self.dump(name, print_graph(graph))
+        return graph
+
+
+def check_pass_name(name: str) -> None:
+    if name not in PASSES:
+        hint = did_you_mean(name, PASSES)
+        raise NndError(f"unknown pass '{name}'" + (f"; did you mean '{hint}'?" if hint else "")
+                       + f" (passes: {', '.join(PASSES)})")

@@ -1,0 +1,88 @@
+"""A Keras-like model summary: one row per layer with output shape, parameters and FLOPs."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from nnd.compiler.ir import Graph
+from nnd.compiler.tensor_type import TensorType
+
+BYTES = {"f32": 4, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    name: str
+    kind: str
+    shape: str
+    params: int
+    flops: int
+    source: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    model: str
+    rows: tuple[SummaryRow, ...]
+    total_params: int
+    trainable_params: int
+    flops_per_sample: int
+    activation_bytes_per_sample: int
+
+    def render(self, batch_size: int = 32) -> str:
+        headers = ("Layer (type)", "Output Shape", "Param #", "FLOPs", "Source")
+        cells = [(f"{r.name} ({r.kind})", r.shape, f"{r.params:,}", _si(r.flops), r.source) for r in self.rows]
+        widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+        right = (False, False, True, True, False)
+
+        def line(values) -> str:
+            parts = [v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)]
+            return "  ".join(parts).rstrip()
+
+        rule = "=" * len(line(headers))
+        out = [f'Model: "{self.model}"', rule, line(headers), rule]
+        out += [line(c) for c in cells]
+        frozen = self.total_params - self.trainable_params
+        activation = self.activation_bytes_per_sample * batch_size
+        out += [rule,
+                f"Total params: {self.total_params:,} ({_bytes(self.total_params * 4)})",
+                f"Trainable params: {self.trainable_params:,}",
+                f"Non-trainable params: {frozen:,}",
+                f"FLOPs per sample (forward): {_si(self.flops_per_sample)}",
+                f"Activation memory at batch {batch_size} (forward): {_bytes(activation)}"]
+        return "\n".join(out)
+
+
+def summarize(graph: Graph) -> Summary:
+    rows = [SummaryRow(v.name or "", "input", _keras_shape(v.type), 0, 0, "") for v in graph.inputs]
+    for record in graph.layers:
+        params = sum(math.prod(graph.param_info[p].type.shape) for p in record.params)
+        where = f"{os.path.basename(record.span.file)}:{record.span.line}" if record.span else ""
+        rows.append(SummaryRow(record.name, record.kind, _keras_shape(record.output.type), params,
+                               record.flops, where))
+    total = sum(math.prod(p.type.shape) for p in graph.param_info.values())
+    trainable = sum(math.prod(p.type.shape) for p in graph.param_info.values() if p.trainable)
+    flops = sum(r.flops for r in graph.layers)
+    activations = sum(v.type.concrete_size() * BYTES[v.type.dtype] for v in graph.inputs)
+    activations += sum(r.output.type.concrete_size() * BYTES[r.output.type.dtype] for r in graph.layers)
+    return Summary(graph.name, tuple(rows), total, trainable, flops, activations)
+
+
+def _keras_shape(type: TensorType) -> str:
+    dims = ["None" if isinstance(d, str) else str(d) for d in type.shape]
+    return "(" + ", ".join(dims) + ")"
+
+
+def _si(value: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return str(value)
+
+
+def _bytes(value: float) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{int(value)} B"

@@ -1,0 +1,212 @@
+"""The `train` section: its settings checked against a schema, giving a `TrainSpec`.
+
+The compiler knows the names of optimizers, losses, metrics, callbacks, schedules and augmentations and
+the arguments each takes, so a misspelling is reported at its position in the file; the runtime builds
+the objects from the `Configured` entries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnd.compiler import syntax as S
+from nnd.compiler.args import (BOOL, FLOAT, INT, NAME, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RATE,
+                               UNIT_FLOAT, ArgError, ArgKind, CallValue, Symbol, choice, describe)
+from nnd.compiler.diagnostics import DiagnosticBag, did_you_mean
+from nnd.compiler.source import Span
+
+_CLIP = {"clipnorm": POSITIVE_FLOAT, "global_clipnorm": POSITIVE_FLOAT, "clipvalue": POSITIVE_FLOAT}
+_LR = {"lr": POSITIVE_FLOAT}
+
+# name -> {argument: kind}; positional arguments bind in this order.
+OPTIMIZERS: dict[str, dict[str, ArgKind]] = {
+    "sgd": {**_LR, "momentum": UNIT_FLOAT, "nesterov": BOOL, "weight_decay": FLOAT, **_CLIP},
+    "adam": {**_LR, "beta_1": UNIT_FLOAT, "beta_2": UNIT_FLOAT, "epsilon": POSITIVE_FLOAT, "amsgrad": BOOL,
+             **_CLIP},
+    "adamw": {**_LR, "weight_decay": FLOAT, "beta_1": UNIT_FLOAT, "beta_2": UNIT_FLOAT,
+              "epsilon": POSITIVE_FLOAT, "amsgrad": BOOL, **_CLIP},
+    "rmsprop": {**_LR, "rho": UNIT_FLOAT, "momentum": UNIT_FLOAT, "epsilon": POSITIVE_FLOAT, "centered": BOOL,
+                **_CLIP},
+    "adagrad": {**_LR, "initial_accumulator_value": FLOAT, "epsilon": POSITIVE_FLOAT, **_CLIP},
+}
+
+LOSSES: dict[str, dict[str, ArgKind]] = {
+    "sparse_categorical_crossentropy": {"from_logits": BOOL},
+    "categorical_crossentropy": {"from_logits": BOOL},
+    "binary_crossentropy": {"from_logits": BOOL},
+    "mse": {}, "mae": {}, "huber": {"delta": POSITIVE_FLOAT},
+}
+LOSS_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae"}
+
+METRICS: dict[str, dict[str, ArgKind]] = {
+    "accuracy": {}, "sparse_categorical_accuracy": {}, "categorical_accuracy": {},
+    "binary_accuracy": {"threshold": UNIT_FLOAT}, "top_k_accuracy": {"k": POSITIVE_INT},
+    "mae": {}, "mse": {},
+}
+
+_MONITOR = {"monitor": NAME}
+CALLBACKS: dict[str, dict[str, ArgKind]] = {
+    "early_stopping": {**_MONITOR, "patience": NON_NEGATIVE_INT, "min_delta": FLOAT,
+                       "mode": choice(("auto", "min", "max"), "mode"), "restore_best": BOOL},
+    "reduce_lr_on_plateau": {**_MONITOR, "factor": UNIT_FLOAT, "patience": NON_NEGATIVE_INT,
+                             "min_delta": FLOAT, "min_lr": FLOAT, "cooldown": NON_NEGATIVE_INT},
+    "best_checkpoint": {**_MONITOR},
+}
+
+SCHEDULES: dict[str, dict[str, ArgKind]] = {
+    "step_decay": {"drop": UNIT_FLOAT, "every": POSITIVE_INT},
+    "exponential_decay": {"decay_rate": UNIT_FLOAT, "decay_steps": POSITIVE_INT, "staircase": BOOL},
+    "cosine_decay": {"decay_steps": POSITIVE_INT, "alpha": UNIT_FLOAT},
+    "warmup": {"warmup_steps": POSITIVE_INT, "then": choice(("constant", "cosine"), "schedule"),
+               "decay_steps": POSITIVE_INT},
+}
+
+AUGMENTATIONS: dict[str, dict[str, ArgKind]] = {
+    "random_flip": {"mode": choice(("horizontal", "vertical", "horizontal_and_vertical"), "flip mode")},
+    "random_shift": {"fraction": UNIT_FLOAT},
+    "random_crop": {"padding": POSITIVE_INT},
+    "random_rotation": {"degrees": FLOAT},
+    "gaussian_noise": {"stddev": POSITIVE_FLOAT},
+}
+
+NAMED_DATASETS = ("fashion_mnist", "mnist")
+
+
+@dataclass(frozen=True)
+class Configured:
+    """A named thing with arguments: `adam(lr=0.001)` → Configured('adam', {'lr': 0.001})."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict, hash=False)
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass
+class TrainSpec:
+    model: str
+    data: str | None = None  # a named dataset or a path
+    optimizer: Configured = field(default_factory=lambda: Configured("adam"))
+    loss: Configured | None = None
+    metrics: list[Configured] = field(default_factory=list)
+    epochs: int = 1
+    batch_size: int = 32
+    validation_split: float = 0.0
+    seed: int = 0
+    callbacks: list[Configured] = field(default_factory=list)
+    lr_schedule: Configured | None = None
+    augment: list[Configured] = field(default_factory=list)
+    target: str | None = None  # the CSV column holding labels
+    span: Span | None = None
+
+
+class _SettingError(Exception):
+    def __init__(self, message: str, span: Span | None, notes: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.message, self.span, self.notes = message, span, notes
+
+
+def _configured(value: Any, table: dict[str, dict[str, ArgKind]], what: str, span: Span | None,
+                aliases: dict[str, str] | None = None) -> Configured:
+    if isinstance(value, Symbol):
+        name, positional, keywords, span = value.name, (), (), value.span or span
+    elif isinstance(value, CallValue):
+        name, positional, keywords, span = value.callee, value.args, value.kwargs, value.span or span
+    else:
+        raise _SettingError(f"expected {what} name, got {describe(value)}", span)
+    name = (aliases or {}).get(name, name)
+    if name not in table:
+        hint = did_you_mean(name, list(table) + list(aliases or {}))
+        raise _SettingError(f"unknown {what} '{name}'" + (f"; did you mean '{hint}'?" if hint else ""), span,
+                            (f"valid: {', '.join(table)}",))
+    schema = table[name]
+    keys = list(schema)
+    if len(positional) > len(keys):
+        raise _SettingError(f"{name} takes at most {len(keys)} positional arguments", span)
+    raw = dict(zip(keys, positional))
+    for key, arg in keywords:
+        key = "lr" if key == "learning_rate" else key
+        key = "restore_best" if key == "restore_best_weights" else key
+        if key not in schema:
+            hint = did_you_mean(key, keys)
+            raise _SettingError(f"{name} has no argument '{key}'" + (f"; did you mean '{hint}'?" if hint else ""),
+                                span, (f"valid: {', '.join(keys) or 'none'}",))
+        raw[key] = arg
+    args = {}
+    for key, arg in raw.items():
+        try:
+            args[key] = schema[key].convert(arg)
+        except ArgError as err:
+            raise _SettingError(f"{name} argument '{key}': {err.message}", span, err.notes) from None
+    return Configured(name, args, span)
+
+
+def _list(value: Any, span: Span | None) -> list[Any]:
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+def _convert(kind: ArgKind, value: Any, key: str, span: Span | None) -> Any:
+    try:
+        return kind.convert(value)
+    except ArgError as err:
+        raise _SettingError(f"{key}: {err.message}", span, err.notes) from None
+
+
+def _data(value: Any, span: Span | None) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Symbol):
+        if value.name not in NAMED_DATASETS:
+            hint = did_you_mean(value.name, NAMED_DATASETS)
+            raise _SettingError(f"unknown dataset '{value.name}'" + (f"; did you mean '{hint}'?" if hint else ""),
+                                span, (f"named datasets: {', '.join(NAMED_DATASETS)}; or give a file path "
+                                       'in quotes, such as "data.npz"',))
+        return value.name
+    raise _SettingError(f"data: expected a dataset name or a file path, got {describe(value)}", span)
+
+
+SETTINGS = ("data", "optimizer", "loss", "metrics", "epochs", "batch_size", "validation_split", "seed",
+            "callbacks", "lr_schedule", "augment", "target")
+
+
+def check_train(section: S.TrainDef, values: dict[str, tuple[Any, Span | None]], bag: DiagnosticBag) -> TrainSpec:
+    """Build a TrainSpec from evaluated settings, reporting each bad setting at its position."""
+    spec = TrainSpec(model=section.model, span=section.span)
+    for key, (value, span) in values.items():
+        try:
+            _apply_setting(spec, key, value, span)
+        except _SettingError as err:
+            bag.error(err.message, err.span, err.notes)
+    return spec
+
+
+def _apply_setting(spec: TrainSpec, key: str, value: Any, span: Span | None) -> None:
+    if key == "data":
+        spec.data = _data(value, span)
+    elif key == "optimizer":
+        spec.optimizer = _configured(value, OPTIMIZERS, "optimizer", span)
+    elif key == "loss":
+        spec.loss = _configured(value, LOSSES, "loss", span, LOSS_ALIASES)
+    elif key == "metrics":
+        spec.metrics = [_configured(v, METRICS, "metric", span) for v in _list(value, span)]
+    elif key == "callbacks":
+        spec.callbacks = [_configured(v, CALLBACKS, "callback", span) for v in _list(value, span)]
+    elif key == "augment":
+        spec.augment = [_configured(v, AUGMENTATIONS, "augmentation", span) for v in _list(value, span)]
+    elif key == "lr_schedule":
+        spec.lr_schedule = _configured(value, SCHEDULES, "learning-rate schedule", span)
+    elif key == "epochs":
+        spec.epochs = _convert(POSITIVE_INT, value, key, span)
+    elif key == "batch_size":
+        spec.batch_size = _convert(POSITIVE_INT, value, key, span)
+    elif key == "validation_split":
+        spec.validation_split = _convert(RATE, value, key, span)
+    elif key == "seed":
+        spec.seed = _convert(INT, value, key, span)
+    elif key == "target":
+        spec.target = value if isinstance(value, str) else _convert(NAME, value, key, span)
+    else:
+        hint = did_you_mean(key, SETTINGS)
+        raise _SettingError(f"unknown train setting '{key}'" + (f"; did you mean '{hint}'?" if hint else ""), span,
+                            (f"valid: {', '.join(SETTINGS)}",))

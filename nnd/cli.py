@@ -1,0 +1,190 @@
+"""The `nnd` command line."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from nnd.compiler.diagnostics import NndError
+
+BUG_REPORT = "this is a bug in nnd; please report it with the command and the model file"
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Print NndError as diagnostics and exit 1; anything else is an internal error, reported as such."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NndError as err:
+            click.echo(err.render(), err=True)
+            sys.exit(1)
+        except BrokenPipeError:
+            # The reader went away (`nnd compile ... | head`); stay quiet like other Unix tools.
+            sys.stderr = open(os.devnull, "w")
+            sys.exit(0)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except MemoryError:
+            click.echo("error: out of memory; try a smaller --batch-size", err=True)
+            sys.exit(1)
+        except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
+            if os.environ.get("NND_DEBUG"):
+                traceback.print_exc()
+            click.echo(f"internal error: {type(err).__name__}: {err}\n  note: {BUG_REPORT}"
+                       " (set NND_DEBUG=1 for the traceback)", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _compile(path: str):
+    from nnd.compiler.frontend import compile_file
+
+    return compile_file(path)
+
+
+MODEL_OPTION = click.option("--model", "model_name", default=None, help="Which model of the file (default: the last).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nnd")
+def main() -> None:
+    """nnd: compile, inspect and train neural networks written in the .nnd language."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@user_errors
+def check(files: tuple[str, ...]) -> None:
+    """Check model files and report every error found."""
+    failed = False
+    for path in files:
+        try:
+            program = _compile(path)
+        except NndError as err:
+            click.echo(err.render(), err=True)
+            failed = True
+            continue
+        models = ", ".join(program.graphs) or "no models"
+        click.echo(f"{path}: ok ({models})")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@MODEL_OPTION
+@click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Batch size for the activation-memory figure.")
+@user_errors
+def summary(file: str, model_name: str | None, batch_size: int) -> None:
+    """Print layers, output shapes, parameter counts, FLOPs and activation memory."""
+    from nnd.compiler.summary import summarize
+
+    program = _compile(file)
+    graph = program.graphs[program.model_name(model_name)]
+    click.echo(summarize(graph).render(batch_size))
+
+
+@main.command("compile")
+@click.argument("file", type=click.Path(dir_okay=False))
+@MODEL_OPTION
+@click.option("--emit", type=click.Choice(["ast", "ir", "optimized", "train"]), default="ir", show_default=True,
+              help="ast: the syntax tree; ir: the inference graph; optimized: after the passes; "
+                   "train: the training graph with gradients.")
+@click.option("-O", "level", type=int, default=2, show_default=True, help="Optimization level, 0 to 2.")
+@click.option("--no", "disabled", multiple=True, metavar="PASS", help="Turn a pass off (repeatable).")
+@click.option("--dump-after", multiple=True, metavar="PASS", help="Print the IR after a pass ('all' for every one).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to a file.")
+@user_errors
+def compile_command(file: str, model_name: str | None, emit: str, level: int, disabled: tuple[str, ...],
+                    dump_after: tuple[str, ...], output: str | None) -> None:
+    """Show what the compiler makes of a model file."""
+    from nnd.compiler.ir import print_graph
+    from nnd.compiler.passes import PassManager, check_pass_name
+    from nnd.compiler.syntax import dump
+
+    for name in dump_after:
+        if name != "all":
+            check_pass_name(name)
+    program = _compile(file)
+    if emit == "ast":
+        text = "\n".join(dump(module) for module in program.program.modules)
+    else:
+        name = program.model_name(model_name)
+        graph = program.graphs[name]
+        if emit == "train":
+            from nnd.runtime.training_graph import build_training_graph
+
+            graph = build_training_graph(program, name).graph
+        if emit in ("optimized", "train"):
+            manager = PassManager.for_level(level, disabled, dump_after=set(dump_after),
+                                            dump=lambda p, t: click.echo(f"// after {p}\n{t}"))
+            graph = manager.run(graph)
+        text = print_graph(graph)
+    _write(text, output)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@MODEL_OPTION
+@click.option("--params", is_flag=True, help="Draw parameters too.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to a file.")
+@user_errors
+def graph(file: str, model_name: str | None, params: bool, output: str | None) -> None:
+    """Write the model's graph as DOT text, shapes on the edges."""
+    from nnd.compiler.dot import graph_to_dot
+
+    program = _compile(file)
+    _write(graph_to_dot(program.graphs[program.model_name(model_name)], params), output)
+
+
+@main.command()
+@user_errors
+def layers() -> None:
+    """List the layer catalog with each layer's arguments."""
+    from nnd.compiler.layers import LAYERS
+
+    seen = set()
+    for key, spec in sorted(LAYERS.items()):
+        if id(spec) in seen:
+            continue
+        seen.add(id(spec))
+        args = ", ".join(a.name if a.required else f"{a.name}={_default(a.default)}" for a in spec.args)
+        click.echo(f"{spec.name}({args})")
+        if spec.doc:
+            click.echo(f"    {spec.doc.splitlines()[0]}")
+
+
+def _default(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == value[1] and isinstance(value[0], int):
+        return str(value[0])
+    return str(value)
+
+
+def _write(text: str, output: str | None) -> None:
+    if output is None:
+        click.echo(text)
+        return
+    try:
+        Path(output).write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
+    except OSError as err:
+        raise NndError(f"cannot write --output {output}: {err.strerror}") from None
+
+
+if __name__ == "__main__":
+    main()
