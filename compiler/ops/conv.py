@@ -147,7 +147,7 @@ def _infer_conv2d(attrs: dict[str, Any], types: Sequence[TensorType]) -> list[Te
     op = "conv2d"
     x, w = types
     dtype = _check_float(op, x, w)
-    _check_rank(op, "input", x, 4, "(N, H, W, C)", )
+    _check_rank(op, "input", x, 4, "(N, H, W, C)")
     _check_rank(op, "kernel", w, 4, "(kh, kw, in, out)")
     _known(op, "input", x, (1, 2))
     _known(op, "kernel", w, (0, 1, 2, 3))
