@@ -325,9 +325,11 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except NndError:
         raise
     except ValueError as e:
-        if "pickle" in str(e):
+        if "Object arrays" in str(e):
             raise NndError(f"{path} contains object arrays, which are not loaded (pickles can run code); "
                            f"save plain numeric arrays") from None
+        if "pickled data" in str(e):
+            raise NndError(f"cannot read {path}: the file is corrupt or truncated (not a {suffix} file)") from None
         raise NndError(f"cannot read {path}: {e}") from None
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
         raise NndError(f"cannot read {path}: the file is corrupt or truncated ({e})") from None

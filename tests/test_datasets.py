@@ -230,6 +230,9 @@ def test_load_arrays_errors(tmp_path):
     (tmp_path / "t.npz").write_bytes((tmp_path / "t.npz").read_bytes()[:50])
     with pytest.raises(NndError, match="t.npz: the file is corrupt or truncated"):
         load_arrays(tmp_path / "t.npz")
+    (tmp_path / "g.npz").write_bytes(b"hello")
+    with pytest.raises(NndError, match="g.npz: the file is corrupt or truncated"):
+        load_arrays(tmp_path / "g.npz")
     with pytest.raises(NndError, match="array file not found"):
         load_arrays(tmp_path / "none.npz")
     (tmp_path / "x.txt").write_text("1")
