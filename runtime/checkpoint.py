@@ -128,11 +128,21 @@ def save_checkpoint(path: str | os.PathLike, params: Mapping[str, Any], optimize
     atomic_write(path, lambda f: np.savez(f, **arrays), "checkpoint")
 
 
+def _starts_like_npz(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def _open_npz(path: Path, what: str) -> dict[str, np.ndarray]:
     if not path.exists():
         raise NndError(f"{what} file not found: {path}")
     if path.is_dir():
         raise NndError(f"{what} path {path} is a directory, not a file")
+    if not _starts_like_npz(path):
+        raise NndError(f"{what} {path} is corrupt or truncated (it does not start like a .npz archive)")
     try:
         z = np.load(path, allow_pickle=False)
         if not hasattr(z, "files"):
@@ -142,10 +152,8 @@ def _open_npz(path: Path, what: str) -> dict[str, np.ndarray]:
     except NndError:
         raise
     except ValueError as e:
-        if "Object arrays" in str(e):
+        if _starts_like_npz(path) and "object" in str(e).lower():
             raise NndError(f"{path} contains object arrays, which are not loaded (pickles can run code)") from None
-        if "pickled data" in str(e):
-            raise NndError(f"{what} {path} is corrupt or truncated (it is not a .npz archive)") from None
         raise NndError(f"{what} {path} is corrupt or truncated ({e})") from None
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error, KeyError) as e:
         raise NndError(f"{what} {path} is corrupt or truncated ({e})") from None

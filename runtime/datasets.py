@@ -325,11 +325,13 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except NndError:
         raise
     except ValueError as e:
-        if "Object arrays" in str(e):
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic[:4] not in (b"PK\x03\x04", b"\x93NUMP"):
+            raise NndError(f"cannot read {path}: the file is corrupt or truncated (not a {suffix} file)") from None
+        if "object" in str(e).lower():
             raise NndError(f"{path} contains object arrays, which are not loaded (pickles can run code); "
                            f"save plain numeric arrays") from None
-        if "pickled data" in str(e):
-            raise NndError(f"cannot read {path}: the file is corrupt or truncated (not a {suffix} file)") from None
         raise NndError(f"cannot read {path}: {e}") from None
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
         raise NndError(f"cannot read {path}: the file is corrupt or truncated ({e})") from None
