@@ -1,0 +1,280 @@
+"""Training callbacks with Keras semantics: EarlyStopping, ReduceLROnPlateau, BestCheckpoint.
+
+A callback sees a training-state object with `params` (name -> array, changed in place), `optimizer`
+(with a settable `lr` and `state_dict()`), `epoch` (0-based) and `stop_training`, and the epoch's logs
+(e.g. {"loss": ..., "val_loss": ..., "val_accuracy": ...}):
+
+    on_train_begin(state); on_epoch_end(state, logs) after every epoch; on_train_end(state)
+
+mode="auto" maximizes monitors naming an accuracy-like quantity (acc, auc, precision, recall, f1) and
+minimizes everything else (losses, mae, mse).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from nnd.compiler.diagnostics import NndError, did_you_mean
+
+__all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau", "BestCheckpoint", "make_callback", "CALLBACKS"]
+
+_MAXIMIZE_HINTS = ("acc", "auc", "precision", "recall", "f1")
+
+
+def _direction(owner: str, monitor: str, mode: str) -> str:
+    if mode not in ("auto", "min", "max"):
+        hint = did_you_mean(str(mode), ("auto", "min", "max"))
+        raise NndError(f"{owner}: mode must be 'auto', 'min' or 'max', got {mode!r}"
+                       + (f"; did you mean '{hint}'?" if hint else ""))
+    if mode != "auto":
+        return mode
+    name = monitor.lower()
+    return "max" if any(h in name for h in _MAXIMIZE_HINTS) and "loss" not in name else "min"
+
+
+def _monitored(owner: str, monitor: str, logs: Mapping[str, Any]) -> float:
+    if monitor not in logs:
+        hint = did_you_mean(monitor, list(logs))
+        extra = ""
+        if monitor.startswith("val_") and not any(k.startswith("val_") for k in logs):
+            extra = " (there is no validation data; set validation_split or monitor a training figure)"
+        raise NndError(f"{owner} monitors '{monitor}', which is not in the epoch logs"
+                       + (f"; did you mean '{hint}'?" if hint else "") + extra
+                       + f" (logged: {', '.join(logs) or 'nothing'})")
+    return float(logs[monitor])
+
+
+def _check_number(owner: str, key: str, value: Any, lo: float = -math.inf, hi: float = math.inf,
+                  integer: bool = False, hi_open: bool = False) -> float:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and lo <= value and (value < hi if hi_open else value <= hi)
+    ok = ok and (not integer or float(value) == int(value))
+    if not ok:
+        rng = f" in [{lo:g}, {hi:g}{')' if hi_open else ']'}" if hi != math.inf else (f" >= {lo:g}" if lo != -math.inf else "")
+        raise NndError(f"{owner}: {key} must be {'an integer' if integer else 'a number'}{rng}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+class Callback:
+    def on_train_begin(self, state: Any) -> None:
+        pass
+
+    def on_epoch_end(self, state: Any, logs: Mapping[str, Any]) -> None:
+        pass
+
+    def on_train_end(self, state: Any) -> None:
+        pass
+
+
+class _Monitor:
+    """Best-value tracking shared by the callbacks: is `current` better than `best` by more than min_delta?"""
+
+    def __init__(self, owner: str, monitor: str, mode: str, min_delta: float):
+        if not isinstance(monitor, str) or not monitor:
+            raise NndError(f"{owner}: monitor must be the name of a logged figure, got {monitor!r}")
+        self.owner, self.monitor = owner, monitor
+        self.direction = _direction(owner, monitor, mode)
+        self.min_delta = abs(_check_number(owner, "min_delta", min_delta))
+        self.best = math.inf if self.direction == "min" else -math.inf
+
+    def reset(self) -> None:
+        self.best = math.inf if self.direction == "min" else -math.inf
+
+    def improved(self, current: float) -> bool:
+        if self.direction == "min":
+            return current < self.best - self.min_delta
+        return current > self.best + self.min_delta
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs.
+
+    With restore_best=True the parameters of the best epoch are written back at the end of training, also
+    when training ran to its last epoch without stopping early (Keras only restores on an early stop).
+    """
+
+    name = "early_stopping"
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0, mode: str = "auto",
+                 restore_best: bool = False):
+        self._tracker = _Monitor(self.name, monitor, mode, min_delta)
+        self.monitor = monitor
+        self.patience = _check_number(self.name, "patience", patience, 0, integer=True)
+        if not isinstance(restore_best, bool):
+            raise NndError(f"{self.name}: restore_best must be true or false, got {restore_best!r}")
+        self.restore_best = restore_best
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self.best_epoch: int | None = None
+        self.best_weights: dict[str, np.ndarray] | None = None
+
+    @property
+    def best(self) -> float:
+        return self._tracker.best
+
+    def on_train_begin(self, state):
+        self._tracker.reset()
+        self.wait = 0
+        self.stopped_epoch = None
+        self.best_epoch = None
+        self.best_weights = None
+
+    def _snapshot(self, state) -> dict[str, np.ndarray]:
+        return {k: np.array(v, copy=True) for k, v in state.params.items()}
+
+    def on_epoch_end(self, state, logs):
+        current = _monitored(self.name, self.monitor, logs)
+        if self.restore_best and self.best_weights is None:
+            self.best_weights = self._snapshot(state)
+            self.best_epoch = state.epoch
+        self.wait += 1
+        if self._tracker.improved(current):
+            self._tracker.best = current
+            self.best_epoch = state.epoch
+            if self.restore_best:
+                self.best_weights = self._snapshot(state)
+            self.wait = 0
+            return
+        if self.wait >= self.patience and state.epoch > 0:
+            self.stopped_epoch = state.epoch
+            state.stop_training = True
+
+    def on_train_end(self, state):
+        if self.restore_best and self.best_weights is not None:
+            for name, value in self.best_weights.items():
+                if name in state.params:
+                    state.params[name][...] = value
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the optimizer's learning rate by `factor` after `patience` epochs without improvement."""
+
+    name = "reduce_lr_on_plateau"
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, min_delta: float = 1e-4,
+                 min_lr: float = 0.0, cooldown: int = 0, mode: str = "auto"):
+        self._tracker = _Monitor(self.name, monitor, mode, min_delta)
+        self.monitor = monitor
+        self.factor = _check_number(self.name, "factor", factor, 0.0, 1.0, hi_open=True)
+        if self.factor == 0.0:
+            raise NndError(f"{self.name}: factor must be in (0, 1), got {factor!r}")
+        self.patience = _check_number(self.name, "patience", patience, 0, integer=True)
+        self.min_lr = _check_number(self.name, "min_lr", min_lr, 0.0)
+        self.cooldown = _check_number(self.name, "cooldown", cooldown, 0, integer=True)
+        self.wait = 0
+        self.cooldown_counter = 0
+        self.reductions: list[tuple[int, float, float]] = []  # (epoch, old lr, new lr)
+
+    @property
+    def best(self) -> float:
+        return self._tracker.best
+
+    def on_train_begin(self, state):
+        self._tracker.reset()
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def on_epoch_end(self, state, logs):
+        current = _monitored(self.name, self.monitor, logs)
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._tracker.improved(current):
+            self._tracker.best = current
+            self.wait = 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = float(state.optimizer.lr)
+                if old > np.float32(self.min_lr):
+                    new = max(old * self.factor, self.min_lr)
+                    state.optimizer.lr = new
+                    self.reductions.append((state.epoch, old, new))
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+class BestCheckpoint(Callback):
+    """Save a checkpoint to `path` whenever `monitor` improves (epoch counted as epochs done).
+
+    `save(path, state, logs)` replaces the default writer, e.g. to include RNG states.
+    """
+
+    name = "best_checkpoint"
+
+    def __init__(self, path: str | Path, monitor: str = "val_loss", mode: str = "auto", min_delta: float = 0.0,
+                 save: Callable[[Path, Any, Mapping[str, Any]], None] | None = None):
+        self.path = Path(path)
+        self._tracker = _Monitor(self.name, monitor, mode, min_delta)
+        self.monitor = monitor
+        self.save = save
+        self.best_epoch: int | None = None
+        self.saves = 0
+
+    @property
+    def best(self) -> float:
+        return self._tracker.best
+
+    def on_train_begin(self, state):
+        self._tracker.reset()
+        self.best_epoch = None
+
+    def on_epoch_end(self, state, logs):
+        current = _monitored(self.name, self.monitor, logs)
+        if not self._tracker.improved(current):
+            return
+        self._tracker.best = current
+        self.best_epoch = state.epoch
+        if self.save is not None:
+            self.save(self.path, state, logs)
+        else:
+            from nnd.runtime.checkpoint import save_checkpoint
+
+            optimizer = getattr(state, "optimizer", None)
+            opt_state = optimizer.state_dict() if optimizer is not None else {}
+            save_checkpoint(self.path, state.params, opt_state, state.epoch + 1, None,
+                            {"monitor": self.monitor, "value": current, "logs": {k: float(v) for k, v in logs.items()
+                                                                                 if _is_real(v)}})
+        self.saves += 1
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+CALLBACKS: dict[str, type[Callback]] = {
+    "early_stopping": EarlyStopping,
+    "reduce_lr_on_plateau": ReduceLROnPlateau,
+    "best_checkpoint": BestCheckpoint,
+}
+
+
+def _normalize(name: str) -> str:
+    return str(name).strip().lower().replace("_", "").replace("-", "")
+
+
+def make_callback(name: str, **args: Any) -> Callback:
+    """Build a callback by name (snake_case or Keras CamelCase, e.g. EarlyStopping)."""
+    import inspect
+
+    by_norm = {_normalize(k): k for k in CALLBACKS}
+    by_norm["reducelronplateau"] = "reduce_lr_on_plateau"
+    by_norm["modelcheckpoint"] = "best_checkpoint"
+    key = by_norm.get(_normalize(name))
+    if key is None:
+        hint = did_you_mean(str(name).lower(), CALLBACKS)
+        raise NndError(f"unknown callback '{name}'" + (f"; did you mean '{hint}'?" if hint else "")
+                       + f" (available: {', '.join(CALLBACKS)})")
+    cls = CALLBACKS[key]
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for k in args:
+        if k not in valid:
+            hint = did_you_mean(k, valid)
+            raise NndError(f"unknown argument '{k}' for callback '{key}'" + (f"; did you mean '{hint}'?" if hint else "")
+                           + f" (valid: {', '.join(valid)})")
+    if key == "best_checkpoint" and "path" not in args:
+        raise NndError("callback 'best_checkpoint' needs a path to save to")
+    return cls(**args)
