@@ -22,11 +22,11 @@ __all__ = ["Metric", "Accuracy", "SparseCategoricalAccuracy", "CategoricalAccura
 
 
 def _module(a: Any):
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return np
-    return cupy.get_array_module(a)
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
 
 
 class Metric:
