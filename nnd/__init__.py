@@ -1,3 +1,56 @@
-"""nnd: a compiler and runtime for the .nnd neural-network model language."""
+"""nnd: a compiler and runtime for the .nnd neural-network model language.
+
+    import nnd
+    model = nnd.load("examples/mnist_cnn.nnd")
+    model.fit(x_train, y_train, epochs=1)
+    probabilities = model.predict(x_test)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnd.compiler.diagnostics import NndError
 
 __version__ = "0.1.0"
+
+
+def load(path: str | Path, model: str | None = None, *, weights: str | Path | None = None,
+         backend: str = "numpy", dtype: str = "float32", seed: int | None = None, opt_level: int = 2) -> "Model":
+    """Compile a `.nnd` file (or a directory written by `Model.save` / `nnd train --out`) into a Model."""
+    from nnd.compiler.frontend import compile_file
+
+    path = Path(path)
+    if path.is_dir():
+        source, weights = _saved_model(path, weights)
+        path = source
+    result = Model(compile_file(path), model, backend=backend, dtype=dtype, seed=seed, opt_level=opt_level)
+    if weights is not None:
+        result.load_weights(weights)
+    return result
+
+
+def loads(text: str, model: str | None = None, *, name: str = "<string>", base_dir: str | Path | None = None,
+          backend: str = "numpy", dtype: str = "float32", seed: int | None = None, opt_level: int = 2) -> "Model":
+    """Compile `.nnd` source text into a Model; imports resolve against `base_dir` (default: cwd)."""
+    from nnd.compiler.frontend import compile_text
+
+    return Model(compile_text(text, name=name, base_dir=base_dir), model, backend=backend, dtype=dtype,
+                 seed=seed, opt_level=opt_level)
+
+
+def _saved_model(directory: Path, weights: str | Path | None) -> tuple[Path, Path | None]:
+    import json
+
+    manifest = directory / "model.json"
+    if not manifest.is_file():
+        raise NndError(f"{directory} holds no saved model (model.json is missing)")
+    info = json.loads(manifest.read_text())
+    source = directory / "source" / info["source"]
+    if weights is None and (directory / "weights.npz").is_file():
+        weights = directory / "weights.npz"
+    return source, weights
+
+
+from nnd.model import Model  # noqa: E402  (after the functions, which are the facade's entry points)
+
+__all__ = ["Model", "NndError", "load", "loads", "__version__"]

@@ -149,6 +149,87 @@ def graph(file: str, model_name: str | None, params: bool, output: str | None) -
     _write(graph_to_dot(program.graphs[program.model_name(model_name)], params), output)
 
 
+BACKEND_OPTION = click.option("--backend", type=click.Choice(["numpy", "cupy"]), default="numpy", show_default=True,
+                              help="Where to run.")
+DATA_OPTIONS = [
+    click.option("--data", default=None, metavar="NAME|PATH",
+                 help="fashion_mnist, mnist, or a .npz/.npy/.csv file (default: the train section's data)."),
+    click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                 help="Where to look for the named datasets' IDX files first."),
+    click.option("--limit", type=click.IntRange(min=1), default=None,
+                 help="Use only the first N training samples (quick trials)."),
+]
+
+
+def data_options(fn: Callable) -> Callable:
+    for option in reversed(DATA_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@MODEL_OPTION
+@data_options
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the train section.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the train section.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate.")
+@click.option("--seed", type=int, default=None, help="Seed for initialization, shuffling and dropout.")
+@BACKEND_OPTION
+@click.option("-O", "level", type=click.IntRange(0, 2), default=2, show_default=True, help="Optimization level.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory for checkpoints, weights, metrics and the source (default: runs/MODEL-TIME).")
+@click.option("--resume", type=click.Path(dir_okay=False), default=None,
+              help="Continue from a checkpoint.npz written by an earlier run.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Start from saved weights.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@user_errors
+def train(file: str, model_name: str | None, data: str | None, data_dir: str | None, limit: int | None,
+          epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None, backend: str,
+          level: int, out: str | None, resume: str | None, weights: str | None, quiet: bool) -> None:
+    """Train a model on a dataset; then report the test figures when the dataset has a test split."""
+    from nnd.cli_train import run_training
+
+    if resume and weights:
+        raise click.UsageError("--resume and --weights are exclusive: --resume continues a run (weights, optimizer "
+                               "state, epoch), --weights only starts from saved weights")
+    run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level, out,
+                 resume, weights, quiet)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@MODEL_OPTION
+@click.option("--weights", type=click.Path(), required=True, help="weights.npz, or a run directory.")
+@data_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@BACKEND_OPTION
+@user_errors
+def evaluate(file: str, model_name: str | None, weights: str, data: str | None, data_dir: str | None,
+             limit: int | None, batch_size: int, backend: str) -> None:
+    """Loss and metrics of trained weights on a dataset's test split (or on a whole file)."""
+    from nnd.cli_train import run_evaluation
+
+    run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@MODEL_OPTION
+@click.option("--weights", type=click.Path(), required=True, help="weights.npz, or a run directory.")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), required=True, help="A .npy or .npz of inputs.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False), required=True, help="Where to write .npy.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@BACKEND_OPTION
+@user_errors
+def predict(file: str, model_name: str | None, weights: str, input_path: str, output_path: str, batch_size: int,
+            backend: str) -> None:
+    """Run trained weights on inputs from a file and write the outputs."""
+    from nnd.cli_train import run_prediction
+
+    run_prediction(file, model_name, weights, input_path, output_path, batch_size, backend)
+
+
 @main.command()
 @user_errors
 def layers() -> None:

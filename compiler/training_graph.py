@@ -1,0 +1,137 @@
+"""From a model to its training graph: targets, the loss (fused with softmax/sigmoid where it can be),
+regularization, and the gradients of every trainable parameter, by the autodiff pass.
+
+Each model output gets a target input named `target:<output>`; the training graph's outputs are the
+model outputs (for metrics), `loss` (the mean loss over the batch plus regularization) and one
+`grad:<parameter>` per trainable parameter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nnd.compiler.autodiff import differentiate
+from nnd.compiler.builder import GraphBuilder
+from nnd.compiler.diagnostics import Diagnostic, NndError
+from nnd.compiler.ir import Graph, Value
+from nnd.compiler.layers import INFER, TRAIN
+from nnd.compiler.tensor_type import TensorType
+from nnd.compiler.training import Configured, TrainSpec
+
+TARGET_PREFIX = "target:"
+LOSS = "loss"
+
+# The loss each final activation fuses with: the stable form works on the activation's input.
+_FUSED = {("sparse_categorical_crossentropy", "softmax"): "sparse_softmax_cross_entropy",
+          ("categorical_crossentropy", "softmax"): "softmax_cross_entropy",
+          ("binary_crossentropy", "sigmoid"): "sigmoid_cross_entropy"}
+_ON_PROBABILITIES = {"sparse_categorical_crossentropy": "sparse_categorical_crossentropy",
+                     "categorical_crossentropy": "categorical_crossentropy",
+                     "binary_crossentropy": "binary_crossentropy"}
+_FROM_LOGITS = {"sparse_categorical_crossentropy": "sparse_softmax_cross_entropy",
+                "categorical_crossentropy": "softmax_cross_entropy",
+                "binary_crossentropy": "sigmoid_cross_entropy"}
+
+
+@dataclass
+class TrainingGraph:
+    graph: Graph
+    targets: dict[str, str]  # model output -> target input name
+    trainable: list[str]
+
+
+def default_loss(graph: Graph) -> Configured:
+    """The loss a Keras user would pick for the model's last activation, when the file names none."""
+    output = next(iter(graph.outputs.values()))
+    producer = output.producer
+    if producer is not None and producer.op == "softmax":
+        return Configured("sparse_categorical_crossentropy")
+    if producer is not None and producer.op == "sigmoid":
+        return Configured("binary_crossentropy")
+    return Configured("mse")
+
+
+def target_type(loss: str, output: Value) -> TensorType:
+    """Sparse losses take integer class labels, one per prediction vector; the others a float array."""
+    if loss == "sparse_categorical_crossentropy":
+        return TensorType(output.type.shape[:-1], "i64")
+    return output.type
+
+
+def build_training_graph(program, model: str, spec: TrainSpec | None = None) -> TrainingGraph:
+    """The training graph of `model` in `program` (a CheckedProgram) under the loss of `spec`."""
+    loss_graph = build_loss_graph(program, model, spec, TRAIN)
+    graph = loss_graph.graph
+    trainable = [name for name, info in graph.param_info.items() if info.trainable]
+    return TrainingGraph(differentiate(graph, LOSS, trainable), loss_graph.targets, trainable)
+
+
+def build_loss_graph(program, model: str, spec: TrainSpec | None = None, mode: str = INFER) -> TrainingGraph:
+    """The model in `mode` with target inputs and a `loss` output, without gradients (for evaluation)."""
+    spec = spec or program.train_spec(model)
+    graph = program.lower(model, mode)
+    if mode == INFER:
+        graph = graph.copy_shallow()  # the program's cached inference graph stays as it is
+    loss = spec.loss or default_loss(graph)
+    builder = GraphBuilder(graph)
+    targets: dict[str, str] = {}
+    terms: list[Value] = []
+    for name, output in list(graph.outputs.items()):
+        target = builder.add_input(TARGET_PREFIX + name, target_type(loss.name, output))
+        targets[name] = target.name
+        with builder.origin(loss.span, "loss"):
+            terms.append(_mean_loss(builder, loss, output, target))
+    with builder.origin(loss.span, "loss"):
+        total = _sum(builder, terms)
+        for term in _regularization(builder, graph):
+            total = builder.emit1("add", [total, term])
+    graph.outputs[LOSS] = total
+    return TrainingGraph(graph, targets, [])
+
+
+def _mean_loss(builder: GraphBuilder, loss: Configured, output: Value, target: Value) -> Value:
+    per_element = _loss_values(builder, loss, output, target)
+    axes = tuple(range(per_element.type.rank))
+    return builder.emit1("reduce_mean", [per_element], {"axes": axes, "keepdims": False})
+
+
+def _loss_values(builder: GraphBuilder, loss: Configured, output: Value, target: Value) -> Value:
+    name = loss.name
+    if name in ("mse", "mae"):
+        diff = builder.emit1("sub", [output, target])
+        return builder.emit1("square" if name == "mse" else "abs", [diff])
+    if name == "huber":
+        return builder.emit1("huber", [output, target], {"delta": loss.args.get("delta", 1.0)})
+    if loss.args.get("from_logits", False):
+        return builder.emit1(_FROM_LOGITS[name], [output, target])
+    producer = output.producer
+    activation = producer.op if producer is not None else None
+    fused = _FUSED.get((name, activation or ""))
+    if fused is not None and (activation != "softmax" or producer.attr("axis") in (-1, output.type.rank - 1)):
+        return builder.emit1(fused, [producer.inputs[0], target])
+    if name == "sparse_categorical_crossentropy" and output.type.rank < 2:
+        raise NndError(Diagnostic(f"sparse_categorical_crossentropy needs class scores, got {output.type}",
+                                  loss.span, ("use binary_crossentropy or mse for a single output",)))
+    return builder.emit1(_ON_PROBABILITIES[name], [output, target])
+
+
+def _regularization(builder: GraphBuilder, graph: Graph) -> list[Value]:
+    terms = []
+    for name, info in graph.param_info.items():
+        reg = info.regularizer
+        if reg is None:
+            continue
+        weight = graph.params[name]
+        axes = tuple(range(weight.type.rank))
+        for factor, op in ((reg.l1, "abs"), (reg.l2, "square")):
+            if factor:
+                total = builder.emit1("reduce_sum", [builder.emit1(op, [weight])], {"axes": axes, "keepdims": False})
+                scale = builder.emit1("constant", [], {"value": float(factor), "dtype": "f32"})
+                terms.append(builder.emit1("mul", [total, scale]))
+    return terms
+
+
+def _sum(builder: GraphBuilder, terms: list[Value]) -> Value:
+    total = terms[0]
+    for term in terms[1:]:
+        total = builder.emit1("add", [total, term])
+    return total

@@ -1,0 +1,124 @@
+"""What `nnd train`, `nnd evaluate` and `nnd predict` do, apart from parsing their flags."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from nnd.compiler.diagnostics import NndError
+from nnd.compiler.training import Configured
+from nnd.runtime.data_source import Dataset, fit_to_input, load_dataset
+from nnd.runtime.progress import format_logs
+
+
+def _model(file: str, model_name: str | None, backend: str, seed: int | None = None, level: int = 2):
+    import nnd
+
+    return nnd.load(file, model_name, backend=backend, seed=seed, opt_level=level)
+
+
+def _weights_path(weights: str) -> Path:
+    path = Path(weights)
+    if path.is_dir():
+        path = path / "weights.npz"
+    if not path.is_file():
+        raise NndError(f"--weights {weights}: no such file")
+    return path
+
+
+def _prepare(model, dataset: Dataset, limit: int | None) -> Dataset:
+    """Shape the arrays for the model's single input (grey images gain their channel axis)."""
+    if len(model.input_names) != 1:
+        raise NndError(f"model '{model.name}' has {len(model.input_names)} inputs; train it from Python "
+                       "with a dict of arrays (nnd.load(...).fit({...}, y))")
+    dims = tuple(model.graph.inputs[0].type.shape[1:])
+    x_train = fit_to_input(dataset.x_train, dims)
+    x_test = fit_to_input(dataset.x_test, dims) if dataset.x_test is not None else None
+    if limit is not None:
+        return Dataset(x_train[:limit], None if dataset.y_train is None else dataset.y_train[:limit],
+                       x_test, dataset.y_test)
+    return Dataset(x_train, dataset.y_train, x_test, dataset.y_test)
+
+
+def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level, out,
+                 resume, weights, quiet) -> None:
+    from nnd.runtime.fit import RunDirectory, resume as resume_run
+
+    model = _model(file, model_name, backend, seed, level)
+    spec = model.spec
+    if lr is not None:
+        spec.optimizer = Configured(spec.optimizer.name, {**spec.optimizer.args, "lr": lr}, spec.optimizer.span)
+    if weights is not None:
+        model.load_weights(_weights_path(weights))
+    source = data or spec.data
+    dataset = _prepare(model, load_dataset(source, data_dir, spec.target), limit)
+    if dataset.y_train is None:
+        raise NndError(f"--data {source}: the file holds inputs but no targets (y)")
+    run_dir = RunDirectory(out or Path("runs") / f"{model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    epochs = epochs or spec.epochs
+    initial_epoch = 0
+    if resume is not None:
+        initial_epoch = resume_run(model, model._get_trainer(), resume)
+        if initial_epoch >= epochs:
+            raise NndError(f"--resume {resume}: the run already did {initial_epoch} epochs; "
+                           f"ask for more with --epochs")
+    echo = (lambda text: None) if quiet else click.echo
+    echo(f"training {model.name} on {source}: {len(dataset.x_train):,} samples, batch "
+         f"{batch_size or spec.batch_size}, {epochs} epochs; run directory {run_dir.path}")
+    validation = None
+    if not spec.validation_split and dataset.x_test is not None:
+        validation = (dataset.x_test, dataset.y_test)
+    model.fit(dataset.x_train, dataset.y_train, epochs, batch_size, validation_data=validation,
+              verbose=0 if quiet else 1, initial_epoch=initial_epoch, run_dir=run_dir)
+    if dataset.x_test is not None and dataset.y_test is not None:
+        logs = model.evaluate(dataset.x_test, dataset.y_test)
+        echo(f"test: {format_logs(logs)}")
+    echo(f"saved {run_dir.path / 'weights.npz'}")
+
+
+def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend) -> None:
+    model = _model(file, model_name, backend)
+    model.load_weights(_weights_path(weights))
+    source = data or model.spec.data
+    dataset = _prepare(model, load_dataset(source, data_dir, model.spec.target), None)
+    x, y = (dataset.x_test, dataset.y_test) if dataset.x_test is not None else (dataset.x_train, dataset.y_train)
+    if y is None:
+        raise NndError(f"--data {source}: no targets to evaluate against")
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    logs = model.evaluate(x, y, batch_size=batch_size)
+    click.echo(f"{model.name} on {source} ({len(x):,} samples): {format_logs(logs)}")
+
+
+def run_prediction(file, model_name, weights, input_path, output_path, batch_size, backend) -> None:
+    from nnd.runtime.datasets import load_arrays
+
+    model = _model(file, model_name, backend)
+    model.load_weights(_weights_path(weights))
+    arrays = load_arrays(input_path)
+    x = arrays.get("x", arrays.get("x_test", arrays.get("x_train")))
+    dims = tuple(model.graph.inputs[0].type.shape[1:])
+    outputs = model.predict(fit_to_input(x, dims), batch_size=batch_size)
+    if isinstance(outputs, dict):
+        if not output_path.endswith(".npz"):
+            raise NndError(f"--output {output_path}: the model has several outputs; write a .npz")
+        _atomic_save(output_path, lambda f: np.savez(f, **outputs))
+    else:
+        _atomic_save(output_path, lambda f: np.save(f, outputs))
+    click.echo(f"wrote {output_path}: {len(x):,} predictions")
+
+
+def _atomic_save(path: str, write) -> None:
+    target = Path(path)
+    temporary = target.with_name(target.name + ".tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+        temporary.replace(target)
+    except OSError as err:
+        raise NndError(f"cannot write --output {path}: {err.strerror}") from None
+
+
+__all__ = ["run_training", "run_evaluation", "run_prediction"]

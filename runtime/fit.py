@@ -1,0 +1,153 @@
+"""The epoch loop behind `Model.fit` and `nnd train`: shuffling, augmentation, validation, callbacks,
+progress, and a run directory that holds checkpoints, weights, metrics and the exact source used."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from nnd.compiler.diagnostics import NndError
+from nnd.runtime import checkpoint as ckpt
+from nnd.runtime.augment import Augmenter, make_augmentation
+from nnd.runtime.callbacks import BestCheckpoint, make_callback
+from nnd.runtime.progress import Progress
+from nnd.runtime.trainer import Trainer, TrainingState
+
+VALIDATION_BATCH = 256
+
+
+class RunDirectory:
+    """`--out DIR`: checkpoint.npz (every epoch), best.npz, weights.npz, metrics.json/.csv, source/."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise NndError(f"cannot create the output directory {self.path}: {err.strerror}") from None
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.npz"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.npz"
+
+    def start(self, model) -> None:
+        from nnd.model import _write_sources
+
+        _write_sources(model.program, self.path)
+        manifest = {"model": model.name, "source": Path(model.program.program.root.file).name}
+        (self.path / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+    def end_epoch(self, model, trainer: Trainer, state: TrainingState) -> None:
+        save_checkpoint(self.checkpoint, model, trainer, state.epoch + 1)
+        _atomic_text(self.path / "metrics.json", model.history.to_json())
+        _atomic_text(self.path / "metrics.csv", model.history.to_csv())
+
+    def finish(self, model) -> None:
+        ckpt.save_weights(self.path / "weights.npz", model.parameters())
+
+
+def save_checkpoint(path: Path, model, trainer: Trainer, epochs_done: int) -> None:
+    rng = {"executor": trainer.train_executor.rng_state(), "data": model.data_rng.bit_generator.state}
+    ckpt.save_checkpoint(path, model.parameters(), trainer.optimizer.state_dict(), epochs_done,
+                         json.dumps(rng), {"model": model.name, "history": model.history.epochs})
+
+
+def resume(model, trainer: Trainer, path: str | Path) -> int:
+    """Restore weights, optimizer state, RNG states and history; returns the number of epochs done."""
+    loaded = ckpt.load_checkpoint(path)
+    if loaded.extra.get("model") not in (None, model.name):
+        raise NndError(f"checkpoint {path} is of model '{loaded.extra.get('model')}', not '{model.name}'")
+    model.set_parameters(loaded.params)
+    trainer.optimizer.load_state_dict(loaded.optimizer_state)
+    rng = json.loads(loaded.rng_state) if isinstance(loaded.rng_state, str) else loaded.rng_state
+    trainer.train_executor.set_rng_state(rng["executor"])
+    model.data_rng.bit_generator.state = rng["data"]
+    model.history.epochs = list(loaded.extra.get("history", []))
+    return int(loaded.epoch)
+
+
+def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.ndarray],
+             val_feeds: dict[str, np.ndarray] | None, epochs: int, batch_size: int, shuffle: bool,
+             callbacks: list[Any], verbose: int, run_dir: RunDirectory | None) -> None:
+    spec = trainer.spec
+    data_rng = model.data_rng  # shuffling and augmentation; checkpointed so --resume continues the sequence
+    callbacks = _spec_callbacks(spec, run_dir) + callbacks
+    augmenter = Augmenter([make_augmentation(a.name, **a.args) for a in spec.augment]) if spec.augment else None
+    n = len(next(iter(feeds.values())))
+    progress = Progress(epochs, math.ceil(n / batch_size), verbose=verbose)
+    outputs = model.output_names
+    image_inputs = [v.name for v in model.graph.inputs if v.type.rank == 4 and v.type.dtype in ("f32", "f64")]
+    if run_dir is not None:
+        run_dir.start(model)
+    for callback in callbacks:
+        callback.on_train_begin(state)
+    for epoch in range(state.epoch, epochs):
+        state.epoch = epoch
+        progress.epoch_begin(epoch)
+        batches = _training_batches(feeds, batch_size, data_rng if shuffle else None, augmenter, image_inputs,
+                                    data_rng)
+        logs = trainer.run_epoch(batches, outputs, training=True, on_batch=progress.batch_end)
+        if val_feeds is not None:
+            val_logs = trainer.run_epoch(plain_batches(val_feeds, VALIDATION_BATCH), outputs, training=False)
+            logs.update({f"val_{k}": v for k, v in val_logs.items()})
+        logs["lr"] = float(trainer.optimizer.lr)
+        model.history.append(logs)
+        progress.epoch_end(logs, n)
+        for callback in callbacks:
+            callback.on_epoch_end(state, logs)
+        if run_dir is not None:
+            run_dir.end_epoch(model, trainer, state)
+        if state.stop_training:
+            progress.message(f"stopped early after epoch {epoch + 1}")
+            break
+    for callback in callbacks:
+        callback.on_train_end(state)
+    if run_dir is not None:
+        run_dir.finish(model)
+
+
+def _spec_callbacks(spec, run_dir: RunDirectory | None) -> list[Any]:
+    result = []
+    for configured in spec.callbacks:
+        if configured.name == "best_checkpoint":
+            if run_dir is None:
+                continue  # a best checkpoint needs somewhere to go: `nnd train --out DIR`
+            result.append(BestCheckpoint(run_dir.best, **configured.args))
+        else:
+            result.append(make_callback(configured.name, **configured.args))
+    return result
+
+
+def plain_batches(feeds: dict[str, np.ndarray], batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    n = len(next(iter(feeds.values())))
+    for start in range(0, n, batch_size):
+        batch = {k: v[start:start + batch_size] for k, v in feeds.items()}
+        yield batch, len(next(iter(batch.values())))
+
+
+def _training_batches(feeds, batch_size, order_rng, augmenter, image_inputs, rng):
+    n = len(next(iter(feeds.values())))
+    order = order_rng.permutation(n) if order_rng is not None else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            batch = {k: v[start:start + batch_size] for k, v in feeds.items()}
+        else:
+            index = order[start:start + batch_size]
+            batch = {k: v[index] for k, v in feeds.items()}
+        if augmenter is not None:
+            for name in image_inputs:
+                batch[name] = augmenter.apply(batch[name], rng)
+        yield batch, len(next(iter(batch.values())))
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)

@@ -1,0 +1,57 @@
+"""Training progress: a live bar on a terminal, one line per epoch otherwise (logs, CI)."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def format_logs(logs: dict[str, float]) -> str:
+    return " - ".join(f"{k} {v:.4f}" for k, v in logs.items())
+
+
+class Progress:
+    def __init__(self, epochs: int, steps: int, stream: TextIO | None = None, verbose: int = 1):
+        self.epochs = epochs
+        self.steps = steps
+        self.stream = stream or sys.stdout
+        self.verbose = verbose
+        self.live = verbose > 0 and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.started = time.perf_counter()
+        self.last_draw = 0.0
+
+    def epoch_begin(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.started = time.perf_counter()
+
+    def batch_end(self, index: int, logs: dict[str, float]) -> None:
+        if not self.live:
+            return
+        now = time.perf_counter()
+        if now - self.last_draw < 0.1 and index + 1 < self.steps:
+            return  # redrawing every batch would cost more than the batch
+        self.last_draw = now
+        done = (index + 1) / self.steps
+        width = 24
+        filled = int(width * done)
+        bar = "=" * filled + (">" if filled < width else "") + "." * (width - filled - 1)
+        self.stream.write(f"\repoch {self.epoch + 1}/{self.epochs} [{bar}] {index + 1}/{self.steps} "
+                          f"{format_logs(logs)} {now - self.started:.1f}s")
+        self.stream.flush()
+
+    def epoch_end(self, logs: dict[str, float], samples: int) -> None:
+        if self.verbose <= 0:
+            return
+        seconds = time.perf_counter() - self.started
+        rate = samples / seconds if seconds > 0 else 0.0
+        prefix = "\r" if self.live else ""
+        self.stream.write(f"{prefix}epoch {self.epoch + 1}/{self.epochs}: {format_logs(logs)} - "
+                          f"{seconds:.1f}s ({rate:,.0f} samples/s)\x1b[K\n" if self.live else
+                          f"epoch {self.epoch + 1}/{self.epochs}: {format_logs(logs)} - "
+                          f"{seconds:.1f}s ({rate:,.0f} samples/s)\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if self.verbose > 0:
+            self.stream.write(text + "\n")
+            self.stream.flush()

@@ -1,0 +1,116 @@
+"""The training loop: batches through the compiled training graph, optimizer steps, metrics, callbacks.
+
+The trainer owns the executors of the training graph (forward + backward) and of the evaluation graph
+(inference mode + loss), the optimizer bound to the model's parameters, and the per-epoch history.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from nnd.compiler.autodiff import GRAD_PREFIX
+from nnd.compiler.diagnostics import NndError
+from nnd.compiler.layers import INFER
+from nnd.compiler.passes import PassManager
+from nnd.compiler.training import Configured, TrainSpec
+from nnd.compiler.training_graph import LOSS, build_loss_graph, build_training_graph
+from nnd.runtime.executor import Executor
+from nnd.runtime.metrics import make_metric
+from nnd.runtime.optimizers import Optimizer, make_optimizer
+from nnd.runtime.schedules import make_schedule
+
+UPDATE_PREFIX = "update:"
+
+
+@dataclass
+class TrainingState:
+    """What callbacks see and may change: parameters in place, the optimizer's lr, stop_training."""
+
+    params: dict[str, np.ndarray]
+    optimizer: Optimizer
+    epoch: int = 0
+    stop_training: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+Batches = Callable[[], Any]  # yields (feeds, targets) dicts per batch
+
+
+def make_configured_optimizer(spec: Configured) -> Optimizer:
+    return make_optimizer(spec.name, **spec.args)
+
+
+class Trainer:
+    def __init__(self, program, model: str, spec: TrainSpec, params: dict[str, np.ndarray], *,
+                 backend: str = "numpy", dtype: Any = np.float32, opt_level: int = 2, seed: int = 0):
+        self.spec = spec
+        passes = PassManager.for_level(opt_level, verify=False)
+        training = build_training_graph(program, model, spec)
+        evaluation = build_loss_graph(program, model, spec, INFER)
+        self.targets = training.targets
+        self.train_graph = passes.run(training.graph)
+        self.eval_graph = passes.run(evaluation.graph)
+        self.train_executor = Executor(self.train_graph, backend, dtype, seed=seed)
+        self.eval_executor = Executor(self.eval_graph, backend, dtype, seed=seed)
+        self.trainable = training.trainable
+        self.optimizer = make_configured_optimizer(spec.optimizer)
+        trainable_views = self.optimizer.bind({k: params[k] for k in self.trainable})
+        params.update(trainable_views)  # the model's dict now holds views into the optimizer's flat buffer
+        self.params = params
+        self.schedule = None
+        if spec.lr_schedule is not None:
+            self.schedule = make_schedule(spec.lr_schedule.name, initial=self.optimizer.lr, **spec.lr_schedule.args)
+        self.state_names = list(self.train_graph.state_updates)
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One optimizer step on one batch; returns the training graph's outputs (loss, predictions)."""
+        if self.schedule is not None:
+            self.optimizer.lr = self.schedule(self.optimizer.iterations)
+        result = self.train_executor.run(feeds, self.params)
+        loss = float(result[LOSS])
+        if not np.isfinite(loss):
+            raise NndError(f"the loss became {loss} at step {self.optimizer.iterations + 1}; "
+                           "lower the learning rate (--lr) or check the data for extreme values")
+        self.optimizer.step({name: result[GRAD_PREFIX + name] for name in self.trainable})
+        for name in self.state_names:
+            self.params[name][...] = result[UPDATE_PREFIX + name]
+        return result
+
+    def evaluate_batch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.eval_executor.run(feeds, self.params)
+
+    def metrics(self, outputs: list[str]) -> dict[str, Any]:
+        """Fresh metric objects, keyed by their log name (prefixed by the output when there are several)."""
+        result = {}
+        for output in outputs:
+            for metric in self.spec.metrics:
+                key = metric.name if len(outputs) == 1 else f"{output}_{metric.name}"
+                result[key] = (output, make_metric(metric.name, **metric.args))
+        return result
+
+    def run_epoch(self, batches, outputs: list[str], training: bool,
+                  on_batch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+        metrics = self.metrics(outputs)
+        total, count = 0.0, 0
+        logs: dict[str, float] = {}
+        for index, (feeds, size) in enumerate(batches):
+            result = self.step(feeds) if training else self.evaluate_batch(feeds)
+            total += float(result[LOSS]) * size
+            count += size
+            for output, metric in metrics.values():
+                metric.update(result[output], feeds[self.targets[output]])
+            logs = {"loss": total / count, **{k: m.result() for k, (_, m) in metrics.items()}}
+            if on_batch is not None:
+                on_batch(index, logs)
+        return logs
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
