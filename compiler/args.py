@@ -64,10 +64,15 @@ Converter = Callable[[Any], Any]
 
 @dataclass(frozen=True)
 class ArgKind:
-    """What an argument accepts: `expected` reads in messages ('a positive int'), `convert` checks."""
+    """What an argument accepts: `expected` reads in messages ('a positive int'), `convert` checks.
+
+    `symbolic` kinds take bare words (`relu`, `same`, `none`), so a wrong word there is a bad option;
+    elsewhere a bare word can only be a misspelled or undefined constant.
+    """
 
     expected: str
     convert: Converter
+    symbolic: bool = False
 
 
 def _fail(kind: str, value: Any) -> ArgError:
@@ -206,7 +211,8 @@ def _initializer(value: Any) -> Initializer:
         args = dict(zip(allowed, value.args))
         for key, arg in value.kwargs:
             if key not in allowed:
-                raise ArgError(f"{name} has no argument '{key}'",
+                hint = did_you_mean(key, allowed)
+                raise ArgError(f"{name} has no argument '{key}'" + (f"; did you mean '{hint}'?" if hint else ""),
                                (f"valid: {', '.join(allowed) or 'none'}",))
             args[key] = arg
         return Initializer(name, tuple(sorted((k, _float(v)) for k, v in args.items())))
@@ -216,9 +222,16 @@ def _initializer(value: Any) -> Initializer:
 def _regularizer(value: Any) -> Regularizer | None:
     if isinstance(value, Symbol) and value.name == "none":
         return None
+    if isinstance(value, Symbol) and value.name in ("l1", "l2", "l1_l2"):
+        raise ArgError(f"{value.name} needs parentheses and a factor",
+                       (f"write {value.name}(0.01)" if value.name != "l1_l2" else "write l1_l2(l1=0.01, l2=0.01)",))
     if not isinstance(value, CallValue) or value.callee not in ("l1", "l2", "l1_l2"):
         raise _fail("a regularizer: l1(F), l2(F) or l1_l2(l1=F, l2=F)", value)
     names = ("l1", "l2") if value.callee == "l1_l2" else (value.callee,)
+    if len(value.args) > len(names):
+        count = len(names)
+        raise ArgError(f"{value.callee} takes at most {count} positional argument{'s' if count != 1 else ''}, "
+                       f"got {len(value.args)}")
     factors = dict(zip(names, value.args))
     for key, arg in value.kwargs:
         if key not in names:
@@ -237,20 +250,20 @@ FLOAT = ArgKind("a number", _float)
 POSITIVE_FLOAT = ArgKind("a positive number", _positive_float)
 RATE = ArgKind("a rate in [0, 1)", _float_range(0.0, 1.0, True))
 UNIT_FLOAT = ArgKind("a number in [0, 1]", _float_range(0.0, 1.0, False))
-BOOL = ArgKind("true or false", _bool)
+BOOL = ArgKind("true or false", _bool, symbolic=True)
 PAIR = ArgKind("an int or a list of two ints", _pair)
-OPTIONAL_PAIR = ArgKind("an int, a list of two ints or none", _optional_pair)
+OPTIONAL_PAIR = ArgKind("an int, a list of two ints or none", _optional_pair, symbolic=True)
 PADDING2D = ArgKind("an int or padding list", _padding2d)
-PADDING_MODE = ArgKind("valid or same", _choice(("valid", "same"), "padding"))
-ACTIVATION = ArgKind("an activation", _choice(ACTIVATIONS, "activation"))
-INITIALIZER = ArgKind("an initializer", _initializer)
-REGULARIZER = ArgKind("a regularizer", _regularizer)
-NAME = ArgKind("a name", _name)
+PADDING_MODE = ArgKind("valid or same", _choice(("valid", "same"), "padding"), symbolic=True)
+ACTIVATION = ArgKind("an activation", _choice(ACTIVATIONS, "activation"), symbolic=True)
+INITIALIZER = ArgKind("an initializer", _initializer, symbolic=True)
+REGULARIZER = ArgKind("a regularizer", _regularizer, symbolic=True)
+NAME = ArgKind("a name", _name, symbolic=True)
 SHAPE = ArgKind("a list of dimensions", _shape)
 
 
 def choice(choices: tuple[str, ...], what: str) -> ArgKind:
-    return ArgKind(f"one of {', '.join(choices)}", _choice(choices, what))
+    return ArgKind(f"one of {', '.join(choices)}", _choice(choices, what), symbolic=True)
 
 
 REQUIRED = object()

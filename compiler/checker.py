@@ -49,6 +49,7 @@ class Frame:
     current: Any = None  # the running value of the sequential form
     in_block: str | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
+    output_spans: dict[str, Span | None] = field(default_factory=dict)
     returned: Any = None
 
 
@@ -61,7 +62,7 @@ class ModelLowering:
         self.mode = mode
         self.call_stack: list[tuple[str, Span | None]] = []
         self.layer_counts: dict[str, int] = {}
-        self.layer_names: set[str] = set()
+        self.layer_names: dict[str, Span | None] = {}  # every layer name used, with the layer's place
         self.builder: GraphBuilder | None = None
         self.frame = Frame(locals={})  # the body being evaluated, for "did you mean" over local names
 
@@ -78,11 +79,12 @@ class ModelLowering:
         graph = Graph(model.name)
         self.builder = GraphBuilder(graph)
         frame = self.frame = Frame(locals={})
-        self.run_body(model.body, frame)
-        outputs = frame.outputs
-        if not graph.inputs and not any(isinstance(s, S.InputDecl) for s in model.body):
+        if not any(isinstance(s, S.InputDecl) for s in model.body):
             self.error(f"model '{model.name}' declares no input", model.span,
                        ["add a line such as: input image: [28, 28, 1]"])
+            frame.current = POISON  # the layers still check their arguments, but not their missing input
+        self.run_body(model.body, frame)
+        outputs = frame.outputs
         if not outputs:
             if isinstance(frame.current, Tensor):
                 outputs = {"output": frame.current}
@@ -131,10 +133,15 @@ class ModelLowering:
         if stmt.name in frame.locals:
             self.error(f"duplicate name '{stmt.name}'", stmt.span, ["each input needs a name of its own"])
             return
+        # A declaration that fails still binds its name, to POISON, so later uses report nothing more.
+        frame.locals[stmt.name] = frame.current = POISON
         dims = []
         for expr in stmt.dims:
             dim = self.eval(expr, frame)
             if dim is POISON:
+                return
+            if isinstance(dim, Symbol):
+                self.undefined_value(dim)
                 return
             if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
                 self.error(f"input dimensions must be positive ints, got {describe(dim)}", expr.span)
@@ -144,8 +151,11 @@ class ModelLowering:
         if stmt.dtype is not None:
             if stmt.dtype not in DTYPE_NAMES:
                 hint = did_you_mean(stmt.dtype, DTYPE_NAMES)
-                return self.error(f"unknown dtype '{stmt.dtype}'" + (f"; did you mean '{hint}'?" if hint else ""),
-                                  stmt.span, [f"valid: {', '.join(k for k in DTYPE_NAMES if len(k) > 3)}"])
+                valid = ", ".join(f"{long} ({short})" if short != long else long
+                                  for long, short in DTYPE_NAMES.items() if len(long) > 3)
+                self.error(f"unknown dtype '{stmt.dtype}'" + (f"; did you mean '{hint}'?" if hint else ""),
+                           stmt.span, [f"valid: {valid}"])
+                return
             dtype = DTYPE_NAMES[stmt.dtype]
         assert self.builder is not None
         value = Tensor(self.builder.add_input(stmt.name, TensorType((BATCH, *dims), dtype)))
@@ -161,9 +171,11 @@ class ModelLowering:
         if name is None:
             name = "output" if "output" not in frame.outputs else f"output_{len(frame.outputs)}"
         if name in frame.outputs:
-            self.error(f"duplicate output name '{name}'", stmt.span)
+            self.error(f"duplicate output name '{name}'", stmt.span,
+                       [f"'{name}' is first declared at {frame.output_spans[name]}"])
             return
         frame.outputs[name] = value
+        frame.output_spans[name] = stmt.span
 
     def eval_assigned(self, stmt: S.Assign, frame: Frame) -> Any:
         if isinstance(stmt.value, S.Repeat):
@@ -189,6 +201,8 @@ class ModelLowering:
         count = self.eval(rep.count, frame)
         if count is POISON:
             return POISON
+        if isinstance(count, Symbol):
+            return self.undefined_value(count)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             return self.error(f"repeat count must be a non-negative int, got {describe(count)}", rep.count.span)
         if count > MAX_REPEAT:
@@ -223,9 +237,8 @@ class ModelLowering:
         if isinstance(expr, S.Call):
             return self.apply(expr, frame, piped=None, implicit=None, statement=False)
         if isinstance(expr, S.Pipe):
+            # A failed source still lets the stage check its own arguments; it then yields POISON.
             source = self.expect_tensor(self.eval(expr.source, frame), expr.source)
-            if source is POISON:
-                return POISON
             return self.apply(expr.stage, frame, piped=source, implicit=None, statement=False)
         if isinstance(expr, S.Repeat):
             return self.eval_repeat(expr, frame, frame.current, None)
@@ -247,14 +260,13 @@ class ModelLowering:
             return self.unknown_layer(value.callee, value.span)
         return self.error(f"expected a tensor value, got {describe(value)}", expr.span)
 
-    def undefined_value(self, symbol: Symbol) -> Any:
-        known = [k for k in self.visible_names()]
-        hint = did_you_mean(symbol.name, known)
+    def undefined_value(self, symbol: Symbol, notes: tuple[str, ...] | list[str] = ()) -> Any:
+        hint = did_you_mean(symbol.name, self.visible_names())
         return self.error(f"undefined value '{symbol.name}'" + (f"; did you mean '{hint}'?" if hint else ""),
-                          symbol.span)
+                          symbol.span, notes)
 
     def visible_names(self) -> list[str]:
-        return list(self.defs.consts) + [k for k, v in self.frame.locals.items() if isinstance(v, Tensor)]
+        return list(self.defs.consts) + [k for k, v in self.frame.locals.items() if v is not POISON]
 
     def unknown_layer(self, name: str, span: Span | None) -> Any:
         hint = did_you_mean(name, list(LAYERS) + list(self.defs.blocks))
@@ -324,7 +336,8 @@ class ModelLowering:
                     return POISON
                 positional.append((value, arg))
             elif arg.name in keywords:
-                return self.error(f"argument '{arg.name}' given twice", arg.span)
+                callee = f"block '{call.callee}'" if call.callee in self.defs.blocks else call.callee
+                return self.error(f"argument '{arg.name}' of {callee} given twice", arg.span)
             else:
                 keywords[arg.name] = (value, arg)
         if call.callee in self.defs.blocks:
@@ -340,6 +353,8 @@ class ModelLowering:
 
     def call_layer(self, spec: LayerSpec, call: S.Call, piped: Any, implicit: Any,
                    positional: list[tuple[Any, S.Arg]], keywords: dict[str, tuple[Any, S.Arg]]) -> Any:
+        if any(value is POISON for value, _ in positional):
+            return POISON  # whether it was a tensor input or an argument is unknown: say nothing more
         inputs: list[Any] = [piped] if piped is not None else []
         rest = list(positional)
         while rest and (isinstance(rest[0][0], Tensor) or rest[0][0] is POISON):
@@ -363,8 +378,10 @@ class ModelLowering:
         if args is POISON or any(v is POISON for v in inputs):
             return POISON
         values = [v.value for v in inputs]
+        name_arg = keywords.get("name")
         return self.run_layer(spec.name, call.span, args.get("name"),
-                              lambda ctx: spec.lower(ctx, values, args))
+                              lambda ctx: spec.lower(ctx, values, args),
+                              name_span=name_arg[1].span if name_arg else None)
 
     def bind_layer_args(self, spec: LayerSpec, call: S.Call, positional: list[tuple[Any, S.Arg]],
                         keywords: dict[str, tuple[Any, S.Arg]], has_input: bool) -> Any:
@@ -417,15 +434,19 @@ class ModelLowering:
             except ArgError as err:
                 if isinstance(value, Symbol) and not has_input and arg_spec is positional_specs[0]:
                     self.undefined_value(value)
+                elif isinstance(value, Symbol) and not arg_spec.kind.symbolic:
+                    self.undefined_value(value, [f"{call.callee} argument '{arg_spec.name}' expects "
+                                                 f"{arg_spec.kind.expected}"])
                 else:
                     self.error(f"{call.callee} argument '{arg_spec.name}': {err.message}", arg.value.span or arg.span,
                                err.notes)
                 ok = False
         return bound if ok else POISON
 
-    def run_layer(self, kind: str, span: Span | None, explicit_name: str | None, lower) -> Any:
+    def run_layer(self, kind: str, span: Span | None, explicit_name: str | None, lower,
+                  name_span: Span | None = None) -> Any:
         assert self.builder is not None
-        name = self.layer_name(kind, explicit_name, span)
+        name = self.layer_name(kind, explicit_name, span, name_span)
         if name is None:
             return POISON
         ctx = LayerContext(self.builder, name, kind, span, self.mode)
@@ -438,26 +459,32 @@ class ModelLowering:
         self.builder.graph.layers.append(LayerRecord(name, kind, span, output, tuple(ctx.param_names), ctx.flops))
         return Tensor(output)
 
-    def layer_name(self, kind: str, explicit: str | None, span: Span | None) -> str | None:
+    def layer_name(self, kind: str, explicit: str | None, span: Span | None,
+                   name_span: Span | None = None) -> str | None:
         if explicit is not None:
             if explicit in self.layer_names:
-                self.error(f"duplicate layer name '{explicit}'", span)
+                self.error(f"duplicate layer name '{explicit}'", name_span or span,
+                           [f"'{explicit}' already names the layer at {self.layer_names[explicit]}"])
                 return None
-            self.layer_names.add(explicit)
+            self.layer_names[explicit] = span
             return explicit
         while True:
             count = self.layer_counts.get(kind, 0)
             self.layer_counts[kind] = count + 1
             name = kind if count == 0 else f"{kind}_{count}"  # Keras' naming: conv2d, conv2d_1, ...
             if name not in self.layer_names:
-                self.layer_names.add(name)
+                self.layer_names[name] = span
                 return name
 
     def call_block(self, block: S.BlockDef, call: S.Call, piped: Any, implicit: Any,
                    positional: list[tuple[Any, S.Arg]], keywords: dict[str, tuple[Any, S.Arg]]) -> Any:
-        if any(name == block.name for name, _ in self.call_stack):
-            return self.error(f"block '{block.name}' calls itself; recursion is not allowed", call.span,
+        names = [name for name, _ in self.call_stack]
+        if block.name in names:
+            cycle = " -> ".join(names[names.index(block.name):] + [block.name])
+            return self.error(f"block '{block.name}' calls itself ({cycle}); recursion is not allowed", call.span,
                               ["use repeat N { ... } to apply a block several times"])
+        if any(value is POISON for value, _ in positional):
+            return POISON  # whether it was the tensor or another argument is unknown: say nothing more
         values: list[Any] = [v for v, _ in positional]
         if piped is not None:
             values.insert(0, piped)
@@ -503,4 +530,4 @@ class ModelLowering:
 
 def _signature(block: S.BlockDef) -> str:
     params = ", ".join(p.name if p.default is None else f"{p.name}=..." for p in block.params)
-    return f"block {block.name}({params})"
+    return f"block {block.name}({params}) is defined at {block.span}"
