@@ -78,7 +78,7 @@ def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.
              callbacks: list[Any], verbose: int, run_dir: RunDirectory | None) -> None:
     spec = trainer.spec
     data_rng = model.data_rng  # shuffling and augmentation; checkpointed so --resume continues the sequence
-    callbacks = _spec_callbacks(spec, run_dir) + callbacks
+    callbacks = _spec_callbacks(spec, run_dir, model, trainer) + callbacks
     augmenter = Augmenter([make_augmentation(a.name, **a.args) for a in spec.augment]) if spec.augment else None
     n = len(next(iter(feeds.values())))
     progress = Progress(epochs, math.ceil(n / batch_size), verbose=verbose)
@@ -113,13 +113,15 @@ def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.
         run_dir.finish(model)
 
 
-def _spec_callbacks(spec, run_dir: RunDirectory | None) -> list[Any]:
+def _spec_callbacks(spec, run_dir: RunDirectory | None, model, trainer: Trainer) -> list[Any]:
     result = []
     for configured in spec.callbacks:
         if configured.name == "best_checkpoint":
             if run_dir is None:
                 continue  # a best checkpoint needs somewhere to go: `nnd train --out DIR`
-            result.append(BestCheckpoint(run_dir.best, **configured.args))
+            # The full checkpoint (RNG states included), so --resume works from best.npz too.
+            writer = lambda path, state, logs: save_checkpoint(path, model, trainer, state.epoch + 1)  # noqa: E731
+            result.append(BestCheckpoint(run_dir.best, save=writer, **configured.args))
         else:
             result.append(make_callback(configured.name, **configured.args))
     return result

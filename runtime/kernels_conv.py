@@ -139,15 +139,39 @@ def maxpool2d_grad(ctx, attrs, dy, x):
     (ph, pw), (top, bottom), (left, right) = p.pool, *p.padding
     n, h, wd, c = x.shape
     xpad = _pad(xp, x, p.padding, -xp.inf)
-    windows = _windows(xp, xpad, out_hw, p.pool, p.strides, (1, 1), channels_last=False)
-    # argmax returns the first maximum of the row-major flattened window
-    winner = xp.argmax(windows.reshape(n, out_hw[0], out_hw[1], c, ph * pw), axis=-1)
+    winner = _first_max_offsets(xp, xpad, out_hw, p)
     dxpad = xp.zeros((n, h + top + bottom, wd + left + right, c), dtype=dy.dtype)
     zero = xp.zeros((), dtype=dy.dtype)
+    disjoint = p.strides[0] >= ph and p.strides[1] >= pw
     for i in range(ph):
         for j in range(pw):
-            dxpad[_offset_slice(i, j, out_hw, p.strides)] += xp.where(winner == i * pw + j, dy, zero)
+            share = xp.where(winner == i * pw + j, dy, zero)
+            cells = _offset_slice(i, j, out_hw, p.strides)
+            if disjoint:
+                dxpad[cells] = share  # no other window writes here: skip the read of an add
+            else:
+                dxpad[cells] += share
     return _crop(xp, dxpad, p.padding, (h, wd))
+
+
+def _first_max_offsets(xp, xpad, out_hw, p):
+    """Per output cell, the row-major index of the first maximum of its window.
+
+    A running maximum over the window offsets, replacing the winner only on a strictly greater value,
+    keeps the first of tied maxima; it works on output-sized arrays, where an argmax over a copied
+    window view would pay for the copy and for NumPy's per-row overhead on a tiny last axis.
+    """
+    ph, pw = p.pool
+    index_type = xp.int8 if ph * pw < 128 else xp.int32
+    best = xpad[_offset_slice(0, 0, out_hw, p.strides)].copy()
+    winner = xp.zeros(best.shape, dtype=index_type)
+    for offset in range(1, ph * pw):
+        cells = xpad[_offset_slice(offset // pw, offset % pw, out_hw, p.strides)]
+        better = (cells > best).astype(index_type)
+        # Branch-free select: a masked copy mispredicts on every random tie pattern.
+        winner += better * (index_type(offset) - winner)
+        xp.maximum(best, cells, out=best)
+    return winner
 
 
 def _avg_divisor(xp, p, hw, out_hw, dtype):

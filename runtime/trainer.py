@@ -63,6 +63,10 @@ class Trainer:
         self.schedule = None
         if spec.lr_schedule is not None:
             self.schedule = make_schedule(spec.lr_schedule.name, initial=self.optimizer.lr, **spec.lr_schedule.args)
+        # A callback such as reduce_lr_on_plateau rescales the lr; under a schedule the change is kept as a
+        # factor on the scheduled value rather than overwritten at the next step.
+        self.lr_scale = 1.0
+        self._scheduled_lr: float | None = None
         self.state_names = list(self.train_graph.state_updates)
 
     # ------------------------------------------------------------------------------------------ steps
@@ -70,7 +74,7 @@ class Trainer:
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One optimizer step on one batch; returns the training graph's outputs (loss, predictions)."""
         if self.schedule is not None:
-            self.optimizer.lr = self.schedule(self.optimizer.iterations)
+            self._apply_schedule()
         result = self.train_executor.run(feeds, self.params)
         loss = float(result[LOSS])
         if not np.isfinite(loss):
@@ -80,6 +84,12 @@ class Trainer:
         for name in self.state_names:
             self.params[name][...] = result[UPDATE_PREFIX + name]
         return result
+
+    def _apply_schedule(self) -> None:
+        if self._scheduled_lr is not None and self.optimizer.lr != self._scheduled_lr and self._scheduled_lr > 0:
+            self.lr_scale *= self.optimizer.lr / self._scheduled_lr
+        self._scheduled_lr = self.schedule(self.optimizer.iterations) * self.lr_scale
+        self.optimizer.lr = self._scheduled_lr
 
     def evaluate_batch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.eval_executor.run(feeds, self.params)
