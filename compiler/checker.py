@@ -486,14 +486,17 @@ class ModelLowering:
         if any(value is POISON for value, _ in positional):
             return POISON  # whether it was the tensor or another argument is unknown: say nothing more
         values: list[Any] = [v for v, _ in positional]
+        notes = [_signature(block)]
         if piped is not None:
             values.insert(0, piped)
+            notes.append("the value piped in is its first argument")
         elif implicit is not None and not (values and isinstance(values[0], Tensor)):
             values.insert(0, implicit)
+            notes.append("the running value of the sequential form is its first argument")
         params = block.params
         if len(values) > len(params):
             return self.error(f"block '{block.name}' takes {len(params)} argument{'s' if len(params) != 1 else ''}"
-                              f", got {len(values)}", call.span, [_signature(block)])
+                              f", got {len(values)}", call.span, notes)
         bound: dict[str, Any] = {p.name: v for p, v in zip(params, values)}
         names = [p.name for p in params]
         for key, (value, arg) in keywords.items():

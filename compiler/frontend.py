@@ -148,10 +148,13 @@ def _check_train_section(section: S.TrainDef, defs: Definitions, bag: Diagnostic
                   + (f"; did you mean '{hint}'?" if hint else ""), section.span)
     evaluator = ModelLowering(defs, bag)
     values = {}
+    first: dict[str, Span | None] = {}
     for setting in section.settings:
-        if setting.key in values:
-            bag.error(f"setting '{setting.key}' given twice", setting.span)
+        if setting.key in first:
+            bag.error(f"setting '{setting.key}' given twice", setting.span,
+                      [f"first given at {first[setting.key]}"])
             continue
+        first[setting.key] = setting.span
         value = evaluator.eval(setting.value, Frame(locals={}))
         if value is not POISON:
             values[setting.key] = (value, setting.value.span or setting.span)

@@ -136,8 +136,16 @@ def _configured(value: Any, table: dict[str, dict[str, ArgKind]], what: str, spa
         try:
             args[key] = schema[key].convert(arg)
         except ArgError as err:
+            _undefined_word(arg, schema[key], f"{name} argument '{key}'", span)
             raise _SettingError(f"{name} argument '{key}': {err.message}", span, err.notes) from None
     return Configured(name, args, span)
+
+
+def _undefined_word(value: Any, kind: ArgKind, what: str, span: Span | None) -> None:
+    """A bare word where a number or flag is wanted can only be a constant that does not exist."""
+    if isinstance(value, Symbol) and not kind.symbolic:
+        raise _SettingError(f"undefined value '{value.name}'", value.span or span,
+                            (f"{what} expects {kind.expected}",))
 
 
 def _list(value: Any, span: Span | None) -> list[Any]:
@@ -150,6 +158,7 @@ def _convert(kind: ArgKind, value: Any, key: str, span: Span | None) -> Any:
     try:
         return kind.convert(value)
     except ArgError as err:
+        _undefined_word(value, kind, key, span)
         raise _SettingError(f"{key}: {err.message}", span, err.notes) from None
 
 
