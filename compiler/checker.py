@@ -39,6 +39,7 @@ class Definitions:
     blocks: dict[str, S.BlockDef] = field(default_factory=dict)
     models: dict[str, S.ModelDef] = field(default_factory=dict)
     trains: dict[str, S.TrainDef] = field(default_factory=dict)
+    duplicated: set[str] = field(default_factory=set)  # names defined twice: their uses report nothing more
 
 
 @dataclass
@@ -249,6 +250,8 @@ class ModelLowering:
             return frame.locals[expr.name]
         if expr.name in self.defs.consts:
             return self.defs.consts[expr.name]
+        if expr.name in self.defs.duplicated:
+            return POISON
         return Symbol(expr.name, expr.span)
 
     def expect_tensor(self, value: Any, expr: S.Expr) -> Any:
@@ -478,6 +481,8 @@ class ModelLowering:
 
     def call_block(self, block: S.BlockDef, call: S.Call, piped: Any, implicit: Any,
                    positional: list[tuple[Any, S.Arg]], keywords: dict[str, tuple[Any, S.Arg]]) -> Any:
+        if block.name in self.defs.duplicated:
+            return POISON  # which definition was meant is unknown; the duplicate is reported already
         names = [name for name, _ in self.call_stack]
         if block.name in names:
             cycle = " -> ".join(names[names.index(block.name):] + [block.name])

@@ -102,6 +102,10 @@ def _collect_definitions(program: Program, bag: DiagnosticBag) -> Definitions:
                 first_kind, first_span = seen[(namespace, key)]
                 bag.error(f"duplicate {kind} '{key}'", item.span,
                           [f"'{key}' is first defined as a {first_kind} at {first_span}"])
+                if namespace == "name":
+                    defs.duplicated.add(key)
+                    if key in defs.consts:
+                        defs.consts[key] = POISON
                 continue
             seen[(namespace, key)] = (kind, item.span)
             if isinstance(item, S.BlockDef):
