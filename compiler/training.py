@@ -12,7 +12,7 @@ from typing import Any
 from nnd.compiler import syntax as S
 from nnd.compiler.args import (BOOL, FLOAT, INT, NAME, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RATE,
                                UNIT_FLOAT, ArgError, ArgKind, CallValue, Symbol, choice, describe)
-from nnd.compiler.diagnostics import DiagnosticBag, did_you_mean
+from nnd.compiler.diagnostics import Diagnostic, DiagnosticBag, NndError, did_you_mean
 from nnd.compiler.source import Span
 
 _CLIP = {"clipnorm": POSITIVE_FLOAT, "global_clipnorm": POSITIVE_FLOAT, "clipvalue": POSITIVE_FLOAT}
@@ -146,6 +146,15 @@ def _undefined_word(value: Any, kind: ArgKind, what: str, span: Span | None) -> 
     if isinstance(value, Symbol) and not kind.symbolic:
         raise _SettingError(f"undefined value '{value.name}'", value.span or span,
                             (f"{what} expects {kind.expected}",))
+
+
+def check_configured(name: str, args: dict[str, Any], table: dict[str, dict[str, ArgKind]], what: str,
+                     aliases: dict[str, str] | None = None) -> Configured:
+    """Check a setting given from Python (`Model.compile`) exactly as the train section's is checked."""
+    try:
+        return _configured(CallValue(name, (), tuple(args.items())), table, what, None, aliases)
+    except _SettingError as err:
+        raise NndError(Diagnostic(err.message, None, err.notes)) from None
 
 
 def _list(value: Any, span: Span | None) -> list[Any]:

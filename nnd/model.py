@@ -15,7 +15,7 @@ import numpy as np
 from nnd.compiler.diagnostics import NndError
 from nnd.compiler.frontend import CheckedProgram
 from nnd.compiler.summary import summarize
-from nnd.compiler.training import Configured, TrainSpec
+from nnd.compiler.training import LOSS_ALIASES, LOSSES, OPTIMIZERS, Configured, TrainSpec, check_configured
 from nnd.compiler.training_graph import LOSS, TARGET_PREFIX, default_loss, target_type
 from nnd.runtime import checkpoint as ckpt
 from nnd.runtime.datasets import check_inputs
@@ -23,6 +23,7 @@ from nnd.runtime.executor import Executor
 from nnd.runtime.fit import plain_batches
 from nnd.runtime.history import History
 from nnd.runtime.initializers import initialize
+from nnd.runtime.metrics import make_metric
 from nnd.runtime.trainer import Trainer, TrainingState
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -71,9 +72,12 @@ class Model:
         """Copies of every parameter, under Keras names and layouts (conv kernel (kh, kw, in, out))."""
         return {name: np.array(value, copy=True) for name, value in self.params.items()}
 
-    def set_parameters(self, values: Mapping[str, np.ndarray], strict: bool = True) -> None:
+    def set_parameters(self, values: Mapping[str, np.ndarray], strict: bool = True, *,
+                       source: str = "the given dict") -> None:
+        """Overwrite parameters in place; `strict` wants every parameter and no others. `source` names
+        where the values came from in error messages."""
         expected = {name: tuple(p.type.shape) for name, p in self.graph.param_info.items()}
-        ckpt.check_compatible(expected, {k: np.shape(v) for k, v in values.items()}, strict=strict)
+        ckpt.check_compatible(expected, {k: np.shape(v) for k, v in values.items()}, strict=strict, source=source)
         for name, value in values.items():
             if name in self.params:
                 self.params[name][...] = np.asarray(value, dtype=self.dtype)
@@ -84,13 +88,19 @@ class Model:
                 metrics: Sequence[str | Configured] | None = None, **optimizer_args: Any) -> "Model":
         """Override the file's train section, Keras style: compile(optimizer="sgd", lr=0.1, loss="mse")."""
         spec = self.spec
+        # Every name and argument is checked before anything changes, as the train section's would be.
+        new_optimizer, new_loss, new_metrics = spec.optimizer, spec.loss, spec.metrics
         if optimizer is not None or optimizer_args:
             base = _configured(optimizer) if optimizer is not None else spec.optimizer
-            spec.optimizer = Configured(base.name, {**base.args, **optimizer_args})
+            new_optimizer = _checked(Configured(base.name, {**base.args, **optimizer_args}), OPTIMIZERS,
+                                     "optimizer")
         if loss is not None:
-            spec.loss = _configured(loss)
+            new_loss = _checked(_configured(loss), LOSSES, "loss", LOSS_ALIASES)
         if metrics is not None:
-            spec.metrics = [_configured(m) for m in metrics]
+            new_metrics = [_configured(m) for m in metrics]
+            for metric in new_metrics:
+                make_metric(metric.name, **metric.args)
+        spec.optimizer, spec.loss, spec.metrics = new_optimizer, new_loss, new_metrics
         self._trainer = None
         return self
 
@@ -144,6 +154,8 @@ class Model:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise NndError(f"{flag} must be a positive int, got {value!r}")
         feeds = self._feeds(x, y)
+        if _count(feeds) == 0:
+            raise NndError("no training samples: x and y are empty")
         split = spec.validation_split if validation_split is None else validation_split
         val_feeds = self._feeds(*validation_data) if validation_data is not None else None
         if val_feeds is None and split:
@@ -174,7 +186,7 @@ class Model:
         path = Path(path)
         if path.is_dir():
             path = path / "weights.npz"
-        self.set_parameters(ckpt.load_weights(path))
+        self.set_parameters(ckpt.load_weights(path), source=f"weights file {path}")
         return self
 
     # ------------------------------------------------------------------------------ data
@@ -202,6 +214,11 @@ class Model:
 
 def _configured(value: str | Configured) -> Configured:
     return value if isinstance(value, Configured) else Configured(str(value))
+
+
+def _checked(value: Configured, table, what: str, aliases=None) -> Configured:
+    args = {k: v.item() if isinstance(v, np.generic) else v for k, v in value.args.items()}
+    return check_configured(value.name, args, table, what, aliases)
 
 
 def _by_name(values: Arrays, names: list[str], what: str) -> dict[str, np.ndarray]:

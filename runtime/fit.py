@@ -64,7 +64,7 @@ def resume(model, trainer: Trainer, path: str | Path) -> int:
     loaded = ckpt.load_checkpoint(path)
     if loaded.extra.get("model") not in (None, model.name):
         raise NndError(f"checkpoint {path} is of model '{loaded.extra.get('model')}', not '{model.name}'")
-    model.set_parameters(loaded.params)
+    model.set_parameters(loaded.params, source=f"checkpoint {path}")
     trainer.optimizer.load_state_dict(loaded.optimizer_state)
     rng = json.loads(loaded.rng_state) if isinstance(loaded.rng_state, str) else loaded.rng_state
     trainer.train_executor.set_rng_state(rng["executor"])
