@@ -124,7 +124,7 @@ def compile_command(file: str, model_name: str | None, emit: str, level: int, di
         name = program.model_name(model_name)
         graph = program.graphs[name]
         if emit == "train":
-            from nnd.runtime.training_graph import build_training_graph
+            from nnd.compiler.training_graph import build_training_graph
 
             graph = build_training_graph(program, name).graph
         if emit in ("optimized", "train"):
