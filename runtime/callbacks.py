@@ -6,6 +6,10 @@ A callback sees a training-state object with `params` (name -> array, changed in
 
     on_train_begin(state); on_epoch_end(state, logs) after every epoch; on_train_end(state)
 
+`state_dict()` / `load_state_dict(d)` carry what a callback has seen (best value, epochs waited, best
+weights) through a checkpoint, so a resumed run behaves as the uninterrupted one; `load_state_dict` is
+called after `on_train_begin`. Values are JSON numbers or None, or ndarrays.
+
 mode="auto" maximizes monitors naming an accuracy-like quantity (acc, auc, precision, recall, f1) and
 minimizes everything else (losses, mae, mse).
 """
@@ -67,6 +71,16 @@ class Callback:
 
     def on_train_end(self, state: Any) -> None:
         pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 class _Monitor:
@@ -142,6 +156,22 @@ class EarlyStopping(Callback):
             self.stopped_epoch = state.epoch
             state.stop_training = True
 
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"best": self._tracker.best, "wait": self.wait, "best_epoch": self.best_epoch,
+                                 "stopped_epoch": self.stopped_epoch}
+        for name, value in (self.best_weights or {}).items():
+            state[f"best_weights/{name}"] = value
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._tracker.best = float(state["best"])
+        self.wait = int(state["wait"])
+        self.best_epoch = _int_or_none(state.get("best_epoch"))
+        self.stopped_epoch = _int_or_none(state.get("stopped_epoch"))
+        weights = {k[len("best_weights/"):]: np.array(v, copy=True) for k, v in state.items()
+                   if k.startswith("best_weights/")}
+        self.best_weights = weights or None
+
     def on_train_end(self, state):
         if self.restore_best and self.best_weights is not None:
             for name, value in self.best_weights.items():
@@ -176,6 +206,16 @@ class ReduceLROnPlateau(Callback):
         self._tracker.reset()
         self.wait = 0
         self.cooldown_counter = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self._tracker.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter,
+                "reductions": [list(r) for r in self.reductions]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._tracker.best = float(state["best"])
+        self.wait = int(state["wait"])
+        self.cooldown_counter = int(state["cooldown_counter"])
+        self.reductions = [(int(e), float(a), float(b)) for e, a, b in state.get("reductions", [])]
 
     def on_epoch_end(self, state, logs):
         current = _monitored(self.name, self.monitor, logs)
@@ -221,6 +261,14 @@ class BestCheckpoint(Callback):
     def on_train_begin(self, state):
         self._tracker.reset()
         self.best_epoch = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self._tracker.best, "best_epoch": self.best_epoch, "saves": self.saves}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._tracker.best = float(state["best"])
+        self.best_epoch = _int_or_none(state.get("best_epoch"))
+        self.saves = int(state.get("saves", 0))
 
     def on_epoch_end(self, state, logs):
         current = _monitored(self.name, self.monitor, logs)

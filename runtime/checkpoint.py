@@ -1,7 +1,7 @@
 """Checkpoints and weight files.
 
 A checkpoint is one uncompressed `.npz` holding `param/<name>` arrays, `opt/<key>` optimizer-state arrays,
-an optional `rng` byte array, and `meta`: a 0-d unicode array with a JSON object (format, version, epoch,
+`extra/<key>` arrays of whatever else the run keeps (callback state), an optional `rng` byte array, and `meta`: a 0-d unicode array with a JSON object (format, version, epoch,
 rng state, extra metadata). It is written atomically: a temporary file in the same directory is written,
 fsynced and renamed over the target with os.replace, so a crash or error never leaves a half-written file
 at the target path, and a failed save leaves the previous checkpoint untouched. Loading never pickles
@@ -42,6 +42,7 @@ class Checkpoint:
     epoch: int
     rng_state: dict | bytes | str | None
     extra: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _host(a: Any) -> np.ndarray:
@@ -93,16 +94,20 @@ def _check_names(kind: str, names) -> None:
 
 def save_checkpoint(path: str | os.PathLike, params: Mapping[str, Any], optimizer_state: Mapping[str, Any],
                     epoch: int, rng_state: dict | bytes | str | None = None,
-                    extra: Mapping[str, Any] | None = None) -> None:
+                    extra: Mapping[str, Any] | None = None,
+                    extra_arrays: Mapping[str, Any] | None = None) -> None:
     """Write a checkpoint atomically (see the module docstring for the layout)."""
     path = Path(path)
     _check_names("parameter", params)
     _check_names("optimizer state", optimizer_state)
+    _check_names("extra array", extra_arrays or {})
     arrays: dict[str, np.ndarray] = {}
     for name, value in params.items():
         arrays[f"param/{name}"] = _host(value)
     for key, value in optimizer_state.items():
         arrays[f"opt/{key}"] = _host(value)
+    for key, value in (extra_arrays or {}).items():
+        arrays[f"extra/{key}"] = _host(value)
     for key, a in arrays.items():
         if a.dtype.kind == "O":
             raise NndError(f"cannot save checkpoint {path}: '{key}' is an object array")
@@ -178,6 +183,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     params = {k: raw[k] for k in order if k in raw}
     params.update({k: v for k, v in raw.items() if k not in params})
     opt = {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")}
+    extra_arrays = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
     rng_meta = meta.get("rng")
     if rng_meta is None:
         rng = None
@@ -187,7 +193,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         rng = arrays["rng"].tobytes()
     else:
         rng = rng_meta.get("value")
-    return Checkpoint(path, params, opt, int(meta.get("epoch", 0)), rng, dict(meta.get("extra") or {}))
+    return Checkpoint(path, params, opt, int(meta.get("epoch", 0)), rng, dict(meta.get("extra") or {}),
+                      extra_arrays)
 
 
 # --------------------------------------------------------------------------------------------- weights

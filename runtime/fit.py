@@ -55,8 +55,11 @@ class RunDirectory:
 
 def save_checkpoint(path: Path, model, trainer: Trainer, epochs_done: int) -> None:
     rng = {"executor": trainer.train_executor.rng_state(), "data": model.data_rng.bit_generator.state}
+    callbacks, arrays = _callback_states(trainer.callbacks)
     ckpt.save_checkpoint(path, model.parameters(), trainer.optimizer.state_dict(), epochs_done,
-                         json.dumps(rng), {"model": model.name, "history": model.history.epochs})
+                         json.dumps(rng), {"model": model.name, "history": model.history.epochs,
+                                           "schedule": trainer.schedule_state(), "callbacks": callbacks},
+                         extra_arrays=arrays)
 
 
 def resume(model, trainer: Trainer, path: str | Path) -> int:
@@ -70,7 +73,46 @@ def resume(model, trainer: Trainer, path: str | Path) -> int:
     trainer.train_executor.set_rng_state(rng["executor"])
     model.data_rng.bit_generator.state = rng["data"]
     model.history.epochs = list(loaded.extra.get("history", []))
+    trainer.load_schedule_state(loaded.extra.get("schedule") or {})
+    trainer.resumed_callbacks = _resumed_callback_states(loaded.extra.get("callbacks") or {}, loaded.arrays)
     return int(loaded.epoch)
+
+
+def _keyed_callbacks(callbacks: list[Any]) -> list[tuple[str, Any]]:
+    """A key per callback that survives a resume: its class name and its index among those of its class."""
+    seen: dict[str, int] = {}
+    result = []
+    for callback in callbacks:
+        name = type(callback).__name__
+        result.append((f"{name}#{seen.get(name, 0)}", callback))
+        seen[name] = seen.get(name, 0) + 1
+    return result
+
+
+def _callback_states(callbacks: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """The callbacks' states, split into JSON values (checkpoint metadata) and arrays (checkpoint entries)."""
+    values: dict[str, dict[str, Any]] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for key, callback in _keyed_callbacks(callbacks):
+        state_dict = getattr(callback, "state_dict", None)
+        if state_dict is None:
+            continue
+        values[key] = {}
+        for name, value in state_dict().items():
+            if isinstance(value, np.ndarray):
+                arrays[f"callback/{key}/{name}"] = value
+            else:
+                values[key][name] = value
+    return values, arrays
+
+
+def _resumed_callback_states(values: dict[str, dict[str, Any]], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+    states = {key: dict(state) for key, state in values.items()}
+    for entry, array in arrays.items():
+        prefix, key, name = entry.split("/", 2) if entry.count("/") >= 2 else ("", "", "")
+        if prefix == "callback" and key in states:
+            states[key][name] = array
+    return states
 
 
 def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.ndarray],
@@ -88,6 +130,11 @@ def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.
         run_dir.start(model)
     for callback in callbacks:
         callback.on_train_begin(state)
+    resumed, trainer.resumed_callbacks = trainer.resumed_callbacks, None
+    for key, callback in _keyed_callbacks(callbacks):
+        if resumed and key in resumed and hasattr(callback, "load_state_dict"):
+            callback.load_state_dict(resumed[key])  # what it had seen before the run was interrupted
+    trainer.callbacks = callbacks  # checkpoints carry their state
     for epoch in range(state.epoch, epochs):
         state.epoch = epoch
         progress.epoch_begin(epoch)

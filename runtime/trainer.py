@@ -68,6 +68,8 @@ class Trainer:
         self.lr_scale = 1.0
         self._scheduled_lr: float | None = None
         self.state_names = list(self.train_graph.state_updates)
+        self.callbacks: list[Any] = []  # those of the running fit, whose state checkpoints carry
+        self.resumed_callbacks: dict[str, dict[str, Any]] | None = None  # restored by --resume, for the next fit
 
     # ------------------------------------------------------------------------------------------ steps
 
@@ -90,6 +92,15 @@ class Trainer:
             self.lr_scale *= self.optimizer.lr / self._scheduled_lr
         self._scheduled_lr = self.schedule(self.optimizer.iterations) * self.lr_scale
         self.optimizer.lr = self._scheduled_lr
+
+    def schedule_state(self) -> dict[str, float | None]:
+        """The lr scale that callbacks left on the schedule: checkpointed so --resume keeps it."""
+        return {"lr_scale": self.lr_scale, "scheduled_lr": self._scheduled_lr}
+
+    def load_schedule_state(self, state: dict[str, Any]) -> None:
+        self.lr_scale = float(state.get("lr_scale", 1.0))
+        scheduled = state.get("scheduled_lr")
+        self._scheduled_lr = None if scheduled is None else float(scheduled)
 
     def evaluate_batch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.eval_executor.run(feeds, self.params)
