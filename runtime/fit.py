@@ -20,14 +20,13 @@ VALIDATION_BATCH = 256
 
 
 class RunDirectory:
-    """`--out DIR`: checkpoint.npz (every epoch), best.npz, weights.npz, metrics.json/.csv, source/."""
+    """`--out DIR`: checkpoint.npz (every epoch), best.npz, weights.npz, metrics.json/.csv, source/.
+
+    The directory is made when training starts, after the data has been checked, so a refused run leaves
+    no empty run directory behind."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise NndError(f"cannot create the output directory {self.path}: {err.strerror}") from None
 
     @property
     def checkpoint(self) -> Path:
@@ -40,6 +39,10 @@ class RunDirectory:
     def start(self, model) -> None:
         from nnd.model import _write_sources
 
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise NndError(f"cannot create the output directory {self.path}: {err.strerror}") from None
         _write_sources(model.program, self.path)
         manifest = {"model": model.name, "source": Path(model.program.program.root.file).name}
         (self.path / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
