@@ -8,6 +8,7 @@ import numpy as np
 
 from nnd.compiler.diagnostics import NndError
 from nnd.runtime import kernels_basic, kernels_conv  # noqa: F401  (importing fills the kernel tables)
+from nnd.runtime import kernels_recurrent  # noqa: F401
 from nnd.runtime.kernel_table import Kernel, kernels_for
 
 BACKENDS = ("numpy", "cupy")

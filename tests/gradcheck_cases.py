@@ -152,3 +152,63 @@ GRADCHECK_CASES.update({
     "batchnorm_infer": [GradCase([(2, 2, 3), (3,), (3,), (3,), (3,)], {"epsilon": 1e-3}, wrt=(0, 1, 2),
                                  gen=_bn_gen)],
 })
+
+
+# ------------------------------------------------------------------------------------ recurrent scans
+# Inputs: xproj[N, T, G*u], initial state(s), recurrent kernel (GRU: + recurrent bias), mask[N, T]; the
+# mask is a constant and the saved outputs (hs, cs, gates, aux) carry no gradient, so neither is checked.
+
+def _scan_gen(rng, shape, index):
+    """Values in [-0.8, 0.8]: the recurrence stays in the activations' curved range."""
+    return rng.uniform(-0.8, 0.8, shape)
+
+
+_PAD_TAIL = np.array([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])     # padded trailing steps
+_PAD_LEAD = np.array([[0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])     # leading and inner masked steps
+_NO_MASK = np.ones((2, 4))
+
+
+def _lstm_case(mask, u=2, **attrs):
+    attrs = {"units": u, **attrs}
+    return GradCase([(2, 4, 4 * u), (2, u), (2, u), (u, 4 * u), mask], attrs, gen=_scan_gen,
+                    wrt=(0, 1, 2, 3), outputs=(0, 1, 2))
+
+
+def _gru_case(mask, u=2, **attrs):
+    attrs = {"units": u, **attrs}
+    return GradCase([(2, 4, 3 * u), (2, u), (u, 3 * u), (3 * u,), mask], attrs, gen=_scan_gen,
+                    wrt=(0, 1, 2, 3), outputs=(0, 1))
+
+
+def _rnn_case(mask, u=2, **attrs):
+    attrs = {"units": u, **attrs}
+    return GradCase([(2, 4, u), (2, u), (u, u), mask], attrs, gen=_scan_gen, wrt=(0, 1, 2),
+                    outputs=(0, 1))
+
+
+GRADCHECK_CASES.update({
+    "lstm_scan": [
+        _lstm_case(_NO_MASK),
+        _lstm_case(_NO_MASK, return_sequences=True),
+        _lstm_case(_PAD_TAIL, return_sequences=True, go_backwards=True),
+        _lstm_case(_PAD_LEAD, activation="relu", recurrent_activation="hard_sigmoid"),
+        _lstm_case(_PAD_LEAD, return_sequences=True, activation="sigmoid", recurrent_activation="tanh"),
+        _lstm_case(_PAD_TAIL, activation="linear", go_backwards=True),
+    ],
+    "gru_scan": [
+        _gru_case(_NO_MASK),
+        _gru_case(_NO_MASK, return_sequences=True, reset_after=False),
+        _gru_case(_PAD_TAIL, return_sequences=True, go_backwards=True),
+        _gru_case(_PAD_LEAD, reset_after=False, go_backwards=True, activation="relu",
+                  recurrent_activation="hard_sigmoid"),
+        _gru_case(_PAD_LEAD, return_sequences=True, activation="sigmoid", recurrent_activation="tanh"),
+        _gru_case(_PAD_TAIL, reset_after=False, return_sequences=True, activation="linear"),
+    ],
+    "rnn_scan": [
+        _rnn_case(_NO_MASK),
+        _rnn_case(_NO_MASK, return_sequences=True, go_backwards=True),
+        _rnn_case(_PAD_TAIL, return_sequences=True, activation="relu"),
+        _rnn_case(_PAD_LEAD, go_backwards=True, activation="sigmoid"),
+        _rnn_case(_PAD_LEAD, return_sequences=True, activation="linear"),
+    ],
+})

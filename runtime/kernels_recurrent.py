@@ -1,0 +1,363 @@
+"""Kernels of the recurrent scans (`nnd.compiler.ops.recurrent`), written against `ctx.xp`.
+
+Each step of a scan is one GEMM of the batch's h against the recurrent kernel plus the gate math on
+[N, G*units] arrays; the loop over time steps is the only Python loop. The forward pass writes its saved
+tensors time-major ([T, N, ...], processing order) so that every step reads and writes contiguous
+blocks. Backprop through time walks the steps in reverse with one GEMM per step for dh @ U^T (two for a
+GRU with reset_after=False), stores every step's pre-activation gradients and finishes with one GEMM
+for the recurrent kernel's gradient: dU = sum_t h_{t-1}^T dgates_t.
+
+Arrays keep the dtype of the projected inputs (float32 or float64). Gate derivatives are taken from the
+activated values (sigmoid: y(1-y), tanh: 1-y^2, ...), so nothing is recomputed but the cell's tanh.
+"""
+from __future__ import annotations
+
+from nnd.compiler.ops.recurrent import scan_attrs
+from nnd.runtime.kernel_table import kernel
+
+
+# ---------------------------------------------------------------------------------------------------
+# Activations and their derivatives from the activated value
+
+
+def _sigmoid(xp, x):
+    e = xp.exp(-xp.abs(x))
+    r = 1.0 / (1.0 + e)
+    return xp.where(x >= 0, r, e * r)
+
+
+def _activate(xp, name: str, x):
+    if name == "tanh":
+        return xp.tanh(x)
+    if name == "sigmoid":
+        return _sigmoid(xp, x)
+    if name == "hard_sigmoid":
+        return xp.clip(x * (1.0 / 6.0) + 0.5, 0.0, 1.0)
+    if name == "relu":
+        return xp.maximum(x, 0)
+    if name == "linear":
+        return x
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _backprop(xp, name: str, dy, y):
+    """dy times the activation's derivative, written in terms of its output y."""
+    if name == "tanh":
+        return dy * (1.0 - y * y)
+    if name == "sigmoid":
+        return dy * (y * (1.0 - y))
+    if name == "hard_sigmoid":
+        return xp.where((y > 0) & (y < 1), dy * (1.0 / 6.0), 0)
+    if name == "relu":
+        return dy * (y > 0)
+    if name == "linear":
+        return dy
+    raise ValueError(f"unknown activation {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layout helpers
+
+
+def _time_major(x, backwards: bool):
+    """A [T, N, ...] view of a batch-major [N, T, ...] array, in processing order."""
+    x = x.transpose(1, 0, 2)
+    return x[::-1] if backwards else x
+
+
+def _valid_steps(xp, mask, n: int, steps: int, backwards: bool):
+    """[T, N, 1] booleans in processing order, or None when every step of every sequence is valid."""
+    if mask.ndim == 0:
+        if bool(mask != 0):
+            return None
+        return xp.zeros((steps, n, 1), dtype=bool)
+    valid = (mask != 0).T
+    if backwards:
+        valid = valid[::-1]
+    if bool(valid.all()):
+        return None
+    return xp.ascontiguousarray(valid)[:, :, None]
+
+
+def _batch_major(xp, parts, n: int, steps: int, backwards: bool, dtype):
+    """Concatenate time-major [T, N, w_k] parts along the last axis into one batch-major [N, T, sum w_k]
+    array in input time order."""
+    width = sum(p.shape[2] for p in parts)
+    out = xp.empty((n, steps, width), dtype=dtype)
+    start = 0
+    for p in parts:
+        view = p.transpose(1, 0, 2)
+        out[:, :, start:start + p.shape[2]] = view[:, ::-1] if backwards else view
+        start += p.shape[2]
+    return out
+
+
+def _outputs(xp, hs, h0, seq: bool):
+    """(outputs, h_last) from the h states: outputs is [N, T, u] in processing order or h_last."""
+    h_last = (hs[-1] if hs.shape[0] else h0).copy()
+    if seq:
+        return xp.ascontiguousarray(hs.transpose(1, 0, 2)), h_last
+    return h_last.copy(), h_last
+
+
+def _h_prev_gemm(h0, hs, d):
+    """sum over steps of h_{t-1}^T d_t, with h_{-1} = h0: one GEMM over every later step."""
+    u, width = hs.shape[2], d.shape[2]
+    result = h0.T @ d[0]
+    if hs.shape[0] > 1:
+        result += hs[:-1].reshape(-1, u).T @ d[1:].reshape(-1, width)
+    return result
+
+
+def _start(xp, shape, dtype, *incoming):
+    """A zero array plus each incoming gradient (a full array or a broadcast scalar)."""
+    total = xp.zeros(shape, dtype=dtype)
+    for d in incoming:
+        total += d
+    return total
+
+
+def _step_grad(d_out, dout_tm, s: int):
+    return dout_tm[s] if dout_tm is not None else d_out
+
+
+# ---------------------------------------------------------------------------------------------------
+# LSTM
+
+
+@kernel("lstm_scan")
+def _lstm_scan(ctx, attrs, xproj, h0, c0, recurrent_kernel, mask):
+    xp = ctx.xp
+    a = scan_attrs(attrs, "lstm_scan")
+    u, act, ract = a["units"], a["activation"], a["recurrent_activation"]
+    n, steps, _ = xproj.shape
+    dt = xproj.dtype
+    xt = _time_major(xproj, a["go_backwards"])
+    valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
+    hs = xp.empty((steps, n, u), dtype=dt)
+    cs = xp.empty((steps, n, u), dtype=dt)
+    gates = xp.empty((steps, n, 4 * u), dtype=dt)
+    h, c = h0, c0
+    for s in range(steps):
+        z = h @ recurrent_kernel
+        z += xt[s]
+        g = gates[s]
+        g[:, :2 * u] = _activate(xp, ract, z[:, :2 * u])
+        g[:, 2 * u:3 * u] = _activate(xp, act, z[:, 2 * u:3 * u])
+        g[:, 3 * u:] = _activate(xp, ract, z[:, 3 * u:])
+        c_new = g[:, u:2 * u] * c
+        c_new += g[:, :u] * g[:, 2 * u:3 * u]
+        h_new = g[:, 3 * u:] * _activate(xp, act, c_new)
+        if valid is not None:
+            c_new = xp.where(valid[s], c_new, c)
+            h_new = xp.where(valid[s], h_new, h)
+        cs[s] = c_new
+        hs[s] = h_new
+        h, c = hs[s], cs[s]
+    outputs, h_last = _outputs(xp, hs, h0, a["return_sequences"])
+    c_last = (cs[-1] if steps else c0).copy()
+    return outputs, h_last, c_last, hs, cs, gates
+
+
+@kernel("lstm_scan_grad")
+def _lstm_scan_grad(ctx, attrs, h0, c0, recurrent_kernel, mask, hs, cs, gates, d_out, d_h, d_c):
+    xp = ctx.xp
+    a = scan_attrs(attrs, "lstm_scan_grad")
+    u, act, ract, seq = a["units"], a["activation"], a["recurrent_activation"], a["return_sequences"]
+    steps, n, _ = hs.shape
+    dt = hs.dtype
+    valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
+    dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
+    dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
+    dc = _start(xp, (n, u), dt, d_c)
+    dgates = xp.empty((steps, n, 4 * u), dtype=dt)
+    kernel_t = recurrent_kernel.T
+    for s in range(steps - 1, -1, -1):
+        if seq:
+            dh = dh + _step_grad(d_out, dout_tm, s)
+        if valid is not None:
+            m = valid[s]
+            dh_kept, dc_kept = xp.where(m, 0, dh), xp.where(m, 0, dc)
+            dh, dc = xp.where(m, dh, 0), xp.where(m, dc, 0)
+        g = gates[s]
+        i, f, cand, o = g[:, :u], g[:, u:2 * u], g[:, 2 * u:3 * u], g[:, 3 * u:]
+        c_prev = cs[s - 1] if s else c0
+        tc = _activate(xp, act, cs[s])
+        dg = dgates[s]
+        dg[:, 3 * u:] = _backprop(xp, ract, dh * tc, o)
+        dc = dc + _backprop(xp, act, dh * o, tc)
+        dg[:, :u] = _backprop(xp, ract, dc * cand, i)
+        dg[:, u:2 * u] = _backprop(xp, ract, dc * c_prev, f)
+        dg[:, 2 * u:3 * u] = _backprop(xp, act, dc * i, cand)
+        dc = dc * f
+        dh = dg @ kernel_t
+        if valid is not None:
+            dh += dh_kept
+            dc += dc_kept
+    d_kernel = _h_prev_gemm(h0, hs, dgates)
+    d_xproj = _batch_major(xp, [dgates], n, steps, a["go_backwards"], dt)
+    return d_xproj, dh, dc, d_kernel
+
+
+# ---------------------------------------------------------------------------------------------------
+# GRU
+
+
+@kernel("gru_scan")
+def _gru_scan(ctx, attrs, xproj, h0, recurrent_kernel, recurrent_bias, mask):
+    xp = ctx.xp
+    a = scan_attrs(attrs, "gru_scan")
+    u, act, ract = a["units"], a["activation"], a["recurrent_activation"]
+    n, steps, _ = xproj.shape
+    dt = xproj.dtype
+    xt = _time_major(xproj, a["go_backwards"])
+    valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
+    hs = xp.empty((steps, n, u), dtype=dt)
+    gates = xp.empty((steps, n, 3 * u), dtype=dt)
+    aux = xp.empty((steps, n, u), dtype=dt)
+    reset_after = a["reset_after"]
+    if not reset_after:
+        kernel_zr = xp.ascontiguousarray(recurrent_kernel[:, :2 * u])
+        kernel_h = xp.ascontiguousarray(recurrent_kernel[:, 2 * u:])
+    h = h0
+    for s in range(steps):
+        x = xt[s]
+        g = gates[s]
+        if reset_after:
+            rec = h @ recurrent_kernel
+            rec += recurrent_bias
+            pre = x[:, :2 * u] + rec[:, :2 * u]
+            g[:, :2 * u] = _activate(xp, ract, pre)
+            aux[s] = rec[:, 2 * u:]
+            g[:, 2 * u:] = _activate(xp, act, x[:, 2 * u:] + g[:, u:2 * u] * aux[s])
+        else:
+            pre = h @ kernel_zr
+            pre += x[:, :2 * u]
+            pre += recurrent_bias[:2 * u]
+            g[:, :2 * u] = _activate(xp, ract, pre)
+            aux[s] = g[:, u:2 * u] * h
+            cand = aux[s] @ kernel_h
+            cand += x[:, 2 * u:]
+            cand += recurrent_bias[2 * u:]
+            g[:, 2 * u:] = _activate(xp, act, cand)
+        z, hh = g[:, :u], g[:, 2 * u:]
+        h_new = h - hh
+        h_new *= z
+        h_new += hh
+        if valid is not None:
+            h_new = xp.where(valid[s], h_new, h)
+        hs[s] = h_new
+        h = hs[s]
+    outputs, h_last = _outputs(xp, hs, h0, a["return_sequences"])
+    return outputs, h_last, hs, gates, aux
+
+
+@kernel("gru_scan_grad")
+def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, hs, gates, aux, d_out, d_h):
+    xp = ctx.xp
+    a = scan_attrs(attrs, "gru_scan_grad")
+    u, act, ract, seq = a["units"], a["activation"], a["recurrent_activation"], a["return_sequences"]
+    reset_after = a["reset_after"]
+    steps, n, _ = hs.shape
+    dt = hs.dtype
+    valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
+    dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
+    dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
+    # reset_after: d of (h U + b) per step, all three gates; otherwise d of the z and r pre-activations.
+    drec = xp.empty((steps, n, 3 * u if reset_after else 2 * u), dtype=dt)
+    dcand = xp.empty((steps, n, u), dtype=dt)      # d of the candidate's pre-activation
+    if reset_after:
+        kernel_t = recurrent_kernel.T
+    else:
+        kernel_zr_t = xp.ascontiguousarray(recurrent_kernel[:, :2 * u].T)
+        kernel_h_t = xp.ascontiguousarray(recurrent_kernel[:, 2 * u:].T)
+    for s in range(steps - 1, -1, -1):
+        if seq:
+            dh = dh + _step_grad(d_out, dout_tm, s)
+        if valid is not None:
+            m = valid[s]
+            dh_kept = xp.where(m, 0, dh)
+            dh = xp.where(m, dh, 0)
+        g = gates[s]
+        z, r, hh = g[:, :u], g[:, u:2 * u], g[:, 2 * u:]
+        h_prev = hs[s - 1] if s else h0
+        da_h = _backprop(xp, act, dh * (1.0 - z), hh)
+        dcand[s] = da_h
+        dr = drec[s]
+        dr[:, :u] = _backprop(xp, ract, dh * (h_prev - hh), z)
+        if reset_after:
+            dr[:, u:2 * u] = _backprop(xp, ract, da_h * aux[s], r)
+            dr[:, 2 * u:] = da_h * r
+            dh_prev = dr @ kernel_t
+        else:
+            drh = da_h @ kernel_h_t
+            dr[:, u:] = _backprop(xp, ract, drh * h_prev, r)
+            dh_prev = dr @ kernel_zr_t
+            dh_prev += drh * r
+        dh_prev += dh * z
+        if valid is not None:
+            dh_prev += dh_kept
+        dh = dh_prev
+    if reset_after:
+        d_kernel = _h_prev_gemm(h0, hs, drec)
+        d_bias = drec.sum(axis=(0, 1))
+    else:
+        d_kernel = xp.concatenate(
+            [_h_prev_gemm(h0, hs, drec), aux.reshape(-1, u).T @ dcand.reshape(-1, u)], axis=1)
+        d_bias = xp.concatenate([drec.sum(axis=(0, 1)), dcand.sum(axis=(0, 1))])
+    d_xproj = _batch_major(xp, [drec[:, :, :2 * u], dcand], n, steps, a["go_backwards"], dt)
+    return d_xproj, dh, d_kernel, d_bias
+
+
+# ---------------------------------------------------------------------------------------------------
+# SimpleRNN
+
+
+@kernel("rnn_scan")
+def _rnn_scan(ctx, attrs, xproj, h0, recurrent_kernel, mask):
+    xp = ctx.xp
+    a = scan_attrs(attrs, "rnn_scan")
+    u, act = a["units"], a["activation"]
+    n, steps, _ = xproj.shape
+    xt = _time_major(xproj, a["go_backwards"])
+    valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
+    hs = xp.empty((steps, n, u), dtype=xproj.dtype)
+    h = h0
+    for s in range(steps):
+        pre = h @ recurrent_kernel
+        pre += xt[s]
+        h_new = _activate(xp, act, pre)
+        if valid is not None:
+            h_new = xp.where(valid[s], h_new, h)
+        hs[s] = h_new
+        h = hs[s]
+    outputs, h_last = _outputs(xp, hs, h0, a["return_sequences"])
+    return outputs, h_last, hs
+
+
+@kernel("rnn_scan_grad")
+def _rnn_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, hs, d_out, d_h):
+    xp = ctx.xp
+    a = scan_attrs(attrs, "rnn_scan_grad")
+    u, act, seq = a["units"], a["activation"], a["return_sequences"]
+    steps, n, _ = hs.shape
+    dt = hs.dtype
+    valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
+    dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
+    dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
+    dpre = xp.empty((steps, n, u), dtype=dt)
+    kernel_t = recurrent_kernel.T
+    for s in range(steps - 1, -1, -1):
+        if seq:
+            dh = dh + _step_grad(d_out, dout_tm, s)
+        if valid is not None:
+            m = valid[s]
+            dh_kept = xp.where(m, 0, dh)
+            dh = xp.where(m, dh, 0)
+        dpre[s] = _backprop(xp, act, dh, hs[s])
+        dh = dpre[s] @ kernel_t
+        if valid is not None:
+            dh += dh_kept
+    d_kernel = _h_prev_gemm(h0, hs, dpre)
+    d_xproj = _batch_major(xp, [dpre], n, steps, a["go_backwards"], dt)
+    return d_xproj, dh, d_kernel
