@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nnd.compiler import syntax as S
-from nnd.compiler.args import ArgError, ArgSpec, CallValue, Symbol, describe
+from nnd.compiler.args import ACTIVATIONS, INITIALIZERS, ArgError, ArgSpec, CallValue, Symbol, describe
 from nnd.compiler.builder import GraphBuilder
 from nnd.compiler.diagnostics import DiagnosticBag, did_you_mean
 from nnd.compiler.ir import Graph, LayerRecord, Value
@@ -20,6 +20,7 @@ from nnd.compiler.layers.core import lower_arithmetic
 from nnd.compiler.source import Span
 from nnd.compiler.tensor_type import BATCH, DTYPE_NAMES, ShapeError, TensorType
 
+OPTION_WORDS = frozenset((*ACTIVATIONS, *INITIALIZERS, "same", "valid", "none", "l1", "l2", "l1_l2"))
 POISON = Symbol("<error>")  # the value of anything whose error has been reported already
 MAX_REPEAT = 10_000
 
@@ -264,9 +265,17 @@ class ModelLowering:
         return self.error(f"expected a tensor value, got {describe(value)}", expr.span)
 
     def undefined_value(self, symbol: Symbol, notes: tuple[str, ...] | list[str] = ()) -> Any:
+        if symbol.name in LAYERS or symbol.name in self.defs.blocks:
+            what = "layer" if symbol.name in LAYERS else "block"
+            return self.error(f"'{symbol.name}' is a {what}, not a value", symbol.span,
+                              [f"call it: x -> {symbol.name}(...)"])
         hint = did_you_mean(symbol.name, self.visible_names())
         return self.error(f"undefined value '{symbol.name}'" + (f"; did you mean '{hint}'?" if hint else ""),
                           symbol.span, notes)
+
+    def known_word(self, name: str) -> bool:
+        """Whether a bare word means something in the language (an option, a layer), so is no typo."""
+        return name in OPTION_WORDS or name in LAYERS or name in self.defs.blocks
 
     def visible_names(self) -> list[str]:
         return list(self.defs.consts) + [k for k, v in self.frame.locals.items() if v is not POISON]
@@ -398,12 +407,16 @@ class ModelLowering:
         ok = True
         if len(positional) > len(positional_specs):
             value, arg = positional[len(positional_specs)]
-            if isinstance(value, Symbol) and not has_input:
+            if isinstance(value, Symbol) and (not has_input or not self.known_word(value.name)):
                 return self.undefined_value(value)
             count = len(positional_specs)
-            self.error(f"{call.callee} takes at most {count} positional argument{'s' if count != 1 else ''}"
-                       f" besides its input, got {len(positional)}", arg.span)
-            ok = False
+            inputs = "input" if spec.inputs == 1 else "inputs"
+            if count == 0:
+                self.error(f"{call.callee} takes no arguments besides its {inputs}", arg.span)
+            else:
+                self.error(f"{call.callee} takes at most {count} positional argument{'s' if count != 1 else ''}"
+                           f" besides its {inputs}, got {len(positional)}", arg.span)
+            return POISON  # with the arguments misaligned, checking each one would only mislead
         for arg_spec, (value, arg) in zip(positional_specs, positional):
             raw[arg_spec.name] = (value, arg)
         for key, (value, arg) in keywords.items():
@@ -437,7 +450,7 @@ class ModelLowering:
             except ArgError as err:
                 if isinstance(value, Symbol) and not has_input and arg_spec is positional_specs[0]:
                     self.undefined_value(value)
-                elif isinstance(value, Symbol) and not arg_spec.kind.symbolic:
+                elif isinstance(value, Symbol) and not arg_spec.kind.symbolic and not self.known_word(value.name):
                     self.undefined_value(value, [f"{call.callee} argument '{arg_spec.name}' expects "
                                                  f"{arg_spec.kind.expected}"])
                 else:
