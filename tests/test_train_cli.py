@@ -1,0 +1,207 @@
+"""`nnd train / evaluate / predict` on a tiny model and a tiny .npz dataset, through click's CliRunner."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import nnd
+from nnd.cli import main
+
+MODEL = """# a tiny classifier
+model tiny {
+    input x: [4]
+    dense(8, activation=relu)
+    dropout(0.2)
+    dense(3, activation=softmax)
+}
+
+train tiny {
+    optimizer  = adam(lr=0.01)
+    loss       = sparse_categorical_crossentropy
+    metrics    = [accuracy]
+    epochs     = 2
+    batch_size = 16
+}
+"""
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NND_OFFLINE", "1")
+    (tmp_path / "tiny.nnd").write_text(MODEL)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(130, 4)).astype(np.float32)
+    y = np.argmax(x[:, :3], axis=1)
+    np.savez(tmp_path / "data.npz", x_train=x[:100], y_train=y[:100], x_test=x[100:], y_test=y[100:])
+    np.save(tmp_path / "x.npy", x[:7])
+    return tmp_path
+
+
+def nnd_cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def train(*args):
+    return nnd_cli("train", "tiny.nnd", "--data", "data.npz", *args)
+
+
+def _clean_failure(result, code=1):
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.output and "internal error" not in result.stderr
+    return result.stderr
+
+
+def _bytes(path):
+    return path.read_bytes()
+
+
+def test_train_writes_the_run_directory_and_one_line_per_epoch(project):
+    result = train("--epochs", 2, "--out", "run")
+    assert result.exit_code == 0, result.output
+    run = project / "run"
+    for name in ("weights.npz", "checkpoint.npz", "metrics.json", "metrics.csv", "source/tiny.nnd"):
+        assert (run / name).is_file(), name
+    assert (run / "source" / "tiny.nnd").read_text() == MODEL
+    epoch_lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("val_loss" in line and "accuracy" in line for line in epoch_lines)
+    assert "\r" not in result.stdout and "\x1b" not in result.stdout  # no live bar when not on a terminal
+    assert "test: loss" in result.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics) == 2 and {"loss", "accuracy", "val_loss", "val_accuracy", "lr"} <= set(metrics[0])
+    csv_lines = (run / "metrics.csv").read_text().splitlines()
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("loss,")
+    # the weights are the model's after training: they reproduce the reported test figures
+    model = nnd.load(run)
+    data = np.load(project / "data.npz")
+    logs = model.evaluate(data["x_test"], data["y_test"])
+    assert logs["loss"] == pytest.approx(metrics[-1]["val_loss"], rel=1e-5)
+
+
+def test_resume_continues_the_run_as_if_never_stopped(project):
+    assert train("--epochs", 3, "--out", "straight", "-q").exit_code == 0
+    assert train("--epochs", 2, "--out", "run", "-q").exit_code == 0
+    result = train("--resume", "run/checkpoint.npz", "--epochs", 3, "--out", "run")
+    assert result.exit_code == 0, result.output
+    epoch_lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 3/3"]
+    history = json.loads((project / "run" / "metrics.json").read_text())
+    assert len(history) == 3
+    assert history == json.loads((project / "straight" / "metrics.json").read_text())
+    a, b = np.load(project / "straight" / "weights.npz"), np.load(project / "run" / "weights.npz")
+    assert sorted(a.files) == sorted(b.files)
+    assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_resume_of_a_finished_run_asks_for_more_epochs(project):
+    assert train("--epochs", 2, "--out", "run", "-q").exit_code == 0
+    before = _bytes(project / "run" / "checkpoint.npz")
+    message = _clean_failure(train("--resume", "run/checkpoint.npz", "--epochs", 2, "--out", "run"))
+    assert "already did 2 epochs" in message and "--epochs" in message
+    assert _bytes(project / "run" / "checkpoint.npz") == before
+
+
+def test_resume_and_weights_are_exclusive(project):
+    assert train("--out", "run", "-q").exit_code == 0
+    result = train("--resume", "run/checkpoint.npz", "--weights", "run/weights.npz", "--epochs", 3)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert "--resume and --weights are exclusive" in result.stderr
+
+
+def test_start_from_weights(project):
+    assert train("--out", "run", "-q").exit_code == 0
+    result = train("--weights", "run/weights.npz", "--epochs", 1, "--out", "again", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((project / "again" / "metrics.json").read_text())) == 1
+
+
+def test_corrupt_checkpoint_is_refused_and_left_untouched(project):
+    assert train("--out", "run", "-q").exit_code == 0
+    checkpoint = project / "run" / "checkpoint.npz"
+    truncated = _bytes(checkpoint)[:400]
+    checkpoint.write_bytes(truncated)
+    message = _clean_failure(train("--resume", checkpoint, "--epochs", 3, "--out", "run"))
+    assert "checkpoint.npz" in message and ("corrupt" in message or "truncated" in message)
+    assert _bytes(checkpoint) == truncated
+    checkpoint.write_bytes(b"not a checkpoint at all")
+    message = _clean_failure(train("--resume", checkpoint, "--epochs", 3, "--out", "run"))
+    assert "corrupt" in message
+    assert _bytes(checkpoint) == b"not a checkpoint at all"
+    message = _clean_failure(train("--resume", "run/nothing.npz", "--epochs", 3))
+    assert "not found" in message and "nothing.npz" in message
+
+
+def test_checkpoint_of_a_different_model_names_the_parameter(project):
+    assert train("--out", "run", "-q").exit_code == 0
+    (project / "wider.nnd").write_text(MODEL.replace("dense(8,", "dense(9,"))
+    checkpoint = project / "run" / "checkpoint.npz"
+    before = _bytes(checkpoint)
+    result = nnd_cli("train", "wider.nnd", "--data", "data.npz", "--resume", checkpoint, "--epochs", 3,
+                     "--out", "run")
+    message = _clean_failure(result)
+    assert "dense.kernel" in message and "(4, 8)" in message and "(4, 9)" in message
+    assert _bytes(checkpoint) == before
+
+
+def test_evaluate_prints_loss_and_accuracy(project):
+    assert train("--out", "run", "-q").exit_code == 0
+    result = nnd_cli("evaluate", "tiny.nnd", "--weights", "run", "--data", "data.npz")
+    assert result.exit_code == 0, result.output
+    assert "30 samples" in result.stdout
+    data = np.load(project / "data.npz")
+    logs = nnd.load("tiny.nnd", weights="run/weights.npz").evaluate(data["x_test"], data["y_test"])
+    assert f"loss {logs['loss']:.4f}" in result.stdout
+    assert f"accuracy {logs['accuracy']:.4f}" in result.stdout
+    message = _clean_failure(nnd_cli("evaluate", "tiny.nnd", "--weights", "nowhere.npz", "--data", "data.npz"))
+    assert "nowhere.npz" in message
+
+
+def test_predict_writes_outputs_of_the_right_shape(project):
+    assert train("--out", "run", "-q").exit_code == 0
+    result = nnd_cli("predict", "tiny.nnd", "--weights", "run/weights.npz", "--input", "x.npy", "--output", "y.npy")
+    assert result.exit_code == 0, result.output
+    y = np.load(project / "y.npy")
+    assert y.shape == (7, 3)
+    expected = nnd.load("tiny.nnd", weights="run/weights.npz").predict(np.load(project / "x.npy"))
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-5)
+    np.save(project / "wrong.npy", np.zeros((5, 6), np.float32))
+    message = _clean_failure(nnd_cli("predict", "tiny.nnd", "--weights", "run", "--input", "wrong.npy",
+                                     "--output", "out.npy"))
+    assert "(5, 6)" in message and "(batch, 4)" in message
+    assert not (project / "out.npy").exists()
+
+
+def test_missing_data_file(project):
+    message = _clean_failure(nnd_cli("train", "tiny.nnd", "--data", "missing.npz"))
+    assert "missing.npz" in message and "not found" in message
+
+
+def test_bad_data_is_refused_with_a_clear_message(project):
+    rng = np.random.default_rng(1)
+    np.savez(project / "shape.npz", x_train=rng.normal(size=(20, 5)), y_train=rng.integers(0, 3, 20))
+    np.savez(project / "labels.npz", x_train=rng.normal(size=(20, 4)), y_train=np.arange(20) % 5)
+    x = rng.normal(size=(20, 4))
+    x[4, 1] = np.nan
+    np.savez(project / "nan.npz", x_train=x, y_train=rng.integers(0, 3, 20))
+    message = _clean_failure(nnd_cli("train", "tiny.nnd", "--data", "shape.npz", "--out", "r1"))
+    assert "(20, 5)" in message and "(batch, 4)" in message
+    message = _clean_failure(nnd_cli("train", "tiny.nnd", "--data", "labels.npz", "--out", "r2"))
+    assert "label 4" in message and "3 classes" in message
+    message = _clean_failure(nnd_cli("train", "tiny.nnd", "--data", "nan.npz", "--out", "r3"))
+    assert "NaN" in message
+    assert not any((project / d).exists() for d in ("r1", "r2", "r3"))  # no empty run directories
+
+
+def test_bad_flags(project):
+    result = train("--lr", 0)
+    assert result.exit_code == 2 and "--lr" in result.stderr and "Traceback" not in result.output
+    result = train("--epochs", 0)
+    assert result.exit_code == 2 and "--epochs" in result.stderr
+    message = _clean_failure(train("--model", "tinny"))
+    assert "no model named 'tinny'" in message and "did you mean 'tiny'" in message
