@@ -21,8 +21,9 @@ def load(path: str | Path, model: str | None = None, *, weights: str | Path | No
 
     path = Path(path)
     if path.is_dir():
-        source, weights = _saved_model(path, weights)
+        source, weights, saved = _saved_model(path, weights)
         path = source
+        model = saved if model is None else model  # the model that was saved, not the file's last one
     result = Model(compile_file(path), model, backend=backend, dtype=dtype, seed=seed, opt_level=opt_level)
     if weights is not None:
         result.load_weights(weights)
@@ -38,7 +39,7 @@ def loads(text: str, model: str | None = None, *, name: str = "<string>", base_d
                  seed=seed, opt_level=opt_level)
 
 
-def _saved_model(directory: Path, weights: str | Path | None) -> tuple[Path, Path | None]:
+def _saved_model(directory: Path, weights: str | Path | None) -> tuple[Path, Path | None, str | None]:
     import json
 
     manifest = directory / "model.json"
@@ -48,7 +49,7 @@ def _saved_model(directory: Path, weights: str | Path | None) -> tuple[Path, Pat
     source = directory / "source" / info["source"]
     if weights is None and (directory / "weights.npz").is_file():
         weights = directory / "weights.npz"
-    return source, weights
+    return source, weights, info.get("model")
 
 
 from nnd.model import Model  # noqa: E402  (after the functions, which are the facade's entry points)

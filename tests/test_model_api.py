@@ -292,6 +292,17 @@ def test_save_then_load_gives_identical_predictions(tmp_path):
     assert np.array_equal(other.predict(x), model.predict(x))
 
 
+def test_a_saved_model_of_a_file_with_several_models_loads_as_itself(tmp_path):
+    source = CLASSIFIER + "\nmodel other {\n    input x: [4]\n    dense(3, activation=softmax)\n}\n"
+    model = nnd.loads(source, "clf", seed=3)
+    assert nnd.loads(source).name == "other"  # the last model is the default
+    model.save(tmp_path / "saved")
+    again = nnd.load(tmp_path / "saved")
+    assert again.name == "clf"
+    x = _separable(8)[0]
+    assert np.array_equal(again.predict(x), model.predict(x))
+
+
 def test_load_weights_of_another_model_names_the_parameter(tmp_path):
     nnd.loads(CLASSIFIER).save(tmp_path / "a")
     wider = nnd.loads(CLASSIFIER.replace("dense(16", "dense(12"))
