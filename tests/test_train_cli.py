@@ -205,3 +205,18 @@ def test_bad_flags(project):
     assert result.exit_code == 2 and "--epochs" in result.stderr
     message = _clean_failure(train("--model", "tinny"))
     assert "no model named 'tinny'" in message and "did you mean 'tiny'" in message
+
+
+def test_named_dataset_missing_offline_lists_the_places_searched(project, monkeypatch):
+    from nnd.runtime import datasets
+
+    monkeypatch.setattr(datasets, "SYSTEM_DATA_ROOT", project / "system")  # keep the real /usr/share out
+    monkeypatch.setenv("HOME", str(project / "home"))
+    monkeypatch.delenv("NND_DATA", raising=False)
+    result = nnd_cli("train", "tiny.nnd", "--data", "fashion_mnist", "--data-dir", project / "bogus",
+                     "--out", "run")
+    message = _clean_failure(result)
+    assert "dataset 'fashion_mnist' not found" in message
+    assert str(project / "bogus") in message and str(project / "system") in message
+    assert "NND_OFFLINE" in message and "--data-dir" in message
+    assert not (project / "run").exists()
