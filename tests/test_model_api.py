@@ -378,6 +378,20 @@ def test_batchnorm_moving_statistics_change_in_fit_and_serve_predict():
     assert np.array_equal(model.parameters()["batchnorm.moving_mean"], p["batchnorm.moving_mean"])
 
 
+def test_batchnorm_moving_statistics_follow_keras_update():
+    model = nnd.loads(BATCHNORM_MODEL.replace("batchnorm()", "batchnorm(momentum=0.9)"), dtype="float64")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 4)) * 2 + 3
+    y = (x[:, 0] > 3).astype(np.int64)
+    p = model.parameters()
+    h = x @ p["dense.kernel"] + p["dense.bias"]
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # one step, on the whole batch
+    q = model.parameters()
+    np.testing.assert_allclose(q["batchnorm.moving_mean"], 0.1 * h.mean(axis=0), rtol=1e-12, atol=1e-12)
+    # the biased batch variance, as Keras (PyTorch would use the unbiased one)
+    np.testing.assert_allclose(q["batchnorm.moving_variance"], 0.9 + 0.1 * h.var(axis=0), rtol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------ reproducibility
 
 
@@ -484,6 +498,33 @@ def test_resume_keeps_what_callbacks_had_seen(tmp_path, case):
         val = straight.history.history["val_loss"]
         assert int(np.argmin(val)) < 2  # the best epoch was before the interruption
         assert straight.evaluate(xv, yv)["loss"] == pytest.approx(min(val), rel=1e-5)
+
+
+def test_resume_continues_the_augmentation_and_shuffling_sequence(tmp_path):
+    source = """
+model aug {
+    input image: [6, 6, 1]
+    conv2d(3, 3, activation=relu)
+    global_avgpool2d()
+    dense(2, activation=softmax)
+}
+train aug {
+    optimizer = adam(lr=0.01)
+    batch_size = 8
+    augment = [random_flip(horizontal), random_shift(0.2), gaussian_noise(0.1)]
+}
+"""
+    rng = np.random.default_rng(2)
+    x, y = rng.random(size=(24, 6, 6, 1)).astype(np.float32), rng.integers(0, 2, 24)
+    straight = nnd.loads(source, seed=4)
+    straight.fit(x, y, epochs=3, verbose=0)
+    first = nnd.loads(source, seed=4)
+    first.fit(x, y, epochs=1, verbose=0, run_dir=RunDirectory(tmp_path))
+    resumed = nnd.loads(source, seed=4)
+    done = resume(resumed, resumed._get_trainer(), tmp_path / "checkpoint.npz")
+    resumed.fit(x, y, epochs=3, verbose=0, initial_epoch=done)
+    a, b = straight.parameters(), resumed.parameters()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
 # ------------------------------------------------------------------------------------------ callbacks
