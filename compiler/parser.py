@@ -114,6 +114,9 @@ class _Builder:
         if kind == "assign":
             target, value = children
             return ast.Assign(str(target), self.expr(value), span=span)
+        if kind == "unpack":
+            *targets, value = children
+            return ast.Unpack(tuple(str(t) for t in targets), self.expr(value), span=span)
         if kind == "output_expr":
             return ast.Output(None, self.expr(children[0]), span=span)
         if kind == "output_named":
@@ -233,7 +236,8 @@ def _expected_words(lark_parser: Lark, terminals) -> list[str]:
     terminals = set(terminals)
     literals = {t: _literal(lark_parser, t) for t in terminals}
     closers = {t for t in terminals if literals[t] in _CLOSERS}
-    if closers:
+    # Inside brackets the closers are what matters; a lone ',' (as in `a, b = ...`) is no closer.
+    if closers and any(literals[t] != "," for t in closers):
         terminals = closers
     elif len(terminals) > 1:
         terminals.discard("$END")  # "end of input" helps nobody next to real alternatives

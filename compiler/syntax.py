@@ -126,6 +126,15 @@ class Assign:
 
 
 @dataclass(frozen=True)
+class Unpack:
+    """`a, b, c = EXPR`: names for the several results of one layer (`return_state=true`)."""
+
+    targets: tuple[str, ...]
+    value: Expr
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
 class ExprStmt:
     """A bare layer call, pipe or repeat: in sequential form it applies to the running value."""
 
@@ -148,7 +157,7 @@ class Return:
     span: Span | None = _span()
 
 
-Stmt = Union[InputDecl, Assign, ExprStmt, Output, Return]
+Stmt = Union[InputDecl, Assign, Unpack, ExprStmt, Output, Return]
 
 
 # ---------------------------------------------------------------- top level

@@ -39,9 +39,11 @@ class TrainingGraph:
     trainable: list[str]
 
 
-def default_loss(graph: Graph) -> Configured:
-    """The loss a Keras user would pick for the model's last activation, when the file names none."""
-    output = next(iter(graph.outputs.values()))
+def loss_for(spec: TrainSpec, output: Value) -> Configured:
+    """The train section's loss, or (when it names none) the one a Keras user would pick for the
+    output's final activation: each output of a model may then get a different one."""
+    if spec.loss is not None:
+        return spec.loss
     producer = output.producer
     if producer is not None and producer.op == "softmax":
         return Configured("sparse_categorical_crossentropy")
@@ -71,16 +73,16 @@ def build_loss_graph(program, model: str, spec: TrainSpec | None = None, mode: s
     graph = program.lower(model, mode)
     if mode == INFER:
         graph = graph.copy_shallow()  # the program's cached inference graph stays as it is
-    loss = spec.loss or default_loss(graph)
     builder = GraphBuilder(graph)
     targets: dict[str, str] = {}
     terms: list[Value] = []
     for name, output in list(graph.outputs.items()):
+        loss = loss_for(spec, output)
         target = builder.add_input(TARGET_PREFIX + name, target_type(loss.name, output))
         targets[name] = target.name
         with builder.origin(loss.span, "loss"):
             terms.append(_mean_loss(builder, loss, output, target))
-    with builder.origin(loss.span, "loss"):
+    with builder.origin(spec.loss.span if spec.loss else None, "loss"):
         total = _sum(builder, terms)
         for term in _regularization(builder, graph):
             total = builder.emit1("add", [total, term])

@@ -16,7 +16,7 @@ from nnd.compiler.diagnostics import NndError
 from nnd.compiler.frontend import CheckedProgram
 from nnd.compiler.summary import summarize
 from nnd.compiler.training import LOSS_ALIASES, LOSSES, OPTIMIZERS, Configured, TrainSpec, check_configured
-from nnd.compiler.training_graph import LOSS, TARGET_PREFIX, default_loss, target_type
+from nnd.compiler.training_graph import LOSS, TARGET_PREFIX, loss_for, target_type
 from nnd.runtime import checkpoint as ckpt
 from nnd.runtime.datasets import check_inputs
 from nnd.runtime.executor import Executor
@@ -204,8 +204,8 @@ class Model:
     def _feeds(self, x: Arrays, y: Arrays) -> dict[str, np.ndarray]:
         feeds = self._inputs(x)
         targets = _by_name(y, self.output_names, "target")
-        loss = (self.spec.loss or default_loss(self.graph)).name
         for name, output in self.graph.outputs.items():
+            loss = loss_for(self.spec, output).name
             feeds[TARGET_PREFIX + name] = _check_target(np.asarray(targets[name]), target_type(loss, output),
                                                         output, name, loss)
         _same_count(feeds, "inputs and targets")

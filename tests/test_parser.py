@@ -362,7 +362,7 @@ def test_missing_name():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("model m { x }", "t.nnd:1:13: error: expected '(', '->' or '=' but found '}'"),
+    ("model m { x }", "t.nnd:1:13: error: expected '(', ',', '->' or '=' but found '}'"),
     ("model m { 5 }", "t.nnd:1:11: error: expected '}' but found number 5"),
     ("model m {} 5", "t.nnd:1:12: error: expected 'block', 'const', 'import', 'model' or 'train' but found number 5"),
     ("model input {}", "t.nnd:1:7: error: expected a name but found keyword 'input'"),
