@@ -66,6 +66,8 @@ class SeriesStats:
     target_mean: float
     target_std: float
     rows: int = 0
+    window: int = 0
+    horizon: int = 0
 
     def __post_init__(self) -> None:
         self.columns = [str(c) for c in self.columns]
@@ -115,7 +117,7 @@ class SeriesStats:
         return {"format": _STATS_FORMAT, "version": 1, "columns": list(self.columns),
                 "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
                 "target": self.target, "target_mean": self.target_mean, "target_std": self.target_std,
-                "rows": int(self.rows)}
+                "rows": int(self.rows), "window": int(self.window), "horizon": int(self.horizon)}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "series statistics") -> "SeriesStats":
@@ -128,7 +130,8 @@ class SeriesStats:
         try:
             return cls(columns=list(data["columns"]), mean=data["mean"], std=data["std"], target=data["target"],
                        target_mean=data["target_mean"], target_std=data["target_std"],
-                       rows=int(data.get("rows", 0)))
+                       rows=int(data.get("rows", 0)), window=int(data.get("window", 0)),
+                       horizon=int(data.get("horizon", 0)))
         except (TypeError, ValueError) as e:
             raise NndError(f"{where} holds malformed values: {e}") from None
 
@@ -226,6 +229,8 @@ def _read_columns(path: Path, columns: Sequence[str | int] | None, target: str |
     if columns is None:
         f_cols = list(range(width))
     else:
+        if isinstance(columns, np.ndarray) and columns.ndim == 1:
+            columns = columns.tolist()
         if isinstance(columns, (str, int)) or not isinstance(columns, Sequence):
             raise NndError(f"columns must be a list of column names or indices (or None for all), got {columns!r}")
         if len(columns) == 0:
@@ -269,7 +274,8 @@ def load_time_series_csv(path: str | os.PathLike, columns: Sequence[str | int] |
     Window i holds rows [i*stride, i*stride + window) of the input `columns` (names or indices; None = every
     column, the target included) as x[i] of shape (window, features); y[i] holds the target column's next
     `horizon` values, rows [i*stride + window, i*stride + window + horizon). Returns float32
-    x (n, window, features) and y (n, horizon) — (n, 1) for the default horizon of 1.
+    x (n, window, features) and y (n, horizon) — (n, 1) for the default horizon of 1. horizon=0 gives windows
+    without targets (y of shape (n, 0)) up to the last row, e.g. to forecast from the latest `window` rows.
 
     standardize=True also returns a SeriesStats: the mean/std of each input column and of the target, taken
     over the rows that the training windows read (inputs and targets) — the first windows that
@@ -281,7 +287,7 @@ def load_time_series_csv(path: str | os.PathLike, columns: Sequence[str | int] |
     """
     path = Path(path)
     window = _positive_int(window, "window")
-    horizon = _positive_int(horizon, "horizon")
+    horizon = _non_negative_int(horizon, "horizon")
     stride = _positive_int(stride, "stride")
     if stats is not None and standardize:
         raise NndError("pass either standardize=True (compute new statistics) or stats= (apply saved ones), "
@@ -326,7 +332,7 @@ def load_time_series_csv(path: str | os.PathLike, columns: Sequence[str | int] |
         end = int(starts[n_train - 1]) + need
         stats = SeriesStats(columns=names, mean=feats[:end].mean(axis=0), std=feats[:end].std(axis=0),
                             target=tname, target_mean=float(tgt[:end].mean()), target_std=float(tgt[:end].std()),
-                            rows=end)
+                            rows=end, window=window, horizon=horizon)
     if stats is None:
         return feats.astype(np.float32)[x_idx], tgt.astype(np.float32)[y_idx]
     return stats.transform(feats)[x_idx], stats.transform_target(tgt)[y_idx], stats

@@ -51,6 +51,8 @@ def test_all_columns_include_the_target(series):
 def test_column_order_follows_the_columns_argument(series):
     x, _ = load_time_series_csv(series, ["v", "t"], "t", window=2)
     np.testing.assert_array_equal(x[0], [[100, 0], [101, 1]])
+    x2, _ = load_time_series_csv(series, np.array(["v", "t"]), "t", window=2)
+    np.testing.assert_array_equal(x2, x)
 
 
 def test_horizon_and_stride(series):
@@ -61,6 +63,12 @@ def test_horizon_and_stride(series):
         s = 2 * i
         np.testing.assert_array_equal(x[i, :, 0], [s, s + 1, s + 2])
         np.testing.assert_array_equal(y[i], [100 + s + 3, 100 + s + 4, 100 + s + 5])
+
+
+def test_horizon_zero_gives_windows_to_forecast_from(series):
+    x, y = load_time_series_csv(series, ["t"], "v", window=3, horizon=0)
+    assert x.shape == (18, 3, 1) and y.shape == (18, 0)
+    np.testing.assert_array_equal(x[-1, :, 0], [17, 18, 19])
 
 
 def test_exactly_one_window(tmp_path):
@@ -139,6 +147,7 @@ def test_saved_stats_prepare_new_data_like_the_training_data(tmp_path, series):
     assert data["format"] == "nnd-series-stats" and data["columns"] == ["t", "v"]
     loaded = load_stats(run)
     assert loaded.columns == stats.columns and loaded.rows == stats.rows
+    assert (loaded.window, loaded.horizon) == (3, 1)
     np.testing.assert_array_equal(loaded.mean, stats.mean)
     np.testing.assert_array_equal(loaded.std, stats.std)
     assert SeriesStats.load(run).target_std == stats.target_std
@@ -221,6 +230,8 @@ def test_argument_and_file_errors(tmp_path, series):
         load_time_series_csv(_csv(tmp_path, "a,b\n", "h.csv"), None, "a", window=1)
     with pytest.raises(NndError, match="window must be a positive integer, got 0"):
         load_time_series_csv(series, None, "v", window=0)
+    with pytest.raises(NndError, match="horizon must be a non-negative integer, got -1"):
+        load_time_series_csv(series, None, "v", window=2, horizon=-1)
     with pytest.raises(NndError, match="stride must be a positive integer"):
         load_time_series_csv(series, None, "v", window=2, stride=1.5)
     with pytest.raises(NndError, match="header must be 'auto', true or false"):
