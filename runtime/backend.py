@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 
 from nnd.compiler.diagnostics import NndError
-from nnd.runtime import kernels_basic, kernels_conv  # noqa: F401  (importing fills the kernel tables)
-from nnd.runtime import kernels_recurrent  # noqa: F401
+from nnd.runtime import kernels_basic, kernels_conv, kernels_recurrent, kernels_sequence  # noqa: F401  (fills the tables)
 from nnd.runtime.kernel_table import Kernel, kernels_for
 
 BACKENDS = ("numpy", "cupy")

@@ -212,3 +212,13 @@ GRADCHECK_CASES.update({
         _rnn_case(_PAD_LEAD, return_sequences=True, activation="linear"),
     ],
 })
+
+
+# Sequence helper ops (nnd.compiler.ops.sequence).
+GRADCHECK_CASES.update({
+    "merge_batch": [GradCase([(2, 3, 2)])],
+    "split_batch": [GradCase([(6, 2)], {"batch": 2, "steps": 3})],
+    "flip": [GradCase([(N, 3, 2)], {"axis": 1}), GradCase([(2, 4)], {"axis": -1})],
+    "tile_steps": [GradCase([(N, 3)], {"steps": 4})],
+    "batch_zeros": [GradCase([(N, 3)], {"shape": (2,)}, wrt=())],
+})

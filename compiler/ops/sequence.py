@@ -1,0 +1,78 @@
+"""Ops for sequence layers: folding time into the batch (time_distributed), reversing time
+(bidirectional), repeating a vector over steps (repeat_vector), and batch-sized zero states.
+
+* `merge_batch(x[N,T,...]) -> [N*T,...]`: the merged dimension is the symbol `"N*T"` (with T's value), so
+  the layers applied per step see a batch of their own;
+* `split_batch[batch, steps](x[M,...]) -> [batch, steps, ...]`: the inverse, `batch` naming the symbol;
+* `flip[axis](x)`: reverse one axis;
+* `tile_steps[steps](x[N,F]) -> [N,steps,F]`;
+* `batch_zeros[shape](x) -> zeros[x.shape[0], *shape]`: a zero initial state sized by x's batch.
+"""
+from __future__ import annotations
+
+from nnd.compiler.ops.registry import Fusion, register
+from nnd.compiler.tensor_type import ShapeError, TensorType
+
+
+def _infer_merge(attrs, types):
+    (x,) = types
+    if x.rank < 2:
+        raise ShapeError(f"merge_batch needs a batch of sequences, got {x}")
+    batch, steps = x.shape[0], x.shape[1]
+    merged = batch * steps if isinstance(batch, int) and isinstance(steps, int) else f"{batch}*{steps}"
+    return [x.with_shape((merged, *x.shape[2:]))]
+
+
+def _infer_split(attrs, types):
+    (x,) = types
+    return [x.with_shape((attrs["batch"], attrs["steps"], *x.shape[1:]))]
+
+
+def _g_merge(g, node, dys):
+    x = node.inputs[0].type
+    return [g.emit1("split_batch", [dys[0]], {"batch": x.shape[0], "steps": x.shape[1]})]
+
+
+def _g_split(g, node, dys):
+    return [g.emit1("merge_batch", [dys[0]])]
+
+
+def _infer_flip(attrs, types):
+    (x,) = types
+    axis = attrs["axis"]
+    if not -x.rank <= axis < x.rank:
+        raise ShapeError(f"flip: axis {axis} is out of range for {x}")
+    return [x]
+
+
+def _g_flip(g, node, dys):
+    return [g.emit1("flip", [dys[0]], {"axis": node.attr("axis")})]
+
+
+def _infer_tile(attrs, types):
+    (x,) = types
+    if x.rank != 2:
+        raise ShapeError(f"tile_steps needs a batch of vectors, got {x}")
+    return [x.with_shape((x.shape[0], attrs["steps"], x.shape[1]))]
+
+
+def _g_tile(g, node, dys):
+    return [g.emit1("reduce_sum", [dys[0]], {"axes": (1,), "keepdims": False})]
+
+
+def _infer_batch_zeros(attrs, types):
+    (x,) = types
+    return [TensorType((x.shape[0], *attrs["shape"]), x.dtype if x.dtype in ("f32", "f64") else "f32")]
+
+
+def _g_constant_in_x(g, node, dys):
+    return [None]  # the zeros do not depend on x's values, only on its batch size
+
+
+register("merge_batch", infer=_infer_merge, fusion=Fusion.INJECTIVE, grad=_g_merge, arity=1)
+register("split_batch", infer=_infer_split, fusion=Fusion.INJECTIVE, grad=_g_split, arity=1)
+register("flip", infer=_infer_flip, fusion=Fusion.INJECTIVE, grad=_g_flip, arity=1)
+register("tile_steps", infer=_infer_tile, fusion=Fusion.INJECTIVE, grad=_g_tile, arity=1)
+register("batch_zeros", infer=_infer_batch_zeros, fusion=Fusion.OPAQUE, grad=_g_constant_in_x, arity=1)
+
+
