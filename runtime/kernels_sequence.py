@@ -1,6 +1,7 @@
 """Kernels of the sequence helper ops (see nnd.compiler.ops.sequence)."""
 from __future__ import annotations
 
+from nnd.compiler.diagnostics import NndError
 from nnd.runtime.kernel_table import kernel
 
 
@@ -28,3 +29,29 @@ def tile_steps(ctx, attrs, x):
 def batch_zeros(ctx, attrs, x):
     dtype = x.dtype if x.dtype.kind == "f" else ctx.dtype
     return ctx.xp.zeros((x.shape[0],) + tuple(attrs["shape"]), dtype=dtype)
+
+
+@kernel("gather_rows")
+def gather_rows(ctx, attrs, ids, table):
+    rows = table.shape[0]
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+        bad = ids[(ids < 0) | (ids >= rows)][0]
+        position = tuple(int(i) for i in ctx.xp.argwhere(ids == bad)[0])
+        raise NndError(f"index {int(bad)} at position {position} is out of range for an embedding of "
+                       f"{rows} rows (input_dim={rows}: valid ids are 0 to {rows - 1})")
+    return table[ids]
+
+
+@kernel("gather_rows_grad")
+def gather_rows_grad(ctx, attrs, dy, ids):
+    xp = ctx.xp
+    table = xp.zeros((attrs["rows"], dy.shape[-1]), dtype=dy.dtype)
+    flat = ids.reshape(-1)
+    rows = dy.reshape(-1, dy.shape[-1])
+    xp.add.at(table, flat, rows)  # unbuffered: repeated ids accumulate
+    return table
+
+
+@kernel("nonzero_mask")
+def nonzero_mask(ctx, attrs, x):
+    return (x != 0).astype(ctx.dtype)

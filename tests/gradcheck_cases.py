@@ -222,3 +222,8 @@ GRADCHECK_CASES.update({
     "tile_steps": [GradCase([(N, 3)], {"steps": 4})],
     "batch_zeros": [GradCase([(N, 3)], {"shape": (2,)}, wrt=())],
 })
+GRADCHECK_CASES.update({
+    "gather_rows": [GradCase([TensorType((N, 5), "i64"), (4, 3)],
+                             gen=per_input(lambda r, s, i: r.integers(0, 4, s), away_from_zero), wrt=(1,))],
+    "nonzero_mask": [GradCase([(N, 3)], wrt=())],
+})

@@ -6,11 +6,14 @@
 * `split_batch[batch, steps](x[M,...]) -> [batch, steps, ...]`: the inverse, `batch` naming the symbol;
 * `flip[axis](x)`: reverse one axis;
 * `tile_steps[steps](x[N,F]) -> [N,steps,F]`;
-* `batch_zeros[shape](x) -> zeros[x.shape[0], *shape]`: a zero initial state sized by x's batch.
+* `batch_zeros[shape](x) -> zeros[x.shape[0], *shape]`: a zero initial state sized by x's batch;
+* `gather_rows(ids[...], table[R,D]) -> [..., D]`: embedding lookup; `gather_rows_grad[rows](dy, ids)`
+  scatter-adds the rows back;
+* `nonzero_mask(x) -> f32`: 1 where x != 0 (the padding mask of id sequences).
 """
 from __future__ import annotations
 
-from nnd.compiler.ops.registry import Fusion, register
+from nnd.compiler.ops.registry import NOT_DIFFERENTIABLE, Fusion, register
 from nnd.compiler.tensor_type import ShapeError, TensorType
 
 
@@ -76,3 +79,35 @@ register("tile_steps", infer=_infer_tile, fusion=Fusion.INJECTIVE, grad=_g_tile,
 register("batch_zeros", infer=_infer_batch_zeros, fusion=Fusion.OPAQUE, grad=_g_constant_in_x, arity=1)
 
 
+
+
+def _infer_gather(attrs, types):
+    ids, table = types
+    if ids.dtype not in ("i32", "i64"):
+        raise ShapeError(f"gather_rows needs integer ids, got {ids}")
+    if table.rank != 2:
+        raise ShapeError(f"gather_rows needs a 2-D table, got {table}")
+    return [TensorType((*ids.shape, table.shape[1]), table.dtype)]
+
+
+def _g_gather(g, node, dys):
+    ids, table = node.inputs
+    return [None, g.emit1("gather_rows_grad", [dys[0], ids], {"rows": table.type.shape[0]})]
+
+
+def _infer_gather_grad(attrs, types):
+    dy, ids = types
+    return [TensorType((attrs["rows"], dy.shape[-1]), dy.dtype)]
+
+
+def _infer_nonzero_mask(attrs, types):
+    (ids,) = types
+    return [TensorType(ids.shape, "f32")]
+
+
+register("gather_rows", infer=_infer_gather, fusion=Fusion.OPAQUE, grad=_g_gather, arity=2,
+         doc="table[ids]: one row per id, as an embedding lookup")
+register("gather_rows_grad", infer=_infer_gather_grad, fusion=Fusion.OPAQUE, grad=NOT_DIFFERENTIABLE, arity=2,
+         doc="scatter-add of dy's rows into a zero table at ids")
+register("nonzero_mask", infer=_infer_nonzero_mask, fusion=Fusion.ELEMENTWISE, grad=_g_constant_in_x, arity=1,
+         doc="1.0 where x != 0, else 0.0 (padding masks of id sequences)")
