@@ -33,6 +33,31 @@ class CallValue:
     span: Span | None = field(default=None, compare=False)
 
 
+@dataclass
+class Tensor:
+    """A tensor value of the language: the IR value it lowered to, and its padding mask if it has one."""
+
+    value: Any  # nnd.compiler.ir.Value
+    mask: Any = None  # a [N, T] float value of 1 (real step) and 0 (padding), or None
+
+
+@dataclass
+class TensorGroup:
+    """The several results of one layer (`return_state=true`), to be unpacked: `out, h, c = ...`."""
+
+    items: list[Tensor]
+    layer: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """A layer call given as an argument (`bidirectional(lstm(64))`), applied later by its wrapper."""
+
+    call: Any  # nnd.compiler.syntax.Call
+    scope: Any = field(default=None, compare=False)  # the checker's frame it was written in
+
+
 class ArgError(Exception):
     def __init__(self, message: str, notes: tuple[str, ...] = ()):
         super().__init__(message)
@@ -56,6 +81,10 @@ def describe(value: Any) -> str:
         return f"a call of '{value.callee}'"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, LayerRef):
+        return f"the layer {value.call.callee}(...)"
+    if isinstance(value, TensorGroup):
+        return f"the {len(value.items)} results of {value.layer}"
     return "a tensor"
 
 
@@ -243,6 +272,20 @@ def _regularizer(value: Any) -> Regularizer | None:
     return Regularizer(l1=checked.get("l1", 0.0), l2=checked.get("l2", 0.0))
 
 
+def _layer(value: Any) -> LayerRef:
+    if not isinstance(value, LayerRef):
+        raise _fail("a layer such as lstm(64)", value)
+    return value
+
+
+def _tensors(value: Any) -> list[Any]:
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, Tensor):
+            raise _fail("a list of tensor values", item)
+    return [item.value for item in items]
+
+
 INT = ArgKind("an int", _int)
 POSITIVE_INT = ArgKind("a positive int", _bounded_int(1))
 NON_NEGATIVE_INT = ArgKind("a non-negative int", _bounded_int(0))
@@ -260,6 +303,8 @@ INITIALIZER = ArgKind("an initializer", _initializer, symbolic=True)
 REGULARIZER = ArgKind("a regularizer", _regularizer, symbolic=True)
 NAME = ArgKind("a name", _name, symbolic=True)
 SHAPE = ArgKind("a list of dimensions", _shape)
+LAYER = ArgKind("a layer", _layer)
+TENSORS = ArgKind("a list of tensor values", _tensors)
 
 
 def choice(choices: tuple[str, ...], what: str) -> ArgKind:

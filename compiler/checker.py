@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nnd.compiler import syntax as S
-from nnd.compiler.args import ACTIVATIONS, INITIALIZERS, ArgError, ArgSpec, CallValue, Symbol, describe
+from nnd.compiler.args import (ACTIVATIONS, INITIALIZERS, ArgError, ArgSpec, CallValue, LayerRef, Symbol, Tensor,
+                               TensorGroup, describe)
 from nnd.compiler.builder import GraphBuilder
 from nnd.compiler.diagnostics import DiagnosticBag, did_you_mean
 from nnd.compiler.ir import Graph, LayerRecord, Value
@@ -25,11 +26,8 @@ POISON = Symbol("<error>")  # the value of anything whose error has been reporte
 MAX_REPEAT = 10_000
 
 
-@dataclass
-class Tensor:
-    """A tensor value during checking: the IR value it lowered to."""
-
-    value: Value
+class _Reported(Exception):
+    """Raised inside a wrapper layer's lowering when its inner layer failed (already reported)."""
 
 
 @dataclass
@@ -116,6 +114,8 @@ class ModelLowering:
             else:
                 frame.locals[stmt.target] = value
                 frame.current = value
+        elif isinstance(stmt, S.Unpack):
+            self.unpack(stmt, frame)
         elif isinstance(stmt, S.ExprStmt):
             self.run_expression_statement(stmt, frame)
         elif isinstance(stmt, S.Output):
@@ -127,6 +127,23 @@ class ModelLowering:
                 return
             value = self.eval(stmt.value, frame)
             frame.returned = self.expect_tensor(value, stmt.value)
+
+    def unpack(self, stmt: S.Unpack, frame: Frame) -> None:
+        value = self.eval(stmt.value, frame)
+        results: list[Any] = [POISON] * len(stmt.targets)
+        if isinstance(value, TensorGroup):
+            if len(value.items) == len(stmt.targets):
+                results = list(value.items)
+            else:
+                self.error(f"{value.layer} gives {len(value.items)} values ({', '.join(value.names)}), "
+                           f"not {len(stmt.targets)}", stmt.span,
+                           [f"unpack them as: {', '.join(value.names)} = ..."])
+        elif value is not POISON:
+            self.error(f"cannot unpack {describe(value)} into {len(stmt.targets)} names", stmt.span,
+                       ["only a layer with return_state=true gives several values"])
+        for target, result in zip(stmt.targets, results):
+            frame.locals[target] = result
+        frame.current = results[0]
 
     def declare_input(self, stmt: S.InputDecl, frame: Frame) -> None:
         if frame.in_block is not None:
@@ -182,6 +199,8 @@ class ModelLowering:
     def eval_assigned(self, stmt: S.Assign, frame: Frame) -> Any:
         if isinstance(stmt.value, S.Repeat):
             start = frame.locals.get(stmt.target, frame.current)
+            if not isinstance(start, Tensor) and start is not POISON:
+                start = frame.current  # the name held a number or word, not a value to start from
             return self.eval_repeat(stmt.value, frame, start, stmt.target)
         return self.eval(stmt.value, frame)
 
@@ -258,6 +277,8 @@ class ModelLowering:
     def expect_tensor(self, value: Any, expr: S.Expr) -> Any:
         if isinstance(value, Tensor) or value is POISON:
             return value
+        if isinstance(value, TensorGroup):
+            return self.group_misused(value, expr.span)
         if isinstance(value, Symbol):
             return self.undefined_value(value)
         if isinstance(value, CallValue):
@@ -336,12 +357,21 @@ class ModelLowering:
 
     # ------------------------------------------------------------ calls
 
-    def apply(self, call: S.Call, frame: Frame, piped: Any, implicit: Any, statement: bool) -> Any:
-        """Evaluate a call: a block, a layer, or (elsewhere) a constructor value such as `l2(0.01)`."""
+    def apply(self, call: S.Call, frame: Frame, piped: Any, implicit: Any, statement: bool,
+              rename: str | None = None, adjust=None) -> Any:
+        """Evaluate a call: a block, a layer, or (elsewhere) a constructor value such as `l2(0.01)`.
+
+        `rename` and `adjust` serve wrapper layers: the inner layer's name, and a change to its arguments
+        (the backward half of `bidirectional` flips go_backwards).
+        """
         positional: list[tuple[Any, S.Arg]] = []
         keywords: dict[str, tuple[Any, S.Arg]] = {}
+        wrapper = call.callee in LAYERS and LAYERS[call.callee].wrapper
         for arg in call.args:
-            value = self.eval(arg.value, frame)
+            if wrapper and self._names_a_layer(arg.value):
+                value: Any = LayerRef(arg.value, frame)  # applied by the wrapper, to inputs it chooses
+            else:
+                value = self.eval(arg.value, frame)
             if arg.name is None:
                 if keywords:
                     self.error("positional argument after keyword argument", arg.span)
@@ -355,7 +385,7 @@ class ModelLowering:
         if call.callee in self.defs.blocks:
             return self.call_block(self.defs.blocks[call.callee], call, piped, implicit, positional, keywords)
         if call.callee in LAYERS:
-            return self.call_layer(LAYERS[call.callee], call, piped, implicit, positional, keywords)
+            return self.call_layer(LAYERS[call.callee], call, piped, implicit, positional, keywords, rename, adjust)
         if piped is not None or statement:
             return self.unknown_layer(call.callee, call.span)
         if any(v is POISON for v, _ in positional) or any(v is POISON for v, _ in keywords.values()):
@@ -363,10 +393,19 @@ class ModelLowering:
         return CallValue(call.callee, tuple(v for v, _ in positional),
                          tuple((k, v) for k, (v, _) in keywords.items()), call.span)
 
+    def _names_a_layer(self, expr: S.Expr) -> bool:
+        return isinstance(expr, S.Call) and (expr.callee in LAYERS or expr.callee in self.defs.blocks)
+
     def call_layer(self, spec: LayerSpec, call: S.Call, piped: Any, implicit: Any,
-                   positional: list[tuple[Any, S.Arg]], keywords: dict[str, tuple[Any, S.Arg]]) -> Any:
+                   positional: list[tuple[Any, S.Arg]], keywords: dict[str, tuple[Any, S.Arg]],
+                   rename: str | None = None, adjust=None) -> Any:
         if any(value is POISON for value, _ in positional):
             return POISON  # whether it was a tensor input or an argument is unknown: say nothing more
+        for value, arg in positional + list(keywords.values()):
+            if isinstance(value, TensorGroup):
+                return self.group_misused(value, arg.span)
+        if isinstance(implicit, TensorGroup):
+            return self.group_misused(implicit, call.span)
         inputs: list[Any] = [piped] if piped is not None else []
         rest = list(positional)
         while rest and (isinstance(rest[0][0], Tensor) or rest[0][0] is POISON):
@@ -389,11 +428,14 @@ class ModelLowering:
         args = self.bind_layer_args(spec, call, rest, keywords, bool(inputs))
         if args is POISON or any(v is POISON for v in inputs):
             return POISON
+        if adjust is not None:
+            args = adjust(args)
         values = [v.value for v in inputs]
         name_arg = keywords.get("name")
-        return self.run_layer(spec.name, call.span, args.get("name"),
+        return self.run_layer(spec.name, call.span, rename or args.get("name"),
                               lambda ctx: spec.lower(ctx, values, args),
-                              name_span=name_arg[1].span if name_arg else None)
+                              name_span=name_arg[1].span if name_arg else None, spec=spec, inputs=inputs,
+                              reserve_name=rename is None)
 
     def bind_layer_args(self, spec: LayerSpec, call: S.Call, positional: list[tuple[Any, S.Arg]],
                         keywords: dict[str, tuple[Any, S.Arg]], has_input: bool) -> Any:
@@ -460,20 +502,46 @@ class ModelLowering:
         return bound if ok else POISON
 
     def run_layer(self, kind: str, span: Span | None, explicit_name: str | None, lower,
-                  name_span: Span | None = None) -> Any:
+                  name_span: Span | None = None, spec: LayerSpec | None = None, inputs: list[Tensor] = (),
+                  reserve_name: bool = True) -> Any:
         assert self.builder is not None
-        name = self.layer_name(kind, explicit_name, span, name_span)
+        name = self.layer_name(kind, explicit_name, span, name_span) if reserve_name else explicit_name
         if name is None:
             return POISON
         ctx = LayerContext(self.builder, name, kind, span, self.mode)
+        ctx.input_masks = [t.mask for t in inputs]
+        ctx.apply_layer = self.apply_wrapped
         try:
             output = lower(ctx)
+        except _Reported:
+            return POISON
         except LayerError as err:
             return self.error(err.message, span, err.notes)
         except ShapeError as err:
             return self.error(f"{kind}: {err}", span)
-        self.builder.graph.layers.append(LayerRecord(name, kind, span, output, tuple(ctx.param_names), ctx.flops))
-        return Tensor(output)
+        mask = ctx.output_mask
+        if mask is None and spec is not None and spec.keeps_mask and inputs:
+            mask = inputs[0].mask
+        results = output if isinstance(output, tuple) else (output,)
+        self.builder.graph.layers.append(LayerRecord(name, kind, span, results[0], tuple(ctx.param_names),
+                                                     ctx.flops))
+        if isinstance(output, tuple):
+            names = ("output", "h", "c")[:len(results)] if len(results) <= 3 else \
+                tuple(f"value_{i}" for i in range(len(results)))
+            return TensorGroup([Tensor(v, mask if i == 0 else None) for i, v in enumerate(results)], kind, names)
+        return Tensor(output, mask)
+
+    def apply_wrapped(self, ref: LayerRef, x: Value, name: str | None, adjust=None, mask: Value | None = None):
+        """Apply the layer of a wrapper's argument to x; its values, or _Reported when it failed."""
+        result = self.apply(ref.call, ref.scope, piped=Tensor(x, mask), implicit=None, statement=False,
+                            rename=name, adjust=adjust)
+        if isinstance(result, Tensor):
+            return result.value
+        if isinstance(result, TensorGroup):
+            return tuple(t.value for t in result.items)
+        if isinstance(result, CallValue):
+            self.unknown_layer(result.callee, result.span)
+        raise _Reported()
 
     def layer_name(self, kind: str, explicit: str | None, span: Span | None,
                    name_span: Span | None = None) -> str | None:

@@ -36,6 +36,10 @@ class LayerContext:
         self.mode = mode
         self.param_names: list[str] = []
         self.flops = 0
+        self.input_masks: list[Value | None] = []
+        self.output_mask: Value | None = None
+        # Set by the checker for wrapper layers: apply(layer_ref, x, name, adjust) -> Value | tuple[Value, ...]
+        self.apply_layer: Callable[..., Any] | None = None
 
     @property
     def training(self) -> bool:
@@ -66,18 +70,24 @@ class LayerContext:
         self.flops += int(flops)
 
 
-Lowering = Callable[[LayerContext, list[Value], dict[str, Any]], Value]
+Lowering = Callable[[LayerContext, list[Value], dict[str, Any]], "Value | tuple[Value, ...]"]
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """`inputs` is the number of tensor inputs: an int, or (minimum, None) for merges like add."""
+    """`inputs` is the number of tensor inputs: an int, or (minimum, None) for merges like add.
+
+    `keeps_mask`: the output keeps the input's padding mask (per-step layers); `wrapper`: the layer takes
+    another layer as an argument (bidirectional, time_distributed).
+    """
 
     name: str
     args: tuple[ArgSpec, ...]
     lower: Lowering
     inputs: int | tuple[int, None] = 1
     doc: str = ""
+    keeps_mask: bool = False
+    wrapper: bool = False
 
     def accepts_inputs(self, count: int) -> bool:
         if isinstance(self.inputs, int):
@@ -94,12 +104,14 @@ LAYERS: dict[str, LayerSpec] = {}
 
 
 def layer(name: str, *args: ArgSpec, inputs: int | tuple[int, None] = 1, doc: str = "",
-          aliases: Sequence[str] = ()) -> Callable[[Lowering], Lowering]:
+          aliases: Sequence[str] = (), keeps_mask: bool = False, wrapper: bool = False
+          ) -> Callable[[Lowering], Lowering]:
     def decorate(fn: Lowering) -> Lowering:
+        spec = LayerSpec(name, tuple(args), fn, inputs, doc or (fn.__doc__ or "").strip(), keeps_mask, wrapper)
         for key in (name, *aliases):
             if key in LAYERS:
                 raise ValueError(f"layer {key!r} defined twice")
-            LAYERS[key] = LayerSpec(name, tuple(args), fn, inputs, doc or (fn.__doc__ or "").strip())
+            LAYERS[key] = spec
         return fn
 
     return decorate
