@@ -57,15 +57,19 @@ class Summary:
 def summarize(graph: Graph) -> Summary:
     rows = [SummaryRow(v.name or "", "input", _keras_shape(v.type), 0, 0, "") for v in graph.inputs]
     for record in graph.layers:
-        params = sum(math.prod(graph.param_info[p].type.shape) for p in record.params)
+        if "." in record.name:
+            continue  # a layer inside a wrapper (bidirectional.forward_lstm): counted in its wrapper's row
+        inner = [r for r in graph.layers if r.name.startswith(record.name + ".")]
+        params = sum(math.prod(graph.param_info[p].type.shape) for r in [record, *inner] for p in r.params)
+        flops = record.flops + sum(r.flops for r in inner)
         where = f"{os.path.basename(record.span.file)}:{record.span.line}" if record.span else ""
-        rows.append(SummaryRow(record.name, record.kind, _keras_shape(record.output.type), params,
-                               record.flops, where))
+        rows.append(SummaryRow(record.name, record.kind, _keras_shape(record.output.type), params, flops, where))
     total = sum(math.prod(p.type.shape) for p in graph.param_info.values())
     trainable = sum(math.prod(p.type.shape) for p in graph.param_info.values() if p.trainable)
     flops = sum(r.flops for r in graph.layers)
     activations = sum(v.type.concrete_size() * BYTES[v.type.dtype] for v in graph.inputs)
-    activations += sum(r.output.type.concrete_size() * BYTES[r.output.type.dtype] for r in graph.layers)
+    activations += sum(r.output.type.concrete_size() * BYTES[r.output.type.dtype] for r in graph.layers
+                       if "." not in r.name)
     return Summary(graph.name, tuple(rows), total, trainable, flops, activations)
 
 

@@ -67,6 +67,12 @@ def draw(init: Initializer, shape: tuple[int, ...], rng: np.random.Generator) ->
         return _truncated_normal(rng, shape, args.get("mean", 0.0), args.get("stddev", 0.05))
     if init.name == "orthogonal":
         return _orthogonal(rng, shape, args.get("gain", 1.0))
+    if init.name == "unit_forget_bias":
+        # An LSTM bias: the layer's bias initializer, with the forget gate's quarter set to one.
+        units = int(args["units"])
+        values = draw(Initializer(str(args["base"]), tuple(args.get("base_args", ()))), shape, rng)
+        values[units:2 * units] = 1.0
+        return values
     raise ValueError(f"unknown initializer {init.name!r}")
 
 

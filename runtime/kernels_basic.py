@@ -259,7 +259,11 @@ def _maximum(ctx, attrs, a, b):
 
 @kernel("constant")
 def _constant(ctx, attrs):
-    return ctx.xp.asarray(attrs["value"], dtype=_float_dtype(ctx, attrs.get("dtype", "f32")))
+    dtype = _float_dtype(ctx, attrs.get("dtype", "f32"))
+    shape = tuple(attrs.get("shape", ()))
+    if shape:
+        return ctx.xp.full(shape, attrs["value"], dtype=dtype)
+    return ctx.xp.asarray(attrs["value"], dtype=dtype)
 
 
 @kernel("cast")

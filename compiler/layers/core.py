@@ -8,7 +8,7 @@ from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, INT, NAME, 
                                REGULARIZER, SHAPE, ArgSpec)
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.base import LayerContext, LayerError, layer
-from nnd.compiler.tensor_type import BATCH, ShapeError, broadcast_shapes, format_shape
+from nnd.compiler.tensor_type import ShapeError, broadcast_shapes, format_shape
 
 # ---------------------------------------------------------------- activations
 
@@ -33,7 +33,7 @@ def apply_activation(ctx: LayerContext, x: Value, name: str, **options: Any) -> 
 
 
 def _simple_activation(name: str) -> None:
-    @layer(name, ArgSpec("name", NAME, None), doc=f"{name} activation, elementwise")
+    @layer(name, ArgSpec("name", NAME, None), doc=f"{name} activation, elementwise", keeps_mask=True)
     def lower(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
         return apply_activation(ctx, inputs[0], name)
 
@@ -42,32 +42,33 @@ for _name in ("relu", "sigmoid", "tanh", "swish", "softplus", "linear"):
     _simple_activation(_name)
 
 
-@layer("leaky_relu", ArgSpec("negative_slope", FLOAT, 0.3, aliases=("alpha",)), ArgSpec("name", NAME, None))
+@layer("leaky_relu", ArgSpec("negative_slope", FLOAT, 0.3, aliases=("alpha",)), ArgSpec("name", NAME, None),
+       keeps_mask=True)
 def _leaky_relu(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     """x for x > 0, negative_slope * x otherwise (Keras' LeakyReLU default slope 0.3)."""
     return apply_activation(ctx, inputs[0], "leaky_relu", alpha=args["negative_slope"])
 
 
-@layer("elu", ArgSpec("alpha", FLOAT, 1.0), ArgSpec("name", NAME, None))
+@layer("elu", ArgSpec("alpha", FLOAT, 1.0), ArgSpec("name", NAME, None), keeps_mask=True)
 def _elu(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     """x for x > 0, alpha * (exp(x) - 1) otherwise."""
     return apply_activation(ctx, inputs[0], "elu", alpha=args["alpha"])
 
 
-@layer("gelu", ArgSpec("approximate", BOOL, False), ArgSpec("name", NAME, None))
+@layer("gelu", ArgSpec("approximate", BOOL, False), ArgSpec("name", NAME, None), keeps_mask=True)
 def _gelu(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     """Gaussian error linear unit; approximate=true uses the tanh form."""
     return apply_activation(ctx, inputs[0], "gelu", approximate=args["approximate"])
 
 
-@layer("softmax", ArgSpec("axis", INT, -1), ArgSpec("name", NAME, None))
+@layer("softmax", ArgSpec("axis", INT, -1), ArgSpec("name", NAME, None), keeps_mask=True)
 def _softmax(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     """Softmax along an axis (the last by default)."""
     _check_axis(inputs[0], args["axis"])
     return apply_activation(ctx, inputs[0], "softmax", axis=args["axis"])
 
 
-@layer("activation", ArgSpec("activation", ACTIVATION), ArgSpec("name", NAME, None))
+@layer("activation", ArgSpec("activation", ACTIVATION), ArgSpec("name", NAME, None), keeps_mask=True)
 def _activation(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     """Any activation by name: activation(relu)."""
     return apply_activation(ctx, inputs[0], args["activation"])
@@ -81,7 +82,8 @@ def _activation(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) ->
        ArgSpec("kernel_initializer", INITIALIZER, Initializer("glorot_uniform")),
        ArgSpec("bias_initializer", INITIALIZER, Initializer("zeros")),
        ArgSpec("kernel_regularizer", REGULARIZER, None), ArgSpec("bias_regularizer", REGULARIZER, None),
-       ArgSpec("name", NAME, None))
+       ArgSpec("name", NAME, None),
+       keeps_mask=True)
 def _dense(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     """Fully connected: activation(x @ kernel + bias), over the last axis."""
     x = inputs[0]
@@ -116,7 +118,7 @@ def _flatten(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Va
     """Collapse every axis but the batch into one."""
     x = inputs[0]
     size = math.prod(x.type.shape[1:])
-    return ctx.emit("reshape", [x], shape=(BATCH, size))
+    return ctx.emit("reshape", [x], shape=(x.type.shape[0], size))
 
 
 @layer("reshape", ArgSpec("target_shape", SHAPE, aliases=("shape",)), ArgSpec("name", NAME, None))
@@ -134,10 +136,11 @@ def _reshape(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Va
     elif known != size:
         raise LayerError(f"cannot reshape {x.type} to {format_shape(tuple(target))}: "
                          f"{size} elements per sample, the target holds {known}")
-    return ctx.emit("reshape", [x], shape=(BATCH, *target))
+    return ctx.emit("reshape", [x], shape=(x.type.shape[0], *target))
 
 
-@layer("dropout", ArgSpec("rate", RATE), ArgSpec("seed", INT, None), ArgSpec("name", NAME, None))
+@layer("dropout", ArgSpec("rate", RATE), ArgSpec("seed", INT, None), ArgSpec("name", NAME, None),
+       keeps_mask=True)
 def _dropout(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     """While training, zero each element with probability `rate` and scale the rest by 1/(1-rate)."""
     x = inputs[0]

@@ -264,7 +264,10 @@ def _infer_constant(attrs, types):
         raise ShapeError(f"constant: unknown dtype {dtype!r}")
     if "value" not in attrs:
         raise ShapeError("constant needs a value")
-    return [TensorType((), dtype)]
+    shape = tuple(attrs.get("shape", ()))
+    if any(not isinstance(d, int) or d < 1 for d in shape):
+        raise ShapeError(f"constant: bad shape {shape!r}")
+    return [TensorType(shape, dtype)]
 
 
 def _infer_cast(attrs, types):
@@ -279,7 +282,8 @@ def _infer_zeros_like(attrs, types):
 
 
 register("constant", infer=_infer_constant, fusion=Fusion.ELEMENTWISE, grad=NOT_DIFFERENTIABLE,
-         arity=0, doc="a scalar; float dtypes run in the executor's float dtype")
+         arity=0, doc="a scalar, or an array of one value with `shape`; float dtypes run in the executor's "
+                      "float dtype")
 register("cast", infer=_infer_cast, fusion=Fusion.ELEMENTWISE, grad=NOT_DIFFERENTIABLE, arity=1)
 register("zeros_like", infer=_infer_zeros_like, fusion=Fusion.ELEMENTWISE, grad=NOT_DIFFERENTIABLE,
          arity=1, doc="zeros of x's shape and dtype: the gradient of an input that does not reach the loss")

@@ -1,0 +1,162 @@
+"""Sequence layers, batch-major (N, steps, features) like Keras: embedding, masking, conv1d and 1-D
+pooling, time_distributed and repeat_vector.
+
+The 1-D convolution and pooling run as their 2-D counterparts over a (N, 1, steps, features) view, so
+they share the 2-D kernels; conv1d's kernel keeps Keras' layout (kernel_size, in, out).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME, OPTIONAL_PAIR, POSITIVE_INT,
+                               REGULARIZER, ArgKind, ArgSpec, choice)
+from nnd.compiler.ir import Initializer, Value
+from nnd.compiler.layers.base import LayerContext, LayerError, layer
+from nnd.compiler.layers.conv import _window_plan
+from nnd.compiler.layers.core import _with_fans, apply_activation
+
+
+def _steps(ctx: LayerContext, x: Value) -> tuple[int, int]:
+    if x.type.rank != 3:
+        raise LayerError(f"{ctx.kind} expects a sequence (batch, steps, features), got {x.type}",
+                         ["reshape the input to (steps, features)"])
+    return x.type.shape[1], x.type.shape[2]  # type: ignore[return-value]
+
+
+def _as_image(ctx: LayerContext, x: Value) -> Value:
+    steps, features = _steps(ctx, x)
+    return ctx.emit("reshape", [x], shape=(x.type.shape[0], 1, steps, features))
+
+
+def _as_sequence(ctx: LayerContext, y: Value) -> Value:
+    _, _, steps, features = y.type.shape
+    return ctx.emit("reshape", [y], shape=(y.type.shape[0], steps, features))
+
+
+@layer("embedding", ArgSpec("input_dim", POSITIVE_INT), ArgSpec("output_dim", POSITIVE_INT),
+       ArgSpec("mask_zero", BOOL, False),
+       ArgSpec("embeddings_initializer", INITIALIZER,
+               Initializer("random_uniform", (("maxval", 0.05), ("minval", -0.05)))),
+       ArgSpec("embeddings_regularizer", REGULARIZER, None), ArgSpec("name", NAME, None),
+       doc="Map integer ids (0 to input_dim-1) to learned vectors; mask_zero treats id 0 as padding")
+def _embedding(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    ids = inputs[0]
+    if ids.type.dtype not in ("i32", "i64"):
+        raise LayerError(f"embedding expects integer ids, got {ids.type}",
+                         ["declare the input with an integer type, e.g. input tokens: int32[100]"])
+    table = ctx.param("embeddings", (args["input_dim"], args["output_dim"]), args["embeddings_initializer"],
+                      regularizer=args["embeddings_regularizer"])
+    if args["mask_zero"]:
+        if ids.type.rank != 2:
+            raise LayerError(f"embedding(mask_zero=true) expects id sequences (batch, steps), got {ids.type}")
+        ctx.output_mask = ctx.emit("nonzero_mask", [ids])
+    return ctx.emit("gather_rows", [ids, table])
+
+
+@layer("masking", ArgSpec("mask_value", FLOAT, 0.0), ArgSpec("name", NAME, None),
+       doc="Mark the steps whose features all equal mask_value as padding for the recurrent layers after it")
+def _masking(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    x = inputs[0]
+    _steps(ctx, x)
+    distance = ctx.emit("abs", [ctx.emit("sub", [x, ctx.constant(args["mask_value"])])])
+    largest = ctx.emit("reduce_max", [distance], axes=(2,), keepdims=False)
+    ctx.output_mask = ctx.emit("nonzero_mask", [largest])
+    return x
+
+
+_PADDING_1D = choice(("valid", "same", "causal"), "padding")
+_SIZE = ArgKind("a positive int", POSITIVE_INT.convert)
+
+
+@layer("conv1d",
+       ArgSpec("filters", POSITIVE_INT), ArgSpec("kernel_size", _SIZE, aliases=("kernel",)),
+       ArgSpec("strides", _SIZE, 1), ArgSpec("padding", _PADDING_1D, "valid"),
+       ArgSpec("dilation_rate", _SIZE, 1, aliases=("dilation",)),
+       ArgSpec("activation", ACTIVATION, "linear"), ArgSpec("use_bias", BOOL, True),
+       ArgSpec("kernel_initializer", INITIALIZER, Initializer("glorot_uniform")),
+       ArgSpec("bias_initializer", INITIALIZER, Initializer("zeros")),
+       ArgSpec("kernel_regularizer", REGULARIZER, None), ArgSpec("bias_regularizer", REGULARIZER, None),
+       ArgSpec("name", NAME, None))
+def _conv1d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """1-D convolution over steps, kernel (kernel_size, in, out); padding valid, same or causal."""
+    x = inputs[0]
+    steps, channels = _steps(ctx, x)
+    k, stride, dilation, filters = args["kernel_size"], args["strides"], args["dilation_rate"], args["filters"]
+    if stride != 1 and dilation != 1:
+        raise LayerError("conv1d cannot combine strides and dilation_rate other than 1")
+    if args["padding"] == "causal":  # pad the past only, so step t never sees steps after t
+        pads, out_steps = ((0, 0), ((k - 1) * dilation, 0)), (steps - 1) // stride + 1
+    else:
+        pads, (_, out_steps) = _window_plan("conv1d", (1, steps), (1, k), (1, stride), (1, dilation),
+                                            args["padding"])
+    init = _with_fans(args["kernel_initializer"], k * channels, k * filters)
+    kernel = ctx.param("kernel", (k, channels, filters), init, regularizer=args["kernel_regularizer"])
+    kernel2d = ctx.emit("reshape", [kernel], shape=(1, k, channels, filters))
+    y = ctx.emit("conv2d", [_as_image(ctx, x), kernel2d], strides=(1, stride), padding=pads,
+                 dilation=(1, dilation))
+    ctx.count(2 * out_steps * filters * k * channels)
+    y = _as_sequence(ctx, y)
+    if args["use_bias"]:
+        bias = ctx.param("bias", (filters,), args["bias_initializer"], regularizer=args["bias_regularizer"])
+        y = ctx.emit("add", [y, bias])
+    return apply_activation(ctx, y, args["activation"])
+
+
+def _pool1d(kind: str, op: str) -> None:
+    @layer(kind, ArgSpec("pool_size", _SIZE, 2, aliases=("pool",)), ArgSpec("strides", OPTIONAL_PAIR, None),
+           ArgSpec("padding", choice(("valid", "same"), "padding"), "valid"), ArgSpec("name", NAME, None),
+           doc=f"{'Max' if op == 'maxpool2d' else 'Average'} pooling over steps (strides default to the window)")
+    def lower(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+        x = inputs[0]
+        steps, features = _steps(ctx, x)
+        size = args["pool_size"]
+        stride = args["strides"][0] if args["strides"] is not None else size
+        pads, (_, out_steps) = _window_plan(kind, (1, steps), (1, size), (1, stride), (1, 1), args["padding"])
+        attrs: dict[str, Any] = {"pool": (1, size), "strides": (1, stride), "padding": pads}
+        if op == "avgpool2d":
+            attrs["count_pad"] = False
+        ctx.count(out_steps * features * size)
+        return _as_sequence(ctx, ctx.emit(op, [_as_image(ctx, x)], **attrs))
+
+
+_pool1d("maxpool1d", "maxpool2d")
+_pool1d("avgpool1d", "avgpool2d")
+
+
+def _global_pool1d(kind: str, op: str) -> None:
+    @layer(kind, ArgSpec("name", NAME, None),
+           doc=f"{'Maximum' if op == 'reduce_max' else 'Mean'} over steps: (N, T, C) -> (N, C)")
+    def lower(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+        x = inputs[0]
+        _steps(ctx, x)
+        ctx.count(x.type.concrete_size())
+        return ctx.emit(op, [x], axes=(1,), keepdims=False)
+
+
+_global_pool1d("global_avgpool1d", "reduce_mean")
+_global_pool1d("global_maxpool1d", "reduce_max")
+
+
+@layer("time_distributed", ArgSpec("layer", LAYER), ArgSpec("name", NAME, None), wrapper=True, keeps_mask=True,
+       doc="Apply a layer or a block to every step of a sequence, with the same weights")
+def _time_distributed(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    x = inputs[0]
+    if x.type.rank < 3:
+        raise LayerError(f"time_distributed expects a sequence of steps (batch, steps, ...), got {x.type}")
+    assert ctx.apply_layer is not None
+    inner = args["layer"]
+    steps = ctx.emit("merge_batch", [x])
+    per_step = ctx.apply_layer(inner, steps, f"{ctx.name}.{inner.call.callee}")
+    if isinstance(per_step, tuple):
+        raise LayerError("time_distributed needs a layer with one result (no return_state)")
+    return ctx.emit("split_batch", [per_step], batch=x.type.shape[0], steps=x.type.shape[1])
+
+
+@layer("repeat_vector", ArgSpec("n", POSITIVE_INT), ArgSpec("name", NAME, None),
+       doc="Repeat a vector n times: (N, F) -> (N, n, F), e.g. to feed a decoder")
+def _repeat_vector(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    x = inputs[0]
+    if x.type.rank != 2:
+        raise LayerError(f"repeat_vector expects a batch of vectors (batch, features), got {x.type}",
+                         ["flatten() or a global pooling layer gives one"])
+    return ctx.emit("tile_steps", [x], steps=args["n"])
