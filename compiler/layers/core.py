@@ -17,10 +17,10 @@ _ACTIVATION_OPS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "swish"
 
 
 def apply_activation(ctx: LayerContext, x: Value, name: str, **options: Any) -> Value:
-    """Emit the activation `name` on x; `linear` emits nothing."""
-    ctx.count(x.type.concrete_size())
+    """Emit the activation `name` on x; `linear` emits nothing and costs nothing."""
     if name == "linear":
         return x
+    ctx.count(x.type.concrete_size())
     if name == "softmax":
         return ctx.emit("softmax", [x], axis=options.get("axis", -1))
     if name == "leaky_relu":
