@@ -69,7 +69,7 @@ AUGMENTATIONS: dict[str, dict[str, ArgKind]] = {
     "gaussian_noise": {"stddev": POSITIVE_FLOAT},
 }
 
-NAMED_DATASETS = ("fashion_mnist", "mnist")
+NAMED_DATASETS = ("fashion_mnist", "mnist", "moving_fashion_mnist")
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,8 @@ class TrainSpec:
     callbacks: list[Configured] = field(default_factory=list)
     lr_schedule: Configured | None = None
     augment: list[Configured] = field(default_factory=list)
-    target: str | None = None  # the CSV column holding labels
+    target: str | None = None  # the CSV column holding labels, or the series a sequence model forecasts
+    columns: list[str] | None = None  # the CSV columns a sequence model reads at each step
     span: Span | None = None
 
 
@@ -185,7 +186,7 @@ def _data(value: Any, span: Span | None) -> str:
 
 
 SETTINGS = ("data", "optimizer", "loss", "metrics", "epochs", "batch_size", "validation_split", "seed",
-            "callbacks", "lr_schedule", "augment", "target")
+            "callbacks", "lr_schedule", "augment", "target", "columns")
 
 
 def check_train(section: S.TrainDef, values: dict[str, tuple[Any, Span | None]], bag: DiagnosticBag) -> TrainSpec:
@@ -224,6 +225,8 @@ def _apply_setting(spec: TrainSpec, key: str, value: Any, span: Span | None) -> 
         spec.seed = _convert(INT, value, key, span)
     elif key == "target":
         spec.target = value if isinstance(value, str) else _convert(NAME, value, key, span)
+    elif key == "columns":
+        spec.columns = [v if isinstance(v, str) else _convert(NAME, v, key, span) for v in _list(value, span)]
     else:
         hint = did_you_mean(key, SETTINGS)
         raise _SettingError(f"unknown train setting '{key}'" + (f"; did you mean '{hint}'?" if hint else ""), span,

@@ -231,6 +231,26 @@ def predict(file: str, model_name: str | None, weights: str, input_path: str, ou
 
 
 @main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@MODEL_OPTION
+@click.option("--weights", type=click.Path(), required=True, help="A run directory (with vocabulary.json).")
+@click.option("--vocab", type=click.Path(dir_okay=False), default=None,
+              help="The vocabulary (default: vocabulary.json beside the weights).")
+@click.option("--prompt", default="", help="Text to continue.")
+@click.option("--length", type=click.IntRange(min=1), default=200, show_default=True, help="Characters to add.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.8, show_default=True,
+              help="Below 1: safer choices; above 1: more surprising ones.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def generate(file: str, model_name: str | None, weights: str, vocab: str | None, prompt: str, length: int,
+             temperature: float, seed: int) -> None:
+    """Sample text from a trained character-level language model."""
+    from nnd.cli_train import run_generation
+
+    click.echo(run_generation(file, model_name, weights, vocab, prompt, length, temperature, seed))
+
+
+@main.command()
 @user_errors
 def layers() -> None:
     """List the layer catalog with each layer's arguments."""

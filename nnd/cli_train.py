@@ -28,18 +28,19 @@ def _weights_path(weights: str) -> Path:
     return path
 
 
-def _prepare(model, dataset: Dataset, limit: int | None) -> Dataset:
-    """Shape the arrays for the model's single input (grey images gain their channel axis)."""
-    if len(model.input_names) != 1:
-        raise NndError(f"model '{model.name}' has {len(model.input_names)} inputs; train it from Python "
-                       "with a dict of arrays (nnd.load(...).fit({...}, y))")
-    dims = tuple(model.graph.inputs[0].type.shape[1:])
-    x_train = fit_to_input(dataset.x_train, dims)
-    x_test = fit_to_input(dataset.x_test, dims) if dataset.x_test is not None else None
+def _dataset(model, source: str | None, data_dir: str | None, limit: int | None) -> Dataset:
+    """The data for a model with one input and one output, shaped for them (see runtime.data_source)."""
+    if len(model.input_names) != 1 or len(model.output_names) != 1:
+        raise NndError(f"model '{model.name}' has {len(model.input_names)} inputs and {len(model.output_names)} "
+                       "outputs; the command line trains one-input, one-output models: use the Python API "
+                       "with dicts of arrays (nnd.load(...).fit({...}, {...}))")
+    output = next(iter(model.graph.outputs.values()))
+    base_dir = Path(model.program.program.root.file).resolve().parent
+    dataset = load_dataset(source, data_dir, model.spec, model.graph.inputs[0].type, output.type, base_dir)
     if limit is not None:
-        return Dataset(x_train[:limit], None if dataset.y_train is None else dataset.y_train[:limit],
-                       x_test, dataset.y_test)
-    return Dataset(x_train, dataset.y_train, x_test, dataset.y_test)
+        dataset.x_train = dataset.x_train[:limit]
+        dataset.y_train = None if dataset.y_train is None else dataset.y_train[:limit]
+    return dataset
 
 
 def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level, out,
@@ -53,10 +54,11 @@ def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr
     if weights is not None:
         model.load_weights(_weights_path(weights))
     source = data or spec.data
-    dataset = _prepare(model, load_dataset(source, data_dir, spec.target), limit)
+    dataset = _dataset(model, source, data_dir, limit)
     if dataset.y_train is None:
         raise NndError(f"--data {source}: the file holds inputs but no targets (y)")
-    run_dir = RunDirectory(out or Path("runs") / f"{model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = RunDirectory(out or Path("runs") / f"{model.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                           dataset.artifacts)
     epochs = epochs or spec.epochs
     initial_epoch = 0
     if resume is not None:
@@ -66,7 +68,8 @@ def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr
                            f"ask for more with --epochs")
     echo = (lambda text: None) if quiet else click.echo
     echo(f"training {model.name} on {source}: {len(dataset.x_train):,} samples, batch "
-         f"{batch_size or spec.batch_size}, {epochs} epochs; run directory {run_dir.path}")
+         f"{batch_size or spec.batch_size}, {epochs} epoch{'s' if epochs != 1 else ''}; "
+         f"run directory {run_dir.path}")
     validation = None
     if not spec.validation_split and dataset.x_test is not None:
         validation = (dataset.x_test, dataset.y_test)
@@ -82,7 +85,7 @@ def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size,
     model = _model(file, model_name, backend)
     model.load_weights(_weights_path(weights))
     source = data or model.spec.data
-    dataset = _prepare(model, load_dataset(source, data_dir, model.spec.target), None)
+    dataset = _dataset(model, source, data_dir, None)
     x, y = (dataset.x_test, dataset.y_test) if dataset.x_test is not None else (dataset.x_train, dataset.y_train)
     if y is None:
         raise NndError(f"--data {source}: no targets to evaluate against")
@@ -108,6 +111,39 @@ def run_prediction(file, model_name, weights, input_path, output_path, batch_siz
     else:
         _atomic_save(output_path, lambda f: np.save(f, outputs))
     click.echo(f"wrote {output_path}: {len(x):,} predictions")
+
+
+def run_generation(file, model_name, weights, vocab, prompt, length, temperature, seed) -> str:
+    """Continue `prompt` one sampled character at a time, feeding the model its last window."""
+    from nnd.runtime.sequence_data import CharVocabulary
+
+    model = _model(file, model_name, "numpy")
+    model.load_weights(_weights_path(weights))
+    vocab_path = Path(vocab) if vocab else _weights_path(weights).parent / "vocabulary.json"
+    if not vocab_path.is_file():
+        raise NndError(f"no vocabulary at {vocab_path}: give --vocab, or --weights a run directory of "
+                       "`nnd train` on a text")
+    vocabulary = CharVocabulary.load(vocab_path)
+    input_type = model.graph.inputs[0].type
+    output_type = next(iter(model.graph.outputs.values())).type
+    if input_type.rank != 2 or input_type.dtype not in ("i32", "i64") or output_type.rank != 2:
+        raise NndError(f"model '{model.name}' is no character model: generate needs an input of character ids "
+                       f"(batch, steps) and a next-character output (batch, classes)")
+    steps = int(input_type.shape[1])
+    ids = list(vocabulary.encode(prompt))
+    rng = np.random.default_rng(seed)
+    for _ in range(length):
+        window = ([0] * steps + ids)[-steps:]  # id 0 pads a prompt shorter than the window
+        probabilities = model.predict(np.asarray([window], dtype=np.int64))[0].astype(np.float64)
+        ids.append(_sample(probabilities, temperature, rng))
+    return vocabulary.decode(np.asarray(ids))
+
+
+def _sample(probabilities: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    logits = np.log(np.maximum(probabilities, 1e-12)) / temperature
+    logits[0] = -np.inf  # the padding id is never a character
+    weights = np.exp(logits - logits.max())
+    return int(rng.choice(len(weights), p=weights / weights.sum()))
 
 
 def _atomic_save(path: str, write) -> None:

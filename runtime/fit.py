@@ -25,8 +25,10 @@ class RunDirectory:
     The directory is made when training starts, after the data has been checked, so a refused run leaves
     no empty run directory behind."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, artifacts: dict | None = None):
         self.path = Path(path)
+        # Files prediction needs later, from the data loader (vocabulary.json, series_stats.json).
+        self.artifacts = dict(artifacts or {})
 
     @property
     def checkpoint(self) -> Path:
@@ -44,6 +46,8 @@ class RunDirectory:
         except OSError as err:
             raise NndError(f"cannot create the output directory {self.path}: {err.strerror}") from None
         _write_sources(model.program, self.path)
+        for name, write in self.artifacts.items():
+            write(self.path / name)
         manifest = {"model": model.name, "source": Path(model.program.program.root.file).name}
         (self.path / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
