@@ -72,7 +72,10 @@ def describe(value: Any) -> str:
     if isinstance(value, int):
         return f"an int ({value})"
     if isinstance(value, float):
-        return f"a float ({value:g})"
+        text = f"{value:g}"
+        if value.is_integer() and "e" not in text:
+            text += ".0"  # so that 4 / 2 reads as the float it is
+        return f"a float ({text})"
     if isinstance(value, str):
         return f'a string ("{value}")'
     if isinstance(value, Symbol):
