@@ -48,6 +48,7 @@ class TensorGroup:
     items: list[Tensor]
     layer: str
     names: tuple[str, ...]
+    span: Any = None  # the layer call's place
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,9 @@ class ModelLowering:
         if not outputs:
             if isinstance(frame.current, Tensor):
                 outputs = {"output": frame.current}
+            elif isinstance(frame.current, TensorGroup):
+                self.group_misused(frame.current, frame.current.span,
+                                   ("a model names its results with: output NAME = VALUE",))
             elif frame.current is None and graph.inputs:
                 self.error(f"model '{model.name}' has no layers and no output", model.span)
         for name, value in outputs.items():
@@ -109,7 +112,7 @@ class ModelLowering:
             value = self.eval_assigned(stmt, frame)
             if stmt.target in self.defs.consts:
                 self.error(f"'{stmt.target}' is a constant and cannot be reassigned", stmt.span)
-            elif not isinstance(value, Tensor) and value is not POISON:
+            elif not isinstance(value, (Tensor, TensorGroup)) and value is not POISON:
                 frame.locals[stmt.target] = value  # a compile-time value bound locally
             else:
                 frame.locals[stmt.target] = value
@@ -212,7 +215,7 @@ class ModelLowering:
             result = self.apply(expr, frame, piped=None, implicit=frame.current, statement=True)
         else:
             result = self.eval(expr, frame)
-        if isinstance(result, Tensor) or result is POISON:
+        if isinstance(result, (Tensor, TensorGroup)) or result is POISON:
             frame.current = result
         elif isinstance(result, CallValue):
             self.unknown_layer(result.callee, result.span)
@@ -284,6 +287,13 @@ class ModelLowering:
         if isinstance(value, CallValue):
             return self.unknown_layer(value.callee, value.span)
         return self.error(f"expected a tensor value, got {describe(value)}", expr.span)
+
+    def group_misused(self, group: TensorGroup, span: Span | None, notes: tuple[str, ...] = ()) -> Any:
+        """The several results of a return_state layer, used where one tensor is expected."""
+        names = ", ".join(group.names)
+        return self.error(f"{group.layer} gives {len(group.items)} values ({names}) where one tensor is expected",
+                          span, [f"unpack them first: {names} = x -> {group.layer}(..., return_state=true)",
+                                 *notes])
 
     def undefined_value(self, symbol: Symbol, notes: tuple[str, ...] | list[str] = ()) -> Any:
         if symbol.name in LAYERS or symbol.name in self.defs.blocks:
@@ -526,9 +536,9 @@ class ModelLowering:
         self.builder.graph.layers.append(LayerRecord(name, kind, span, results[0], tuple(ctx.param_names),
                                                      ctx.flops))
         if isinstance(output, tuple):
-            names = ("output", "h", "c")[:len(results)] if len(results) <= 3 else \
-                tuple(f"value_{i}" for i in range(len(results)))
-            return TensorGroup([Tensor(v, mask if i == 0 else None) for i, v in enumerate(results)], kind, names)
+            names = ctx.result_names or tuple(f"value_{i}" for i in range(len(results)))
+            return TensorGroup([Tensor(v, mask if i == 0 else None) for i, v in enumerate(results)], kind, names,
+                               span)
         return Tensor(output, mask)
 
     def apply_wrapped(self, ref: LayerRef, x: Value, name: str | None, adjust=None, mask: Value | None = None):

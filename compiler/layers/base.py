@@ -38,6 +38,7 @@ class LayerContext:
         self.flops = 0
         self.input_masks: list[Value | None] = []
         self.output_mask: Value | None = None
+        self.result_names: tuple[str, ...] = ()  # what a layer with several results calls them: output, h, c
         # Set by the checker for wrapper layers: apply(layer_ref, x, name, adjust) -> Value | tuple[Value, ...]
         self.apply_layer: Callable[..., Any] | None = None
 

@@ -110,6 +110,7 @@ def _finish(ctx: LayerContext, args: dict[str, Any], outputs: tuple[Value, ...],
     if args["return_sequences"] and ctx.input_masks and ctx.input_masks[0] is not None:
         ctx.output_mask = ctx.input_masks[0]  # Keras passes the mask on with the sequence
     if args["return_state"]:
+        ctx.result_names = ("output", "h", "c")[:1 + states]
         return tuple(outputs[:1 + states])
     return outputs[0]
 
@@ -207,6 +208,8 @@ def _bidirectional(ctx: LayerContext, inputs: list[Value], args: dict[str, Any])
         ctx.output_mask = mask
     merged = _merge(ctx, args["merge_mode"], ahead, behind)
     if isinstance(forward, tuple):
+        states = ("h", "c")[:len(forward_values) - 1]
+        ctx.result_names = ("output", *(f"forward_{s}" for s in states), *(f"backward_{s}" for s in states))
         return (merged, *forward_values[1:], *backward_values[1:])
     return merged
 
