@@ -628,8 +628,8 @@ def test_syntax_error_in_an_imported_file(tmp_path):
         "  note: the '(' opened at 2:9 is never closed")
 
 
-def test_every_diagnostic_of_a_file_is_reported_once():
-    """A block called twice with the same mistake reports it at each call site, each with its chain."""
+def test_a_mistake_in_a_block_is_reported_at_each_call():
+    """A block called twice reports its mistake once per call site, each with its own chain."""
     source = program("block b(x) { dense(0) }", "model m {", "    input x: [4]", "    b(x)", "    b(x)", "}")
     rendered = render(source)
     assert rendered.count("error:") == 2
