@@ -36,15 +36,31 @@ def _common_args(*extra: ArgSpec) -> tuple[ArgSpec, ...]:
 
 
 def _sequence(ctx: LayerContext, x: Value) -> tuple[Any, int, int]:
+    if x.type.dtype not in ("f32", "f64") and x.type.rank in (2, 3):
+        raise LayerError(f"{ctx.kind} expects float features, got {x.type}",
+                         ["map integer ids to vectors with embedding(input_dim, output_dim) first"])
     if x.type.rank != 3:
         raise LayerError(f"{ctx.kind} expects a sequence (batch, steps, features), got {x.type}",
-                         ["reshape the input to (steps, features) with reshape([...]), or apply a per-step "
-                          "model with time_distributed(...)"])
+                         sequence_notes(x))
     if x.type.dtype not in ("f32", "f64"):
         raise LayerError(f"{ctx.kind} expects float features, got {x.type}",
                          ["map integer ids to vectors with embedding(input_dim, output_dim) first"])
     _, steps, features = x.type.shape
     return x.type.shape[0], steps, features  # type: ignore[return-value]
+
+
+def sequence_notes(x: Value) -> list[str]:
+    """How to make a sequence (batch, steps, features) of a value of another rank."""
+    dims = x.type.shape[1:]
+    if len(dims) == 1:
+        return [f"reshape([{dims[0]}, 1]) reads the {dims[0]} values as {dims[0]} steps of one feature"]
+    if len(dims) >= 3 and all(isinstance(d, int) for d in dims):
+        features = 1
+        for d in dims[1:]:
+            features *= d
+        return [f"reshape([{dims[0]}, {features}]) reads it as {dims[0]} steps of {features} features, or "
+                f"time_distributed(...) turns each step into a vector first (a CNN per frame)"]
+    return []
 
 
 def _recurrent_dropout(ctx: LayerContext, args: dict[str, Any]) -> None:

@@ -11,16 +11,28 @@ from typing import Any
 from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME, OPTIONAL_PAIR, POSITIVE_INT,
                                REGULARIZER, ArgKind, ArgSpec, choice)
 from nnd.compiler.ir import Initializer, Value
-from nnd.compiler.layers.base import LayerContext, LayerError, layer
+from nnd.compiler.layers.base import LAYERS, LayerContext, LayerError, layer
 from nnd.compiler.layers.conv import _window_plan
 from nnd.compiler.layers.core import _with_fans, apply_activation
+from nnd.compiler.layers.recurrent import RECURRENT, sequence_notes
 
 
 def _steps(ctx: LayerContext, x: Value) -> tuple[int, int]:
     if x.type.rank != 3:
-        raise LayerError(f"{ctx.kind} expects a sequence (batch, steps, features), got {x.type}",
-                         ["reshape the input to (steps, features)"])
+        notes = sequence_notes(x)[:1] if x.type.rank == 2 else []
+        if x.type.rank == 4 and ctx.kind.replace("1d", "2d") in LAYERS:
+            notes.append(f"for images (batch, height, width, channels) use {ctx.kind.replace('1d', '2d')}")
+        raise LayerError(f"{ctx.kind} expects a sequence (batch, steps, features), got {x.type}", notes)
     return x.type.shape[1], x.type.shape[2]  # type: ignore[return-value]
+
+
+def _window_fits(ctx: LayerContext, steps: int, size: int, dilation: int, padding: str) -> None:
+    """A valid window must fit in the steps (said in steps, not as the 2-D window it lowers to)."""
+    span = (size - 1) * dilation + 1
+    if padding == "valid" and span > steps:
+        how = f" (size {size}, dilation {dilation})" if dilation != 1 else ""
+        raise LayerError(f"{ctx.kind} window of {span} steps{how} is longer than its input of {steps} steps",
+                         ["use padding=same, a smaller window or a longer input"])
 
 
 def _as_image(ctx: LayerContext, x: Value) -> Value:
@@ -87,6 +99,7 @@ def _conv1d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Val
     if args["padding"] == "causal":  # pad the past only, so step t never sees steps after t
         pads, out_steps = ((0, 0), ((k - 1) * dilation, 0)), (steps - 1) // stride + 1
     else:
+        _window_fits(ctx, steps, k, dilation, args["padding"])
         pads, (_, out_steps) = _window_plan("conv1d", (1, steps), (1, k), (1, stride), (1, dilation),
                                             args["padding"])
     init = _with_fans(args["kernel_initializer"], k * channels, k * filters)
@@ -111,6 +124,7 @@ def _pool1d(kind: str, op: str) -> None:
         steps, features = _steps(ctx, x)
         size = args["pool_size"]
         stride = args["strides"][0] if args["strides"] is not None else size
+        _window_fits(ctx, steps, size, 1, args["padding"])
         pads, (_, out_steps) = _window_plan(kind, (1, steps), (1, size), (1, stride), (1, 1), args["padding"])
         attrs: dict[str, Any] = {"pool": (1, size), "strides": (1, stride), "padding": pads}
         if op == "avgpool2d":
@@ -145,6 +159,10 @@ def _time_distributed(ctx: LayerContext, inputs: list[Value], args: dict[str, An
         raise LayerError(f"time_distributed expects a sequence of steps (batch, steps, ...), got {x.type}")
     assert ctx.apply_layer is not None
     inner = args["layer"]
+    kind = inner.call.callee
+    if x.type.rank == 3 and kind in (*RECURRENT, "bidirectional"):
+        raise LayerError(f"time_distributed gives {kind} one step at a time, a vector of {x.type.shape[2]} "
+                         f"features, not a sequence", [f"apply {kind} to the sequence itself: x -> {kind}(...)"])
     steps = ctx.emit("merge_batch", [x])
     per_step = ctx.apply_layer(inner, steps, f"{ctx.name}.{inner.call.callee}")
     if isinstance(per_step, tuple):
