@@ -155,11 +155,12 @@ _global_pool1d("global_maxpool1d", "reduce_max")
        doc="Apply a layer or a block to every step of a sequence, with the same weights")
 def _time_distributed(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     x = inputs[0]
-    if x.type.rank < 3:
-        raise LayerError(f"time_distributed expects a sequence of steps (batch, steps, ...), got {x.type}")
-    assert ctx.apply_layer is not None
     inner = args["layer"]
     kind = inner.call.callee
+    if x.type.rank < 3:
+        raise LayerError(f"time_distributed expects a sequence of steps (batch, steps, ...), got {x.type}",
+                         [f"apply {kind} to the value itself: x -> {kind}(...)"])
+    assert ctx.apply_layer is not None
     if x.type.rank == 3 and kind in (*RECURRENT, "bidirectional"):
         raise LayerError(f"time_distributed gives {kind} one step at a time, a vector of {x.type.shape[2]} "
                          f"features, not a sequence", [f"apply {kind} to the sequence itself: x -> {kind}(...)"])
