@@ -138,6 +138,23 @@ class Graph:
                 result.setdefault(value, []).append(node)
         return result
 
+    def clone(self) -> "Graph":
+        """A copy with new values and nodes throughout, for passes that rewrite nodes: the values of
+        the original keep pointing to the original's producers."""
+        fresh: dict[Value, Value] = {}
+
+        def twin(value: Value) -> Value:
+            if value not in fresh:
+                fresh[value] = Value(value.type, value.name)
+            return fresh[value]
+
+        nodes = [Node(n.op, [twin(v) for v in n.inputs], [twin(v) for v in n.outputs], dict(n.attrs), n.span,
+                      n.layer, n.body) for n in self.nodes]
+        layers = [LayerRecord(r.name, r.kind, r.span, twin(r.output), r.params, r.flops) for r in self.layers]
+        return Graph(self.name, [twin(v) for v in self.inputs], {k: twin(v) for k, v in self.params.items()},
+                     dict(self.param_info), nodes, {k: twin(v) for k, v in self.outputs.items()},
+                     {k: twin(v) for k, v in self.state_updates.items()}, layers)
+
     def copy_shallow(self) -> "Graph":
         """A new graph sharing values and nodes; passes rebuild the parts they change."""
         return Graph(self.name, list(self.inputs), dict(self.params), dict(self.param_info),

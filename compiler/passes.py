@@ -24,8 +24,14 @@ def eliminate_dead_code(graph: Graph) -> Graph:
     return result
 
 
-PASSES: dict[str, Pass] = {"dce": eliminate_dead_code}
-PIPELINES: dict[int, tuple[str, ...]] = {0: (), 1: ("dce",), 2: ("dce",)}
+def _fuse_epilogues(graph: Graph) -> Graph:
+    from nnd.compiler.fusion import fuse_epilogues
+
+    return fuse_epilogues(graph)
+
+
+PASSES: dict[str, Pass] = {"dce": eliminate_dead_code, "fuse-epilogues": _fuse_epilogues}
+PIPELINES: dict[int, tuple[str, ...]] = {0: (), 1: ("dce",), 2: ("dce", "fuse-epilogues")}
 
 
 @dataclass

@@ -116,7 +116,10 @@ class Model:
         """Outputs for x: an array for a one-output model, else a dict name -> array."""
         inputs = self._inputs(x)
         if self._predictor is None:
-            self._predictor = Executor(self.graph, self.backend, self.dtype, seed=self.seed)
+            from nnd.compiler.passes import PassManager
+
+            graph = PassManager.for_level(self.opt_level, verify=False).run(self.graph)
+            self._predictor = Executor(graph, self.backend, self.dtype, seed=self.seed)
         n = _count(inputs)
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
         for start in range(0, n, batch_size):

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from nnd.compiler.diagnostics import NndError
-from nnd.runtime import kernels_basic, kernels_conv, kernels_recurrent, kernels_sequence  # noqa: F401  (fills the tables)
+from nnd.runtime import (kernels_basic, kernels_conv, kernels_fused, kernels_recurrent,  # noqa: F401
+                         kernels_sequence)  # importing fills the kernel tables
 from nnd.runtime.kernel_table import Kernel, kernels_for
 
 BACKENDS = ("numpy", "cupy")

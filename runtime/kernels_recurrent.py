@@ -137,6 +137,10 @@ def _lstm_scan(ctx, attrs, xproj, h0, c0, recurrent_kernel, mask):
     hs = xp.empty((steps, n, u), dtype=dt)
     cs = xp.empty((steps, n, u), dtype=dt)
     gates = xp.empty((steps, n, 4 * u), dtype=dt)
+    if valid is None and act == "tanh" and ract == "sigmoid":
+        _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, hs, cs, gates)
+        outputs, h_last = _outputs(xp, hs, h0, a["return_sequences"])
+        return outputs, h_last, (cs[-1] if steps else c0).copy(), hs, cs, gates
     h, c = h0, c0
     for s in range(steps):
         z = h @ recurrent_kernel
@@ -172,6 +176,11 @@ def _lstm_scan_grad(ctx, attrs, h0, c0, recurrent_kernel, mask, hs, cs, gates, d
     dc = _start(xp, (n, u), dt, d_c)
     dgates = xp.empty((steps, n, 4 * u), dtype=dt)
     kernel_t = recurrent_kernel.T
+    if valid is None and act == "tanh" and ract == "sigmoid":
+        dh, dc = _lstm_backward_default(xp, c0, recurrent_kernel, cs, gates, dout_tm if seq else None, dh, dc,
+                                        dgates)
+        d_kernel = _h_prev_gemm(h0, hs, dgates)
+        return _batch_major(xp, [dgates], n, steps, a["go_backwards"], dt), dh, dc, d_kernel
     for s in range(steps - 1, -1, -1):
         if seq:
             dh = dh + _step_grad(d_out, dout_tm, s)
@@ -197,6 +206,63 @@ def _lstm_scan_grad(ctx, attrs, h0, c0, recurrent_kernel, mask, hs, cs, gates, d
     d_kernel = _h_prev_gemm(h0, hs, dgates)
     d_xproj = _batch_major(xp, [dgates], n, steps, a["go_backwards"], dt)
     return d_xproj, dh, dc, d_kernel
+
+
+def _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, hs, cs, gates) -> None:
+    """The LSTM recurrence for Keras' default activations (tanh, sigmoid) and no mask, in place.
+
+    The general loop allocates a dozen temporaries a step; this one writes into preallocated buffers, and
+    takes the sigmoid of all four gates at once as 0.5 * tanh(z / 2) + 0.5 (stable for any z) before
+    overwriting the candidate's quarter with its tanh, so a step is about ten array operations.
+    """
+    steps, n, u = hs.shape
+    z = xp.empty((n, 4 * u), dtype=hs.dtype)
+    product = xp.empty((n, u), dtype=hs.dtype)
+    h, c = h0, c0
+    for s in range(steps):
+        xp.matmul(h, recurrent_kernel, out=z)
+        z += xt[s]
+        g = gates[s]
+        xp.multiply(z, 0.5, out=g)
+        xp.tanh(g, out=g)
+        g *= 0.5
+        g += 0.5
+        xp.tanh(z[:, 2 * u:3 * u], out=g[:, 2 * u:3 * u])
+        c_new = cs[s]
+        xp.multiply(g[:, u:2 * u], c, out=c_new)
+        xp.multiply(g[:, :u], g[:, 2 * u:3 * u], out=product)
+        c_new += product
+        xp.tanh(c_new, out=product)
+        xp.multiply(g[:, 3 * u:], product, out=hs[s])
+        h, c = hs[s], c_new
+
+
+def _lstm_backward_default(xp, c0, recurrent_kernel, cs, gates, dout_tm, dh, dc, dgates):
+    """Backprop through time for `_lstm_forward_default`: the gate derivatives and tanh(c) of every step
+    are computed in bulk before the loop, leaving about ten in-place operations a step."""
+    steps, n, u = cs.shape
+    cell = xp.tanh(cs)
+    derivative = 1.0 - gates
+    derivative *= gates  # sigmoid' = y (1 - y) for i, f, o
+    candidate = gates[:, :, 2 * u:3 * u]
+    derivative[:, :, 2 * u:3 * u] = 1.0 - candidate * candidate  # tanh' = 1 - y^2
+    through_cell = gates[:, :, 3 * u:] * (1.0 - cell * cell)  # dh_t/dc_t = o (1 - tanh(c)^2)
+    kernel_t = xp.ascontiguousarray(recurrent_kernel.T)
+    product = xp.empty((n, u), dtype=cs.dtype)
+    for s in range(steps - 1, -1, -1):
+        if dout_tm is not None:
+            dh += dout_tm[s]
+        g, dg = gates[s], dgates[s]
+        xp.multiply(dh, through_cell[s], out=product)
+        dc += product
+        xp.multiply(dh, cell[s], out=dg[:, 3 * u:])
+        xp.multiply(dc, g[:, 2 * u:3 * u], out=dg[:, :u])
+        xp.multiply(dc, cs[s - 1] if s else c0, out=dg[:, u:2 * u])
+        xp.multiply(dc, g[:, :u], out=dg[:, 2 * u:3 * u])
+        dg *= derivative[s]
+        dc *= g[:, u:2 * u]
+        xp.matmul(dg, kernel_t, out=dh)
+    return dh, dc
 
 
 # ---------------------------------------------------------------------------------------------------

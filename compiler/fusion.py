@@ -1,0 +1,49 @@
+"""Fusion passes over forward and training graphs.
+
+`fuse_epilogues`: conv2d or matmul, then `add` of a bias vector, then (optionally) relu, sigmoid or tanh,
+become one `conv2d_epilogue` / `matmul_epilogue` node that writes the bias and the activation into the
+product's buffer: two full-size temporaries and two passes over memory fewer per layer. A step joins only
+when the value it consumes has no other user, so every value the backward pass reads (the activation's
+output for relu_grad, the logits for the loss) stays materialized.
+"""
+from __future__ import annotations
+
+from nnd.compiler.ir import Graph, Node, Value
+from nnd.compiler.ops.fused import EPILOGUE_ACTIVATIONS
+
+_PRODUCTS = {"conv2d": "conv2d_epilogue", "matmul": "matmul_epilogue"}
+
+
+def fuse_epilogues(graph: Graph) -> Graph:
+    graph = graph.clone()  # the fused nodes take over values: keep the input graph's values untouched
+    users = graph.users()
+    kept_outputs = set(graph.outputs.values()) | set(graph.state_updates.values())
+
+    def sole_user(value: Value) -> Node | None:
+        found = users.get(value, [])
+        return found[0] if len(found) == 1 and value not in kept_outputs else None
+
+    replaced: dict[Node, Node | None] = {}  # absorbed nodes map to None, the last one to the fused node
+    for node in graph.nodes:
+        if node.op not in _PRODUCTS or node in replaced:
+            continue
+        add = sole_user(node.outputs[0])
+        if add is None or add.op != "add" or add.inputs[0] is not node.outputs[0]:
+            continue
+        bias = add.inputs[1]
+        if bias.type.shape != (node.outputs[0].type.shape[-1],):
+            continue
+        chain, activation = [node, add], "linear"
+        follower = sole_user(add.outputs[0])
+        if follower is not None and follower.op in EPILOGUE_ACTIVATIONS and follower.op != "linear":
+            chain.append(follower)
+            activation = follower.op
+        result = chain[-1].outputs[0]
+        attrs = dict(node.attrs, activation=activation)
+        fused = Node(_PRODUCTS[node.op], [*node.inputs, bias], [result], attrs, node.span, node.layer)
+        for absorbed in chain[:-1]:
+            replaced[absorbed] = None
+        replaced[chain[-1]] = fused
+    out = graph.copy_shallow()
+    out.nodes = [replaced.get(n, n) for n in graph.nodes if replaced.get(n, n) is not None]
+    return out
