@@ -81,17 +81,21 @@ def conv2d(ctx, attrs, x, w):
 
 @kernel("conv2d_grad_input")
 def conv2d_grad_input(ctx, attrs, dy, w):
+    """col2im by kernel offset: for each (i, j), one GEMM dy @ w[i, j]^T gives that offset's contribution
+    as a contiguous [N, Ho, Wo, C] block, added into the strided cells it came from. Against one big GEMM
+    followed by a scatter of its [N, Ho, Wo, kh, kw, C] result, every add reads contiguous memory."""
     xp = ctx.xp
     p = conv_params(attrs, "conv2d_grad_input")
     h, wd = attrs["input_hw"]
     kh, kw, c, f = w.shape
     n, ho, wo, _ = dy.shape
     (top, bottom), (left, right) = p.padding
-    dcols = xp.matmul(dy.reshape(n * ho * wo, f), w.reshape(kh * kw * c, f).T).reshape(n, ho, wo, kh, kw, c)
-    dxpad = xp.zeros((n, h + top + bottom, wd + left + right, c), dtype=dcols.dtype)
+    rows = dy.reshape(n * ho * wo, f)
+    dxpad = xp.zeros((n, h + top + bottom, wd + left + right, c), dtype=dy.dtype)
     for i in range(kh):
         for j in range(kw):
-            dxpad[_offset_slice(i, j, (ho, wo), p.strides, p.dilation)] += dcols[:, :, :, i, j, :]
+            contribution = xp.matmul(rows, w[i, j].T).reshape(n, ho, wo, c)
+            dxpad[_offset_slice(i, j, (ho, wo), p.strides, p.dilation)] += contribution
     return _crop(xp, dxpad, p.padding, (h, wd))
 
 
