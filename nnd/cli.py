@@ -250,6 +250,25 @@ def generate(file: str, model_name: str | None, weights: str, vocab: str | None,
     click.echo(run_generation(file, model_name, weights, vocab, prompt, length, temperature, seed))
 
 
+@main.command("bench")
+@click.argument("file", type=click.Path(dir_okay=False))
+@MODEL_OPTION
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Timed runs.")
+@click.option("--infer", is_flag=True, help="Time inference instead of a training step.")
+@click.option("-O", "level", type=click.IntRange(0, 2), default=2, show_default=True, help="Optimization level.")
+@BACKEND_OPTION
+@user_errors
+def bench_command(file: str, model_name: str | None, batch_size: int, steps: int, infer: bool, level: int,
+                  backend: str) -> None:
+    """Time a model on random data, with a breakdown per layer and per op."""
+    import nnd
+    from nnd.bench import bench
+
+    model = nnd.load(file, model_name, backend=backend, opt_level=level)
+    click.echo(bench(model, batch_size, steps, train=not infer))
+
+
 @main.command()
 @user_errors
 def layers() -> None:
