@@ -222,6 +222,12 @@ def _bidirectional(ctx: LayerContext, inputs: list[Value], args: dict[str, Any])
     if ahead.type.rank == 3:
         behind = ctx.emit("flip", [behind], axis=1)  # align the backward pass's steps with the input's
         ctx.output_mask = mask
+        if mask is not None:
+            # Keras' Bidirectional sets zero_output_for_mask on both halves when they return sequences:
+            # padded steps come out as zeros, not as the carried state of a lone recurrent layer.
+            n, steps, _ = ahead.type.shape
+            keep = ctx.emit("reshape", [mask], shape=(n, steps, 1))
+            ahead, behind = ctx.emit("mul", [ahead, keep]), ctx.emit("mul", [behind, keep])
     merged = _merge(ctx, args["merge_mode"], ahead, behind)
     if isinstance(forward, tuple):
         states = ("h", "c")[:len(forward_values) - 1]
