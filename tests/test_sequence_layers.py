@@ -1,0 +1,605 @@
+"""Sequence layers as a user writes them: one-layer models compiled from text, run in float64 and compared
+with PyTorch (forward, the loss, the gradient of every parameter and of the input) with the weights mapped
+from Keras' layouts; masking against unpadded sequences run one at a time; the 1-D convolution and
+pooling against torch; the wrappers against running their layer per step or per frame; finite-difference
+checks of whole models; Keras' parameter counts.
+
+The scan ops have op-level checks of their own (test_recurrent_kernels.py, gradcheck_cases.py); these
+check the layers' lowering: the input projection, the bias handling, the gate order, the wrappers and the
+mask plumbing.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import nnd
+from nnd.cli import main
+from nnd.compiler.autodiff import differentiate
+from nnd.compiler.layers import INFER, TRAIN
+from nnd.compiler.tensor_type import FLOAT_DTYPES
+from nnd.compiler.training_graph import LOSS, TARGET_PREFIX, build_loss_graph
+from nnd.runtime.executor import Executor
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+TOL = 1e-5
+MERGES = {"concat": lambda a, b: np.concatenate([a, b], axis=-1), "sum": lambda a, b: a + b,
+          "mul": lambda a, b: a * b, "ave": lambda a, b: (a + b) / 2}
+TORCH_MERGES = {"concat": lambda a, b: torch.cat([a, b], dim=-1), "sum": lambda a, b: a + b,
+                "mul": lambda a, b: a * b, "ave": lambda a, b: (a + b) / 2}
+
+
+def rng(seed):
+    return np.random.default_rng(seed)
+
+
+def model_of(*body: str, shape: str = "[6, 3]", loss: str = "mse") -> nnd.Model:
+    """A float64 model `m` with one input x of `shape` and the given statements, trained with `loss`."""
+    text = "\n".join(["model m {", f"    input x: {shape}", *(f"    {line}" for line in body), "}"]) + "\n"
+    return nnd.loads(text, dtype="float64").compile(loss=loss)
+
+
+def close(got, expected, what):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=TOL, atol=1e-8, err_msg=what)
+
+
+def feeds_of(model, x, y):
+    xs = x if isinstance(x, dict) else {model.input_names[0]: x}
+    ys = y if isinstance(y, dict) else {model.output_names[0]: y}
+    return {**xs, **{TARGET_PREFIX + name: value for name, value in ys.items()}}
+
+
+def input_gradients(model, x, y) -> dict[str, np.ndarray]:
+    """The gradient of the training loss with respect to every float input of the model."""
+    names = [v.name for v in model.graph.inputs if v.type.dtype in FLOAT_DTYPES]
+    graph = differentiate(build_loss_graph(model.program, model.name, model.spec, TRAIN).graph, LOSS, names)
+    result = Executor(graph, "numpy", np.float64).run(feeds_of(model, x, y), model.params)
+    return {name: np.asarray(result["grad:" + name]) for name in names}
+
+
+def check_gradients(model, x, y, eps=1e-6, tol=1e-6):
+    """Every parameter's gradient against central differences of the loss (float64)."""
+    loss, grads = model.loss_and_gradients(x, y)
+    forward = Executor(build_loss_graph(model.program, model.name, model.spec, INFER).graph, "numpy", np.float64)
+    feeds = feeds_of(model, x, y)
+    params = {name: np.array(value) for name, value in model.params.items()}
+    assert float(forward.run(feeds, params)[LOSS]) == pytest.approx(loss, rel=1e-12)
+    assert set(grads) == set(params)
+    for name, value in params.items():
+        numeric = np.zeros_like(value)
+        for index in np.ndindex(value.shape):
+            for sign in (1.0, -1.0):
+                moved = value.copy()
+                moved[index] += sign * eps
+                numeric[index] += sign * float(forward.run(feeds, {**params, name: moved})[LOSS]) / (2 * eps)
+        scale = max(np.max(np.abs(numeric)), np.max(np.abs(grads[name])), 1e-3)
+        error = np.max(np.abs(numeric - grads[name])) / scale
+        assert error < tol, f"{name}: relative error {error:.2e}"
+
+
+def random_params(model, seed, scale=0.5):
+    r = rng(seed)
+    values = {name: r.uniform(-scale, scale, value.shape) for name, value in model.parameters().items()}
+    model.set_parameters(values)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------------
+# PyTorch layers and Keras layouts
+
+TORCH_LAYERS = {"lstm": "LSTM", "gru": "GRU", "simple_rnn": "RNN"}
+
+
+def torch_layer(kind, features, units, seed, bidirectional=False):
+    torch.manual_seed(seed)
+    layer = getattr(torch.nn, TORCH_LAYERS[kind])(features, units, batch_first=True,
+                                                  bidirectional=bidirectional).double()
+    with torch.no_grad():  # larger than torch's default, so the gates leave their linear range
+        for p in layer.parameters():
+            p.uniform_(-0.7, 0.7)
+    return layer
+
+
+def _keras_gates(kind, w, units):
+    """Torch's GRU gates r, z, n along the first axis in Keras' order z, r, h; LSTM and RNN keep theirs."""
+    if kind != "gru":
+        return w
+    return np.concatenate([w[units:2 * units], w[:units], w[2 * units:]])
+
+
+def keras_weights(kind, layer, prefix, units, suffix="", grad=False):
+    """The Keras parameters (or, grad=True, their gradients) of one direction of a torch layer."""
+    def get(name):
+        p = getattr(layer, f"{name}_l0{suffix}")
+        return (p.grad if grad else p).detach().numpy()
+
+    w_ih, w_hh, b_ih, b_hh = (_keras_gates(kind, get(n), units)
+                              for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    if kind == "gru":
+        bias = np.stack([b_ih, b_hh])  # reset_after: input bias, recurrent bias
+    else:
+        bias = b_ih if grad else b_ih + b_hh  # Keras has one bias; both torch biases get its gradient
+    return {f"{prefix}.kernel": w_ih.T, f"{prefix}.recurrent_kernel": w_hh.T, f"{prefix}.bias": bias}
+
+
+def compare_with_torch(model, x, y, torch_forward, torch_layers):
+    """Outputs, loss, parameter and input gradients of `model` against torch_forward(x_tensors) (a dict of
+    outputs) under the same summed MSE. `torch_layers`: (kind, layer, prefix, units, suffix) per direction."""
+    xs = x if isinstance(x, dict) else {model.input_names[0]: x}
+    ys = y if isinstance(y, dict) else {model.output_names[0]: y}
+    tx = {name: torch.tensor(value, requires_grad=True) for name, value in xs.items()}
+    outputs = torch_forward(tx)
+    got = model.predict(x)
+    got = got if isinstance(got, dict) else {model.output_names[0]: got}
+    for name, expected in outputs.items():
+        close(got[name], expected.detach().numpy(), f"output {name}")
+    torch_loss = sum(F.mse_loss(outputs[name], torch.tensor(ys[name])) for name in outputs)
+    torch_loss.backward()
+    loss, grads = model.loss_and_gradients(x, y)
+    assert loss == pytest.approx(torch_loss.item(), rel=TOL)
+    for kind, layer, prefix, units, suffix in torch_layers:
+        for name, expected in keras_weights(kind, layer, prefix, units, suffix, grad=True).items():
+            close(grads[name], expected, f"gradient of {name}")
+    for name, value in input_gradients(model, x, y).items():
+        close(value, tx[name].grad.numpy(), f"gradient of input {name}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# One recurrent layer against torch
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_recurrent_layer_matches_torch(kind, return_sequences, go_backwards):
+    n, t, f, u = 3, 5, 4, 6
+    options = f"return_sequences={str(return_sequences).lower()}, go_backwards={str(go_backwards).lower()}"
+    if kind == "gru":
+        options += ", reset_after=true"
+    model = model_of(f"{kind}({u}, {options})", shape=f"[{t}, {f}]")
+    layer = torch_layer(kind, f, u, seed=1)
+    model.set_parameters(keras_weights(kind, layer, kind, u))
+    x = rng(2).normal(size=(n, t, f))
+    y = rng(3).normal(size=(n, t, u) if return_sequences else (n, u))
+
+    def forward(tx):
+        seq = tx["x"].flip(1) if go_backwards else tx["x"]  # Keras returns the reversed sequence as it ran
+        out, _ = layer(seq)
+        return {"output": out if return_sequences else out[:, -1]}
+
+    compare_with_torch(model, x, y, forward, [(kind, layer, kind, u, "")])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("merge", sorted(MERGES))
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_bidirectional_matches_torch(kind, merge, return_sequences):
+    n, t, f, u = 2, 5, 3, 4
+    model = model_of(f"bidirectional({kind}({u}, return_sequences={str(return_sequences).lower()}), "
+                     f"merge={merge})", shape=f"[{t}, {f}]")
+    layer = torch_layer(kind, f, u, seed=4, bidirectional=True)
+    directions = [(kind, layer, f"bidirectional.forward_{kind}", u, ""),
+                  (kind, layer, f"bidirectional.backward_{kind}", u, "_reverse")]
+    model.set_parameters({k: v for d in directions for k, v in keras_weights(*d).items()})
+    x = rng(5).normal(size=(n, t, f))
+    width = 2 * u if merge == "concat" else u
+    y = rng(6).normal(size=(n, t, width) if return_sequences else (n, width))
+
+    def forward(tx):
+        out, _ = layer(tx["x"])  # (n, t, 2u): the backward half aligned with the input's steps
+        ahead, behind = out[..., :u], out[..., u:]
+        if not return_sequences:  # each direction's last step: the end for one, the start for the other
+            ahead, behind = ahead[:, -1], behind[:, 0]
+        return {"output": TORCH_MERGES[merge](ahead, behind)}
+
+    compare_with_torch(model, x, y, forward, directions)
+
+
+@pytest.mark.parametrize("merge", ["sum", "mul", "ave"])
+def test_bidirectional_merges_two_independent_runs(merge):
+    """bidirectional(merge=...) equals a forward layer and a go_backwards layer run on their own."""
+    n, t, f, u = 3, 6, 3, 5
+    x = rng(7).normal(size=(n, t, f))
+    for return_sequences in ("true", "false"):
+        both = model_of(f"bidirectional(gru({u}, return_sequences={return_sequences}), merge={merge})",
+                        shape=f"[{t}, {f}]")
+        weights = random_params(both, seed=8)
+        ahead = model_of(f"gru({u}, return_sequences={return_sequences})", shape=f"[{t}, {f}]")
+        behind = model_of(f"gru({u}, return_sequences={return_sequences}, go_backwards=true)",
+                          shape=f"[{t}, {f}]")
+        for half, direction in ((ahead, "forward"), (behind, "backward")):
+            prefix = f"bidirectional.{direction}_gru."
+            half.set_parameters({"gru." + k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+        a, b = ahead.predict(x), behind.predict(x)
+        if return_sequences == "true":
+            b = b[:, ::-1]
+        close(both.predict(x), MERGES[merge](a, b), f"merge={merge} return_sequences={return_sequences}")
+
+
+def test_return_state_unpacks_the_final_states():
+    n, t, f, u = 3, 6, 4, 8
+    model = nnd.loads("model m {\n    input x: [6, 4]\n"
+                      "    out, h, c = x -> lstm(8, return_sequences=true, return_state=true)\n"
+                      "    output out\n    output h\n    output c\n}\n", dtype="float64").compile(loss="mse")
+    assert model.output_names == ["out", "h", "c"]
+    layer = torch_layer("lstm", f, u, seed=9)
+    model.set_parameters(keras_weights("lstm", layer, "lstm", u))
+    x = rng(10).normal(size=(n, t, f))
+    y = {"out": rng(11).normal(size=(n, t, u)), "h": rng(12).normal(size=(n, u)),
+         "c": rng(13).normal(size=(n, u))}
+
+    def forward(tx):
+        out, (h, c) = layer(tx["x"])
+        return {"out": out, "h": h[0], "c": c[0]}
+
+    compare_with_torch(model, x, y, forward, [("lstm", layer, "lstm", u, "")])
+
+
+def test_bidirectional_return_state_gives_each_directions_states():
+    n, t, f, u = 2, 5, 3, 4
+    model = nnd.loads("model m {\n    input x: [5, 3]\n"
+                      "    o, fh, fc, bh, bc = x -> bidirectional(lstm(4, return_state=true))\n"
+                      "    output o\n    output fh\n    output fc\n    output bh\n    output bc\n}\n",
+                      dtype="float64")
+    layer = torch_layer("lstm", f, u, seed=14, bidirectional=True)
+    model.set_parameters({**keras_weights("lstm", layer, "bidirectional.forward_lstm", u),
+                          **keras_weights("lstm", layer, "bidirectional.backward_lstm", u, "_reverse")})
+    x = rng(15).normal(size=(n, t, f))
+    got = model.predict(x)
+    out, (h, c) = layer(torch.tensor(x))
+    expected = {"o": torch.cat([out[:, -1, :u], out[:, 0, u:]], dim=-1), "fh": h[0], "fc": c[0], "bh": h[1],
+                "bc": c[1]}
+    for name, value in expected.items():
+        close(got[name], value.detach().numpy(), name)
+
+
+def test_initial_state_from_an_encoder_matches_torch():
+    """Encoder-decoder: the decoder starts from the encoder's final (h, c)."""
+    n, u = 3, 8
+    model = nnd.loads("""model m {
+    input enc: [7, 3]
+    input dec: [5, 2]
+    _, h, c = enc -> lstm(8, return_state=true)
+    dec -> lstm(8, initial_state=[h, c], return_sequences=true)
+}
+""", dtype="float64").compile(loss="mse")
+    encoder, decoder = torch_layer("lstm", 3, u, seed=16), torch_layer("lstm", 2, u, seed=17)
+    model.set_parameters({**keras_weights("lstm", encoder, "lstm", u),
+                          **keras_weights("lstm", decoder, "lstm_1", u)})
+    x = {"enc": rng(18).normal(size=(n, 7, 3)), "dec": rng(19).normal(size=(n, 5, 2))}
+    y = rng(20).normal(size=(n, 5, u))
+
+    def forward(tx):
+        _, state = encoder(tx["enc"])
+        out, _ = decoder(tx["dec"], state)
+        return {"output": out}
+
+    compare_with_torch(model, x, y, forward, [("lstm", encoder, "lstm", u, ""), ("lstm", decoder, "lstm_1", u, "")])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Masks: padded batches equal their unpadded sequences run one at a time
+
+LENGTHS = [6, 4, 1, 3, 2]
+
+
+def _pad(sequences, steps, where, filler):
+    rows = []
+    for seq in sequences:
+        pad = np.full((steps - len(seq),) + seq.shape[1:], filler, dtype=seq.dtype)
+        rows.append(np.concatenate([seq, pad] if where == "post" else [pad, seq]))
+    return np.stack(rows)
+
+
+def _per_sequence(make, weights, sequences):
+    """Each sequence alone through a model built for its own length, with the same weights."""
+    results = []
+    for seq in sequences:
+        single = make(len(seq))
+        single.set_parameters(weights)
+        results.append(single.predict(seq[None])[0])
+    return np.stack(results)
+
+
+def _mean_gradients(make, weights, sequences, targets):
+    total = None
+    for seq, target in zip(sequences, targets):
+        single = make(len(seq))
+        single.set_parameters(weights)
+        grads = single.loss_and_gradients(seq[None], target[None])[1]
+        total = grads if total is None else {k: total[k] + grads[k] for k in grads}
+    return {k: v / len(sequences) for k, v in total.items()}
+
+
+@pytest.mark.parametrize("where", ["post", "pre"])
+def test_embedding_mask_zero_lstm_equals_unpadded_sequences(where):
+    r = rng(21)
+    sequences = [r.integers(1, 7, size=length) for length in LENGTHS]  # ids 1..6; 0 is padding
+
+    def make(steps):
+        return model_of("embedding(7, 3, mask_zero=true)", "lstm(4)", shape=f"int32[{steps}]")
+
+    model = make(6)
+    weights = random_params(model, seed=22, scale=0.8)
+    padded = _pad(sequences, 6, where, 0)
+    close(model.predict(padded), _per_sequence(make, weights, sequences), f"{where}-padded batch")
+    targets = r.normal(size=(len(sequences), 4))
+    grads = model.loss_and_gradients(padded, targets)[1]
+    for name, value in _mean_gradients(make, weights, sequences, targets).items():
+        close(grads[name], value, f"gradient of {name}")
+    assert np.all(grads["embedding.embeddings"][0] == 0)  # the padding id's vector never reaches the loss
+    check_gradients(model, padded, targets)
+
+
+@pytest.mark.parametrize("where", ["post", "pre"])
+def test_masking_layer_gru_equals_unpadded_sequences(where):
+    r = rng(23)
+    sequences = [r.uniform(0.2, 1.0, size=(length, 3)) * r.choice([-1, 1], size=(length, 3)) for length in LENGTHS]
+
+    def make(steps):
+        return model_of("masking(mask_value=0)", "gru(4)", shape=f"[{steps}, 3]")
+
+    model = make(6)
+    weights = random_params(model, seed=24, scale=0.8)
+    padded = _pad(sequences, 6, where, 0.0)
+    close(model.predict(padded), _per_sequence(make, weights, sequences), f"{where}-padded batch")
+    targets = r.normal(size=(len(sequences), 4))
+    grads = model.loss_and_gradients(padded, targets)[1]
+    for name, value in _mean_gradients(make, weights, sequences, targets).items():
+        close(grads[name], value, f"gradient of {name}")
+    check_gradients(model, padded, targets)
+    input_grad = input_gradients(model, padded, targets)["x"]
+    pads = _pad([np.zeros((len(s), 3)) for s in sequences], 6, where, 1.0).astype(bool)
+    assert np.all(input_grad[pads] == 0)  # padded steps do not move the output
+
+
+@pytest.mark.parametrize("where", ["post", "pre"])
+def test_masked_bidirectional_equals_unpadded_sequences(where):
+    r = rng(25)
+    sequences = [r.integers(1, 7, size=length) for length in LENGTHS]
+
+    def make(steps):
+        return model_of("embedding(7, 3, mask_zero=true)", "bidirectional(simple_rnn(4))", shape=f"int32[{steps}]")
+
+    model = make(6)
+    weights = random_params(model, seed=26, scale=0.8)
+    close(model.predict(_pad(sequences, 6, where, 0)), _per_sequence(make, weights, sequences), where)
+
+
+@pytest.mark.parametrize("where", ["post", "pre"])
+def test_masked_bidirectional_sequences_are_zero_at_the_padding(where):
+    """Keras' Bidirectional zeroes both halves' outputs at padded steps (zero_output_for_mask); the real
+    steps equal the unpadded sequence's."""
+    r = rng(48)
+    sequences = [r.integers(1, 7, size=length) for length in LENGTHS]
+
+    def make(steps):
+        return model_of("embedding(7, 3, mask_zero=true)", "bidirectional(lstm(4, return_sequences=true))",
+                        shape=f"int32[{steps}]")
+
+    model = make(6)
+    weights = random_params(model, seed=49, scale=0.8)
+    got = model.predict(_pad(sequences, 6, where, 0))
+    for row, seq in zip(got, sequences):
+        single = make(len(seq))
+        single.set_parameters(weights)
+        real = slice(0, len(seq)) if where == "post" else slice(6 - len(seq), 6)
+        close(row[real], single.predict(seq[None])[0], f"{where}-padded, real steps")
+        assert np.all(np.delete(row, np.arange(6)[real], axis=0) == 0)
+
+
+def test_masked_return_sequences_keeps_the_mask_for_the_next_layer():
+    """lstm(return_sequences) passes the mask on: a second lstm over it also skips the padding."""
+    r = rng(27)
+    sequences = [r.integers(1, 5, size=length) for length in LENGTHS]
+
+    def make(steps):
+        return model_of("embedding(5, 3, mask_zero=true)", "lstm(4, return_sequences=true)", "gru(3)",
+                        shape=f"int32[{steps}]")
+
+    model = make(6)
+    weights = random_params(model, seed=28, scale=0.8)
+    close(model.predict(_pad(sequences, 6, "post", 0)), _per_sequence(make, weights, sequences), "stacked")
+
+
+# ---------------------------------------------------------------------------------------------------
+# conv1d and 1-D pooling against torch
+
+def _same_pads(steps, size, stride, dilation):
+    """TensorFlow's 'same': the output has ceil(steps / stride) steps, the extra padding goes at the end."""
+    span = (size - 1) * dilation + 1
+    out = -(-steps // stride)
+    total = max((out - 1) * stride + span - steps, 0)
+    return total // 2, total - total // 2
+
+
+@pytest.mark.parametrize("padding, size, stride, dilation", [
+    ("valid", 3, 1, 1), ("valid", 2, 2, 1), ("valid", 3, 1, 2), ("same", 3, 1, 1), ("same", 4, 1, 1),
+    ("same", 4, 2, 1), ("same", 3, 1, 3), ("causal", 3, 1, 1), ("causal", 3, 1, 2), ("causal", 2, 3, 1)])
+def test_conv1d_matches_torch(padding, size, stride, dilation):
+    n, t, c, filters = 2, 9, 3, 4
+    model = model_of(f"conv1d({filters}, {size}, strides={stride}, padding={padding}, dilation_rate={dilation}, "
+                     "activation=tanh)", shape=f"[{t}, {c}]")
+    weights = random_params(model, seed=29)
+    x = rng(30).normal(size=(n, t, c))
+    tx = torch.tensor(x, requires_grad=True)
+    kernel = torch.tensor(weights["conv1d.kernel"].transpose(2, 1, 0).copy(), requires_grad=True)  # (out, in, k)
+    bias = torch.tensor(weights["conv1d.bias"], requires_grad=True)
+    if padding == "causal":
+        pads = ((size - 1) * dilation, 0)
+    elif padding == "same":
+        pads = _same_pads(t, size, stride, dilation)
+    else:
+        pads = (0, 0)
+    out = torch.tanh(F.conv1d(F.pad(tx.transpose(1, 2), pads), kernel, bias, stride=stride, dilation=dilation))
+    out = out.transpose(1, 2)
+    got = model.predict(x)
+    assert got.shape == tuple(out.shape)
+    close(got, out.detach().numpy(), "conv1d output")
+    y = rng(31).normal(size=got.shape)
+    torch_loss = F.mse_loss(out, torch.tensor(y))
+    torch_loss.backward()
+    loss, grads = model.loss_and_gradients(x, y)
+    assert loss == pytest.approx(torch_loss.item(), rel=TOL)
+    close(grads["conv1d.kernel"], kernel.grad.numpy().transpose(2, 1, 0), "kernel gradient")
+    close(grads["conv1d.bias"], bias.grad.numpy(), "bias gradient")
+    close(input_gradients(model, x, y)["x"], tx.grad.numpy(), "input gradient")
+
+
+def _pool_same(x, size, stride, reduce):
+    """1-D pooling with 'same' padding in NumPy; padded positions take no part (TensorFlow's rule)."""
+    left, _ = _same_pads(x.shape[1], size, stride, 1)
+    out = []
+    for i in range(-(-x.shape[1] // stride)):
+        start = i * stride - left
+        out.append(reduce(x[:, max(start, 0):start + size], axis=1))
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("kind, size, stride", [("maxpool1d", 2, None), ("maxpool1d", 3, 2),
+                                                ("avgpool1d", 2, None), ("avgpool1d", 3, 1)])
+def test_pool1d_valid_matches_torch(kind, size, stride):
+    n, t, c = 2, 9, 3
+    strides = "" if stride is None else f", strides={stride}"
+    model = model_of("dense(3)", f"{kind}({size}{strides})", shape=f"[{t}, {c}]")
+    model.set_parameters({"dense.kernel": np.eye(3), "dense.bias": np.zeros(3)})  # a path for the gradient
+    x = rng(32).normal(size=(n, t, c))
+    tx = torch.tensor(x, requires_grad=True)
+    pool = F.max_pool1d if kind == "maxpool1d" else F.avg_pool1d
+    out = pool(tx.transpose(1, 2), size, stride or size).transpose(1, 2)
+    close(model.predict(x), out.detach().numpy(), kind)
+    y = rng(33).normal(size=tuple(out.shape))
+    F.mse_loss(out, torch.tensor(y)).backward()
+    close(input_gradients(model, x, y)["x"], tx.grad.numpy(), f"{kind} input gradient")
+
+
+@pytest.mark.parametrize("kind, reduce", [("maxpool1d", np.max), ("avgpool1d", np.mean)])
+@pytest.mark.parametrize("size, stride", [(2, 2), (3, 2), (4, 1)])
+def test_pool1d_same_matches_numpy(kind, reduce, size, stride):
+    x = rng(34).normal(size=(2, 7, 3))
+    model = model_of(f"{kind}({size}, strides={stride}, padding=same)", shape="[7, 3]")
+    close(model.predict(x), _pool_same(x, size, stride, reduce), f"{kind} same")
+
+
+@pytest.mark.parametrize("kind, reduce", [("global_maxpool1d", np.max), ("global_avgpool1d", np.mean)])
+def test_global_pool1d_matches_numpy(kind, reduce):
+    x = rng(35).normal(size=(3, 7, 4))
+    close(model_of(f"{kind}()", shape="[7, 4]").predict(x), reduce(x, axis=1), kind)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Wrappers and repeat_vector
+
+def test_time_distributed_dense_equals_dense_per_step():
+    n, t, f = 3, 5, 4
+    wrapped = model_of("time_distributed(dense(6, activation=tanh))", shape=f"[{t}, {f}]")
+    weights = random_params(wrapped, seed=36)
+    plain = model_of("dense(6, activation=tanh)", shape=f"[{f}]")
+    plain.set_parameters({"dense." + k.split(".")[-1]: v for k, v in weights.items()})
+    x = rng(37).normal(size=(n, t, f))
+    got = wrapped.predict(x)
+    for step in range(t):
+        close(got[:, step], plain.predict(x[:, step]), f"step {step}")
+    # The mean loss over (n, t) steps is the mean over n*t separate vectors: the same gradients.
+    y = rng(38).normal(size=(n, t, 6))
+    loss, grads = wrapped.loss_and_gradients(x, y)
+    flat_loss, flat_grads = plain.loss_and_gradients(x.reshape(n * t, f), y.reshape(n * t, 6))
+    assert loss == pytest.approx(flat_loss, rel=1e-12)
+    for name, value in grads.items():
+        close(value, flat_grads["dense." + name.split(".")[-1]], name)
+
+
+FRAME_BLOCK = """block frame(f) {
+    f -> conv2d(3, 3, activation=relu) -> maxpool2d(2)
+      -> conv2d(4, 2, activation=tanh) -> global_avgpool2d()
+}
+"""
+
+
+def test_time_distributed_block_equals_the_block_per_frame():
+    n, t = 2, 4
+    video = nnd.loads(FRAME_BLOCK + "model m {\n    input x: [4, 10, 10, 2]\n    time_distributed(frame())\n}\n",
+                      dtype="float64").compile(loss="mse")
+    single = nnd.loads(FRAME_BLOCK + "model m {\n    input x: [10, 10, 2]\n    frame()\n}\n",
+                       dtype="float64").compile(loss="mse")
+    assert set(video.parameters()) == set(single.parameters())
+    weights = random_params(video, seed=39)
+    single.set_parameters(weights)
+    x = rng(40).normal(size=(n, t, 10, 10, 2))
+    got = video.predict(x)
+    assert got.shape == (n, t, 4)
+    for frame in range(t):
+        close(got[:, frame], single.predict(x[:, frame]), f"frame {frame}")
+    y = rng(41).normal(size=(n, t, 4))
+    loss, grads = video.loss_and_gradients(x, y)
+    flat_loss, flat_grads = single.loss_and_gradients(x.reshape(n * t, 10, 10, 2), y.reshape(n * t, 4))
+    assert loss == pytest.approx(flat_loss, rel=1e-12)
+    for name, value in grads.items():
+        close(value, flat_grads[name], name)
+
+
+def test_repeat_vector():
+    x = rng(42).normal(size=(3, 5))
+    got = model_of("repeat_vector(4)", shape="[5]").predict(x)
+    assert got.shape == (3, 4, 5)
+    close(got, np.repeat(x[:, None, :], 4, axis=1), "repeat_vector")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finite differences through whole models
+
+def test_gradients_of_embedding_mask_bidirectional_gru_time_distributed_conv1d():
+    model = model_of("embedding(6, 3, mask_zero=true)",
+                     "bidirectional(gru(3, return_sequences=true), merge=concat)",
+                     "time_distributed(dense(3, activation=tanh))",
+                     "conv1d(2, 3, padding=causal, activation=tanh)",
+                     "global_maxpool1d()",
+                     shape="int32[5]")
+    random_params(model, seed=43, scale=0.8)
+    x = np.array([[3, 1, 4, 1, 5], [2, 5, 0, 0, 0], [0, 0, 4, 2, 3], [1, 0, 0, 0, 0]])
+    y = rng(44).normal(size=(4, 2))
+    check_gradients(model, x, y)
+
+
+def test_gradients_of_repeat_vector_decoder_with_strided_conv_and_pooling():
+    model = model_of("dense(3, activation=tanh)", "repeat_vector(6)",
+                     "lstm(3, return_sequences=true, go_backwards=true)",
+                     "conv1d(3, 2, strides=2, padding=same)", "maxpool1d(2, padding=same)",
+                     "simple_rnn(2, return_sequences=true)", "avgpool1d(2, strides=1)", "global_avgpool1d()",
+                     shape="[4]")
+    random_params(model, seed=45, scale=0.8)
+    x = rng(46).normal(size=(3, 4))
+    y = rng(47).normal(size=(3, 2))
+    check_gradients(model, x, y)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Keras' parameter counts
+
+def test_summary_of_the_seed_lstm_classifier_matches_keras():
+    result = CliRunner().invoke(main, ["summary", "examples/lstm_classifier.nnd"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith(("lstm", "dense"))]
+    assert [row.split()[:2] for row in rows] == [["lstm", "(lstm)"], ["lstm_1", "(lstm)"], ["dense", "(dense)"]]
+    assert "(None, 100, 64)" in rows[0] and "33,024" in rows[0]
+    assert "(None, 64)" in rows[1] and "33,024" in rows[1]
+    assert "(None, 1)" in rows[2] and "65" in rows[2]
+    assert "Total params: 66,113" in result.output
+
+
+@pytest.mark.parametrize("body, shape, expected", [
+    ("gru(32, reset_after=true)", "[10, 8]", 3 * 32 * (8 + 32 + 2)),
+    ("gru(32)", "[10, 8]", 4032),  # reset_after defaults to true, as in Keras 2
+    ("gru(32, reset_after=false)", "[10, 8]", 3 * 32 * (8 + 32 + 1)),
+    ("lstm(16)", "[10, 8]", 4 * 16 * (8 + 16 + 1)),
+    ("simple_rnn(16)", "[10, 8]", 16 * (8 + 16 + 1)),
+    ("bidirectional(lstm(16))", "[10, 8]", 3200),
+    ("embedding(50, 8)", "int32[10]", 400),
+    ("conv1d(16, 3)", "[10, 4]", 208),
+    ("time_distributed(dense(5))", "[10, 4]", 25),
+])
+def test_parameter_counts_match_keras(body, shape, expected):
+    model = model_of(body, shape=shape)
+    assert sum(v.size for v in model.parameters().values()) == expected
