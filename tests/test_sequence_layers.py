@@ -489,6 +489,21 @@ def test_global_pool1d_matches_numpy(kind, reduce):
     close(model_of(f"{kind}()", shape="[7, 4]").predict(x), reduce(x, axis=1), kind)
 
 
+def test_global_avgpool1d_averages_the_real_steps_of_a_masked_sequence():
+    """Keras' GlobalAveragePooling1D divides by the number of real steps (embedding + average: a bag of
+    words); global_maxpool1d, like Keras', ignores the mask."""
+    ids = np.array([[3, 1, 4, 0, 0], [0, 0, 0, 2, 5], [1, 2, 3, 4, 5]])
+    average = model_of("embedding(6, 3, mask_zero=true)", "dense(2)", "global_avgpool1d()", shape="int32[5]")
+    weights = random_params(average, seed=50)
+    vectors = weights["embedding.embeddings"][ids] @ weights["dense.kernel"] + weights["dense.bias"]
+    real = (ids != 0)[..., None]
+    close(average.predict(ids), (vectors * real).sum(axis=1) / real.sum(axis=1), "masked average")
+    check_gradients(average, ids, rng(51).normal(size=(3, 2)))
+    largest = model_of("embedding(6, 3, mask_zero=true)", "global_maxpool1d()", shape="int32[5]")
+    largest.set_parameters({"embedding.embeddings": weights["embedding.embeddings"]})
+    close(largest.predict(ids), weights["embedding.embeddings"][ids].max(axis=1), "max over every step")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Wrappers and repeat_vector
 

@@ -139,11 +139,18 @@ _pool1d("avgpool1d", "avgpool2d")
 
 def _global_pool1d(kind: str, op: str) -> None:
     @layer(kind, ArgSpec("name", NAME, None),
-           doc=f"{'Maximum' if op == 'reduce_max' else 'Mean'} over steps: (N, T, C) -> (N, C)")
+           doc=f"{'Maximum' if op == 'reduce_max' else 'Mean'} over steps: (N, T, C) -> (N, C)"
+               + ("; a padding mask leaves out the padded steps" if op == "reduce_mean" else ""))
     def lower(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
         x = inputs[0]
         _steps(ctx, x)
         ctx.count(x.type.concrete_size())
+        mask = ctx.input_masks[0] if ctx.input_masks else None
+        if op == "reduce_mean" and mask is not None:  # Keras averages the real steps only
+            n, steps, _ = x.type.shape
+            keep = ctx.emit("reshape", [mask], shape=(n, steps, 1))
+            total = ctx.emit("reduce_sum", [ctx.emit("mul", [x, keep])], axes=(1,), keepdims=False)
+            return ctx.emit("div", [total, ctx.emit("reduce_sum", [keep], axes=(1,), keepdims=False)])
         return ctx.emit(op, [x], axes=(1,), keepdims=False)
 
 
