@@ -117,6 +117,8 @@ def compile_command(file: str, model_name: str | None, emit: str, level: int, di
     for name in dump_after:
         if name != "all":
             check_pass_name(name)
+    if dump_after and emit not in ("optimized", "train"):
+        raise click.UsageError("--dump-after shows the passes, which run for --emit optimized or --emit train")
     program = _compile(file)
     if emit == "ast":
         text = "\n".join(dump(module) for module in program.program.modules)
