@@ -18,6 +18,7 @@ import nnd
 from nnd.cli import main
 from nnd.compiler.autodiff import differentiate
 from nnd.compiler.layers import INFER, TRAIN
+from nnd.compiler.summary import summarize
 from nnd.compiler.tensor_type import FLOAT_DTYPES
 from nnd.compiler.training_graph import LOSS, TARGET_PREFIX, build_loss_graph
 from nnd.runtime.executor import Executor
@@ -618,3 +619,14 @@ def test_summary_of_the_seed_lstm_classifier_matches_keras():
 def test_parameter_counts_match_keras(body, shape, expected):
     model = model_of(body, shape=shape)
     assert sum(v.size for v in model.parameters().values()) == expected
+
+
+def test_time_distributed_counts_the_flops_of_every_step():
+    def flops(*body, shape):
+        return summarize(model_of(*body, shape=shape).graph).flops_per_sample
+
+    assert flops("time_distributed(dense(4, activation=tanh))", shape="[5, 3]") == \
+        5 * flops("dense(4, activation=tanh)", shape="[3]")
+    video = nnd.loads(FRAME_BLOCK + "model m {\n    input x: [4, 10, 10, 2]\n    time_distributed(frame())\n}\n")
+    single = nnd.loads(FRAME_BLOCK + "model m {\n    input x: [10, 10, 2]\n    frame()\n}\n")
+    assert summarize(video.graph).flops_per_sample == 4 * summarize(single.graph).flops_per_sample > 0

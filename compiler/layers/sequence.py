@@ -6,6 +6,7 @@ they share the 2-D kernels; conv1d's kernel keeps Keras' layout (kernel_size, in
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME, OPTIONAL_PAIR, POSITIVE_INT,
@@ -172,7 +173,11 @@ def _time_distributed(ctx: LayerContext, inputs: list[Value], args: dict[str, An
         raise LayerError(f"time_distributed gives {kind} one step at a time, a vector of {x.type.shape[2]} "
                          f"features, not a sequence", [f"apply {kind} to the sequence itself: x -> {kind}(...)"])
     steps = ctx.emit("merge_batch", [x])
+    records = ctx.builder.graph.layers
+    first = len(records)
     per_step = ctx.apply_layer(inner, steps, f"{ctx.name}.{inner.call.callee}")
+    # The layers inside run once per step of every sample: a sample costs steps times one step's FLOPs.
+    records[first:] = [replace(r, flops=r.flops * x.type.shape[1]) for r in records[first:]]
     if isinstance(per_step, tuple):
         raise LayerError("time_distributed needs a layer with one result (no return_state)")
     return ctx.emit("split_batch", [per_step], batch=x.type.shape[0], steps=x.type.shape[1])
