@@ -43,14 +43,16 @@ class Model:
         self.dtype = DTYPES[dtype]
         self.seed = self.spec.seed if seed is None else seed
         self.opt_level = opt_level
-        self.params = initialize(self.graph.param_info, self.seed, self.dtype)
+        from nnd.runtime.backend import get_backend
+
+        self._backend = get_backend(backend)  # fails early, with a clear message, for an unavailable backend
+        # Parameters live where the backend computes: on the GPU for cupy, drawn there once from host values.
+        self.params = {name: self._backend.asarray(value) for name, value in
+                       initialize(self.graph.param_info, self.seed, self.dtype).items()}
         self.history = History()
         self.data_rng = np.random.default_rng(self.seed + 1)  # shuffling and augmentation
         self._trainer: Trainer | None = None
         self._predictor: Executor | None = None
-        from nnd.runtime.backend import get_backend
-
-        get_backend(backend)  # fails early, with a clear message, for an unavailable backend
 
     # ------------------------------------------------------------------------------ introspection
 
@@ -70,7 +72,7 @@ class Model:
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Copies of every parameter, under Keras names and layouts (conv kernel (kh, kw, in, out))."""
-        return {name: np.array(value, copy=True) for name, value in self.params.items()}
+        return {name: np.array(self._backend.to_numpy(value), copy=True) for name, value in self.params.items()}
 
     def set_parameters(self, values: Mapping[str, np.ndarray], strict: bool = True, *,
                        source: str = "the given dict") -> None:
@@ -80,7 +82,7 @@ class Model:
         ckpt.check_compatible(expected, {k: np.shape(v) for k, v in values.items()}, strict=strict, source=source)
         for name, value in values.items():
             if name in self.params:
-                self.params[name][...] = np.asarray(value, dtype=self.dtype)
+                self.params[name][...] = self._backend.asarray(np.asarray(value, dtype=self.dtype))
 
     # ------------------------------------------------------------------------------ configuration
 
@@ -126,7 +128,7 @@ class Model:
             batch = {k: v[start:start + batch_size] for k, v in inputs.items()}
             result = self._predictor.run(batch, self.params)
             for name in self.output_names:
-                parts[name].append(np.asarray(result[name]))
+                parts[name].append(self._backend.to_numpy(result[name]))
         outputs = {name: np.concatenate(chunks) if chunks else np.zeros((0,)) for name, chunks in parts.items()}
         return outputs[self.output_names[0]] if len(outputs) == 1 else outputs
 
@@ -140,7 +142,7 @@ class Model:
         """The training loss on one batch and its gradient for every trainable parameter; no update."""
         trainer = self._get_trainer()
         result = trainer.train_executor.run(self._feeds(x, y), self.params)
-        grads = {name: np.array(result["grad:" + name]) for name in trainer.trainable}
+        grads = {name: np.array(self._backend.to_numpy(result["grad:" + name])) for name in trainer.trainable}
         return float(result[LOSS]), grads
 
     def fit(self, x: Arrays, y: Arrays, epochs: int | None = None, batch_size: int | None = None, *,

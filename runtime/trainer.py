@@ -39,8 +39,8 @@ class TrainingState:
 Batches = Callable[[], Any]  # yields (feeds, targets) dicts per batch
 
 
-def make_configured_optimizer(spec: Configured) -> Optimizer:
-    return make_optimizer(spec.name, **spec.args)
+def make_configured_optimizer(spec: Configured, xp=np) -> Optimizer:
+    return make_optimizer(spec.name, xp=xp, **spec.args)
 
 
 class Trainer:
@@ -56,7 +56,7 @@ class Trainer:
         self.train_executor = Executor(self.train_graph, backend, dtype, seed=seed)
         self.eval_executor = Executor(self.eval_graph, backend, dtype, seed=seed)
         self.trainable = training.trainable
-        self.optimizer = make_configured_optimizer(spec.optimizer)
+        self.optimizer = make_configured_optimizer(spec.optimizer, self.train_executor.backend.xp)
         trainable_views = self.optimizer.bind({k: params[k] for k in self.trainable})
         params.update(trainable_views)  # the model's dict now holds views into the optimizer's flat buffer
         self.params = params
