@@ -129,13 +129,18 @@ def run_generation(file, model_name, weights, vocab, prompt, length, temperature
     if input_type.rank != 2 or input_type.dtype not in ("i32", "i64") or output_type.rank != 2:
         raise NndError(f"model '{model.name}' is no character model: generate needs an input of character ids "
                        f"(batch, steps) and a next-character output (batch, classes)")
+    classes = int(output_type.shape[-1])
+    if vocabulary.size > classes:
+        raise NndError(f"{vocab_path} has {vocabulary.size} ids but model '{model.name}' predicts {classes} "
+                       "classes: it was not trained with this vocabulary")
     steps = int(input_type.shape[1])
     ids = list(vocabulary.encode(prompt))
     rng = np.random.default_rng(seed)
     for _ in range(length):
         window = ([0] * steps + ids)[-steps:]  # id 0 pads a prompt shorter than the window
         probabilities = model.predict(np.asarray([window], dtype=np.int64))[0].astype(np.float64)
-        ids.append(_sample(probabilities, temperature, rng))
+        # The output layer may be wider than the vocabulary; the ids past its end are no characters.
+        ids.append(_sample(probabilities[:vocabulary.size], temperature, rng))
     return vocabulary.decode(np.asarray(ids))
 
 
