@@ -212,8 +212,9 @@ def _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, hs, cs, gates) -> No
     """The LSTM recurrence for Keras' default activations (tanh, sigmoid) and no mask, in place.
 
     The general loop allocates a dozen temporaries a step; this one writes into preallocated buffers, and
-    takes the sigmoid of all four gates at once as 0.5 * tanh(z / 2) + 0.5 (stable for any z) before
-    overwriting the candidate's quarter with its tanh, so a step is about ten array operations.
+    takes the sigmoid of all four gates at once as 1 / (1 + exp(-z)) (exp is vectorized where tanh is
+    not; a huge -z gives exp = inf and the exact limit 0) before overwriting the candidate's quarter with
+    its tanh, so a step is about a dozen array operations.
     """
     steps, n, u = hs.shape
     z = xp.empty((n, 4 * u), dtype=hs.dtype)
@@ -223,10 +224,11 @@ def _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, hs, cs, gates) -> No
         xp.matmul(h, recurrent_kernel, out=z)
         z += xt[s]
         g = gates[s]
-        xp.multiply(z, 0.5, out=g)
-        xp.tanh(g, out=g)
-        g *= 0.5
-        g += 0.5
+        xp.negative(z, out=g)
+        with _quiet_overflow(xp):
+            xp.exp(g, out=g)
+        g += 1.0
+        xp.reciprocal(g, out=g)
         xp.tanh(z[:, 2 * u:3 * u], out=g[:, 2 * u:3 * u])
         c_new = cs[s]
         xp.multiply(g[:, u:2 * u], c, out=c_new)
@@ -235,6 +237,13 @@ def _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, hs, cs, gates) -> No
         xp.tanh(c_new, out=product)
         xp.multiply(g[:, 3 * u:], product, out=hs[s])
         h, c = hs[s], c_new
+
+
+def _quiet_overflow(xp):
+    """exp(-z) may overflow to inf on purpose (the sigmoid is then exactly 0): no warning for it."""
+    import contextlib
+
+    return xp.errstate(over="ignore") if hasattr(xp, "errstate") else contextlib.nullcontext()
 
 
 def _lstm_backward_default(xp, c0, recurrent_kernel, cs, gates, dout_tm, dh, dc, dgates):
