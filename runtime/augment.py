@@ -10,13 +10,13 @@ The input batch is never modified. Pixels that come from outside the image are f
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from nnd.compiler.diagnostics import NndError, did_you_mean
+from nnd.runtime.named import build
 
 __all__ = ["Augmentation", "RandomFlip", "RandomTranslation", "RandomCrop", "RandomRotation", "GaussianNoise",
            "Augmenter", "make_augmentation", "AUGMENTATIONS"]
@@ -222,19 +222,7 @@ AUGMENTATIONS: dict[str, Callable[..., Augmentation]] = {
 
 def make_augmentation(name: str, **args: Any) -> Augmentation:
     """Build an augmentation by name; unknown names and arguments raise NndError with suggestions."""
-    key = str(name).strip().lower().replace("-", "_")
-    factory = AUGMENTATIONS.get(key)
-    if factory is None:
-        hint = did_you_mean(key, AUGMENTATIONS)
-        raise NndError(f"unknown augmentation '{name}'" + (f"; did you mean '{hint}'?" if hint else "")
-                       + f" (available: {', '.join(AUGMENTATIONS)})")
-    params = [p for p in inspect.signature(factory).parameters if p != "self"]
-    for k in args:
-        if k not in params:
-            hint = did_you_mean(k, params)
-            raise NndError(f"unknown argument '{k}' for augmentation '{key}'"
-                           + (f"; did you mean '{hint}'?" if hint else "") + f" (valid: {', '.join(params)})")
-    return factory(**args)
+    return build(AUGMENTATIONS, name, args, "augmentation")
 
 
 class Augmenter:

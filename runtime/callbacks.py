@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from nnd.compiler.diagnostics import NndError, did_you_mean
+from nnd.runtime.named import build
 
 __all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau", "BestCheckpoint", "make_callback", "CALLBACKS"]
 
@@ -306,23 +307,6 @@ def _normalize(name: str) -> str:
 
 def make_callback(name: str, **args: Any) -> Callback:
     """Build a callback by name (snake_case or Keras CamelCase, e.g. EarlyStopping)."""
-    import inspect
-
-    by_norm = {_normalize(k): k for k in CALLBACKS}
-    by_norm["reducelronplateau"] = "reduce_lr_on_plateau"
-    by_norm["modelcheckpoint"] = "best_checkpoint"
-    key = by_norm.get(_normalize(name))
-    if key is None:
-        hint = did_you_mean(str(name).lower(), CALLBACKS)
-        raise NndError(f"unknown callback '{name}'" + (f"; did you mean '{hint}'?" if hint else "")
-                       + f" (available: {', '.join(CALLBACKS)})")
-    cls = CALLBACKS[key]
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    for k in args:
-        if k not in valid:
-            hint = did_you_mean(k, valid)
-            raise NndError(f"unknown argument '{k}' for callback '{key}'" + (f"; did you mean '{hint}'?" if hint else "")
-                           + f" (valid: {', '.join(valid)})")
-    if key == "best_checkpoint" and "path" not in args:
-        raise NndError("callback 'best_checkpoint' needs a path to save to")
-    return cls(**args)
+    aliases = {_normalize(k): k for k in CALLBACKS}
+    aliases.update({"reducelronplateau": "reduce_lr_on_plateau", "modelcheckpoint": "best_checkpoint"})
+    return build(CALLBACKS, _normalize(name) if _normalize(name) in aliases else name, args, "callback", aliases)

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from nnd.compiler.diagnostics import NndError, did_you_mean
+from nnd.compiler.diagnostics import NndError
+from nnd.runtime.named import build
 
 __all__ = ["Metric", "Accuracy", "SparseCategoricalAccuracy", "CategoricalAccuracy", "BinaryAccuracy",
            "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError", "make_metric", "METRICS"]
@@ -222,18 +223,4 @@ _ALIASES = {
 
 def make_metric(name: str, **args: Any) -> Metric:
     """Build a metric by name (Keras spellings such as 'acc' and 'mean_squared_error' are accepted)."""
-    import inspect
-
-    key = str(name).strip().lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    cls = METRICS.get(key)
-    if cls is None:
-        hint = did_you_mean(key, list(METRICS) + list(_ALIASES))
-        raise NndError(f"unknown metric '{name}'" + (f"; did you mean '{_ALIASES.get(hint, hint)}'?" if hint else "")
-                       + f" (available: {', '.join(METRICS)})")
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    for k in args:
-        if k not in valid:
-            raise NndError(f"unknown argument '{k}' for metric '{key}'"
-                           + (f" (valid: {', '.join(valid)})" if valid else " (it takes no arguments)"))
-    return cls(**args)
+    return build(METRICS, name, args, "metric", _ALIASES)

@@ -17,6 +17,7 @@ import math
 from typing import Any, Callable
 
 from nnd.compiler.diagnostics import NndError, did_you_mean
+from nnd.runtime.named import check_arguments, lookup
 
 __all__ = ["Schedule", "Constant", "StepDecay", "ExponentialDecay", "CosineDecay", "Warmup",
            "constant", "step_decay", "exponential_decay", "cosine_decay", "warmup", "make_schedule", "SCHEDULES"]
@@ -197,25 +198,8 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
 
 def make_schedule(name: str, **args: Any) -> Schedule:
     """Build a schedule by name with keyword arguments; errors name the schedule and the valid arguments."""
-    import inspect
-
-    key = str(name).strip().lower().replace("-", "_")
-    fn = SCHEDULES.get(key)
-    if fn is None:
-        hint = did_you_mean(key, SCHEDULES)
-        raise NndError(f"unknown learning-rate schedule '{name}'" + (f"; did you mean '{hint}'?" if hint else "")
-                       + f" (available: {', '.join(SCHEDULES)})")
-    sig = inspect.signature(fn)
-    valid = list(sig.parameters)
-    for k in args:
-        if k not in sig.parameters:
-            hint = did_you_mean(k, valid)
-            raise NndError(f"unknown argument '{k}' for schedule '{key}'" + (f"; did you mean '{hint}'?" if hint else "")
-                           + f" (valid: {', '.join(valid)})")
-    missing = [p.name for p in sig.parameters.values() if p.default is inspect.Parameter.empty and p.name not in args]
-    if missing:
-        raise NndError(f"schedule '{key}' needs argument{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
-                       f" (valid: {', '.join(valid)})")
+    key, fn = lookup(SCHEDULES, name, "learning-rate schedule")
+    check_arguments(fn, args, "schedule", key)
     if key == "warmup" and isinstance(args.get("wrapped"), dict):
         inner = dict(args["wrapped"])
         if "name" not in inner:

@@ -132,7 +132,7 @@ def test_make_callback():
     with pytest.raises(NndError, match="unknown argument 'restore_best_weights' for callback 'early_stopping'; "
                                        "did you mean 'restore_best'"):
         make_callback("early_stopping", restore_best_weights=True)
-    with pytest.raises(NndError, match="needs a path"):
+    with pytest.raises(NndError, match="needs argument path"):
         make_callback("best_checkpoint")
     with pytest.raises(NndError, match=r"factor must be a number in \[0, 1\)"):
         make_callback("reduce_lr_on_plateau", factor=1.0)
