@@ -6,6 +6,7 @@ from typing import Callable
 
 from nnd.compiler.diagnostics import NndError, did_you_mean
 from nnd.compiler.ir import Graph, print_graph
+from nnd.compiler.simplify import eliminate_common_subexpressions, fold_batchnorm, fold_constants
 from nnd.compiler.verify import verify_graph
 
 Pass = Callable[[Graph], Graph]
@@ -30,8 +31,14 @@ def _fuse_epilogues(graph: Graph) -> Graph:
     return fuse_epilogues(graph)
 
 
-PASSES: dict[str, Pass] = {"dce": eliminate_dead_code, "fuse-epilogues": _fuse_epilogues}
-PIPELINES: dict[int, tuple[str, ...]] = {0: (), 1: ("dce",), 2: ("dce", "fuse-epilogues")}
+PASSES: dict[str, Pass] = {"fold-constants": fold_constants, "cse": eliminate_common_subexpressions,
+                           "fold-batchnorm": fold_batchnorm, "dce": eliminate_dead_code,
+                           "fuse-epilogues": _fuse_epilogues}
+PIPELINES: dict[int, tuple[str, ...]] = {
+    0: (),
+    1: ("fold-constants", "cse", "dce"),
+    2: ("fold-constants", "cse", "fold-batchnorm", "dce", "fuse-epilogues"),
+}
 
 
 @dataclass
