@@ -173,6 +173,66 @@ def test_recurrent_layer_matches_torch(kind, return_sequences, go_backwards):
     compare_with_torch(model, x, y, forward, [(kind, layer, kind, u, "")])
 
 
+def test_simple_rnn_relu_matches_torch():
+    n, t, f, u = 3, 5, 4, 6
+    model = model_of(f"simple_rnn({u}, activation=relu, return_sequences=true)", shape=f"[{t}, {f}]")
+    torch.manual_seed(0)
+    layer = torch.nn.RNN(f, u, nonlinearity="relu", batch_first=True).double()
+    model.set_parameters(keras_weights("simple_rnn", layer, "simple_rnn", u))
+    x = rng(60).normal(size=(n, t, f))
+    compare_with_torch(model, x, rng(61).normal(size=(n, t, u)), lambda tx: {"output": layer(tx["x"])[0]},
+                       [("simple_rnn", layer, "simple_rnn", u, "")])
+
+
+def test_gru_reset_after_false_matches_keras_formula():
+    """Keras' original GRU: one input bias, and the reset gate applied before the recurrent product."""
+    n, t, f, u = 3, 5, 4, 3
+    model = model_of(f"gru({u}, reset_after=false, return_sequences=true)", shape=f"[{t}, {f}]")
+    weights = random_params(model, seed=62, scale=0.7)
+    assert weights["gru.bias"].shape == (3 * u,)
+    kernel, recurrent, bias = (weights[f"gru.{k}"] for k in ("kernel", "recurrent_kernel", "bias"))
+    x = rng(63).normal(size=(n, t, f))
+    h = np.zeros((n, u))
+    expected = []
+    for step in range(t):
+        xz, xr, xh = np.split(x[:, step] @ kernel + bias, 3, axis=1)
+        z = 1 / (1 + np.exp(-(xz + h @ recurrent[:, :u])))
+        r = 1 / (1 + np.exp(-(xr + h @ recurrent[:, u:2 * u])))
+        candidate = np.tanh(xh + (r * h) @ recurrent[:, 2 * u:])
+        h = z * h + (1 - z) * candidate
+        expected.append(h)
+    close(model.predict(x), np.stack(expected, axis=1), "gru reset_after=false")
+    check_gradients(model, x, rng(64).normal(size=(n, t, u)))
+
+
+def test_lstm_starts_with_a_forget_bias_of_one():
+    bias = model_of("lstm(4)").parameters()["lstm.bias"]
+    assert bias.tolist() == [0.0] * 4 + [1.0] * 4 + [0.0] * 8
+    assert not model_of("lstm(4, unit_forget_bias=false)").parameters()["lstm.bias"].any()
+    assert "lstm.bias" not in model_of("lstm(4, use_bias=false)").parameters()
+
+
+def test_input_dropout_is_off_in_predict_and_one_mask_per_sequence_in_training():
+    x = rng(65).normal(size=(4, 6, 3))
+    dropped = model_of("gru(5, dropout=0.5, return_sequences=true)")
+    weights = random_params(dropped, seed=66)
+    plain = model_of("gru(5, return_sequences=true)")
+    plain.set_parameters(weights)
+    close(dropped.predict(x), plain.predict(x), "dropout is off in predict")
+    y = rng(67).normal(size=(4, 6, 5))
+    first, second = dropped.loss_and_gradients(x, y)[0], dropped.loss_and_gradients(x, y)[0]
+    assert first != second and first != plain.loss_and_gradients(x, y)[0]  # a fresh mask every training step
+    # With no recurrence and every step alike, a mask shared by the steps gives every step the same output.
+    still = model_of("simple_rnn(8, dropout=0.5, return_sequences=true)", shape="[6, 16]")
+    weights = random_params(still, seed=68)
+    still.set_parameters({**weights, "simple_rnn.recurrent_kernel": np.zeros((8, 8))})
+    x = np.repeat(rng(69).normal(size=(4, 1, 16)), 6, axis=1)
+    trainer = still._get_trainer()
+    outputs = trainer.train_executor.run(feeds_of(still, x, np.zeros((4, 6, 8))), still.params)["output"]
+    assert np.all(outputs == outputs[:, :1])
+    assert not np.allclose(outputs, still.predict(x))
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("merge", sorted(MERGES))
 @pytest.mark.parametrize("return_sequences", [False, True])
