@@ -105,10 +105,12 @@ def summary(file: str, model_name: str | None, batch_size: int) -> None:
 @click.option("-O", "level", type=int, default=2, show_default=True, help="Optimization level, 0 to 2.")
 @click.option("--no", "disabled", multiple=True, metavar="PASS", help="Turn a pass off (repeatable).")
 @click.option("--dump-after", multiple=True, metavar="PASS", help="Print the IR after a pass ('all' for every one).")
+@click.option("--report", is_flag=True, help="Instead of the graph, print what the passes fused, folded and "
+              "removed, with the source lines and the activation memory saved per sample.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to a file.")
 @user_errors
 def compile_command(file: str, model_name: str | None, emit: str, level: int, disabled: tuple[str, ...],
-                    dump_after: tuple[str, ...], output: str | None) -> None:
+                    dump_after: tuple[str, ...], report: bool, output: str | None) -> None:
     """Show what the compiler makes of a model file."""
     from nnd.compiler.ir import print_graph
     from nnd.compiler.passes import PassManager, check_pass_name
@@ -117,6 +119,12 @@ def compile_command(file: str, model_name: str | None, emit: str, level: int, di
     for name in dump_after:
         if name != "all":
             check_pass_name(name)
+    for name in disabled:
+        check_pass_name(name)
+    if report and emit == "ast":
+        raise click.UsageError("--report describes the passes over a graph: use it with --emit optimized or train")
+    if report and emit == "ir":
+        emit = "optimized"
     if dump_after and emit not in ("optimized", "train"):
         raise click.UsageError("--dump-after shows the passes, which run for --emit optimized or --emit train")
     program = _compile(file)
@@ -132,8 +140,13 @@ def compile_command(file: str, model_name: str | None, emit: str, level: int, di
         if emit in ("optimized", "train"):
             manager = PassManager.for_level(level, disabled, dump_after=set(dump_after),
                                             dump=lambda p, t: click.echo(f"// after {p}\n{t}"))
-            graph = manager.run(graph)
+            original, graph = graph, manager.run(graph)
         text = print_graph(graph)
+        if report:
+            from nnd.compiler.report import optimization_report, trace_passes
+
+            title = f"{name} ({'training' if emit == 'train' else 'inference'} graph, -O{level})"
+            text = optimization_report(original, graph, trace_passes(manager.passes, original), title)
     _write(text, output)
 
 
