@@ -67,10 +67,20 @@ def summarize(graph: Graph) -> Summary:
     total = sum(math.prod(p.type.shape) for p in graph.param_info.values())
     trainable = sum(math.prod(p.type.shape) for p in graph.param_info.values() if p.trainable)
     flops = sum(r.flops for r in graph.layers)
-    activations = sum(v.type.concrete_size() * BYTES[v.type.dtype] for v in graph.inputs)
-    activations += sum(r.output.type.concrete_size() * BYTES[r.output.type.dtype] for r in graph.layers
-                       if "." not in r.name)
+    activations = sum(_per_sample(v.type) * BYTES[v.type.dtype] for v in graph.inputs)
+    # Every layer's output, those inside wrappers too (the two halves of a bidirectional layer, the layers
+    # that time_distributed runs on every step).
+    activations += sum(_per_sample(r.output.type) * BYTES[r.output.type.dtype] for r in graph.layers)
     return Summary(graph.name, tuple(rows), total, trainable, flops, activations)
+
+
+def _per_sample(type: TensorType) -> int:
+    """Elements per sample; a batch merged with the steps (N*6, inside time_distributed) counts its steps."""
+    size = type.concrete_size()
+    for dim in type.shape:
+        if isinstance(dim, str):
+            size *= math.prod(int(part) for part in dim.split("*") if part.isdigit())
+    return size
 
 
 def _keras_shape(type: TensorType) -> str:

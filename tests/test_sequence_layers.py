@@ -690,3 +690,13 @@ def test_time_distributed_counts_the_flops_of_every_step():
     video = nnd.loads(FRAME_BLOCK + "model m {\n    input x: [4, 10, 10, 2]\n    time_distributed(frame())\n}\n")
     single = nnd.loads(FRAME_BLOCK + "model m {\n    input x: [10, 10, 2]\n    frame()\n}\n")
     assert summarize(video.graph).flops_per_sample == 4 * summarize(single.graph).flops_per_sample > 0
+
+
+def test_summary_shows_a_time_distributed_block_as_one_row_like_keras():
+    result = CliRunner().invoke(main, ["summary", "examples/video_cnn_lstm.nnd"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split()[0] for line in result.output.splitlines()[4:] if line and not line.startswith("=")]
+    assert rows[:4] == ["clip", "time_distributed", "lstm", "dense"]
+    wrapper = next(line for line in result.output.splitlines() if line.startswith("time_distributed"))
+    assert "(None, 6, 32)" in wrapper and "4,800" in wrapper  # conv2d 160 + conv2d_1 4,640, as Keras counts
+    assert "Total params: 13,450" in result.output

@@ -176,8 +176,11 @@ def _time_distributed(ctx: LayerContext, inputs: list[Value], args: dict[str, An
     records = ctx.builder.graph.layers
     first = len(records)
     per_step = ctx.apply_layer(inner, steps, f"{ctx.name}.{inner.call.callee}")
-    # The layers inside run once per step of every sample: a sample costs steps times one step's FLOPs.
-    records[first:] = [replace(r, flops=r.flops * x.type.shape[1]) for r in records[first:]]
+    # The layers inside run once per step of every sample: a sample costs steps times one step's FLOPs. The
+    # summary shows them in the wrapper's row, as Keras does, since their own shapes are those of one step.
+    prefix = f"{ctx.name}."
+    records[first:] = [replace(r, name=r.name if r.name.startswith(prefix) else prefix + r.name,
+                               flops=r.flops * x.type.shape[1]) for r in records[first:]]
     if isinstance(per_step, tuple):
         raise LayerError("time_distributed needs a layer with one result (no return_state)")
     return ctx.emit("split_batch", [per_step], batch=x.type.shape[0], steps=x.type.shape[1])
