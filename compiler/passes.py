@@ -31,13 +31,19 @@ def _fuse_epilogues(graph: Graph) -> Graph:
     return fuse_epilogues(graph)
 
 
+def _fuse_elementwise(graph: Graph) -> Graph:
+    from nnd.compiler.fuse_elementwise import fuse_elementwise
+
+    return fuse_elementwise(graph)
+
+
 PASSES: dict[str, Pass] = {"fold-constants": fold_constants, "cse": eliminate_common_subexpressions,
                            "fold-batchnorm": fold_batchnorm, "dce": eliminate_dead_code,
-                           "fuse-epilogues": _fuse_epilogues}
+                           "fuse-epilogues": _fuse_epilogues, "fuse-elementwise": _fuse_elementwise}
 PIPELINES: dict[int, tuple[str, ...]] = {
     0: (),
     1: ("fold-constants", "cse", "dce"),
-    2: ("fold-constants", "cse", "fold-batchnorm", "dce", "fuse-epilogues"),
+    2: ("fold-constants", "cse", "fold-batchnorm", "dce", "fuse-epilogues", "fuse-elementwise"),
 }
 
 

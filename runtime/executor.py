@@ -15,7 +15,7 @@ from nnd.compiler.diagnostics import Diagnostic, NndError
 from nnd.compiler.ir import Graph, Node, Value
 from nnd.compiler.tensor_type import FLOAT_DTYPES, NUMPY_DTYPES, TensorType, format_shape
 from nnd.runtime.backend import Backend, get_backend
-from nnd.runtime.kernel_table import KernelContext
+from nnd.runtime.kernel_table import KernelContext, NodeKernel
 
 UPDATE_PREFIX = "update:"
 
@@ -109,6 +109,8 @@ class Executor:
 
     def _kernel(self, node: Node) -> Callable[..., Any]:
         kernel = self.backend.kernels.get(node.op)
+        if isinstance(kernel, NodeKernel):
+            return kernel.bind(node, self)
         if kernel is not None:
             return kernel
         if node.body is not None:

@@ -38,6 +38,27 @@ def kernel(op: str, backend: str = GENERIC) -> Callable[[Kernel], Kernel]:
     return decorate
 
 
+class NodeKernel:
+    """A kernel that needs its whole node, not only the attributes: a fused node's body, say. The executor
+    calls `bind(node, executor)` once, when it compiles the graph, and runs the kernel that returns."""
+
+    def __init__(self, bind: Callable[..., Kernel]):
+        self.bind = bind
+
+    def __call__(self, ctx, attrs, *inputs):
+        raise TypeError(f"{self.bind.__name__} must be bound to its node (NodeKernel.bind) before it runs")
+
+
+def node_kernel(op: str, backend: str = GENERIC) -> Callable[[Callable[..., Kernel]], Callable[..., Kernel]]:
+    """Register `bind(node, executor) -> kernel` as the kernel factory of `op`, like `kernel`."""
+
+    def decorate(bind: Callable[..., Kernel]) -> Callable[..., Kernel]:
+        kernel(op, backend)(NodeKernel(bind))
+        return bind
+
+    return decorate
+
+
 def kernels_for(backend: str) -> dict[str, Kernel]:
     """The generic table with the backend's overrides on top."""
     merged = dict(_TABLES[GENERIC])
