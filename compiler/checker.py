@@ -526,7 +526,7 @@ class ModelLowering:
         except _Reported:
             return POISON
         except LayerError as err:
-            return self.error(err.message, span, err.notes)
+            return self.error(err.message, err.span or span, err.notes)
         except ShapeError as err:
             return self.error(f"{kind}: {err}", span)
         mask = ctx.output_mask

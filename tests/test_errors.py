@@ -574,9 +574,9 @@ CASES = [
            "             ^~~~")),
     ("bidirectional_around_dense",
      one("x -> bidirectional(dense(8))", "[10, 4]"),
-     lines("bad.nnd:3:10: error: bidirectional wraps a recurrent layer (lstm, gru, simple_rnn), not dense",
+     lines("bad.nnd:3:24: error: bidirectional wraps a recurrent layer (lstm, gru, simple_rnn), not dense",
            "        x -> bidirectional(dense(8))",
-           "             ^~~~~~~~~~~~~")),
+           "                           ^~~~~")),
     ("bidirectional_unknown_merge",
      one("x -> bidirectional(lstm(8), merge=concatenate)", "[10, 4]"),
      lines("bad.nnd:3:39: error: bidirectional argument 'merge_mode': unknown merge mode 'concatenate'; "

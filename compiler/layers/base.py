@@ -21,10 +21,11 @@ INFER = "infer"
 class LayerError(Exception):
     """A layer cannot apply to its inputs; the message names shapes, notes suggest a fix."""
 
-    def __init__(self, message: str, notes: Sequence[str] = ()):
+    def __init__(self, message: str, notes: Sequence[str] = (), span: Span | None = None):
         super().__init__(message)
         self.message = message
         self.notes = tuple(notes)
+        self.span = span  # where the mistake is when not the layer call itself (a wrapper's argument)
 
 
 class LayerContext:

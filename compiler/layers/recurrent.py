@@ -209,7 +209,7 @@ def _bidirectional(ctx: LayerContext, inputs: list[Value], args: dict[str, Any])
     inner = args["layer"]
     if inner.call.callee not in RECURRENT:
         raise LayerError(f"bidirectional wraps a recurrent layer ({', '.join(RECURRENT)}), "
-                         f"not {inner.call.callee}")
+                         f"not {inner.call.callee}", span=inner.call.span)
     assert ctx.apply_layer is not None
     mask = ctx.input_masks[0] if ctx.input_masks else None
     kind = inner.call.callee
