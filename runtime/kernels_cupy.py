@@ -1,0 +1,112 @@
+"""CuPy overrides: generated kernels for fused elementwise groups, one-pass bias + activation epilogues.
+
+CuPy is imported inside the functions that run on the device, so this module imports (and registers its
+kernels) on machines without it; selecting the cupy backend there fails in `get_backend` with a clear
+message before any of these run.
+
+* `fused_elementwise`: the body becomes CUDA C++ (`nnd.runtime.cuda_codegen`) in the executor's dtype,
+  compiled once by NVRTC through `cupy.RawKernel` and cached by a hash of the source (equal groups share
+  one kernel), then launched over the group's iteration size with a grid-stride loop.
+* `conv2d_epilogue` / `matmul_epilogue`: the product (the generic kernels, cuBLAS underneath), then the
+  bias and the activation in one elementwise kernel writing into the product's buffer.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import numpy as np
+
+from nnd.runtime.kernel_table import kernel, node_kernel
+
+BLOCK = 256
+MAX_BLOCKS = 65535 * 32  # a grid-stride loop covers the rest
+
+_COMPILED: dict[str, Any] = {}
+
+
+def compiled_kernel(source: str, name: str):
+    """The `cupy.RawKernel` of `source`, compiled on first use; one per distinct source."""
+    digest = hashlib.sha1(source.encode()).hexdigest()
+    found = _COMPILED.get(digest)
+    if found is None:
+        import cupy
+
+        found = cupy.RawKernel(source, name)
+        _COMPILED[digest] = found
+    return found
+
+
+def launch_elementwise(raw_kernel, inputs: list[Any], shape: tuple[int, ...], dtype: Any, outputs: int):
+    """Run a generated elementwise kernel: contiguous inputs of `dtype`, fresh outputs of `shape`."""
+    import cupy
+
+    n = math.prod(shape)
+    results = [cupy.empty(shape, dtype=dtype) for _ in range(outputs)]
+    if n:
+        args = [cupy.ascontiguousarray(cupy.asarray(a, dtype=dtype)) for a in inputs]
+        blocks = min((n + BLOCK - 1) // BLOCK, MAX_BLOCKS)
+        raw_kernel((blocks,), (BLOCK,), (*args, *results, np.uint64(n)))
+    return results
+
+
+@node_kernel("fused_elementwise", backend="cupy")
+def fused_elementwise_cuda(node, executor):
+    from nnd.runtime.cuda_codegen import node_kernel_source
+
+    dtype = executor.dtype
+    name, source = node_kernel_source(node, dtype)
+    outputs = len(node.outputs)
+
+    def run(ctx, attrs, *args):
+        shape = np.broadcast_shapes(*(tuple(getattr(a, "shape", ())) for a in args))
+        results = launch_elementwise(compiled_kernel(source, name), list(args), shape, dtype, outputs)
+        return results[0] if outputs == 1 else tuple(results)
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------ epilogues
+
+_ACTIVATIONS = {
+    "linear": "y = v;",
+    "relu": "y = v < (T)0 ? (T)0 : v;",
+    "tanh": "y = tanh(v);",
+    "sigmoid": "T e = exp(-fabs(v)); y = v >= (T)0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);",
+}
+_EPILOGUES: dict[str, Any] = {}
+
+
+def _bias_activation(activation: str):
+    found = _EPILOGUES.get(activation)
+    if found is None:
+        import cupy
+
+        found = cupy.ElementwiseKernel("T b", "T y", f"T v = y + b; {_ACTIVATIONS[activation]}",
+                                       f"nnd_bias_{activation}")
+        _EPILOGUES[activation] = found
+    return found
+
+
+def _epilogue(out, bias, activation: str):
+    if not out.flags.c_contiguous:
+        import cupy
+
+        out = cupy.ascontiguousarray(out)
+    _bias_activation(activation)(bias.astype(out.dtype, copy=False), out)
+    return out
+
+
+@kernel("conv2d_epilogue", backend="cupy")
+def conv2d_epilogue_cuda(ctx, attrs, x, w, bias):
+    from nnd.runtime.kernels_conv import conv2d
+
+    return _epilogue(conv2d(ctx, attrs, x, w), bias, attrs.get("activation", "linear"))
+
+
+@kernel("matmul_epilogue", backend="cupy")
+def matmul_epilogue_cuda(ctx, attrs, a, b, bias):
+    from nnd.runtime.kernels_basic import _matmul
+
+    return _epilogue(_matmul(ctx, attrs, a, b), bias, attrs.get("activation", "linear"))
