@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnd.compiler import syntax
-from nnd.compiler.diagnostics import Diagnostic, DiagnosticBag, NndError
+from nnd.compiler.diagnostics import DiagnosticBag, NndError
 from nnd.compiler.parser import parse
 from nnd.compiler.source import SourceFile
 

@@ -246,7 +246,7 @@ def _infer_maxpool2d(attrs, types):
 def _infer_maxpool2d_grad(attrs, types):
     op = "maxpool2d_grad"
     dy, x = types
-    dtype = _check_float(op, dy, x)
+    _check_float(op, dy, x)
     expected = _pool_out(op, x, pool_params(attrs, op))
     _same_dim(op, tuple(dy.shape), expected, f"output gradient {format_shape(dy.shape)} does not match the "
               f"pooled shape {format_shape(expected)} of input {format_shape(x.shape)}")
