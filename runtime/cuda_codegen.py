@@ -41,11 +41,9 @@ _DEFAULT_ATTRS = {"leaky_relu": {"alpha": 0.2}, "leaky_relu_grad": {"alpha": 0.2
 
 def c_type(dtype: Any) -> str:
     """'float' or 'double' for a NumPy dtype or an IR dtype name."""
-    if dtype in ("f32", "float"):
-        return "float"
-    if dtype in ("f64", "double"):
-        return "double"
-    name = np.dtype(dtype).name
+    if isinstance(dtype, str) and dtype in ("f32", "float", "f64", "double"):  # IR or C names
+        return "float" if dtype in ("f32", "float") else "double"
+    name = np.dtype(dtype).name  # a NumPy dtype equals the string 'float': compare names only
     if name == "float32":
         return "float"
     if name == "float64":

@@ -3,7 +3,6 @@ arithmetic; every kernel it emits for the examples compiles with nvcc (sm_90); a
 built as plain C++ on the host, computes what the NumPy kernels compute."""
 from __future__ import annotations
 
-import ctypes
 import re
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from elementwise_bodies import BATCH, concrete, op_bodies
+from host_cuda import call_host, host_library
 from nnd.compiler.builder import GraphBuilder
 from nnd.compiler.diagnostics import NndError
 from nnd.compiler.frontend import compile_file
@@ -21,7 +21,7 @@ from nnd.compiler.ir import Graph
 from nnd.compiler.passes import PassManager
 from nnd.compiler.tensor_type import TensorType
 from nnd.compiler.training_graph import build_training_graph
-from nnd.runtime.cuda_codegen import (EMITTERS, batched_source, elementwise_kernel_source,
+from nnd.runtime.cuda_codegen import (EMITTERS, batched_source, c_type, elementwise_kernel_source,
                                       generated_kernels_for, kernel_name, node_kernel_source)
 from nnd.runtime.executor import Executor
 
@@ -62,6 +62,10 @@ def test_float64_variant_uses_double_literals_and_functions():
     assert "expf(x0)" in f32 and "0.25f" in f32
     assert "exp(x0)" in f64 and "expf" not in f64 and "0.25f" not in f64 and "const double v1 = 0.25;" in f64
     assert kernel_name("abc", "float32") == "nnd_ew_abc_f32" and kernel_name("abc", np.float64) == "nnd_ew_abc_f64"
+    for dtype in (np.float64, np.dtype(np.float64), "float64", "f64", "double"):  # np.dtype('float64') == 'float'
+        assert c_type(dtype) == "double", dtype
+    for dtype in (np.float32, np.dtype(np.float32), "float32", "f32", "float"):
+        assert c_type(dtype) == "float", dtype
 
 
 def test_broadcast_index_arithmetic():
@@ -142,38 +146,6 @@ def test_every_generated_kernel_compiles_with_nvcc(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ host build
-
-HOST_PRELUDE = """
-#include <math.h>
-#include <string.h>
-struct nnd_dim3 { unsigned int x; };
-static const nnd_dim3 blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};
-#define __global__
-static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
-static inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, sizeof d); return d; }
-"""
-
-
-def host_library(tmp_path: Path, sources: list[tuple[str, str]]):
-    """The kernels built as a host shared library: one thread, one block, the grid-stride loop visits
-    every element."""
-    unit = tmp_path / "kernels.cpp"
-    unit.write_text(HOST_PRELUDE + batched_source(sources))
-    library = tmp_path / "kernels.so"
-    result = subprocess.run(["g++", "-O1", "-shared", "-fPIC", "-o", str(library), str(unit)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return ctypes.CDLL(str(library))
-
-
-def call_host(library, name: str, inputs: list[np.ndarray], shape: tuple, outputs: int, dtype) -> list[np.ndarray]:
-    args = [np.ascontiguousarray(a, dtype=dtype) for a in inputs]
-    results = [np.empty(shape, dtype=dtype) for _ in range(outputs)]
-    fn = getattr(library, name)
-    fn.restype = None
-    fn(*[a.ctypes.data_as(ctypes.c_void_p) for a in args + results], ctypes.c_ulonglong(int(np.prod(shape))))
-    return results
-
 
 def reference(graph: Graph, feeds: dict[str, np.ndarray], dtype) -> list[np.ndarray]:
     result = Executor(graph, dtype=dtype).run(feeds)

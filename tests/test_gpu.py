@@ -1,0 +1,207 @@
+"""The cupy backend against the NumPy one: every op forward and backward (the gradient-check cases), the
+generated fused elementwise kernels, and whole training steps of every example.
+
+Tests marked `gpu` need cupy and a CUDA device and are skipped without them (`pytest -m gpu` selects
+them on a GPU machine); the clear error for a missing cupy or device runs everywhere.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnd
+from elementwise_bodies import op_bodies
+from gradcheck import _resolve, away_from_zero
+from gradcheck_cases import GRADCHECK_CASES
+from host_cuda import FakeCupy
+from nnd.bench import _id_range, random_array
+from nnd.compiler.autodiff import differentiate
+from nnd.compiler.builder import GraphBuilder
+from nnd.compiler.diagnostics import NndError
+from nnd.compiler.fuse_elementwise import FUSED_OP, body_key
+from nnd.compiler.ir import Graph, Node, Value
+from nnd.compiler.tensor_type import FLOAT_DTYPES, NUMPY_DTYPES, TensorType
+from nnd.runtime import backend as backend_module
+from nnd.runtime import kernels_cupy
+from nnd.runtime.executor import Executor
+from nnd.runtime.kernel_table import kernels_for
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.nnd"))
+
+
+def _cupy_available() -> bool:
+    try:
+        import cupy
+        return bool(cupy.is_available())
+    except Exception:
+        return False
+
+
+GPU = _cupy_available()
+gpu = [pytest.mark.gpu, pytest.mark.skipif(not GPU, reason="needs cupy and a CUDA device")]
+
+
+def host(array) -> np.ndarray:
+    return np.asarray(array.get() if hasattr(array, "get") else array)
+
+
+# ------------------------------------------------------------------------------------------ without a GPU
+
+def test_the_cupy_backend_without_cupy_or_a_device_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(backend_module, "_CACHE", {})
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
+    with pytest.raises(NndError, match=r"the cupy backend needs CuPy: pip install 'nnd\[gpu\]'"):
+        backend_module.get_backend("cupy")
+    with pytest.raises(NndError, match="needs CuPy"):
+        nnd.load(EXAMPLES[[p.stem for p in EXAMPLES].index("mnist_cnn")], backend="cupy")
+    fake = types.ModuleType("cupy")
+    fake.is_available = lambda: False
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    with pytest.raises(NndError, match="no CUDA device is available for the cupy backend"):
+        backend_module.get_backend("cupy")
+
+
+# ------------------------------------------------------------------------------------------ every op
+
+def case_graph(op: str, case, seed: int = 0) -> tuple[Graph, dict[str, np.ndarray]]:
+    """The graph a gradient check of `case` differentiates (outputs weighted into a loss, with the
+    gradient of every float input) and its inputs."""
+    rng = np.random.default_rng(seed)
+    gen = case.gen or away_from_zero
+    graph = Graph(f"parity_{op}")
+    builder = GraphBuilder(graph)
+    feeds: dict[str, np.ndarray] = {}
+    values = []
+    for i, spec in enumerate(case.inputs):
+        t, shape, array = _resolve(spec, case.batch)
+        values.append(builder.add_input(f"x{i}", t))
+        if array is None:
+            array = np.asarray(gen(rng, shape, i))
+        feeds[f"x{i}"] = array.astype(np.float64 if t.dtype in FLOAT_DTYPES else NUMPY_DTYPES[t.dtype])
+    results = builder.emit(op, values, case.attrs)
+    chosen = range(len(results)) if case.outputs is None else case.outputs
+    loss = None
+    for k in chosen:
+        out = results[k]
+        if out.type.dtype not in FLOAT_DTYPES:
+            continue
+        graph.outputs[f"y{k}"] = out
+        w = builder.add_input(f"w{k}", TensorType(out.type.shape, "f64"))
+        shape = tuple(case.batch if isinstance(d, str) else d for d in out.type.shape)
+        feeds[f"w{k}"] = rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+        term = builder.emit1("reduce_sum", [builder.emit1("mul", [out, w])], {"axes": None})
+        loss = term if loss is None else builder.emit1("add", [loss, term])
+    graph.outputs["loss"] = loss
+    checked = [i for i, v in enumerate(values) if v.type.dtype in FLOAT_DTYPES] if case.wrt is None else case.wrt
+    return differentiate(graph, "loss", [f"x{i}" for i in checked]), feeds
+
+
+CASES = [pytest.param(name, case, id=f"{name}-{i}", marks=gpu)
+         for name in sorted(GRADCHECK_CASES) for i, case in enumerate(GRADCHECK_CASES[name])]
+
+
+def _run_both(graph, feeds, dtype, seed=0):
+    want = Executor(graph, "numpy", dtype, seed=seed).run(feeds)
+    got = Executor(graph, "cupy", dtype, seed=seed).run(feeds)
+    assert want.keys() == got.keys()
+    return want, got
+
+
+@pytest.mark.parametrize("name, case", CASES)
+def test_every_op_forward_and_backward_matches_numpy(name, case):
+    graph, feeds = case_graph(name, case)
+    want, got = _run_both(graph, feeds, np.float64)
+    for key in want:
+        diff = np.max(np.abs(host(got[key]) - np.asarray(want[key])), initial=0.0)
+        assert diff < 1e-9, f"{name} {key}: float64 differs by {diff:.3g}"
+    want, got = _run_both(graph, feeds, np.float32)
+    for key in want:
+        w, g = np.asarray(want[key], np.float64), host(got[key]).astype(np.float64)
+        scale = max(float(np.max(np.abs(w), initial=0.0)), 1e-3)
+        diff = float(np.max(np.abs(g - w), initial=0.0)) / scale
+        assert diff < 1e-4, f"{name} {key}: float32 differs by a relative {diff:.3g}"
+
+
+# ------------------------------------------------------------------------------------------ fused kernels
+
+def fused_graph(body: Graph) -> Graph:
+    """A graph of one fused_elementwise node running `body`."""
+    graph = Graph("fused")
+    inputs = [Value(v.type, v.name) for v in body.inputs]
+    graph.inputs = inputs
+    outputs = [Value(v.type) for v in body.outputs.values()]
+    attrs = {"key": body_key(body), "ops": tuple(n.op for n in body.nodes), "outputs": len(outputs)}
+    graph.nodes = [Node(FUSED_OP, inputs, outputs, attrs, body=body)]
+    graph.outputs = {name: v for name, v in zip(body.outputs, outputs)}
+    return graph
+
+
+BODIES = op_bodies()
+
+
+@pytest.mark.parametrize("body", [pytest.param(b, id=b.name, marks=gpu) for b in BODIES])
+def test_generated_kernel_matches_the_numpy_body(body):
+    graph = fused_graph(body.graph)
+    feeds = body.draw(np.random.default_rng(0))
+    for dtype, rtol, atol in ((np.float64, 1e-10, 1e-12), (np.float32, 2e-5, 2e-6)):
+        want, got = _run_both(graph, feeds, dtype)
+        for key in want:
+            np.testing.assert_allclose(host(got[key]), np.asarray(want[key]), rtol=rtol, atol=atol,
+                                       err_msg=f"{body.name} {np.dtype(dtype).name}")
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+def test_the_cupy_fused_kernel_path_on_a_host_stand_in(tmp_path, monkeypatch):
+    """The cupy kernel of fused_elementwise (source, compile cache, argument order, launch size, several
+    outputs) on any machine: cupy is NumPy here and RawKernel the generated code built by g++."""
+    fake = FakeCupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend_module, "_CACHE", {})
+    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    stand_in = backend_module.get_backend("cupy")
+    generic = kernels_for("numpy")
+    stand_in.kernels = {**stand_in.kernels, "conv2d_epilogue": generic["conv2d_epilogue"],
+                        "matmul_epilogue": generic["matmul_epilogue"]}  # these need cupy.ElementwiseKernel
+    rng = np.random.default_rng(0)
+    chosen = ("add_strided", "sub_strided_first", "mul_trailing2", "maximum_column", "div_scalar",
+              "chain_with_constant", "binary_crossentropy_grad")
+    for body in [b for b in BODIES if b.name in chosen]:
+        graph = fused_graph(body.graph)
+        feeds = body.draw(rng)
+        for dtype, rtol in ((np.float64, 1e-12), (np.float32, 2e-5)):
+            want = Executor(graph, "numpy", dtype).run(feeds)
+            got = Executor(graph, stand_in, dtype).run(feeds)
+            np.testing.assert_allclose(got["y0"], want["y0"], rtol=rtol, atol=rtol, err_msg=body.name)
+    model = nnd.load(EXAMPLES[[p.stem for p in EXAMPLES].index("tiny_resnet")], dtype="float64", seed=0)
+    graph = model._get_trainer().train_graph
+    feeds = {v.name: random_array(v.type, 2, rng, _id_range(model, v)) for v in graph.inputs}
+    want = Executor(graph, "numpy", np.float64, seed=0).run(feeds, model.params)
+    before = len(fake.kernels)
+    got = Executor(graph, stand_in, np.float64, seed=0).run(feeds, model.params)
+    keys = {n.attr("key") for n in graph.nodes if n.op == FUSED_OP}
+    assert len(fake.kernels) - before == len(keys) >= 3  # one compiled kernel per distinct group
+    assert sum(k.launches for k in fake.kernels[before:]) == sum(n.op == FUSED_OP for n in graph.nodes)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=gpu) for p in EXAMPLES])
+def test_two_training_steps_match_numpy(path):
+    losses, params = {}, {}
+    for backend in ("numpy", "cupy"):
+        model = nnd.load(path, backend=backend, seed=0)
+        trainer = model._get_trainer()
+        rng = np.random.default_rng(3)
+        feeds = {v.name: random_array(v.type, 8, rng, _id_range(model, v)) for v in trainer.train_graph.inputs}
+        losses[backend] = [float(trainer.step(feeds)["loss"]) for _ in range(2)]
+        params[backend] = model.parameters()
+    np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-3)
+    for name, want in params["numpy"].items():
+        np.testing.assert_allclose(params["cupy"][name], want, rtol=1e-3, atol=1e-4, err_msg=name)
