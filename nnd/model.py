@@ -151,7 +151,8 @@ class Model:
         """The loss and the train section's metrics over (x, y), in inference mode."""
         trainer = self._get_trainer()
         feeds = self._feeds(x, y)
-        return trainer.run_epoch(plain_batches(feeds, batch_size), self.output_names, training=False)
+        return trainer.run_epoch(plain_batches(feeds, self._slice_size(batch_size)), self.output_names,
+                                 training=False)
 
     def loss_and_gradients(self, x: Arrays, y: Arrays) -> tuple[float, dict[str, np.ndarray]]:
         """The training loss on one batch and its gradient for every trainable parameter; no update."""
