@@ -149,7 +149,8 @@ def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.
                                     data_rng)
         logs = trainer.run_epoch(batches, outputs, training=True, on_batch=progress.batch_end)
         if val_feeds is not None:
-            val_logs = trainer.run_epoch(plain_batches(val_feeds, model._slice_size(VALIDATION_BATCH)), outputs, training=False)
+            val_batches = plain_batches(val_feeds, model._slice_size(VALIDATION_BATCH))
+            val_logs = trainer.run_epoch(val_batches, outputs, training=False)
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
         logs["lr"] = float(trainer.optimizer.lr)
         model.history.append(logs)
