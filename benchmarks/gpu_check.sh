@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The device check of the cupy backend, for a machine with an NVIDIA GPU, cupy, numpy, click, pytest and
+# torch, but no lark, no network and no install of this repository:
+#
+#     bash benchmarks/gpu_check.sh          (from anywhere; bring the lark wheel in .whl/)
+#
+# 1. makes nnd importable without installing it: lark from the wheel in .whl/ (unpacked: it is pure
+#    Python), and nnd from a symlink farm mapping the package layout of pyproject.toml (nnd/ with
+#    nnd/compiler, nnd/runtime, nnd/grammar) onto this checkout; every Python here runs from a scratch
+#    directory, so the checkout's own nnd/ folder (which lacks the subpackages) never shadows the farm;
+# 2. runs the `gpu` tests of tests/test_gpu.py in three parts (generated fused kernels against their NumPy
+#    bodies, two training steps of every example, every op forward and backward), each under its own time
+#    limit, so that a slow part cannot starve the others;
+# 3. times the seed CNN and the seed LSTM against PyTorch CUDA (benchmarks/gpu_bench.py).
+#
+# Logs go to $OUT when it is set (else ./gpu_check_out): env.txt, tests_*.log, bench.txt, bench.log.
+# The whole run is sized to about four minutes; GPU_CHECK_BENCH_ARGS overrides the benchmark's arguments.
+set -u
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${OUT:-$ROOT/gpu_check_out}
+mkdir -p "$OUT"
+SCRATCH=$(mktemp -d /tmp/nnd_gpu_check.XXXXXX)
+PY=${PYTHON:-python3}
+START=$SECONDS
+
+# ---------------------------------------------------------------------------------- importable nnd
+mkdir -p "$SCRATCH/site" "$SCRATCH/farm/nnd" "$SCRATCH/run"
+if ! (cd "$SCRATCH/run" && "$PY" -c "import lark" 2>/dev/null); then
+    wheel=$(ls "$ROOT"/.whl/lark-*.whl 2>/dev/null | head -n 1)
+    if [ -z "$wheel" ]; then
+        echo "lark is not installed and no lark wheel is in $ROOT/.whl/" | tee "$OUT/env.txt"
+        exit 2
+    fi
+    "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$wheel" "$SCRATCH/site"
+fi
+for file in "$ROOT"/nnd/*.py; do
+    ln -s "$file" "$SCRATCH/farm/nnd/$(basename "$file")"
+done
+ln -s "$ROOT/compiler" "$SCRATCH/farm/nnd/compiler"
+ln -s "$ROOT/runtime" "$SCRATCH/farm/nnd/runtime"
+ln -s "$ROOT/grammar" "$SCRATCH/farm/nnd/grammar"
+export PYTHONPATH="$SCRATCH/farm:$SCRATCH/site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONDONTWRITEBYTECODE=1
+cd "$SCRATCH/run"
+
+{
+    echo "== $(date -u +%FT%TZ) on $(hostname)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
+    "$PY" - <<'EOF'
+import sys
+print("python", sys.version.split()[0])
+import numpy, lark
+print("numpy", numpy.__version__, "| lark", lark.__version__, "from", lark.__file__)
+import nnd, nnd.compiler, nnd.runtime
+print("nnd from", nnd.__file__, "| compiler from", nnd.compiler.__file__)
+try:
+    import cupy
+    print("cupy", cupy.__version__, "| available:", cupy.is_available(), "| CUDA runtime", cupy.cuda.runtime.runtimeGetVersion())
+except Exception as exc:
+    print("cupy:", type(exc).__name__, exc)
+try:
+    import torch
+    print("torch", torch.__version__, "| cuda:", torch.cuda.is_available())
+except Exception as exc:
+    print("torch:", type(exc).__name__, exc)
+from nnd.runtime.backend import get_backend
+get_backend("cupy")
+print("cupy backend: ok")
+EOF
+} 2>&1 | tee "$OUT/env.txt"
+
+# ---------------------------------------------------------------------------------- tests
+run_tests() {  # name, time limit in seconds, pytest arguments...
+    local name=$1 limit=$2
+    shift 2
+    echo "== tests: $name (limit ${limit}s)"
+    # SIGINT first: pytest then stops where it is and still prints its summary of what ran
+    timeout -s INT -k 15 "$limit" "$PY" -m pytest -c "$ROOT/pyproject.toml" --rootdir "$ROOT" -p no:cacheprovider -q -rfE \
+        --durations=5 "$@" 2>&1 | tee "$OUT/tests_$name.log" | tail -n 25
+    local status=${PIPESTATUS[0]}
+    echo "== tests: $name exit $status after $((SECONDS - START))s"
+}
+TEST_FILE="$ROOT/tests/test_gpu.py"
+run_tests fused 50 -m gpu "$TEST_FILE" -k "generated_kernel"
+run_tests training 75 -m gpu "$TEST_FILE" -k "training_steps"
+run_tests ops 90 -m gpu "$TEST_FILE" -k "every_op"
+
+# ---------------------------------------------------------------------------------- benchmark
+echo "== benchmark (limit 90s)"
+# shellcheck disable=SC2086
+timeout -s INT -k 10 90 "$PY" "$ROOT/benchmarks/gpu_bench.py" ${GPU_CHECK_BENCH_ARGS:---rounds 2 --steps 12} \
+    --out "$OUT/bench.txt" 2>"$OUT/bench.log"
+echo "== benchmark exit $? after $((SECONDS - START))s"
+tail -n 5 "$OUT/bench.log"
+rm -rf "$SCRATCH"
