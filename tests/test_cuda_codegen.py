@@ -145,6 +145,55 @@ def test_every_generated_kernel_compiles_with_nvcc(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
 
 
+def find_nvrtc():
+    """libnvrtc as ctypes, from $NND_NVRTC, the library path or the NVIDIA wheels (nvidia-cuda-nvrtc);
+    None when absent. Its builtins library, beside it, is loaded first so no library path is needed."""
+    import ctypes
+    import ctypes.util
+    import glob
+    import os
+    import site
+
+    candidates = [os.environ.get("NND_NVRTC"), ctypes.util.find_library("nvrtc")]
+    for root in site.getsitepackages() + [site.getusersitepackages()]:
+        candidates += sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib", "libnvrtc.so*")))
+    for candidate in filter(None, candidates):
+        if "builtins" in candidate or ".alt." in candidate:
+            continue
+        try:
+            for builtins in glob.glob(os.path.join(os.path.dirname(candidate), "libnvrtc-builtins.so*")):
+                if ".alt." not in builtins:
+                    ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+            return ctypes.CDLL(candidate)
+        except OSError:
+            continue
+    return None
+
+
+def test_every_generated_kernel_compiles_alone_with_nvrtc():
+    """What cupy.RawKernel does with each source: NVRTC, no headers, one program per kernel."""
+    import ctypes
+
+    nvrtc = find_nvrtc()
+    if nvrtc is None:
+        pytest.skip("libnvrtc is not available (set NND_NVRTC to its path)")
+    failures = []
+    for name, source in all_sources():
+        program = ctypes.c_void_p()
+        assert nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), f"{name}.cu".encode(), 0,
+                                        None, None) == 0
+        options = (ctypes.c_char_p * 1)(b"--gpu-architecture=sm_90")
+        status = nvrtc.nvrtcCompileProgram(program, 1, options)
+        size = ctypes.c_size_t()
+        nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        nvrtc.nvrtcGetProgramLog(program, log)
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+        if status != 0:
+            failures.append(f"{name}: {log.value.decode(errors='replace')[:400]}")
+    assert not failures, "\n".join(failures[:5])
+
+
 # ------------------------------------------------------------------------------------------ host build
 
 def reference(graph: Graph, feeds: dict[str, np.ndarray], dtype) -> list[np.ndarray]:
