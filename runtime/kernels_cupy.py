@@ -89,13 +89,26 @@ def _bias_activation(activation: str):
     return found
 
 
-def _epilogue(out, bias, activation: str):
-    if not out.flags.c_contiguous:
-        import cupy
+_FALLBACK: list[str] = []  # why the one-pass kernel was given up, once
 
-        out = cupy.ascontiguousarray(out)
-    _bias_activation(activation)(bias.astype(out.dtype, copy=False), out)
-    return out
+
+def _epilogue(out, bias, activation: str):
+    import cupy
+
+    if not _FALLBACK:
+        try:
+            out = cupy.ascontiguousarray(out)
+            _bias_activation(activation)(bias.astype(out.dtype, copy=False), out)
+            return out
+        except Exception as exc:  # a CUDA compile or launch failure: keep running, unfused, and say so
+            import warnings
+
+            _FALLBACK.append(f"{type(exc).__name__}: {exc}")
+            warnings.warn(f"the one-pass bias + activation kernel failed ({_FALLBACK[0][:200]}); "
+                          "epilogues run as separate CuPy operations", RuntimeWarning, stacklevel=2)
+    from nnd.runtime.kernels_fused import _epilogue as generic
+
+    return generic(cupy, out, bias, activation)
 
 
 @kernel("conv2d_epilogue", backend="cupy")
