@@ -7,6 +7,11 @@ blocks. Backprop through time walks the steps in reverse with one GEMM per step 
 GRU with reset_after=False), stores every step's pre-activation gradients and finishes with one GEMM
 for the recurrent kernel's gradient: dU = sum_t h_{t-1}^T dgates_t.
 
+A recurrent dropout mask m ([N, u], the same at every step) multiplies h_{t-1} before its GEMM; the
+backward pass masks dgates_t U^T the same way and takes dU = sum_t (h_{t-1} * m)^T dgates_t, masking
+every saved h at once for that one GEMM. A scalar mask of 1 (no recurrent dropout) is detected once per
+scan, so the unmasked loops run as before.
+
 Arrays keep the dtype of the projected inputs (float32 or float64). Gate derivatives are taken from the
 activated values (sigmoid: y(1-y), tanh: 1-y^2, ...), so nothing is recomputed but the cell's tanh.
 """
@@ -100,13 +105,28 @@ def _outputs(xp, hs, h0, seq: bool):
     return h_last.copy(), h_last
 
 
-def _h_prev_gemm(h0, hs, d):
-    """sum over steps of h_{t-1}^T d_t, with h_{-1} = h0: one GEMM over every later step."""
+def _h_prev_gemm(h0, hs, d, rmask=None):
+    """sum over steps of (h_{t-1} * rmask)^T d_t, with h_{-1} = h0: one GEMM over every later step (the
+    recurrent mask, when there is one, applied to all the saved states in one multiplication)."""
     u, width = hs.shape[2], d.shape[2]
-    result = h0.T @ d[0]
+    first = h0 if rmask is None else h0 * rmask
+    result = first.T @ d[0]
     if hs.shape[0] > 1:
-        result += hs[:-1].reshape(-1, u).T @ d[1:].reshape(-1, width)
+        prev = hs[:-1] if rmask is None else hs[:-1] * rmask
+        result += prev.reshape(-1, u).T @ d[1:].reshape(-1, width)
     return result
+
+
+def _recurrent_mask(recurrent_mask, dtype):
+    """The array multiplying h_{t-1} in the recurrent projection, or None for a scalar 1 (no recurrent
+    dropout), so that the loops branch on it once."""
+    if recurrent_mask.ndim == 0 and float(recurrent_mask) == 1.0:
+        return None
+    return recurrent_mask.astype(dtype, copy=False)
+
+
+def _masked(h, rmask):
+    return h if rmask is None else h * rmask
 
 
 def _start(xp, shape, dtype, *incoming):
@@ -126,7 +146,7 @@ def _step_grad(d_out, dout_tm, s: int):
 
 
 @kernel("lstm_scan")
-def _lstm_scan(ctx, attrs, xproj, h0, c0, recurrent_kernel, mask):
+def _lstm_scan(ctx, attrs, xproj, h0, c0, recurrent_kernel, mask, recurrent_mask):
     xp = ctx.xp
     a = scan_attrs(attrs, "lstm_scan")
     u, act, ract = a["units"], a["activation"], a["recurrent_activation"]
@@ -134,16 +154,17 @@ def _lstm_scan(ctx, attrs, xproj, h0, c0, recurrent_kernel, mask):
     dt = xproj.dtype
     xt = _time_major(xproj, a["go_backwards"])
     valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
+    rmask = _recurrent_mask(recurrent_mask, dt)
     hs = xp.empty((steps, n, u), dtype=dt)
     cs = xp.empty((steps, n, u), dtype=dt)
     gates = xp.empty((steps, n, 4 * u), dtype=dt)
     if valid is None and act == "tanh" and ract == "sigmoid":
-        _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, hs, cs, gates)
+        _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates)
         outputs, h_last = _outputs(xp, hs, h0, a["return_sequences"])
         return outputs, h_last, (cs[-1] if steps else c0).copy(), hs, cs, gates
     h, c = h0, c0
     for s in range(steps):
-        z = h @ recurrent_kernel
+        z = _masked(h, rmask) @ recurrent_kernel
         z += xt[s]
         g = gates[s]
         g[:, :2 * u] = _activate(xp, ract, z[:, :2 * u])
@@ -164,22 +185,24 @@ def _lstm_scan(ctx, attrs, xproj, h0, c0, recurrent_kernel, mask):
 
 
 @kernel("lstm_scan_grad")
-def _lstm_scan_grad(ctx, attrs, h0, c0, recurrent_kernel, mask, hs, cs, gates, d_out, d_h, d_c):
+def _lstm_scan_grad(ctx, attrs, h0, c0, recurrent_kernel, mask, recurrent_mask, hs, cs, gates, d_out, d_h,
+                    d_c):
     xp = ctx.xp
     a = scan_attrs(attrs, "lstm_scan_grad")
     u, act, ract, seq = a["units"], a["activation"], a["recurrent_activation"], a["return_sequences"]
     steps, n, _ = hs.shape
     dt = hs.dtype
     valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
+    rmask = _recurrent_mask(recurrent_mask, dt)
     dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
     dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
     dc = _start(xp, (n, u), dt, d_c)
     dgates = xp.empty((steps, n, 4 * u), dtype=dt)
     kernel_t = recurrent_kernel.T
     if valid is None and act == "tanh" and ract == "sigmoid":
-        dh, dc = _lstm_backward_default(xp, c0, recurrent_kernel, cs, gates, dout_tm if seq else None, dh, dc,
-                                        dgates)
-        d_kernel = _h_prev_gemm(h0, hs, dgates)
+        dh, dc = _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm if seq else None,
+                                        dh, dc, dgates)
+        d_kernel = _h_prev_gemm(h0, hs, dgates, rmask)
         return _batch_major(xp, [dgates], n, steps, a["go_backwards"], dt), dh, dc, d_kernel
     for s in range(steps - 1, -1, -1):
         if seq:
@@ -200,28 +223,32 @@ def _lstm_scan_grad(ctx, attrs, h0, c0, recurrent_kernel, mask, hs, cs, gates, d
         dg[:, 2 * u:3 * u] = _backprop(xp, act, dc * i, cand)
         dc = dc * f
         dh = dg @ kernel_t
+        if rmask is not None:
+            dh *= rmask
         if valid is not None:
             dh += dh_kept
             dc += dc_kept
-    d_kernel = _h_prev_gemm(h0, hs, dgates)
+    d_kernel = _h_prev_gemm(h0, hs, dgates, rmask)
     d_xproj = _batch_major(xp, [dgates], n, steps, a["go_backwards"], dt)
     return d_xproj, dh, dc, d_kernel
 
 
-def _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, hs, cs, gates) -> None:
-    """The LSTM recurrence for Keras' default activations (tanh, sigmoid) and no mask, in place.
+def _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) -> None:
+    """The LSTM recurrence for Keras' default activations (tanh, sigmoid) and no padding mask, in place.
 
     The general loop allocates a dozen temporaries a step; this one writes into preallocated buffers, and
     takes the sigmoid of all four gates at once as 1 / (1 + exp(-z)) (exp is vectorized where tanh is
     not; a huge -z gives exp = inf and the exact limit 0) before overwriting the candidate's quarter with
-    its tanh, so a step is about a dozen array operations.
+    its tanh, so a step is about a dozen array operations. A recurrent mask adds one multiplication a step
+    (chosen once, before the loop).
     """
     steps, n, u = hs.shape
     z = xp.empty((n, 4 * u), dtype=hs.dtype)
     product = xp.empty((n, u), dtype=hs.dtype)
+    project = _projection(xp, recurrent_kernel, rmask, (n, u), hs.dtype)
     h, c = h0, c0
     for s in range(steps):
-        xp.matmul(h, recurrent_kernel, out=z)
+        project(h, z)
         z += xt[s]
         g = gates[s]
         xp.negative(z, out=g)
@@ -239,6 +266,31 @@ def _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, hs, cs, gates) -> No
         h, c = hs[s], c_new
 
 
+def _projection(xp, recurrent_kernel, rmask, shape, dtype):
+    """out <- (h * rmask) @ recurrent_kernel as a function (h, out), picked once for the whole scan."""
+    if rmask is None:
+        return lambda h, out: xp.matmul(h, recurrent_kernel, out=out)
+    masked = xp.empty(shape, dtype=dtype)
+
+    def project(h, out):
+        xp.multiply(h, rmask, out=masked)
+        xp.matmul(masked, recurrent_kernel, out=out)
+
+    return project
+
+
+def _backprojection(xp, kernel_t, rmask):
+    """out <- (d @ kernel_t) * rmask as a function (d, out), picked once for the whole scan."""
+    if rmask is None:
+        return lambda d, out: xp.matmul(d, kernel_t, out=out)
+
+    def back(d, out):
+        xp.matmul(d, kernel_t, out=out)
+        out *= rmask
+
+    return back
+
+
 def _quiet_overflow(xp):
     """exp(-z) may overflow to inf on purpose (the sigmoid is then exactly 0): no warning for it."""
     import contextlib
@@ -246,7 +298,7 @@ def _quiet_overflow(xp):
     return xp.errstate(over="ignore") if hasattr(xp, "errstate") else contextlib.nullcontext()
 
 
-def _lstm_backward_default(xp, c0, recurrent_kernel, cs, gates, dout_tm, dh, dc, dgates):
+def _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates):
     """Backprop through time for `_lstm_forward_default`: the gate derivatives and tanh(c) of every step
     are computed in bulk before the loop, leaving about ten in-place operations a step."""
     steps, n, u = cs.shape
@@ -257,6 +309,7 @@ def _lstm_backward_default(xp, c0, recurrent_kernel, cs, gates, dout_tm, dh, dc,
     derivative[:, :, 2 * u:3 * u] = 1.0 - candidate * candidate  # tanh' = 1 - y^2
     through_cell = gates[:, :, 3 * u:] * (1.0 - cell * cell)  # dh_t/dc_t = o (1 - tanh(c)^2)
     kernel_t = xp.ascontiguousarray(recurrent_kernel.T)
+    back = _backprojection(xp, kernel_t, rmask)
     product = xp.empty((n, u), dtype=cs.dtype)
     for s in range(steps - 1, -1, -1):
         if dout_tm is not None:
@@ -270,7 +323,7 @@ def _lstm_backward_default(xp, c0, recurrent_kernel, cs, gates, dout_tm, dh, dc,
         xp.multiply(dc, g[:, :u], out=dg[:, 2 * u:3 * u])
         dg *= derivative[s]
         dc *= g[:, u:2 * u]
-        xp.matmul(dg, kernel_t, out=dh)
+        back(dg, dh)
     return dh, dc
 
 
@@ -279,7 +332,7 @@ def _lstm_backward_default(xp, c0, recurrent_kernel, cs, gates, dout_tm, dh, dc,
 
 
 @kernel("gru_scan")
-def _gru_scan(ctx, attrs, xproj, h0, recurrent_kernel, recurrent_bias, mask):
+def _gru_scan(ctx, attrs, xproj, h0, recurrent_kernel, recurrent_bias, mask, recurrent_mask):
     xp = ctx.xp
     a = scan_attrs(attrs, "gru_scan")
     u, act, ract = a["units"], a["activation"], a["recurrent_activation"]
@@ -287,6 +340,7 @@ def _gru_scan(ctx, attrs, xproj, h0, recurrent_kernel, recurrent_bias, mask):
     dt = xproj.dtype
     xt = _time_major(xproj, a["go_backwards"])
     valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
+    rmask = _recurrent_mask(recurrent_mask, dt)
     hs = xp.empty((steps, n, u), dtype=dt)
     gates = xp.empty((steps, n, 3 * u), dtype=dt)
     aux = xp.empty((steps, n, u), dtype=dt)
@@ -298,19 +352,20 @@ def _gru_scan(ctx, attrs, xproj, h0, recurrent_kernel, recurrent_bias, mask):
     for s in range(steps):
         x = xt[s]
         g = gates[s]
+        hm = _masked(h, rmask)  # h as the recurrent projection sees it; the carry z*h keeps h
         if reset_after:
-            rec = h @ recurrent_kernel
+            rec = hm @ recurrent_kernel
             rec += recurrent_bias
             pre = x[:, :2 * u] + rec[:, :2 * u]
             g[:, :2 * u] = _activate(xp, ract, pre)
             aux[s] = rec[:, 2 * u:]
             g[:, 2 * u:] = _activate(xp, act, x[:, 2 * u:] + g[:, u:2 * u] * aux[s])
         else:
-            pre = h @ kernel_zr
+            pre = hm @ kernel_zr
             pre += x[:, :2 * u]
             pre += recurrent_bias[:2 * u]
             g[:, :2 * u] = _activate(xp, ract, pre)
-            aux[s] = g[:, u:2 * u] * h
+            aux[s] = g[:, u:2 * u] * hm
             cand = aux[s] @ kernel_h
             cand += x[:, 2 * u:]
             cand += recurrent_bias[2 * u:]
@@ -328,7 +383,7 @@ def _gru_scan(ctx, attrs, xproj, h0, recurrent_kernel, recurrent_bias, mask):
 
 
 @kernel("gru_scan_grad")
-def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, hs, gates, aux, d_out, d_h):
+def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, gates, aux, d_out, d_h):
     xp = ctx.xp
     a = scan_attrs(attrs, "gru_scan_grad")
     u, act, ract, seq = a["units"], a["activation"], a["recurrent_activation"], a["return_sequences"]
@@ -336,6 +391,7 @@ def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, hs, gates, aux, d_out
     steps, n, _ = hs.shape
     dt = hs.dtype
     valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
+    rmask = _recurrent_mask(recurrent_mask, dt)
     dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
     dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
     # reset_after: d of (h U + b) per step, all three gates; otherwise d of the z and r pre-activations.
@@ -366,19 +422,21 @@ def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, hs, gates, aux, d_out
             dh_prev = dr @ kernel_t
         else:
             drh = da_h @ kernel_h_t
-            dr[:, u:] = _backprop(xp, ract, drh * h_prev, r)
+            dr[:, u:] = _backprop(xp, ract, drh * _masked(h_prev, rmask), r)
             dh_prev = dr @ kernel_zr_t
             dh_prev += drh * r
+        if rmask is not None:
+            dh_prev *= rmask
         dh_prev += dh * z
         if valid is not None:
             dh_prev += dh_kept
         dh = dh_prev
     if reset_after:
-        d_kernel = _h_prev_gemm(h0, hs, drec)
+        d_kernel = _h_prev_gemm(h0, hs, drec, rmask)
         d_bias = drec.sum(axis=(0, 1))
     else:
         d_kernel = xp.concatenate(
-            [_h_prev_gemm(h0, hs, drec), aux.reshape(-1, u).T @ dcand.reshape(-1, u)], axis=1)
+            [_h_prev_gemm(h0, hs, drec, rmask), aux.reshape(-1, u).T @ dcand.reshape(-1, u)], axis=1)
         d_bias = xp.concatenate([drec.sum(axis=(0, 1)), dcand.sum(axis=(0, 1))])
     d_xproj = _batch_major(xp, [drec[:, :, :2 * u], dcand], n, steps, a["go_backwards"], dt)
     return d_xproj, dh, d_kernel, d_bias
@@ -389,17 +447,18 @@ def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, hs, gates, aux, d_out
 
 
 @kernel("rnn_scan")
-def _rnn_scan(ctx, attrs, xproj, h0, recurrent_kernel, mask):
+def _rnn_scan(ctx, attrs, xproj, h0, recurrent_kernel, mask, recurrent_mask):
     xp = ctx.xp
     a = scan_attrs(attrs, "rnn_scan")
     u, act = a["units"], a["activation"]
     n, steps, _ = xproj.shape
     xt = _time_major(xproj, a["go_backwards"])
     valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
+    rmask = _recurrent_mask(recurrent_mask, xproj.dtype)
     hs = xp.empty((steps, n, u), dtype=xproj.dtype)
     h = h0
     for s in range(steps):
-        pre = h @ recurrent_kernel
+        pre = _masked(h, rmask) @ recurrent_kernel
         pre += xt[s]
         h_new = _activate(xp, act, pre)
         if valid is not None:
@@ -411,13 +470,14 @@ def _rnn_scan(ctx, attrs, xproj, h0, recurrent_kernel, mask):
 
 
 @kernel("rnn_scan_grad")
-def _rnn_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, hs, d_out, d_h):
+def _rnn_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, d_out, d_h):
     xp = ctx.xp
     a = scan_attrs(attrs, "rnn_scan_grad")
     u, act, seq = a["units"], a["activation"], a["return_sequences"]
     steps, n, _ = hs.shape
     dt = hs.dtype
     valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
+    rmask = _recurrent_mask(recurrent_mask, dt)
     dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
     dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
     dpre = xp.empty((steps, n, u), dtype=dt)
@@ -431,8 +491,10 @@ def _rnn_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, hs, d_out, d_h):
             dh = xp.where(m, dh, 0)
         dpre[s] = _backprop(xp, act, dh, hs[s])
         dh = dpre[s] @ kernel_t
+        if rmask is not None:
+            dh *= rmask
         if valid is not None:
             dh += dh_kept
-    d_kernel = _h_prev_gemm(h0, hs, dpre)
+    d_kernel = _h_prev_gemm(h0, hs, dpre, rmask)
     d_xproj = _batch_major(xp, [dpre], n, steps, a["go_backwards"], dt)
     return d_xproj, dh, d_kernel

@@ -155,8 +155,9 @@ GRADCHECK_CASES.update({
 
 
 # ------------------------------------------------------------------------------------ recurrent scans
-# Inputs: xproj[N, T, G*u], initial state(s), recurrent kernel (GRU: + recurrent bias), mask[N, T]; the
-# mask is a constant and the saved outputs (hs, cs, gates, aux) carry no gradient, so neither is checked.
+# Inputs: xproj[N, T, G*u], initial state(s), recurrent kernel (GRU: + recurrent bias), mask[N, T] and the
+# recurrent dropout mask (scalar 1, or [N, u] of 0 and 1/(1-rate)); the masks are constants and the saved
+# outputs (hs, cs, gates, aux) carry no gradient, so none of them is checked.
 
 def _scan_gen(rng, shape, index):
     """Values in [-0.8, 0.8]: the recurrence stays in the activations' curved range."""
@@ -166,23 +167,26 @@ def _scan_gen(rng, shape, index):
 _PAD_TAIL = np.array([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])     # padded trailing steps
 _PAD_LEAD = np.array([[0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])     # leading and inner masked steps
 _NO_MASK = np.ones((2, 4))
+_NO_DROP = np.array(1.0)
+_DROP = np.array([[2.5, 0.0], [0.0, 2.5]])                             # rate 0.6, a unit dropped per row
+_DROP_SOME = np.array([[2.5, 2.5], [0.0, 2.5]])                        # one row keeps every unit
 
 
-def _lstm_case(mask, u=2, **attrs):
+def _lstm_case(mask, u=2, drop=_NO_DROP, **attrs):
     attrs = {"units": u, **attrs}
-    return GradCase([(2, 4, 4 * u), (2, u), (2, u), (u, 4 * u), mask], attrs, gen=_scan_gen,
+    return GradCase([(2, 4, 4 * u), (2, u), (2, u), (u, 4 * u), mask, drop], attrs, gen=_scan_gen,
                     wrt=(0, 1, 2, 3), outputs=(0, 1, 2))
 
 
-def _gru_case(mask, u=2, **attrs):
+def _gru_case(mask, u=2, drop=_NO_DROP, **attrs):
     attrs = {"units": u, **attrs}
-    return GradCase([(2, 4, 3 * u), (2, u), (u, 3 * u), (3 * u,), mask], attrs, gen=_scan_gen,
+    return GradCase([(2, 4, 3 * u), (2, u), (u, 3 * u), (3 * u,), mask, drop], attrs, gen=_scan_gen,
                     wrt=(0, 1, 2, 3), outputs=(0, 1))
 
 
-def _rnn_case(mask, u=2, **attrs):
+def _rnn_case(mask, u=2, drop=_NO_DROP, **attrs):
     attrs = {"units": u, **attrs}
-    return GradCase([(2, 4, u), (2, u), (u, u), mask], attrs, gen=_scan_gen, wrt=(0, 1, 2),
+    return GradCase([(2, 4, u), (2, u), (u, u), mask, drop], attrs, gen=_scan_gen, wrt=(0, 1, 2),
                     outputs=(0, 1))
 
 
@@ -194,6 +198,10 @@ GRADCHECK_CASES.update({
         _lstm_case(_PAD_LEAD, activation="relu", recurrent_activation="hard_sigmoid"),
         _lstm_case(_PAD_LEAD, return_sequences=True, activation="sigmoid", recurrent_activation="tanh"),
         _lstm_case(_PAD_TAIL, activation="linear", go_backwards=True),
+        _lstm_case(_NO_MASK, drop=_DROP),                                   # the default-activation path
+        _lstm_case(_NO_MASK, drop=_DROP_SOME, return_sequences=True, go_backwards=True),
+        _lstm_case(_PAD_LEAD, drop=_DROP, return_sequences=True, activation="relu",
+                   recurrent_activation="hard_sigmoid"),
     ],
     "gru_scan": [
         _gru_case(_NO_MASK),
@@ -203,6 +211,10 @@ GRADCHECK_CASES.update({
                   recurrent_activation="hard_sigmoid"),
         _gru_case(_PAD_LEAD, return_sequences=True, activation="sigmoid", recurrent_activation="tanh"),
         _gru_case(_PAD_TAIL, reset_after=False, return_sequences=True, activation="linear"),
+        _gru_case(_NO_MASK, drop=_DROP, return_sequences=True),
+        _gru_case(_NO_MASK, drop=_DROP_SOME, reset_after=False),
+        _gru_case(_PAD_LEAD, drop=_DROP, reset_after=False, return_sequences=True, go_backwards=True),
+        _gru_case(_PAD_TAIL, drop=_DROP_SOME, go_backwards=True, recurrent_activation="tanh"),
     ],
     "rnn_scan": [
         _rnn_case(_NO_MASK),
@@ -210,6 +222,8 @@ GRADCHECK_CASES.update({
         _rnn_case(_PAD_TAIL, return_sequences=True, activation="relu"),
         _rnn_case(_PAD_LEAD, go_backwards=True, activation="sigmoid"),
         _rnn_case(_PAD_LEAD, return_sequences=True, activation="linear"),
+        _rnn_case(_NO_MASK, drop=_DROP, return_sequences=True),
+        _rnn_case(_PAD_TAIL, drop=_DROP_SOME, go_backwards=True, activation="relu"),
     ],
 })
 

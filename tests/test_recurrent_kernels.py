@@ -29,7 +29,8 @@ def rng(seed):
 
 
 def build_layer(kind, n, t, f, u, attrs, loss_on=("outputs", "h_last", "c_last")):
-    """Inputs x, kernel, bias, recurrent_kernel, h0 (c0, recurrent_bias), mask and loss weights w_*."""
+    """Inputs x, kernel, bias, recurrent_kernel, h0 (c0, recurrent_bias), mask and loss weights w_*; no
+    recurrent dropout (the scans' recurrent mask is the scalar 1)."""
     g = Graph(f"{kind}_layer")
     b = GraphBuilder(g)
     gates = GATES[kind]
@@ -39,18 +40,19 @@ def build_layer(kind, n, t, f, u, attrs, loss_on=("outputs", "h_last", "c_last")
     rk = b.add_input("recurrent_kernel", TensorType((u, gates * u), "f64"))
     h0 = b.add_input("h0", TensorType((n, u), "f64"))
     mask = b.add_input("mask", TensorType((n, t), "f64"))
+    no_drop = b.emit1("constant", [], {"value": 1.0, "dtype": "f64"})
     xproj = b.emit1("add", [b.emit1("matmul", [x, kernel]), bias])
     attrs = {"units": u, **attrs}
     if kind == "lstm":
         c0 = b.add_input("c0", TensorType((n, u), "f64"))
-        results = b.emit("lstm_scan", [xproj, h0, c0, rk, mask], attrs)
+        results = b.emit("lstm_scan", [xproj, h0, c0, rk, mask, no_drop], attrs)
         named = dict(zip(("outputs", "h_last", "c_last"), results[:3]))
     elif kind == "gru":
         rb = b.add_input("recurrent_bias", TensorType((3 * u,), "f64"))
-        results = b.emit("gru_scan", [xproj, h0, rk, rb, mask], attrs)
+        results = b.emit("gru_scan", [xproj, h0, rk, rb, mask, no_drop], attrs)
         named = dict(zip(("outputs", "h_last"), results[:2]))
     else:
-        results = b.emit("rnn_scan", [xproj, h0, rk, mask], attrs)
+        results = b.emit("rnn_scan", [xproj, h0, rk, mask, no_drop], attrs)
         named = dict(zip(("outputs", "h_last"), results[:2]))
     loss = None
     for name, value in named.items():
@@ -217,11 +219,13 @@ def _np_act(name, v):
             "relu": lambda a: np.maximum(a, 0.0), "linear": lambda a: a}[name](v)
 
 
-def reference_scan(kind, xproj, h0, rk, mask, c0=None, rb=None, activation="tanh",
+def reference_scan(kind, xproj, h0, rk, mask, c0=None, rb=None, rmask=None, activation="tanh",
                    recurrent_activation="sigmoid", go_backwards=False, return_sequences=False,
                    reset_after=True):
+    """rmask: the recurrent dropout mask [N, u], multiplying h wherever it meets the recurrent kernel."""
     n, t, _ = xproj.shape
     u = h0.shape[1]
+    rmask = np.ones((n, u)) if rmask is None else rmask
     outs = np.zeros((n, t, u))
     h_last, c_last = np.zeros((n, u)), np.zeros((n, u))
     for b in range(n):
@@ -231,8 +235,9 @@ def reference_scan(kind, xproj, h0, rk, mask, c0=None, rb=None, activation="tanh
         for k, step in enumerate(order):
             x = xproj[b, step]
             if mask[b, step]:
+                hm = h * rmask[b]
                 if kind == "lstm":
-                    z = x + h @ rk
+                    z = x + hm @ rk
                     i = _np_act(recurrent_activation, z[:u])
                     f = _np_act(recurrent_activation, z[u:2 * u])
                     cc = _np_act(activation, z[2 * u:3 * u])
@@ -241,17 +246,17 @@ def reference_scan(kind, xproj, h0, rk, mask, c0=None, rb=None, activation="tanh
                     h = o * _np_act(activation, c)
                 elif kind == "gru":
                     if reset_after:
-                        rec = h @ rk + rb
+                        rec = hm @ rk + rb
                         zg = _np_act(recurrent_activation, x[:u] + rec[:u])
                         r = _np_act(recurrent_activation, x[u:2 * u] + rec[u:2 * u])
                         hh = _np_act(activation, x[2 * u:] + r * rec[2 * u:])
                     else:
-                        zg = _np_act(recurrent_activation, x[:u] + h @ rk[:, :u] + rb[:u])
-                        r = _np_act(recurrent_activation, x[u:2 * u] + h @ rk[:, u:2 * u] + rb[u:2 * u])
-                        hh = _np_act(activation, x[2 * u:] + (r * h) @ rk[:, 2 * u:] + rb[2 * u:])
+                        zg = _np_act(recurrent_activation, x[:u] + hm @ rk[:, :u] + rb[:u])
+                        r = _np_act(recurrent_activation, x[u:2 * u] + hm @ rk[:, u:2 * u] + rb[u:2 * u])
+                        hh = _np_act(activation, x[2 * u:] + (r * hm) @ rk[:, 2 * u:] + rb[2 * u:])
                     h = zg * h + (1.0 - zg) * hh
                 else:
-                    h = _np_act(activation, x + h @ rk)
+                    h = _np_act(activation, x + hm @ rk)
             outs[b, k] = h
         h_last[b] = h
         if c is not None:
@@ -265,7 +270,8 @@ def scan_inputs(kind, n, t, u, seed, mask=None):
     gates = GATES[kind]
     inputs = {"xproj": r.normal(size=(n, t, gates * u)), "h0": r.normal(scale=0.5, size=(n, u)),
               "rk": r.normal(scale=0.5, size=(u, gates * u)),
-              "mask": np.ones((n, t)) if mask is None else np.asarray(mask, dtype=np.float64)}
+              "mask": np.ones((n, t)) if mask is None else np.asarray(mask, dtype=np.float64),
+              "rmask": np.array(1.0)}
     if kind == "lstm":
         inputs["c0"] = r.normal(scale=0.5, size=(n, u))
     if kind == "gru":
@@ -273,15 +279,13 @@ def scan_inputs(kind, n, t, u, seed, mask=None):
     return inputs
 
 
+SCAN_ARGS = {"lstm": ("xproj", "h0", "c0", "rk", "mask", "rmask"), "gru": ("xproj", "h0", "rk", "rb", "mask", "rmask"),
+             "rnn": ("xproj", "h0", "rk", "mask", "rmask")}
+
+
 def run_scan(kind, inputs, **attrs):
     attrs = {"units": inputs["h0"].shape[1], **attrs}
-    if kind == "lstm":
-        args = (inputs["xproj"], inputs["h0"], inputs["c0"], inputs["rk"], inputs["mask"])
-    elif kind == "gru":
-        args = (inputs["xproj"], inputs["h0"], inputs["rk"], inputs["rb"], inputs["mask"])
-    else:
-        args = (inputs["xproj"], inputs["h0"], inputs["rk"], inputs["mask"])
-    return KERNELS[f"{kind}_scan"](CTX, attrs, *args)
+    return KERNELS[f"{kind}_scan"](CTX, attrs, *(inputs[a] for a in SCAN_ARGS[kind]))
 
 
 MIXED_MASK = np.array([[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1], [1, 0, 1, 0, 0, 1], [0, 0, 0, 0, 0, 0]])
@@ -321,9 +325,7 @@ def test_float32_stays_float32(kind):
     single = {k: v.astype(np.float32) for k, v in inputs.items()}
     ctx32 = KernelContext(np, np.random.default_rng(0), np.float32)
     attrs = {"units": 4, "return_sequences": True}
-    args = {"lstm": ("xproj", "h0", "c0", "rk", "mask"), "gru": ("xproj", "h0", "rk", "rb", "mask"),
-            "rnn": ("xproj", "h0", "rk", "mask")}[kind]
-    got = KERNELS[f"{kind}_scan"](ctx32, attrs, *(single[a] for a in args))
+    got = KERNELS[f"{kind}_scan"](ctx32, attrs, *(single[a] for a in SCAN_ARGS[kind]))
     for g, r in zip(got, ref):
         assert g.dtype == np.float32
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
@@ -338,6 +340,57 @@ def test_stable_sigmoid_at_extremes():
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         got = run_scan("lstm", inputs, return_sequences=True)
     assert all(np.all(np.isfinite(g)) for g in got)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recurrent dropout: a fixed [N, u] mask on h where it meets the recurrent kernel, the same at every step
+
+
+def dropout_mask(n, u, rate, seed):
+    keep = rng(seed).random((n, u)) >= rate
+    keep[0, 0], keep[0, 1] = False, True            # at least one unit dropped and one kept
+    return keep / (1.0 - rate)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+@pytest.mark.parametrize("kind, attrs", reference_cases)
+def test_recurrent_mask_matches_plain_numpy_loop(kind, attrs, masked):
+    """The kernels (the LSTM's default-activation path included) against the per-sample loop, which
+    multiplies h by the same mask row at every step."""
+    inputs = scan_inputs(kind, n=4, t=6, u=3, seed=12, mask=MIXED_MASK if masked else None)
+    inputs["rmask"] = dropout_mask(4, 3, 0.4, seed=13)
+    got = run_scan(kind, inputs, **attrs)
+    ref = reference_scan(kind, inputs["xproj"], inputs["h0"], inputs["rk"], inputs["mask"], c0=inputs.get("c0"),
+                         rb=inputs.get("rb"), rmask=inputs["rmask"], **attrs)
+    plain = run_scan(kind, dict(inputs, rmask=np.array(1.0)), **attrs)
+    for k, expected in enumerate(ref):
+        np.testing.assert_allclose(got[k], expected, rtol=1e-10, atol=1e-12)
+    assert not np.allclose(got[1], plain[1])          # the mask changed the result
+
+
+def test_recurrent_mask_does_not_touch_the_carried_state():
+    """A mask of zeros cuts the recurrent projection only: the LSTM still carries c, the GRU mixes in the
+    unmasked h through z, and masked steps carry h unchanged."""
+    mask = np.array([[1, 0, 1, 1], [0, 1, 1, 0]], dtype=np.float64)
+    for kind, attrs in (("lstm", {}), ("gru", {}), ("gru", {"reset_after": False}), ("rnn", {})):
+        inputs = scan_inputs(kind, n=2, t=4, u=3, seed=14, mask=mask)
+        inputs["rmask"] = np.zeros((2, 3))
+        got = run_scan(kind, inputs, return_sequences=True, **attrs)
+        rk = np.zeros_like(inputs["rk"])    # the same step without any recurrent projection
+        no_kernel = run_scan(kind, dict(inputs, rk=rk, rmask=np.array(1.0)), return_sequences=True, **attrs)
+        for g, r in zip(got[:3], no_kernel[:3]):
+            np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(got[0][1, 0], inputs["h0"][1])     # a masked first step: h0 carried
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_all_ones_recurrent_mask_equals_no_mask(kind):
+    for attrs in ({}, {"activation": "relu", "return_sequences": True}):
+        inputs = scan_inputs(kind, n=3, t=5, u=2, seed=15)
+        plain = run_scan(kind, inputs, **attrs)
+        ones = run_scan(kind, dict(inputs, rmask=np.ones((3, 2))), **attrs)
+        for p, o in zip(plain, ones):
+            np.testing.assert_allclose(o, p, rtol=1e-13, atol=1e-15)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -411,17 +464,18 @@ def test_registry_entries():
         assert grad.fusion is Fusion.OPAQUE and grad.grad is NOT_DIFFERENTIABLE
 
 
-def _types(kind, u=3, n="N", t=5, width=None, mask=None):
+def _types(kind, u=3, n="N", t=5, width=None, mask=None, rmask=None):
     g = GATES[kind]
     x = TensorType((n, t, width or g * u), "f32")
     h = TensorType((n, u), "f32")
     k = TensorType((u, g * u), "f32")
     m = mask or TensorType((n, t), "f32")
+    rm = rmask or TensorType((), "f32")
     if kind == "lstm":
-        return [x, h, h, k, m]
+        return [x, h, h, k, m, rm]
     if kind == "gru":
-        return [x, h, k, TensorType((3 * u,), "f32"), m]
-    return [x, h, k, m]
+        return [x, h, k, TensorType((3 * u,), "f32"), m, rm]
+    return [x, h, k, m, rm]
 
 
 def test_shape_rules():
@@ -441,12 +495,15 @@ def test_shape_rules():
     ("lstm_scan", {"units": 3, "go_backwards": 1}, _types("lstm"), "go_backwards"),
     ("lstm_scan", {"units": 3}, _types("lstm", width=9), "xproj must have shape"),
     ("lstm_scan", {"units": 2}, _types("lstm"), "xproj must have shape"),
-    ("gru_scan", {"units": 3}, _types("gru")[:3] + [TensorType((2, 9), "f32"), _types("gru")[4]],
+    ("gru_scan", {"units": 3}, _types("gru")[:3] + [TensorType((2, 9), "f32")] + _types("gru")[4:],
      "recurrent_bias"),
     ("gru_scan", {"units": 3, "reset_after": "yes"}, _types("gru"), "reset_after"),
     ("rnn_scan", {"units": 3}, _types("rnn", mask=TensorType(("N", 4), "f32")), "mask must have shape"),
     ("rnn_scan", {"units": 3}, _types("rnn", mask=TensorType(("N", 5), "i32")), "mask must be float or bool"),
     ("rnn_scan", {"units": 3}, [TensorType(("N", 5, 3), "i32")] + _types("rnn")[1:], "float"),
+    ("lstm_scan", {"units": 3}, _types("lstm", rmask=TensorType(("N", 4), "f32")), "recurrent_mask must have shape"),
+    ("gru_scan", {"units": 3}, _types("gru", rmask=TensorType((5, "N", 3), "f32")), "recurrent_mask must have shape"),
+    ("rnn_scan", {"units": 3}, _types("rnn", rmask=TensorType(("N", 3), "bool")), "recurrent_mask must be a float"),
 ])
 def test_shape_rule_errors(op, attrs, types, message):
     with pytest.raises(ShapeError, match=message):

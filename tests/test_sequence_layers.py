@@ -10,6 +10,8 @@ mask plumbing.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -231,6 +233,34 @@ def test_input_dropout_is_off_in_predict_and_one_mask_per_sequence_in_training()
     outputs = trainer.train_executor.run(feeds_of(still, x, np.zeros((4, 6, 8))), still.params)["output"]
     assert np.all(outputs == outputs[:, :1])
     assert not np.allclose(outputs, still.predict(x))
+
+
+@pytest.mark.parametrize("layer", ["lstm(5, recurrent_dropout=0.5, return_sequences=true)",
+                                   "gru(5, recurrent_dropout=0.4, reset_after=false)",
+                                   "simple_rnn(5, recurrent_dropout=0.3, go_backwards=true)",
+                                   "bidirectional(gru(5, recurrent_dropout=0.5))"])
+def test_recurrent_dropout_changes_training_losses_and_leaves_predict_alone(layer):
+    x = rng(70).normal(size=(4, 6, 3))
+    dropped = model_of(layer)
+    weights = random_params(dropped, seed=71)
+    plain = model_of(re.sub(r"recurrent_dropout=[0-9.]+", "recurrent_dropout=0", layer))
+    plain.set_parameters(weights)
+    first_prediction = dropped.predict(x)
+    close(dropped.predict(x), first_prediction, "predict is deterministic")
+    close(first_prediction, plain.predict(x), "recurrent dropout is off in predict")
+    y = rng(72).normal(size=first_prediction.shape)
+    losses = [dropped.loss_and_gradients(x, y)[0] for _ in range(2)]
+    assert losses[0] != losses[1]                                     # a fresh mask every training step
+    assert plain.loss_and_gradients(x, y)[0] == plain.loss_and_gradients(x, y)[0]
+    # One [batch, units] mask per scan, drawn from the layer's input and fed as its recurrent mask.
+    graph = dropped._get_trainer().train_graph
+    scans = [node for node in graph.nodes if node.op.endswith("_scan")]
+    for scan in scans:
+        producer = scan.inputs[-1].producer
+        assert producer is not None and producer.op == "dropout_mask"
+        assert scan.inputs[-1].type.shape == ("N", 5)
+    assert len(scans) == (2 if layer.startswith("bidirectional") else 1)
+    assert not any(node.op == "dropout_mask" for node in dropped._get_trainer().eval_graph.nodes)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])

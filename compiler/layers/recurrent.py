@@ -4,6 +4,11 @@ Each lowers to one GEMM for every step's input projection (`matmul(x, kernel)` p
 one scan op (`lstm_scan`, `gru_scan`, `rnn_scan`) that runs the recurrence over it. A padding mask on the
 input (from `embedding(mask_zero=true)` or `masking()`) goes to the scan, which carries the state over
 padded steps.
+
+Dropout follows Keras: `dropout=` draws one mask per sequence for the inputs, shared by all steps;
+`recurrent_dropout=` draws one mask per sequence, [batch, units], for h_{t-1} where it enters the
+recurrent projection, the same at every step (the scan's `recurrent_mask`; see nnd.compiler.ops.recurrent
+for the exact form). Both apply in training only; inference passes the scalar 1.
 """
 from __future__ import annotations
 
@@ -63,10 +68,19 @@ def sequence_notes(x: Value) -> list[str]:
     return []
 
 
-def _recurrent_dropout(ctx: LayerContext, args: dict[str, Any]) -> None:
-    if args["recurrent_dropout"]:
-        raise LayerError(f"{ctx.kind}: recurrent_dropout is not supported; use dropout= on the inputs, or "
-                         "dropout() between layers")
+def _masks(ctx: LayerContext, x: Value, args: dict[str, Any]) -> list[Value]:
+    """The scan's `mask` and `recurrent_mask` inputs; where either is absent, one scalar 1 serves both.
+
+    The recurrent mask is Keras' `recurrent_dropout=`: in training, one [batch, units] mask per sequence
+    (0 or 1/(1-rate)) for the recurrent state, the same at every step."""
+    padding = ctx.input_masks[0] if ctx.input_masks else None
+    rate = args["recurrent_dropout"]
+    recurrent = None
+    if ctx.training and rate > 0.0:
+        template = ctx.emit("batch_zeros", [x], shape=(args["units"],))
+        recurrent = ctx.emit("dropout_mask", [template], rate=rate)
+    one = ctx.constant(1.0) if padding is None or recurrent is None else None
+    return [padding if padding is not None else one, recurrent if recurrent is not None else one]
 
 
 def _input_dropout(ctx: LayerContext, x: Value, rate: float) -> Value:
@@ -90,11 +104,6 @@ def _initial_states(ctx: LayerContext, x: Value, args: dict[str, Any], count: in
         if state.type.rank != 2 or state.type.shape[1] != units:
             raise LayerError(f"{ctx.kind} initial states must be (batch, {units}), got {state.type}")
     return list(given)
-
-
-def _mask(ctx: LayerContext) -> Value:
-    mask = ctx.input_masks[0] if ctx.input_masks else None
-    return mask if mask is not None else ctx.constant(1.0)
 
 
 def _project(ctx: LayerContext, x: Value, args: dict[str, Any], gates: int, bias: Value | None) -> Value:
@@ -139,12 +148,11 @@ def _scan_attrs(ctx: LayerContext, args: dict[str, Any]) -> dict[str, Any]:
 @layer("simple_rnn", *_common_args(), doc="Fully connected recurrence: h_t = activation(x_t W + h_{t-1} U + b)")
 def _simple_rnn(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]):
     x = inputs[0]
-    _recurrent_dropout(ctx, args)
     units = args["units"]
     bias = _bias(ctx, args, (units,), args["bias_initializer"])
     projected = _project(ctx, x, args, 1, bias)
     (h0,) = _initial_states(ctx, x, args, 1, units)
-    outputs = ctx.emit_many("rnn_scan", [projected, h0, _recurrent_kernel(ctx, args, 1), _mask(ctx)],
+    outputs = ctx.emit_many("rnn_scan", [projected, h0, _recurrent_kernel(ctx, args, 1), *_masks(ctx, x, args)],
                             **_scan_attrs(ctx, args))
     return _finish(ctx, args, outputs, 1)
 
@@ -154,7 +162,6 @@ def _simple_rnn(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]):
        doc="Long short-term memory; gates i, f, c, o as in Keras")
 def _lstm(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]):
     x = inputs[0]
-    _recurrent_dropout(ctx, args)
     units = args["units"]
     init = args["bias_initializer"]
     if args["unit_forget_bias"]:
@@ -163,7 +170,7 @@ def _lstm(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]):
     bias = _bias(ctx, args, (4 * units,), init)
     projected = _project(ctx, x, args, 4, bias)
     h0, c0 = _initial_states(ctx, x, args, 2, units)
-    outputs = ctx.emit_many("lstm_scan", [projected, h0, c0, _recurrent_kernel(ctx, args, 4), _mask(ctx)],
+    outputs = ctx.emit_many("lstm_scan", [projected, h0, c0, _recurrent_kernel(ctx, args, 4), *_masks(ctx, x, args)],
                             recurrent_activation=args["recurrent_activation"], **_scan_attrs(ctx, args))
     return _finish(ctx, args, outputs, 2)
 
@@ -173,7 +180,6 @@ def _lstm(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]):
        doc="Gated recurrent unit; gates z, r, h as in Keras (reset_after=true: bias (2, 3*units))")
 def _gru(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]):
     x = inputs[0]
-    _recurrent_dropout(ctx, args)
     units = args["units"]
     width = 3 * units
     reset_after = args["reset_after"]
@@ -186,7 +192,8 @@ def _gru(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]):
     if recurrent_bias is None:  # Keras' reset_after=false GRU has the input bias only
         recurrent_bias = ctx.emit("constant", [], value=0.0, dtype="f32", shape=(width,))
     (h0,) = _initial_states(ctx, x, args, 1, units)
-    outputs = ctx.emit_many("gru_scan", [projected, h0, _recurrent_kernel(ctx, args, 3), recurrent_bias, _mask(ctx)],
+    outputs = ctx.emit_many("gru_scan", [projected, h0, _recurrent_kernel(ctx, args, 3), recurrent_bias,
+                                         *_masks(ctx, x, args)],
                             recurrent_activation=args["recurrent_activation"], reset_after=reset_after,
                             **_scan_attrs(ctx, args))
     return _finish(ctx, args, outputs, 1)
