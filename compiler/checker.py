@@ -96,6 +96,8 @@ class ModelLowering:
         for name, value in outputs.items():
             if isinstance(value, Tensor):
                 graph.outputs[name] = value.value
+                if value.mask is not None:
+                    graph.output_masks[name] = value.mask
         return graph
 
     def run_body(self, body: tuple[S.Stmt, ...], frame: Frame) -> None:

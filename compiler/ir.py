@@ -124,6 +124,10 @@ class Graph:
     # Non-trainable parameters a training step rewrites (batchnorm moving statistics): name -> new value.
     state_updates: dict[str, Value] = field(default_factory=dict)
     layers: list[LayerRecord] = field(default_factory=list)
+    # The padding mask ([N, T], 1 at real steps) of each model output that carries one: a sequence output
+    # downstream of embedding(mask_zero) or masking(). The loss leaves the padded steps out. Passes keep
+    # an entry while its value stays computed (CSE points it at the survivor, DCE drops dead ones).
+    output_masks: dict[str, Value] = field(default_factory=dict)
 
     def input_named(self, name: str) -> Value:
         for value in self.inputs:
@@ -153,12 +157,14 @@ class Graph:
         layers = [LayerRecord(r.name, r.kind, r.span, twin(r.output), r.params, r.flops) for r in self.layers]
         return Graph(self.name, [twin(v) for v in self.inputs], {k: twin(v) for k, v in self.params.items()},
                      dict(self.param_info), nodes, {k: twin(v) for k, v in self.outputs.items()},
-                     {k: twin(v) for k, v in self.state_updates.items()}, layers)
+                     {k: twin(v) for k, v in self.state_updates.items()}, layers,
+                     {k: twin(v) for k, v in self.output_masks.items()})
 
     def copy_shallow(self) -> "Graph":
         """A new graph sharing values and nodes; passes rebuild the parts they change."""
         return Graph(self.name, list(self.inputs), dict(self.params), dict(self.param_info),
-                     list(self.nodes), dict(self.outputs), dict(self.state_updates), list(self.layers))
+                     list(self.nodes), dict(self.outputs), dict(self.state_updates), list(self.layers),
+                     dict(self.output_masks))
 
 
 def _fmt(value: Any) -> str:

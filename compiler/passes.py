@@ -22,6 +22,8 @@ def eliminate_dead_code(graph: Graph) -> Graph:
             live.update(node.inputs)
     result = graph.copy_shallow()
     result.nodes = list(reversed(kept))
+    available = set(graph.inputs) | set(graph.params.values()) | {v for n in kept for v in n.outputs}
+    result.output_masks = {k: v for k, v in graph.output_masks.items() if v in available}
     return result
 
 

@@ -45,11 +45,12 @@ def _attrs_key(node: Node) -> tuple:
 
 
 def _rewire(graph: Graph, replace: dict[Value, Value]) -> None:
-    """Point the graph's outputs, state updates and layer records at the replacements."""
+    """Point the graph's outputs, state updates, output masks and layer records at the replacements."""
     if not replace:
         return
     graph.outputs = {k: replace.get(v, v) for k, v in graph.outputs.items()}
     graph.state_updates = {k: replace.get(v, v) for k, v in graph.state_updates.items()}
+    graph.output_masks = {k: replace.get(v, v) for k, v in graph.output_masks.items()}
     graph.layers = [dataclasses.replace(r, output=replace[r.output]) if r.output in replace else r
                     for r in graph.layers]
 

@@ -4,6 +4,14 @@ regularization, and the gradients of every trainable parameter, by the autodiff 
 Each model output gets a target input named `target:<output>`; the training graph's outputs are the
 model outputs (for metrics), `loss` (the mean loss over the batch plus regularization) and one
 `grad:<parameter>` per trainable parameter.
+
+A sequence output that carries a padding mask (`Graph.output_masks`: downstream of embedding(mask_zero)
+or masking()) leaves its padded steps out of the loss, as Keras does: the loss of each step (the loss
+function's value, averaged over the last axis where it is elementwise, as Keras' mse or binary
+cross-entropy do) is weighted by the mask and the total divided by the number of real steps in the
+batch, sum(loss * mask) / max(sum(mask), 1); a batch without any real step adds 0. (Keras divides by
+sum(mask) + epsilon.) The mask is also an output, `mask:<output>`, so that the metrics of that output
+count the real steps only.
 """
 from __future__ import annotations
 
@@ -14,10 +22,11 @@ from nnd.compiler.builder import GraphBuilder
 from nnd.compiler.diagnostics import Diagnostic, NndError
 from nnd.compiler.ir import Graph, Value
 from nnd.compiler.layers import INFER, TRAIN
-from nnd.compiler.tensor_type import TensorType
+from nnd.compiler.tensor_type import FLOAT_DTYPES, TensorType
 from nnd.compiler.training import Configured, TrainSpec
 
 TARGET_PREFIX = "target:"
+MASK_PREFIX = "mask:"
 LOSS = "loss"
 
 # The loss each final activation fuses with: the stable form works on the activation's input.
@@ -76,24 +85,57 @@ def build_loss_graph(program, model: str, spec: TrainSpec | None = None, mode: s
     builder = GraphBuilder(graph)
     targets: dict[str, str] = {}
     terms: list[Value] = []
+    masks: dict[str, Value] = {}
     for name, output in list(graph.outputs.items()):
         loss = loss_for(spec, output)
         target = builder.add_input(TARGET_PREFIX + name, target_type(loss.name, output))
         targets[name] = target.name
         with builder.origin(loss.span, "loss"):
-            terms.append(_mean_loss(builder, loss, output, target))
+            term, mask = _mean_loss(builder, loss, output, target, graph.output_masks.get(name))
+        terms.append(term)
+        if mask is not None:
+            masks[MASK_PREFIX + name] = mask
     with builder.origin(spec.loss.span if spec.loss else None, "loss"):
         total = _sum(builder, terms)
         for term in _regularization(builder, graph):
             total = builder.emit1("add", [total, term])
     graph.outputs[LOSS] = total
+    graph.outputs.update(masks)
     return TrainingGraph(graph, targets, [])
 
 
-def _mean_loss(builder: GraphBuilder, loss: Configured, output: Value, target: Value) -> Value:
+def _mean_loss(builder: GraphBuilder, loss: Configured, output: Value, target: Value,
+               mask: Value | None) -> tuple[Value, Value | None]:
+    """The batch's loss for one output, and the float mask it used (None where it used none)."""
     per_element = _loss_values(builder, loss, output, target)
+    if mask is not None:
+        per_step = _per_step(builder, per_element, mask)
+        if per_step is not None:
+            return _masked_mean(builder, per_step, mask)
     axes = tuple(range(per_element.type.rank))
-    return builder.emit1("reduce_mean", [per_element], {"axes": axes, "keepdims": False})
+    return builder.emit1("reduce_mean", [per_element], {"axes": axes, "keepdims": False}), None
+
+
+def _per_step(builder: GraphBuilder, per_element: Value, mask: Value) -> Value | None:
+    """The loss of each step, shaped like the mask: elementwise losses are averaged over the last axis
+    (the features of a step); None when the loss does not line up with the mask's steps."""
+    shape = per_element.type.shape
+    if shape == mask.type.shape:
+        return per_element
+    if len(shape) == mask.type.rank + 1 and shape[:-1] == mask.type.shape:
+        return builder.emit1("reduce_mean", [per_element], {"axes": (len(shape) - 1,), "keepdims": False})
+    return None
+
+
+def _masked_mean(builder: GraphBuilder, per_step: Value, mask: Value) -> tuple[Value, Value]:
+    """sum(loss * mask) / max(sum(mask), 1): the mean over the real steps of the batch."""
+    if mask.type.dtype not in FLOAT_DTYPES:
+        mask = builder.emit1("cast", [mask], {"dtype": per_step.type.dtype})
+    axes = tuple(range(per_step.type.rank))
+    total = builder.emit1("reduce_sum", [builder.emit1("mul", [per_step, mask])], {"axes": axes, "keepdims": False})
+    count = builder.emit1("reduce_sum", [mask], {"axes": axes, "keepdims": False})
+    one = builder.emit1("constant", [], {"value": 1.0, "dtype": "f32"})
+    return builder.emit1("div", [total, builder.emit1("maximum", [count, one])]), mask
 
 
 def _loss_values(builder: GraphBuilder, loss: Configured, output: Value, target: Value) -> Value:

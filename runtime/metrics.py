@@ -2,7 +2,10 @@
 
 Each metric is a running mean over samples (for mae/mse and binary accuracy: over elements), so the result
 over an epoch equals the metric over the concatenated batches, as in Keras. `result()` is 0.0 before any
-update. Metrics work on NumPy arrays; CuPy arrays are accepted (the per-batch counts are moved to the host).
+update. `update(pred, target, mask)` with the padding mask of a sequence output ([batch, steps], 1 at real
+steps) counts the real steps only, as Keras' metrics do with a masked output: each value is weighted by
+its step's mask entry. Metrics work on NumPy arrays; CuPy arrays are accepted (the per-batch counts are
+moved to the host).
 
 `accuracy` picks its form from the shapes like Keras' 'accuracy' string:
   pred last dim 1                                      -> binary_accuracy (threshold 0.5)
@@ -44,11 +47,16 @@ class Metric:
     def result(self) -> float:
         return self.total / self.count if self.count else 0.0
 
-    def update(self, pred: Any, target: Any) -> None:
+    def update(self, pred: Any, target: Any, mask: Any = None) -> None:
         pred, target = self._check(pred, target)
         values = self._values(pred, target)
-        self.total += float(values.sum())
-        self.count += int(values.size)
+        weights = _step_weights(mask, values)
+        if weights is None:
+            self.total += float(values.sum())
+            self.count += int(values.size)
+        else:
+            self.total += float((values * weights).sum())
+            self.count += float(weights.sum())
 
     def _values(self, pred, target):
         raise NotImplementedError
@@ -68,6 +76,19 @@ class Metric:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(result={self.result():.6g}, count={self.count})"
+
+
+def _step_weights(mask, values):
+    """The mask broadcast over each step's values, or None without a mask (or one that does not line up
+    with the values' leading axes)."""
+    if mask is None:
+        return None
+    xp = _module(values)
+    mask = xp.asarray(mask)
+    if mask.ndim > values.ndim or tuple(values.shape[:mask.ndim]) != tuple(mask.shape):
+        return None
+    mask = mask.reshape(tuple(mask.shape) + (1,) * (values.ndim - mask.ndim))
+    return xp.broadcast_to(mask.astype(np.float64), values.shape)
 
 
 def _sparse_labels(metric: str, pred, target):

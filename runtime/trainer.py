@@ -16,7 +16,7 @@ from nnd.compiler.diagnostics import NndError
 from nnd.compiler.layers import INFER
 from nnd.compiler.passes import PassManager
 from nnd.compiler.training import Configured, TrainSpec
-from nnd.compiler.training_graph import LOSS, build_loss_graph, build_training_graph
+from nnd.compiler.training_graph import LOSS, MASK_PREFIX, build_loss_graph, build_training_graph
 from nnd.runtime.executor import Executor
 from nnd.runtime.metrics import make_metric
 from nnd.runtime.optimizers import Optimizer, make_optimizer
@@ -124,7 +124,7 @@ class Trainer:
             total += float(result[LOSS]) * size
             count += size
             for output, metric in metrics.values():
-                metric.update(result[output], feeds[self.targets[output]])
+                metric.update(result[output], feeds[self.targets[output]], result.get(MASK_PREFIX + output))
             logs = {"loss": total / count, **{k: m.result() for k, (_, m) in metrics.items()}}
             if on_batch is not None:
                 on_batch(index, logs)

@@ -495,6 +495,128 @@ def test_masked_return_sequences_keeps_the_mask_for_the_next_layer():
     close(model.predict(_pad(sequences, 6, "post", 0)), _per_sequence(make, weights, sequences), "stacked")
 
 
+SEQUENCE_HEADS = [("dense(2)", "mse", 2), ("time_distributed(dense(2, activation=sigmoid))", "binary_crossentropy", 2),
+                  ("dense(3, activation=softmax)", "sparse_categorical_crossentropy", 3)]
+
+
+def _sequence_targets(r, loss, lengths, steps, width, where):
+    """Per-sequence targets for the real steps, and the padded batch's targets with junk at the padding."""
+    if loss == "sparse_categorical_crossentropy":
+        real = [r.integers(0, width, size=length) for length in lengths]
+        return real, _pad(real, steps, where, width - 1)
+    if loss == "binary_crossentropy":
+        real = [r.integers(0, 2, size=(length, width)).astype(np.float64) for length in lengths]
+        return real, _pad(real, steps, where, 1.0)
+    real = [r.normal(size=(length, width)) for length in lengths]
+    return real, _pad(real, steps, where, 7.5)
+
+
+@pytest.mark.parametrize("where", ["post", "pre"])
+@pytest.mark.parametrize("head, loss, width", SEQUENCE_HEADS)
+def test_masked_sequence_loss_counts_the_real_steps_only(head, loss, width, where):
+    """A sequence output under a padding mask: the loss of the padded batch and its gradients equal those of
+    the unpadded sequences run one at a time, each weighted by its number of real steps (the mean over all
+    real steps of the batch); the padded steps' targets do not matter."""
+    r = rng(73)
+    sequences = [r.integers(1, 7, size=length) for length in LENGTHS]
+
+    def make(steps):
+        return model_of("embedding(7, 3, mask_zero=true)", "lstm(4, return_sequences=true)", head,
+                        shape=f"int32[{steps}]", loss=loss)
+
+    model = make(6)
+    weights = random_params(model, seed=74, scale=0.8)
+    real, targets = _sequence_targets(r, loss, LENGTHS, 6, width, where)
+    padded = _pad(sequences, 6, where, 0)
+    loss_value, grads = model.loss_and_gradients(padded, targets)
+    expected_loss, expected = 0.0, {}
+    for seq, target in zip(sequences, real):
+        single = make(len(seq))
+        single.set_parameters(weights)
+        one_loss, one_grads = single.loss_and_gradients(seq[None], target[None])
+        expected_loss += len(seq) * one_loss
+        for name, value in one_grads.items():
+            expected[name] = expected.get(name, 0.0) + len(seq) * value
+    total_steps = sum(LENGTHS)
+    assert loss_value == pytest.approx(expected_loss / total_steps, rel=1e-10)
+    for name, value in expected.items():
+        close(grads[name], value / total_steps, f"gradient of {name}")
+    other_junk = _sequence_targets(rng(75), loss, LENGTHS, 6, width, where)[1]
+    for k, seq in enumerate(sequences):   # the real steps' targets as before, the padding's changed
+        real_steps = slice(0, len(seq)) if where == "post" else slice(6 - len(seq), 6)
+        other_junk[k][real_steps] = targets[k][real_steps]
+    assert model.loss_and_gradients(padded, other_junk)[0] == pytest.approx(loss_value, rel=1e-12)
+    check_gradients(model, padded, targets)
+
+
+def test_masked_sequence_loss_of_a_batch_without_real_steps_is_zero():
+    model = model_of("embedding(5, 3, mask_zero=true)", "gru(3, return_sequences=true)", "dense(2)",
+                     shape="int32[4]")
+    random_params(model, seed=76)
+    loss, grads = model.loss_and_gradients(np.zeros((2, 4), dtype=np.int64), rng(77).normal(size=(2, 4, 2)))
+    assert loss == 0.0 and all(not np.any(g) for g in grads.values())
+
+
+def test_unmasked_outputs_keep_the_plain_mean():
+    """Without a mask (or when the output is not a sequence) the loss stays the mean over every element."""
+    model = model_of("lstm(3, return_sequences=true)", "dense(2)")
+    random_params(model, seed=78)
+    x, y = rng(79).normal(size=(3, 6, 3)), rng(80).normal(size=(3, 6, 2))
+    assert model.loss_and_gradients(x, y)[0] == pytest.approx(np.mean((model.predict(x) - y) ** 2), rel=1e-12)
+    pooled = model_of("embedding(5, 3, mask_zero=true)", "lstm(3)", "dense(2)", shape="int32[4]")
+    assert "output" not in pooled.graph.output_masks   # the mask ends at a recurrent layer without sequences
+    sequence = model_of("embedding(5, 3, mask_zero=true)", "lstm(3, return_sequences=true)", "dense(2)",
+                        shape="int32[4]")
+    assert sequence.graph.output_masks["output"].producer.op == "nonzero_mask"
+
+
+def test_output_masks_follow_the_graph_through_copies_and_passes():
+    from nnd.compiler.passes import PassManager, eliminate_dead_code
+
+    graph = model_of("embedding(5, 3, mask_zero=true)", "lstm(3, return_sequences=true)", "dense(2)",
+                     shape="int32[4]").graph
+    assert graph.copy_shallow().output_masks == graph.output_masks
+    twin = graph.clone()
+    assert twin.output_masks["output"] is not graph.output_masks["output"]
+    assert twin.output_masks["output"].producer in twin.nodes
+    optimized = PassManager.for_level(2).run(graph)
+    assert optimized.output_masks["output"].producer in optimized.nodes
+    # Only the loss reads the mask of embedding -> dense: dead in the inference graph, so DCE drops the entry
+    # along with the node, while the loss graph (built before any pass) still leaves the padding out.
+    flat = model_of("embedding(5, 3, mask_zero=true)", "dense(2)", shape="int32[4]")
+    assert "output" in flat.graph.output_masks and "output" not in eliminate_dead_code(flat.graph).output_masks
+    random_params(flat, seed=84)
+    ids = np.array([[1, 2, 0, 0], [3, 0, 0, 0]])
+    y = rng(85).normal(size=(2, 4, 2))
+    error = (flat.predict(ids) - y) ** 2
+    assert flat.loss_and_gradients(ids, y)[0] == pytest.approx(error.mean(axis=-1)[ids != 0].mean(), rel=1e-12)
+
+
+def test_metrics_of_a_masked_sequence_output_count_the_real_steps():
+    r = rng(81)
+    sequences = [r.integers(1, 7, size=length) for length in LENGTHS]
+    padded = _pad(sequences, 6, "post", 0)
+    real = padded != 0
+    classifier = model_of("embedding(7, 3, mask_zero=true)", "lstm(4, return_sequences=true)",
+                          "dense(3, activation=softmax)", shape="int32[6]", loss="sparse_categorical_crossentropy")
+    classifier.compile(metrics=["accuracy"])
+    random_params(classifier, seed=82, scale=1.5)
+    labels = r.integers(0, 3, size=(len(LENGTHS), 6))
+    hits = classifier.predict(padded).argmax(axis=-1) == labels
+    assert classifier.evaluate(padded, labels, batch_size=2)["accuracy"] == pytest.approx(hits[real].mean(),
+                                                                                          rel=1e-12)
+    regressor = model_of("embedding(7, 3, mask_zero=true)", "gru(4, return_sequences=true)", "dense(2)",
+                         shape="int32[6]")
+    regressor.compile(metrics=["mae", "mse"])
+    random_params(regressor, seed=83)
+    targets = r.normal(size=(len(LENGTHS), 6, 2))
+    error = regressor.predict(padded) - targets
+    logs = regressor.evaluate(padded, targets, batch_size=2)
+    assert logs["mae"] == pytest.approx(np.abs(error)[real].mean(), rel=1e-12)
+    assert logs["mse"] == pytest.approx((error ** 2)[real].mean(), rel=1e-12)
+    assert logs["loss"] != pytest.approx((error ** 2).mean(), rel=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------
 # conv1d and 1-D pooling against torch
 
