@@ -27,14 +27,15 @@ _COMPILED: dict[str, Any] = {}
 
 
 def compiled_kernel(source: str, name: str):
-    """The `cupy.RawKernel` of `source`, compiled on first use; one per distinct source."""
-    digest = hashlib.sha1(source.encode()).hexdigest()
-    found = _COMPILED.get(digest)
+    """The `cupy.RawKernel` `name` of `source`, compiled on first use; one per distinct (source, name):
+    a source may define several kernels."""
+    key = hashlib.sha1(source.encode()).hexdigest() + ":" + name
+    found = _COMPILED.get(key)
     if found is None:
         import cupy
 
         found = cupy.RawKernel(source, name)
-        _COMPILED[digest] = found
+        _COMPILED[key] = found
     return found
 
 
@@ -123,3 +124,124 @@ def matmul_epilogue_cuda(ctx, attrs, a, b, bias):
     from nnd.runtime.kernels_basic import _matmul
 
     return _epilogue(_matmul(ctx, attrs, a, b), bias, attrs.get("activation", "linear"))
+
+
+# ------------------------------------------------------------------------------------------ LSTM steps
+# The default LSTM path (tanh, sigmoid, no padding mask) in two kernels a step: cuBLAS for h @ U, then one
+# generated kernel for all the gate math of the step, where the generic path launches about a dozen
+# elementwise kernels. One thread per (sample, unit); the gates of a unit sit u apart in a row of 4u.
+
+LSTM_STEP_SOURCE = r"""
+template <typename T> __device__ T nnd_sigmoid(T v) {
+    T e = exp(-fabs(v));
+    return v >= (T)0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);
+}
+
+template <typename T>
+__device__ void lstm_forward_step(const T* z, const T* x, const T* c_prev, T* gates, T* c_new, T* h_new,
+                                  unsigned long long n, unsigned long long u) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        unsigned long long b = i / u, j = i % u, row = b * 4 * u + j;
+        T gi = nnd_sigmoid(z[row] + x[row]);
+        T gf = nnd_sigmoid(z[row + u] + x[row + u]);
+        T gc = tanh(z[row + 2 * u] + x[row + 2 * u]);
+        T go = nnd_sigmoid(z[row + 3 * u] + x[row + 3 * u]);
+        T c = gf * c_prev[i] + gi * gc;
+        gates[row] = gi; gates[row + u] = gf; gates[row + 2 * u] = gc; gates[row + 3 * u] = go;
+        c_new[i] = c;
+        h_new[i] = go * tanh(c);
+    }
+}
+
+template <typename T>
+__device__ void lstm_backward_step(const T* dout, int has_dout, T* dh, T* dc, const T* gates, const T* c,
+                                   const T* c_prev, T* dgates, unsigned long long n, unsigned long long u) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        unsigned long long b = i / u, j = i % u, row = b * 4 * u + j;
+        T gi = gates[row], gf = gates[row + u], gc = gates[row + 2 * u], go = gates[row + 3 * u];
+        T h_grad = dh[i] + (has_dout ? dout[i] : (T)0);
+        T cell = tanh(c[i]);
+        T c_grad = dc[i] + h_grad * go * ((T)1 - cell * cell);
+        dgates[row + 3 * u] = h_grad * cell * go * ((T)1 - go);
+        dgates[row] = c_grad * gc * gi * ((T)1 - gi);
+        dgates[row + u] = c_grad * c_prev[i] * gf * ((T)1 - gf);
+        dgates[row + 2 * u] = c_grad * gi * ((T)1 - gc * gc);
+        dc[i] = c_grad * gf;
+    }
+}
+
+extern "C" __global__ void nnd_lstm_forward_step_float(const float* z, const float* x, const float* c_prev,
+        float* gates, float* c_new, float* h_new, unsigned long long n, unsigned long long u) {
+    lstm_forward_step<float>(z, x, c_prev, gates, c_new, h_new, n, u);
+}
+extern "C" __global__ void nnd_lstm_forward_step_double(const double* z, const double* x, const double* c_prev,
+        double* gates, double* c_new, double* h_new, unsigned long long n, unsigned long long u) {
+    lstm_forward_step<double>(z, x, c_prev, gates, c_new, h_new, n, u);
+}
+extern "C" __global__ void nnd_lstm_backward_step_float(const float* dout, int has_dout, float* dh, float* dc,
+        const float* gates, const float* c, const float* c_prev, float* dgates, unsigned long long n,
+        unsigned long long u) {
+    lstm_backward_step<float>(dout, has_dout, dh, dc, gates, c, c_prev, dgates, n, u);
+}
+extern "C" __global__ void nnd_lstm_backward_step_double(const double* dout, int has_dout, double* dh,
+        double* dc, const double* gates, const double* c, const double* c_prev, double* dgates,
+        unsigned long long n, unsigned long long u) {
+    lstm_backward_step<double>(dout, has_dout, dh, dc, gates, c, c_prev, dgates, n, u);
+}
+"""
+
+
+def _step_kernel(kind: str, dtype) -> Any:
+    suffix = "double" if np.dtype(dtype) == np.float64 else "float"
+    return compiled_kernel(LSTM_STEP_SOURCE, f"nnd_lstm_{kind}_step_{suffix}")
+
+
+def _grid(n: int) -> tuple[tuple[int], tuple[int]]:
+    return (max(1, min((n + BLOCK - 1) // BLOCK, MAX_BLOCKS)),), (BLOCK,)
+
+
+def lstm_forward_cuda(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) -> None:
+    from nnd.runtime.kernels_recurrent import _projection
+
+    steps, n, u = hs.shape
+    xt = xp.ascontiguousarray(xt)  # time-major once, so each step reads one contiguous block
+    c_prev = xp.ascontiguousarray(c0, dtype=hs.dtype)
+    h = xp.ascontiguousarray(h0, dtype=hs.dtype)
+    z = xp.empty((n, 4 * u), dtype=hs.dtype)
+    project = _projection(xp, recurrent_kernel, rmask, (n, u), hs.dtype)
+    step = _step_kernel("forward", hs.dtype)
+    grid, block = _grid(n * u)
+    for s in range(steps):
+        project(h, z)
+        step(grid, block, (z, xt[s], c_prev, gates[s], cs[s], hs[s], np.uint64(n * u), np.uint64(u)))
+        h, c_prev = hs[s], cs[s]
+
+
+def lstm_backward_cuda(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates):
+    from nnd.runtime.kernels_recurrent import _backprojection
+
+    steps, n, u = cs.shape
+    kernel_t = xp.ascontiguousarray(recurrent_kernel.T)
+    back = _backprojection(xp, kernel_t, rmask)
+    dout = xp.ascontiguousarray(dout_tm) if dout_tm is not None else xp.zeros((1,), dtype=cs.dtype)
+    c0 = xp.ascontiguousarray(c0, dtype=cs.dtype)
+    step = _step_kernel("backward", cs.dtype)
+    grid, block = _grid(n * u)
+    has_dout = np.int32(dout_tm is not None)
+    for s in range(steps - 1, -1, -1):
+        row = dout[s] if dout_tm is not None else dout
+        step(grid, block, (row, has_dout, dh, dc, gates[s], cs[s], cs[s - 1] if s else c0, dgates[s],
+                           np.uint64(n * u), np.uint64(u)))
+        back(dgates[s], dh)
+    return dh, dc
+
+
+def _register_lstm_paths() -> None:
+    from nnd.runtime.kernels_recurrent import LSTM_DEFAULT_PATHS
+
+    LSTM_DEFAULT_PATHS["cupy"] = (lstm_forward_cuda, lstm_backward_cuda)
+
+
+_register_lstm_paths()

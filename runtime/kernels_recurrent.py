@@ -159,7 +159,8 @@ def _lstm_scan(ctx, attrs, xproj, h0, c0, recurrent_kernel, mask, recurrent_mask
     cs = xp.empty((steps, n, u), dtype=dt)
     gates = xp.empty((steps, n, 4 * u), dtype=dt)
     if valid is None and act == "tanh" and ract == "sigmoid":
-        _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates)
+        forward, _ = LSTM_DEFAULT_PATHS.get(xp.__name__, (_lstm_forward_default, None))
+        forward(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates)
         outputs, h_last = _outputs(xp, hs, h0, a["return_sequences"])
         return outputs, h_last, (cs[-1] if steps else c0).copy(), hs, cs, gates
     h, c = h0, c0
@@ -200,8 +201,8 @@ def _lstm_scan_grad(ctx, attrs, h0, c0, recurrent_kernel, mask, recurrent_mask, 
     dgates = xp.empty((steps, n, 4 * u), dtype=dt)
     kernel_t = recurrent_kernel.T
     if valid is None and act == "tanh" and ract == "sigmoid":
-        dh, dc = _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm if seq else None,
-                                        dh, dc, dgates)
+        _, backward = LSTM_DEFAULT_PATHS.get(xp.__name__, (None, _lstm_backward_default))
+        dh, dc = backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm if seq else None, dh, dc, dgates)
         d_kernel = _h_prev_gemm(h0, hs, dgates, rmask)
         return _batch_major(xp, [dgates], n, steps, a["go_backwards"], dt), dh, dc, d_kernel
     for s in range(steps - 1, -1, -1):
@@ -264,6 +265,11 @@ def _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates
         xp.tanh(c_new, out=product)
         xp.multiply(g[:, 3 * u:], product, out=hs[s])
         h, c = hs[s], c_new
+
+
+# Backends with a faster way to run the default LSTM path (the cupy kernels fuse each step's gate math
+# into one CUDA kernel) register (forward, backward) here under their array module's name.
+LSTM_DEFAULT_PATHS: dict[str, tuple] = {}
 
 
 def _projection(xp, recurrent_kernel, rmask, shape, dtype):

@@ -145,6 +145,19 @@ def test_every_generated_kernel_compiles_with_nvcc(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_the_lstm_step_kernels_compile_with_nvcc(tmp_path):
+    from nnd.runtime.kernels_cupy import LSTM_STEP_SOURCE
+
+    names = set(re.findall(r'extern "C" __global__ void (\w+)', LSTM_STEP_SOURCE))
+    assert names == {f"nnd_lstm_{kind}_step_{t}" for kind in ("forward", "backward") for t in ("float", "double")}
+    unit = tmp_path / "lstm.cu"
+    unit.write_text(LSTM_STEP_SOURCE)
+    result = subprocess.run(["nvcc", "--cubin", "-arch=sm_90", "-o", "/dev/null", str(unit)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
 def find_nvrtc():
     """libnvrtc as ctypes, from $NND_NVRTC, the library path or the NVIDIA wheels (nvidia-cuda-nvrtc);
     None when absent. Its builtins library, beside it, is loaded first so no library path is needed."""
