@@ -2,12 +2,18 @@
 train-only layers, reproducibility, resume, callbacks, optimizers and bad input. Every model is tiny."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import nnd
 from nnd import NndError
+from nnd.compiler.summary import summarize
+from nnd.model import CACHE_BYTES, MIN_SLICE
 from nnd.runtime.fit import RunDirectory, resume
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _separable(n: int = 300, dims: int = 4, classes: int = 3, seed: int = 0):
@@ -791,3 +797,14 @@ def test_bad_fit_arguments():
         model.fit(x, y, epochs=1, validation_split=1.5, verbose=0)
     with pytest.raises(NndError, match="dtype"):
         nnd.loads(CLASSIFIER, dtype="float16")
+
+
+def test_predict_runs_large_batches_in_cache_sized_slices_with_the_same_results():
+    model = nnd.load(ROOT / "examples" / "mnist_cnn.nnd", seed=0)
+    per_sample = summarize(model.graph).activation_bytes_per_sample
+    slice_size = model._slice_size(1000)
+    assert MIN_SLICE <= slice_size < 1000
+    assert slice_size == max(MIN_SLICE, CACHE_BYTES // per_sample)
+    x = np.random.default_rng(0).random((70, 28, 28, 1), dtype=np.float32)
+    whole = np.concatenate([model.predict(x[i:i + 1], batch_size=1) for i in range(len(x))])
+    np.testing.assert_allclose(model.predict(x, batch_size=1000), whole, rtol=1e-5, atol=1e-6)
