@@ -384,10 +384,8 @@ def load_csv(path: str | os.PathLike, target: str | int | None = None, header: b
     if not body:
         raise NndError(f"CSV file {path} has a header but no data rows")
     width = len(rows[0][1])
-    col: int | None = None
-    if target is None:
-        pass
-    elif isinstance(target, str) and not isinstance(target, bool):
+    col: int | None = None  # None: no target column
+    if isinstance(target, str):
         if names is None:
             raise NndError(f"{path} has no header row, so the target column '{target}' cannot be found by name; "
                            f"give its index instead (0..{width - 1})")
@@ -400,7 +398,7 @@ def load_csv(path: str | os.PathLike, target: str | int | None = None, header: b
         if not -width <= int(target) < width:
             raise NndError(f"target column index {target} is out of range for {path}, which has {width} columns")
         col = int(target) % width
-    else:
+    elif target is not None:
         raise NndError(f"load_csv: target must be a column name or index, got {target!r}")
     values = np.empty((len(body), width), dtype=np.float64)
     for r, (line, cells) in enumerate(body):
