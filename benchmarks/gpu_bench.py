@@ -181,7 +181,7 @@ def table(times, memory, failures, workloads, systems) -> str:
     except Exception:
         device = "unknown device"
     lines = [f"GPU: {device}; fp32, TF32 off; median over timed steps",
-             f"{'workload':<17}{'system':<27}{'samples/s':>11}{'min-max':>19}{'vs torch':>10}{'GPU MB':>9}"]
+             f"{'workload':<17}{'system':<27}{'samples/s':>12}{'min-max':>22}{'vs torch':>10}{'GPU MB':>9}"]
     for workload in workloads:
         batch = WORKLOADS[workload][1]
         torch_rates = [batch / statistics.median(times[(workload, s)]) for s in systems
@@ -198,7 +198,7 @@ def table(times, memory, failures, workloads, systems) -> str:
             median = batch / statistics.median(times[key])
             ratio = f"{median / best:.2f}" if best and system.startswith("nnd") else ""
             spread = f"{min(rates):,.0f}-{max(rates):,.0f}"
-            lines.append(f"{workload:<17}{system:<27}{median:>11,.0f}{spread:>19}{ratio:>10}"
+            lines.append(f"{workload:<17}{system:<27}{median:>12,.0f}{spread:>22}{ratio:>10}"
                          f"{memory.get(key, 0.0):>9,.0f}")
     return "\n".join(lines)
 
