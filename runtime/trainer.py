@@ -5,6 +5,7 @@ The trainer owns the executors of the training graph (forward + backward) and of
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from nnd.compiler.autodiff import GRAD_PREFIX
 from nnd.compiler.diagnostics import NndError
 from nnd.compiler.layers import INFER
 from nnd.compiler.passes import PassManager
+from nnd.compiler.summary import summarize
 from nnd.compiler.training import Configured, TrainSpec
 from nnd.compiler.training_graph import LOSS, MASK_PREFIX, build_loss_graph, build_training_graph
 from nnd.runtime.executor import Executor
@@ -68,6 +70,7 @@ class Trainer:
         self.lr_scale = 1.0
         self._scheduled_lr: float | None = None
         self.state_names = list(self.train_graph.state_updates)
+        self.slice_target = _training_slice(self.train_graph, program.graphs[model], backend)
         self.callbacks: list[Any] = []  # those of the running fit, whose state checkpoints carry
         self.resumed_callbacks: dict[str, dict[str, Any]] | None = None  # restored by --resume, for the next fit
 
@@ -77,7 +80,7 @@ class Trainer:
         """One optimizer step on one batch; returns the training graph's outputs (loss, predictions)."""
         if self.schedule is not None:
             self._apply_schedule()
-        result = self.train_executor.run(feeds, self.params)
+        result = self._forward_backward(feeds)
         loss = float(result[LOSS])
         if not np.isfinite(loss):
             raise NndError(f"the loss became {loss} at step {self.optimizer.iterations + 1}; "
@@ -86,6 +89,30 @@ class Trainer:
         for name in self.state_names:
             self.params[name][...] = result[UPDATE_PREFIX + name]
         return result
+
+    def _forward_backward(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """The training graph on one batch; a batch much larger than the cache runs as slices whose
+        gradients add up, weighted by their share of the batch, to the batch's own (exact for these
+        graphs: the loss is a mean over samples and nothing couples samples, such as batchnorm)."""
+        n = len(next(iter(feeds.values())))
+        count = math.ceil(n / self.slice_target) if self.slice_target else 1
+        if count <= 1:
+            return self.train_executor.run(feeds, self.params)
+        bounds = [round(n * k / count) for k in range(count + 1)]
+        merged: dict[str, Any] = {}
+        pieces: dict[str, list[Any]] = {}
+        for start, stop in zip(bounds, bounds[1:]):
+            part = self.train_executor.run({k: v[start:stop] for k, v in feeds.items()}, self.params)
+            share = (stop - start) / n
+            for key, value in part.items():
+                if key == LOSS or key.startswith(GRAD_PREFIX):
+                    weighted = value * share
+                    merged[key] = weighted if key not in merged else merged[key] + weighted
+                else:
+                    pieces.setdefault(key, []).append(value)
+        xp = self.train_executor.backend.xp
+        merged.update({key: xp.concatenate(parts) for key, parts in pieces.items()})
+        return merged
 
     def _apply_schedule(self) -> None:
         if self._scheduled_lr is not None and self.optimizer.lr != self._scheduled_lr and self._scheduled_lr > 0:
@@ -129,6 +156,22 @@ class Trainer:
             if on_batch is not None:
                 on_batch(index, logs)
         return logs
+
+
+# A training batch whose forward activations exceed this many bytes runs in slices (see _forward_backward):
+# the seed CNN trains 15 % faster per sample at batch 32-64 than at 128.
+TRAIN_SLICE_BYTES = 8 << 20
+
+
+def _training_slice(train_graph, model_graph, backend: str) -> int | None:
+    """Samples per slice of a training batch, or None when batches must run whole: on a GPU, and for
+    graphs whose batch statistics couple the samples (batchnorm updates) or whose loss is a masked mean."""
+    if backend != "numpy" or train_graph.state_updates or train_graph.output_masks:
+        return None
+    if any(node.op == "batchnorm_train" for node in train_graph.nodes):
+        return None
+    per_sample = max(1, summarize(model_graph).activation_bytes_per_sample)
+    return max(16, TRAIN_SLICE_BYTES // per_sample)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

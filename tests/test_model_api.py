@@ -808,3 +808,37 @@ def test_predict_runs_large_batches_in_cache_sized_slices_with_the_same_results(
     x = np.random.default_rng(0).random((70, 28, 28, 1), dtype=np.float32)
     whole = np.concatenate([model.predict(x[i:i + 1], batch_size=1) for i in range(len(x))])
     np.testing.assert_allclose(model.predict(x, batch_size=1000), whole, rtol=1e-5, atol=1e-6)
+
+
+SLICEABLE = """
+model m {
+    input x: [12, 12, 1]
+    conv2d(4, 3, activation=relu, kernel_regularizer=l2(0.01))
+    maxpool2d(2)
+    flatten()
+    dropout(0.0)
+    dense(3, activation=softmax)
+}
+"""
+
+
+def test_a_batch_trained_in_slices_gives_the_same_step_as_the_whole_batch():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((30, 12, 12, 1)), rng.integers(0, 3, 30)
+    models = [nnd.loads(SLICEABLE, dtype="float64", seed=1) for _ in range(2)]
+    sliced, whole = (m._get_trainer() for m in models)
+    sliced.slice_target, whole.slice_target = 7, None  # 30 samples: slices of 7 or 8
+    for _ in range(2):
+        a = sliced.step(models[0]._feeds(x, y))
+        b = whole.step(models[1]._feeds(x, y))
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-12)
+        np.testing.assert_allclose(a["output"], b["output"], rtol=1e-12)
+    for name, value in models[1].parameters().items():
+        np.testing.assert_allclose(models[0].parameters()[name], value, rtol=1e-10, atol=1e-13)
+
+
+def test_batches_with_batchnorm_or_a_gpu_run_whole():
+    bn = nnd.loads("model m { input x: [4] dense(3) batchnorm() dense(2, activation=softmax) }")
+    assert bn._get_trainer().slice_target is None
+    plain = nnd.loads("model m { input x: [4] dense(3) dense(2, activation=softmax) }")
+    assert plain._get_trainer().slice_target >= 16
