@@ -5,7 +5,6 @@ keyed by input name (or a list in declaration order). Targets follow the same ru
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,6 +22,7 @@ from nnd.runtime.executor import Executor
 from nnd.runtime.fit import plain_batches
 from nnd.runtime.history import History
 from nnd.runtime.initializers import initialize
+from nnd.runtime.saved_model import write_model_files
 from nnd.runtime.metrics import make_metric
 from nnd.runtime.trainer import Trainer, TrainingState
 
@@ -192,15 +192,8 @@ class Model:
     def save(self, directory: str | Path) -> Path:
         """Write weights.npz, the model source and a small manifest into `directory`."""
         directory = Path(directory)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise NndError(f"cannot create {directory}: {err.strerror}") from None
+        write_model_files(directory, self.program, self.name, self.input_names, self.output_names)
         ckpt.save_weights(directory / "weights.npz", self.parameters())
-        _write_sources(self.program, directory)
-        manifest = {"model": self.name, "source": Path(self.program.program.root.file).name,
-                    "inputs": self.input_names, "outputs": self.output_names}
-        (directory / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return directory
 
     def load_weights(self, path: str | Path) -> "Model":
@@ -312,20 +305,6 @@ def _split(feeds: dict[str, np.ndarray], fraction: float, seed: int):
     order = np.random.default_rng(seed).permutation(n)
     val_idx, train_idx = order[:n_val], order[n_val:]
     return ({k: v[train_idx] for k, v in feeds.items()}, {k: v[val_idx] for k, v in feeds.items()})
-
-
-def _write_sources(program: CheckedProgram, directory: Path) -> None:
-    """Copy the exact source of the model (and the files it imports) beside the weights."""
-    root = Path(program.program.root.file).resolve().parent
-    for name, source in program.sources.items():
-        path = Path(name).resolve()
-        try:
-            relative = path.relative_to(root)
-        except ValueError:
-            relative = Path(path.name)
-        target = directory / "source" / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(source.text, encoding="utf-8")
 
 
 __all__ = ["Model"]

@@ -14,6 +14,7 @@ from nnd.runtime import checkpoint as ckpt
 from nnd.runtime.augment import Augmenter, make_augmentation
 from nnd.runtime.callbacks import BestCheckpoint, make_callback
 from nnd.runtime.progress import Progress
+from nnd.runtime.saved_model import write_model_files
 from nnd.runtime.trainer import Trainer, TrainingState
 
 VALIDATION_BATCH = 256
@@ -39,17 +40,9 @@ class RunDirectory:
         return self.path / "best.npz"
 
     def start(self, model) -> None:
-        from nnd.model import _write_sources
-
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise NndError(f"cannot create the output directory {self.path}: {err.strerror}") from None
-        _write_sources(model.program, self.path)
+        write_model_files(self.path, model.program, model.name, model.input_names, model.output_names)
         for name, write in self.artifacts.items():
             write(self.path / name)
-        manifest = {"model": model.name, "source": Path(model.program.program.root.file).name}
-        (self.path / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
     def end_epoch(self, model, trainer: Trainer, state: TrainingState) -> None:
         save_checkpoint(self.checkpoint, model, trainer, state.epoch + 1)
