@@ -355,6 +355,30 @@ def _is_number(cell: str) -> bool:
         return False
 
 
+def read_csv_rows(path: Path, header: bool | str, caller: str, delimiter: str = ","
+                  ) -> tuple[list[tuple[int, list[str]]], bool]:
+    """The non-blank rows of a CSV file as (line number, cells), and whether the first is a header:
+    header="auto" takes it for one when any of its cells is not a number. A UTF-8 byte-order mark is
+    dropped; unreadable, non-UTF-8 and empty files are NndErrors naming the file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [(i, r) for i, r in enumerate(csv.reader(f, delimiter=delimiter), start=1)
+                    if r and any(c.strip() for c in r)]
+    except FileNotFoundError:
+        raise NndError(f"CSV file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise NndError(f"cannot read CSV file {path}: it is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (OSError, csv.Error) as e:
+        raise NndError(f"cannot read CSV file {path}: {e}") from None
+    if not rows:
+        raise NndError(f"CSV file {path} is empty")
+    if header == "auto":
+        return rows, not all(_is_number(c) for c in rows[0][1])
+    if isinstance(header, bool):
+        return rows, header
+    raise NndError(f"{caller}: header must be 'auto', true or false, got {header!r}")
+
+
 def load_csv(path: str | os.PathLike, target: str | int | None = None, header: bool | str = "auto",
              delimiter: str = ",") -> tuple[np.ndarray, np.ndarray | None]:
     """Load a numeric CSV as (x float32 of shape (n, features), y) with y the `target` column (name or index).
@@ -363,22 +387,7 @@ def load_csv(path: str | os.PathLike, target: str | int | None = None, header: b
     header="auto" treats the first row as a header when any of its cells is not a number.
     """
     path = Path(path)
-    try:
-        with open(path, newline="") as f:
-            rows = [(i, r) for i, r in enumerate(csv.reader(f, delimiter=delimiter), start=1)
-                    if r and any(c.strip() for c in r)]
-    except FileNotFoundError:
-        raise NndError(f"CSV file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise NndError(f"cannot read CSV file {path}: {e}") from None
-    if not rows:
-        raise NndError(f"CSV file {path} is empty")
-    if header == "auto":
-        has_header = not all(_is_number(c) for c in rows[0][1])
-    elif isinstance(header, bool):
-        has_header = header
-    else:
-        raise NndError(f"load_csv: header must be 'auto', true or false, got {header!r}")
+    rows, has_header = read_csv_rows(path, header, "load_csv", delimiter)
     names = [c.strip() for c in rows[0][1]] if has_header else None
     body = rows[1:] if has_header else rows
     if not body:

@@ -10,7 +10,6 @@ prepare new data for a trained model and to map its predictions back to the orig
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -21,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nnd.compiler.diagnostics import NndError, did_you_mean
-from nnd.runtime.datasets import _is_number, _rng, load_named, train_validation_split
+from nnd.runtime.datasets import _rng, load_named, read_csv_rows, train_validation_split
 
 __all__ = ["load_time_series_csv", "chronological_split", "SeriesStats", "save_stats", "load_stats",
            "STATS_FILE", "CharVocabulary", "load_text_windows", "pad_sequences", "mask_from_padding",
@@ -185,23 +184,7 @@ def _read_columns(path: Path, columns: Sequence[str | int] | None, target: str |
     """Parse only the needed columns of a numeric CSV: (input column names, target column name,
     input values float64 (rows, features), target values float64 (rows,)). Without a header row the
     names are "column I"."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [(i, r) for i, r in enumerate(csv.reader(f), start=1) if r and any(c.strip() for c in r)]
-    except FileNotFoundError:
-        raise NndError(f"CSV file not found: {path}") from None
-    except UnicodeDecodeError as e:
-        raise NndError(f"cannot read CSV file {path}: it is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except (OSError, csv.Error) as e:
-        raise NndError(f"cannot read CSV file {path}: {e}") from None
-    if not rows:
-        raise NndError(f"CSV file {path} is empty")
-    if header == "auto":
-        has_header = not all(_is_number(c) for c in rows[0][1])
-    elif isinstance(header, bool):
-        has_header = header
-    else:
-        raise NndError(f"load_time_series_csv: header must be 'auto', true or false, got {header!r}")
+    rows, has_header = read_csv_rows(path, header, "load_time_series_csv")
     width = len(rows[0][1])
     names = [c.strip() for c in rows[0][1]] if has_header else None
     display = names if names is not None else [f"column {i}" for i in range(width)]
