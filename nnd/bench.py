@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from nnd.compiler.tensor_type import TensorType
+from nnd.compiler.training_graph import TARGET_PREFIX
 
 
 def random_array(type: TensorType, batch: int, rng: np.random.Generator, classes: int | None = None) -> np.ndarray:
@@ -17,7 +18,6 @@ def random_array(type: TensorType, batch: int, rng: np.random.Generator, classes
 
 
 def bench(model, batch: int, steps: int, train: bool, seed: int = 0) -> str:
-    from nnd.compiler.training_graph import TARGET_PREFIX
     from nnd.runtime.executor import Executor
 
     rng = np.random.default_rng(seed)
@@ -45,13 +45,13 @@ def bench(model, batch: int, steps: int, train: bool, seed: int = 0) -> str:
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return _report(model.name, executor, times, batch, train, TARGET_PREFIX)
+    return _report(model.name, executor, times, batch, train)
 
 
 def _id_range(model, value) -> int | None:
     """Class labels stay below the output's class count; embedding ids below the table's rows."""
-    if value.name.startswith("target:"):
-        output = model.graph.outputs.get(value.name[len("target:"):])
+    if value.name.startswith(TARGET_PREFIX):
+        output = model.graph.outputs.get(value.name[len(TARGET_PREFIX):])
         return int(output.type.shape[-1]) if output is not None else None
     for info in model.graph.param_info.values():
         if info.name.endswith(".embeddings"):
@@ -59,7 +59,7 @@ def _id_range(model, value) -> int | None:
     return None
 
 
-def _report(name: str, executor, times: list[float], batch: int, train: bool, _prefix: str) -> str:
+def _report(name: str, executor, times: list[float], batch: int, train: bool) -> str:
     median = statistics.median(times)
     runs = len(times)
     what = "training step" if train else "inference"

@@ -5,6 +5,7 @@ keyed by input name (or a list in declaration order). Targets follow the same ru
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -141,11 +142,14 @@ class Model:
         outputs = {name: np.concatenate(chunks) if chunks else np.zeros((0,)) for name, chunks in parts.items()}
         return outputs[self.output_names[0]] if len(outputs) == 1 else outputs
 
+    @functools.cached_property
+    def _activation_bytes_per_sample(self) -> int:
+        return max(1, summarize(self.graph).activation_bytes_per_sample)
+
     def _slice_size(self, batch_size: int) -> int:
         if self.backend != "numpy":
             return batch_size  # a GPU wants the whole batch at once
-        per_sample = max(1, summarize(self.graph).activation_bytes_per_sample)
-        return max(MIN_SLICE, min(batch_size, CACHE_BYTES // per_sample))
+        return max(MIN_SLICE, min(batch_size, CACHE_BYTES // self._activation_bytes_per_sample))
 
     def evaluate(self, x: Arrays, y: Arrays, batch_size: int = 256) -> dict[str, float]:
         """The loss and the train section's metrics over (x, y), in inference mode."""
