@@ -48,9 +48,9 @@ def median_step_seconds(step, steps: int, warmup: int) -> float:
 
 
 def nnd_step(model_file: str, batch: int, training: bool, level: int):
-    import numpy as np
+    import nnd  # before NumPy, so that its OpenBLAS settings apply
 
-    import nnd
+    import numpy as np
 
     model = nnd.load(ROOT / "examples" / model_file, seed=0, opt_level=level)
     rng = np.random.default_rng(0)
@@ -136,7 +136,8 @@ def measure(workload: str, system: str, steps: int, threads: int) -> dict:
 
 def run_child(workload: str, system: str, steps: int, threads: int) -> dict | None:
     command = [sys.executable, __file__, "--child", workload, system, str(steps), str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    environment = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), NND_NUM_THREADS=str(threads))
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment)
     if result.returncode != 0:
         print(f"  {workload} / {system} failed: {result.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None

@@ -7,7 +7,15 @@
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# OpenBLAS (NumPy's BLAS) keeps its idle worker threads spinning for 2^28 cycles (about 0.1 s) after
+# every call. nnd's native kernels run their own threads between GEMMs, and spinning workers would take
+# their cores; 2^18 cycles (under 0.1 ms) still keeps back-to-back GEMMs warm. OpenBLAS reads this when
+# it loads, so it applies when nnd is imported before NumPy (the CLI always is); a value set by the user
+# wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
 
 from nnd.compiler.diagnostics import NndError
 

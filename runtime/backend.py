@@ -10,6 +10,7 @@ from nnd.compiler.diagnostics import NndError
 from nnd.runtime import (kernels_basic, kernels_conv, kernels_fused, kernels_recurrent,  # noqa: F401
                          kernels_sequence)  # importing fills the kernel tables
 from nnd.runtime import kernels_cupy, kernels_elementwise  # noqa: F401,E402  (cupy is imported lazily)
+from nnd.runtime import kernels_native  # noqa: F401,E402  (the C library is built on first use)
 from nnd.runtime.kernel_table import Kernel, kernels_for
 
 BACKENDS = ("numpy", "cupy")

@@ -1,0 +1,179 @@
+/* The kernels of `nnd_native.c` for one element type: REAL, with names ending in SUFFIX and EXP as e^x.
+ *
+ * Layouts follow `nnd.runtime.kernels_recurrent`: saved tensors are time-major and contiguous
+ * ([T][N][units], gates [T][N][4 units] in Keras' order i, f, c, o); the projected inputs and the
+ * incoming output gradients are strided views, passed as a pointer to their first element in
+ * processing order and the element strides between steps and between rows.
+ */
+#define PASTE2(a, b) a##_##b
+#define PASTE(a, b) PASTE2(a, b)
+#define NAME(base) PASTE(base, SUFFIX)
+
+/* 32-byte vectors: one AVX register of 8 floats or 4 doubles; the compiler splits them elsewhere. */
+#define LANES (int)(32 / sizeof(REAL))
+typedef REAL NAME(vec) __attribute__((vector_size(32), aligned(sizeof(REAL))));
+#define VEC NAME(vec)
+
+/* Micro-tile of the GEMM: 4 rows by 2 vectors, 8 accumulators that stay in registers. */
+#define TILE_ROWS 4
+#define TILE_VECS 2
+
+static inline REAL NAME(sigmoid)(REAL x) { return (REAL)1 / ((REAL)1 + EXP(-x)); }
+
+/* tanh(x) = 2 sigmoid(2x) - 1: exact limits at both ends, absolute error of a few ulps of 1 near 0. */
+static inline REAL NAME(tanh)(REAL x) { return (REAL)2 / ((REAL)1 + EXP(-2 * x)) - (REAL)1; }
+
+/* c[TILE_ROWS][TILE_VECS * LANES] += a[TILE_ROWS][depth] b[depth][...]; row strides lda, ldb, ldc. */
+static inline void NAME(gemm_tile)(long depth, const REAL *restrict a, long lda, const REAL *restrict b,
+                                   long ldb, REAL *restrict c, long ldc) {
+    VEC acc[TILE_ROWS][TILE_VECS];
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int v = 0; v < TILE_VECS; v++) acc[r][v] = *(const VEC *)(c + r * ldc + v * LANES);
+    for (long p = 0; p < depth; p++) {
+        VEC bv[TILE_VECS];
+        for (int v = 0; v < TILE_VECS; v++) bv[v] = *(const VEC *)(b + p * ldb + v * LANES);
+        for (int r = 0; r < TILE_ROWS; r++) {
+            REAL av = a[r * lda + p];
+            for (int v = 0; v < TILE_VECS; v++) acc[r][v] += av * bv[v];
+        }
+    }
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int v = 0; v < TILE_VECS; v++) *(VEC *)(c + r * ldc + v * LANES) = acc[r][v];
+}
+
+/* The ragged edges of the GEMM, element by element. */
+static void NAME(gemm_edge)(long rows, long cols, long depth, const REAL *a, long lda, const REAL *b,
+                            long ldb, REAL *c, long ldc) {
+    for (long r = 0; r < rows; r++)
+        for (long p = 0; p < depth; p++) {
+            REAL av = a[r * lda + p];
+            for (long j = 0; j < cols; j++) c[r * ldc + j] += av * b[p * ldb + j];
+        }
+}
+
+/* c[rows][cols] += a[rows][depth] b[depth][cols], row-major with the given row strides. Column tiles
+ * outside, row tiles inside: a tile's slice of b (depth x 16 values) stays in L1 while every row passes. */
+static void NAME(gemm_acc)(long rows, long cols, long depth, const REAL *a, long lda, const REAL *b,
+                           long ldb, REAL *c, long ldc) {
+    const long tile_cols = TILE_VECS * LANES;
+    for (long j = 0; j < cols; j += tile_cols) {
+        long w = cols - j < tile_cols ? cols - j : tile_cols;
+        for (long i = 0; i < rows; i += TILE_ROWS) {
+            long m = rows - i < TILE_ROWS ? rows - i : TILE_ROWS;
+            if (m == TILE_ROWS && w == tile_cols)
+                NAME(gemm_tile)(depth, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
+            else
+                NAME(gemm_edge)(m, w, depth, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
+        }
+    }
+}
+
+/* One row of an LSTM step: z (the 4 units pre-activations) becomes the activated gates in place; writes
+ * the new cell state c and output h. Separate restrict pointers per gate let the loop vectorize. */
+static inline void NAME(lstm_row)(long units, REAL *restrict z, const REAL *restrict c_prev,
+                                  REAL *restrict c_out, REAL *restrict h_out) {
+    REAL *restrict zi = z, *restrict zf = z + units, *restrict zc = z + 2 * units, *restrict zo = z + 3 * units;
+    for (long j = 0; j < units; j++) {
+        REAL i = NAME(sigmoid)(zi[j]), f = NAME(sigmoid)(zf[j]);
+        REAL cand = NAME(tanh)(zc[j]), o = NAME(sigmoid)(zo[j]);
+        REAL c = f * c_prev[j] + i * cand;
+        zi[j] = i;
+        zf[j] = f;
+        zc[j] = cand;
+        zo[j] = o;
+        c_out[j] = c;
+        h_out[j] = o * NAME(tanh)(c);
+    }
+}
+
+/* One row of an LSTM step backwards: from the gradients dh, dc of the step's outputs (dc updated in
+ * place to the gradient of c_{t-1}) to the gradients dg of the four pre-activations. */
+static inline void NAME(lstm_row_backward)(long units, const REAL *restrict g, const REAL *restrict c,
+                                           const REAL *restrict c_prev, const REAL *restrict dh,
+                                           REAL *restrict dc, REAL *restrict dg) {
+    const REAL *restrict gi = g, *restrict gf = g + units, *restrict gc = g + 2 * units;
+    const REAL *restrict go = g + 3 * units;
+    REAL *restrict di = dg, *restrict df = dg + units, *restrict dcand = dg + 2 * units;
+    REAL *restrict d_o = dg + 3 * units;
+    for (long j = 0; j < units; j++) {
+        REAL i = gi[j], f = gf[j], cand = gc[j], o = go[j];
+        REAL tc = NAME(tanh)(c[j]);
+        REAL dcj = dc[j] + dh[j] * o * (1 - tc * tc);
+        di[j] = dcj * cand * i * (1 - i);
+        df[j] = dcj * c_prev[j] * f * (1 - f);
+        dcand[j] = dcj * i * (1 - cand * cand);
+        d_o[j] = dh[j] * tc * o * (1 - o);
+        dc[j] = dcj * f;
+    }
+}
+
+/* Forward LSTM scan over batch rows [row_begin, row_end) with Keras' default activations.
+ *   x       projected inputs (x W + b): step s, row r at x + s * x_step + r * x_row
+ *   h0, c0  [n][units] initial states; kernel [units][4 units]
+ *   rmask   [n][units] recurrent dropout mask multiplying h_{t-1}, or NULL
+ *   hs, cs  [steps][n][units] outputs; gates [steps][n][4 units] activated gates (output)
+ *   work    [n][units] scratch for the masked state (only read when rmask is given) */
+void NAME(lstm_forward)(long steps, long n, long units, long row_begin, long row_end, const REAL *x,
+                        long x_step, long x_row, const REAL *h0, const REAL *c0, const REAL *kernel,
+                        const REAL *rmask, REAL *hs, REAL *cs, REAL *gates, REAL *work) {
+    const long rows = row_end - row_begin, width = 4 * units;
+    for (long s = 0; s < steps; s++) {
+        const REAL *h_prev = (s ? hs + (s - 1) * n * units : h0) + row_begin * units;
+        const REAL *c_prev = (s ? cs + (s - 1) * n * units : c0) + row_begin * units;
+        REAL *z = gates + (s * n + row_begin) * width;
+        for (long r = 0; r < rows; r++)
+            for (long j = 0; j < width; j++) z[r * width + j] = x[s * x_step + (row_begin + r) * x_row + j];
+        if (rmask) {
+            REAL *masked = work + row_begin * units;
+            const REAL *m = rmask + row_begin * units;
+            for (long k = 0; k < rows * units; k++) masked[k] = h_prev[k] * m[k];
+            h_prev = masked;
+        }
+        NAME(gemm_acc)(rows, width, units, h_prev, units, kernel, width, z, width);
+        REAL *c_out = cs + (s * n + row_begin) * units, *h_out = hs + (s * n + row_begin) * units;
+        for (long r = 0; r < rows; r++)
+            NAME(lstm_row)(units, z + r * width, c_prev + r * units, c_out + r * units, h_out + r * units);
+    }
+}
+
+/* Backprop through the forward scan above, over batch rows [row_begin, row_end).
+ *   kernel_t  [4 units][units], the recurrent kernel transposed
+ *   dout      incoming gradient of every step's output (step s, row r at dout + s * d_step + r * d_row),
+ *             or NULL when only the last state has one
+ *   dh, dc    [n][units]: the gradients of the last states in, of the initial states out
+ *   dgates    [steps][n][4 units]: the gradients of the gate pre-activations (output) */
+void NAME(lstm_backward)(long steps, long n, long units, long row_begin, long row_end, const REAL *c0,
+                         const REAL *kernel_t, const REAL *rmask, const REAL *cs, const REAL *gates,
+                         const REAL *dout, long d_step, long d_row, REAL *dh, REAL *dc, REAL *dgates) {
+    const long rows = row_end - row_begin, width = 4 * units;
+    REAL *dh_rows = dh + row_begin * units, *dc_rows = dc + row_begin * units;
+    for (long s = steps - 1; s >= 0; s--) {
+        const REAL *c_now = cs + (s * n + row_begin) * units;
+        const REAL *c_prev = (s ? cs + (s - 1) * n * units : c0) + row_begin * units;
+        const REAL *g_rows = gates + (s * n + row_begin) * width;
+        REAL *dg_rows = dgates + (s * n + row_begin) * width;
+        for (long r = 0; r < rows; r++) {
+            REAL *dhr = dh_rows + r * units;
+            if (dout) {
+                const REAL *d = dout + s * d_step + (row_begin + r) * d_row;
+                for (long j = 0; j < units; j++) dhr[j] += d[j];
+            }
+            NAME(lstm_row_backward)(units, g_rows + r * width, c_now + r * units, c_prev + r * units, dhr,
+                                    dc_rows + r * units, dg_rows + r * width);
+        }
+        for (long k = 0; k < rows * units; k++) dh_rows[k] = 0;
+        NAME(gemm_acc)(rows, units, width, dg_rows, width, kernel_t, units, dh_rows, units);
+        if (rmask) {
+            const REAL *m = rmask + row_begin * units;
+            for (long k = 0; k < rows * units; k++) dh_rows[k] *= m[k];
+        }
+    }
+}
+
+#undef PASTE2
+#undef PASTE
+#undef NAME
+#undef LANES
+#undef VEC
+#undef TILE_ROWS
+#undef TILE_VECS

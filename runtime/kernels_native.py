@@ -1,0 +1,102 @@
+"""The NumPy backend's LSTM scans in native code (`csrc/scan_impl.h`, loaded by `nnd.runtime.native`).
+
+They replace the in-place NumPy loops of `kernels_recurrent` for Keras' default activations (the
+`LSTM_DEFAULT_PATHS` entry for numpy): one C call per scan instead of a dozen NumPy calls per step, the
+batch split between threads. The saved tensors and gradients have the same layouts and meaning as the
+NumPy versions', which run instead when the library is unavailable or the dtype is not float32/float64.
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import numpy as np
+
+from nnd.runtime import native
+from nnd.runtime.kernels_recurrent import LSTM_DEFAULT_PATHS, _lstm_backward_default, _lstm_forward_default
+
+_SUFFIXES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_LONG, _POINTER = ctypes.c_long, ctypes.c_void_p
+_SIGNATURES = {
+    # steps, n, units, row_begin, row_end, x, x_step, x_row, h0, c0, kernel, rmask, hs, cs, gates, work
+    "lstm_forward": [_LONG] * 5 + [_POINTER, _LONG, _LONG] + [_POINTER] * 8,
+    # steps, n, units, row_begin, row_end, c0, kernel_t, rmask, cs, gates, dout, d_step, d_row, dh, dc, dgates
+    "lstm_backward": [_LONG] * 5 + [_POINTER] * 5 + [_POINTER, _LONG, _LONG] + [_POINTER] * 3,
+}
+_bound: dict[tuple[int, str], Any] = {}
+
+
+def _function(base: str, dtype: Any):
+    """The native `base` kernel for `dtype`, or None when the NumPy version must run."""
+    suffix = _SUFFIXES.get(np.dtype(dtype))
+    lib = native.library() if suffix else None
+    if lib is None:
+        return None
+    key = (id(lib), f"{base}_{suffix}")
+    fn = _bound.get(key)
+    if fn is None:
+        fn = getattr(lib, key[1])
+        fn.argtypes = _SIGNATURES[base]
+        fn.restype = None
+        _bound[key] = fn
+    return fn
+
+
+def _address(array: np.ndarray | None) -> int | None:
+    return None if array is None else array.__array_interface__["data"][0]
+
+
+def _row_strided(array: np.ndarray, dtype: Any) -> np.ndarray:
+    """`array` ([T, N, w]) as `dtype` with unit stride along its last axis, copied only when needed;
+    the other two strides may be anything (negative for a reversed time axis, 0 for a broadcast)."""
+    array = np.asarray(array, dtype=dtype)
+    if array.strides[2] != array.itemsize or any(s % array.itemsize for s in array.strides):
+        array = np.ascontiguousarray(array)
+    return array
+
+
+def _element_strides(array: np.ndarray) -> tuple[int, int]:
+    return array.strides[0] // array.itemsize, array.strides[1] // array.itemsize
+
+
+def lstm_forward_native(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) -> None:
+    """`kernels_recurrent._lstm_forward_default` in one native call per thread."""
+    fn = _function("lstm_forward", hs.dtype)
+    if fn is None:
+        _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates)
+        return
+    steps, n, units = hs.shape
+    dt = hs.dtype
+    xt = _row_strided(xt, dt)
+    x_step, x_row = _element_strides(xt)
+    h0, c0 = np.ascontiguousarray(h0, dtype=dt), np.ascontiguousarray(c0, dtype=dt)
+    kernel = np.ascontiguousarray(recurrent_kernel, dtype=dt)
+    mask = None if rmask is None else np.ascontiguousarray(np.broadcast_to(rmask, (n, units)), dtype=dt)
+    work = None if rmask is None else np.empty((n, units), dtype=dt)
+    addresses = [_address(a) for a in (h0, c0, kernel, mask, hs, cs, gates, work)]
+    x = _address(xt)
+    native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, x, x_step, x_row, *addresses))
+
+
+def lstm_backward_native(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates):
+    """`kernels_recurrent._lstm_backward_default` in one native call per thread; returns (dh, dc), the
+    gradients of the initial states."""
+    fn = _function("lstm_backward", cs.dtype)
+    if fn is None:
+        return _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates)
+    steps, n, units = cs.shape
+    dt = cs.dtype
+    c0 = np.ascontiguousarray(c0, dtype=dt)
+    kernel_t = np.ascontiguousarray(np.asarray(recurrent_kernel, dtype=dt).T)
+    mask = None if rmask is None else np.ascontiguousarray(np.broadcast_to(rmask, (n, units)), dtype=dt)
+    dh, dc = np.ascontiguousarray(dh, dtype=dt), np.ascontiguousarray(dc, dtype=dt)
+    if dout_tm is not None:
+        dout_tm = _row_strided(dout_tm, dt)
+    d_step, d_row = _element_strides(dout_tm) if dout_tm is not None else (0, 0)
+    before = [_address(a) for a in (c0, kernel_t, mask, cs, gates, dout_tm)]
+    after = [_address(a) for a in (dh, dc, dgates)]
+    native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, *before, d_step, d_row, *after))
+    return dh, dc
+
+
+LSTM_DEFAULT_PATHS["numpy"] = (lstm_forward_native, lstm_backward_native)

@@ -1,0 +1,227 @@
+"""Native CPU kernels: C sources in `csrc/`, compiled on first use with the machine's C compiler, cached,
+loaded with ctypes.
+
+Some NumPy kernels are bound by per-call overhead rather than arithmetic: a recurrent scan makes a dozen
+array calls per time step on a few thousand elements each. Those kernels have a C version that runs a
+whole scan in one call. The library is built for the machine it runs on (`-march=native`) the first
+time a process needs it and kept in a cache directory, keyed by a hash of the sources, the compiler and
+the CPU, so later processes only load it. Writes are atomic (a temporary file renamed into place), so
+processes starting together at worst compile twice.
+
+Everything degrades to NumPy: with no C compiler, a failed build or NND_NATIVE=0 the kernels that would
+use the library run their NumPy versions, with the same results to rounding. `status()` says which
+happened (`nnd bench` prints it); NND_NATIVE=1 makes a missing library an error instead.
+
+Environment: NND_NATIVE (auto when unset, 0 off, 1 required), CC (the compiler, default cc),
+NND_CACHE_DIR (default $XDG_CACHE_HOME/nnd or ~/.cache/nnd), NND_NUM_THREADS (threads for kernels that
+split the batch; default: the CPUs this process may run on).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from nnd.compiler.diagnostics import NndError
+
+SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
+MAIN_SOURCE = "nnd_native.c"
+ABI_VERSION = 1
+# -fno-trapping-math lets the compiler turn the clamps of the exp into vector min/max; no -ffast-math:
+# the rounding trick of the exp and the NaN behaviour of the kernels depend on IEEE arithmetic.
+BASE_FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
+COMPILE_TIMEOUT_S = 300
+
+_library: ctypes.CDLL | None = None
+_status: str | None = None
+_enabled_override: bool | None = None
+_pool: ThreadPoolExecutor | None = None
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+def library() -> ctypes.CDLL | None:
+    """The loaded native library, building it on first use; None when it is off or cannot be built."""
+    global _library, _status
+    if _status is not None:
+        return _library if _enabled() else None
+    if not _enabled():
+        return None
+    try:
+        _library = _load_or_build()
+        _status = f"on ({_compiler_name()})"
+    except _Unavailable as why:
+        _library, _status = None, f"off: {why}"
+        if _mode() == "1":
+            raise NndError(f"native kernels required by NND_NATIVE=1 are unavailable: {why}") from None
+    return _library
+
+
+def status() -> str:
+    """One line: whether the native kernels run, and why not when they do not."""
+    if not _enabled():
+        return "off: disabled (NND_NATIVE=0)"
+    library()
+    return _status or "off"
+
+
+def set_enabled(enabled: bool | None) -> None:
+    """Force the native kernels on or off for this process (None: back to NND_NATIVE); for tests and
+    for comparing the two paths."""
+    global _enabled_override
+    _enabled_override = enabled
+
+
+def _mode() -> str:
+    return os.environ.get("NND_NATIVE", "").strip()
+
+
+def _enabled() -> bool:
+    if _enabled_override is not None:
+        return _enabled_override
+    return _mode() != "0"
+
+
+class _Unavailable(Exception):
+    """Why the library cannot be used; becomes the `status()` line."""
+
+
+def _compiler() -> str:
+    name = os.environ.get("CC") or "cc"
+    path = shutil.which(name)
+    if path is None:
+        raise _Unavailable(f"no C compiler ({name!r} not found; set CC)")
+    return path
+
+
+def _compiler_name() -> str:
+    return Path(_compiler()).name
+
+
+def _load_or_build() -> ctypes.CDLL:
+    compiler = _compiler()
+    flags = _flags(compiler)
+    target = _cache_dir() / f"nnd_native_{_build_key(compiler, flags)}.so"
+    if not target.exists():
+        _build(compiler, flags, target)
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as error:
+        raise _Unavailable(f"cannot load {target}: {error}") from None
+    if lib.nnd_native_abi_version() != ABI_VERSION:
+        raise _Unavailable(f"{target} is from another version of nnd")
+    return lib
+
+
+def _flags(compiler: str) -> tuple[str, ...]:
+    """The base flags plus -march=native where the compiler accepts it (GCC and Clang on x86 and Arm
+    Linux; Apple's Clang on Arm does not)."""
+    probe = subprocess.run([compiler, "-march=native", "-x", "c", "-E", "-o", os.devnull, os.devnull],
+                           capture_output=True, timeout=COMPILE_TIMEOUT_S)
+    return BASE_FLAGS + (("-march=native",) if probe.returncode == 0 else ())
+
+
+def _build_key(compiler: str, flags: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for source in sorted(SOURCE_DIR.glob("*.[ch]")):
+        digest.update(source.name.encode() + source.read_bytes())
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             timeout=COMPILE_TIMEOUT_S).stdout.splitlines()[:1]
+    for part in (compiler, *version, *flags, platform.machine(), _cpu_signature()):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:20]
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and feature flags, so that a cache shared between machines never hands a binary
+    built with -march=native to a CPU without those instructions."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    wanted = ("model name", "flags", "Features", "CPU part")
+    return "|".join(sorted({line for line in text.splitlines() if line.split(":")[0].strip() in wanted}))
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("NND_CACHE_DIR")
+    if base:
+        path = Path(base)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        path = (Path(xdg) if xdg else Path.home() / ".cache") / "nnd"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"nnd-cache-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def _build(compiler: str, flags: tuple[str, ...], target: Path) -> None:
+    handle, partial = tempfile.mkstemp(suffix=".so", prefix=".build-", dir=target.parent)
+    os.close(handle)
+    command = [compiler, *flags, "-o", partial, str(SOURCE_DIR / MAIN_SOURCE), "-lm"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or ["no message"])[0]
+            raise _Unavailable(f"the C compiler failed: {first}")
+        os.replace(partial, target)
+    except subprocess.TimeoutExpired:
+        raise _Unavailable(f"the C compiler took over {COMPILE_TIMEOUT_S} s") from None
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+# ------------------------------------------------------------------------------------------------ threads
+
+def thread_count() -> int:
+    """How many threads kernels that split the batch may use."""
+    configured = os.environ.get("NND_NUM_THREADS", "").strip()
+    if configured:
+        try:
+            return max(1, int(configured))
+        except ValueError:
+            raise NndError(f"NND_NUM_THREADS must be a whole number, not {configured!r}") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def row_chunks(rows: int, threads: int, align: int = 4) -> list[tuple[int, int]]:
+    """Split [0, rows) into at most `threads` contiguous ranges whose starts are multiples of `align` (so
+    each thread's GEMM tiles stay whole), dropping empty ones."""
+    blocks = -(-rows // align)
+    count = max(1, min(threads, blocks))
+    bounds = [min(rows, (blocks * k // count) * align) for k in range(count + 1)]
+    return [(bounds[k], bounds[k + 1]) for k in range(count) if bounds[k] < bounds[k + 1]]
+
+
+def run_rows(rows: int, work: Callable[[int, int], None]) -> None:
+    """Run `work(begin, end)` over row ranges covering [0, rows), in parallel when there are several.
+
+    The native functions release the GIL (ctypes.CDLL does), so Python threads run them side by side."""
+    global _pool
+    chunks = row_chunks(rows, thread_count())
+    if len(chunks) == 1:
+        work(*chunks[0])
+        return
+    if _pool is None or _pool._max_workers < len(chunks) - 1:
+        _pool = ThreadPoolExecutor(max_workers=len(chunks) - 1, thread_name_prefix="nnd-native")
+    pending = [_pool.submit(work, begin, end) for begin, end in chunks[1:]]
+    work(*chunks[0])
+    for future in pending:
+        future.result()

@@ -1,0 +1,196 @@
+"""Native CPU kernels: the C LSTM scans against the NumPy path they replace (forward, backward, every
+option, odd sizes, several threads), and the loader's build, cache and fallbacks. Finite-difference and
+PyTorch checks of the LSTM in float64 (gradcheck_cases.py, test_recurrent_kernels.py) run through the
+native path too, since it is the NumPy backend's default whenever a C compiler is present."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from nnd.compiler.diagnostics import NndError
+from nnd.runtime import native
+from nnd.runtime.kernel_table import KernelContext, kernels_for
+
+KERNELS = kernels_for("numpy")
+HAS_COMPILER = shutil.which(os.environ.get("CC") or "cc") is not None
+needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch, tmp_path):
+    """A loader that has not tried to build yet, caching under tmp_path; restored afterwards."""
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_status", None)
+    monkeypatch.setenv("NND_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("NND_NATIVE", raising=False)
+    return tmp_path
+
+
+def lstm_inputs(n, t, u, dtype, seed, recurrent_dropout=False):
+    r = np.random.default_rng(seed)
+    rmask = (r.random((n, u)) > 0.3) / 0.7 if recurrent_dropout else np.array(1.0)
+    arrays = (r.normal(size=(n, t, 4 * u)), r.normal(scale=0.5, size=(n, u)), r.normal(scale=0.5, size=(n, u)),
+              r.normal(scale=0.5, size=(u, 4 * u)), np.array(1.0), rmask)
+    return [np.asarray(a, dtype=dtype) for a in arrays]
+
+
+def run_both_paths(n, t, u, dtype, attrs, recurrent_dropout=False, d_out_kind="full"):
+    """(native, numpy) results: the forward outputs then the gradients, with the same incoming gradients."""
+    ctx = KernelContext(np, np.random.default_rng(0), dtype)
+    attrs = {"units": u, **attrs}
+    inputs = lstm_inputs(n, t, u, dtype, seed=n * 100 + t, recurrent_dropout=recurrent_dropout)
+    r = np.random.default_rng(1)
+    out_shape = (n, t, u) if attrs.get("return_sequences") else (n, u)
+    d_out = {"full": lambda: r.normal(size=out_shape), "scalar": lambda: np.array(0.0),
+             "broadcast": lambda: np.broadcast_to(r.normal(size=u), out_shape)}[d_out_kind]()
+    d_h, d_c = r.normal(size=(n, u)), r.normal(size=(n, u))
+    results = []
+    for enabled in (True, False):
+        native.set_enabled(enabled)
+        try:
+            forward = KERNELS["lstm_scan"](ctx, attrs, *inputs)
+            _, _, _, hs, cs, gates = forward
+            h0, c0, kernel, mask, rmask = inputs[1:]
+            grads = KERNELS["lstm_scan_grad"](ctx, attrs, h0, c0, kernel, mask, rmask, hs, cs, gates,
+                                              np.asarray(d_out, dtype), d_h.astype(dtype), d_c.astype(dtype))
+        finally:
+            native.set_enabled(None)
+        results.append([*forward, *grads])
+    return results
+
+
+CASES = [
+    ({}, False), ({"return_sequences": True}, False), ({"go_backwards": True}, False),
+    ({"return_sequences": True, "go_backwards": True}, True), ({}, True),
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize("attrs, recurrent_dropout", CASES)
+@pytest.mark.parametrize("n, t, u", [(32, 7, 16), (5, 4, 3), (9, 3, 20)])
+def test_native_lstm_equals_numpy_float64(n, t, u, attrs, recurrent_dropout):
+    assert native.library() is not None
+    got, expected = run_both_paths(n, t, u, np.float64, attrs, recurrent_dropout)
+    for g, e in zip(got, expected):
+        assert g.dtype == np.float64 and g.shape == e.shape
+        np.testing.assert_allclose(g, e, rtol=1e-11, atol=1e-13)
+
+
+@needs_compiler
+@pytest.mark.parametrize("attrs, recurrent_dropout", CASES)
+def test_native_lstm_equals_numpy_float32(attrs, recurrent_dropout):
+    got, expected = run_both_paths(16, 12, 8, np.float32, attrs, recurrent_dropout)
+    for g, e in zip(got, expected):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=2e-5)
+
+
+@needs_compiler
+@pytest.mark.parametrize("d_out_kind", ["scalar", "broadcast"])
+def test_native_lstm_takes_any_incoming_gradient_layout(d_out_kind):
+    attrs = {"return_sequences": d_out_kind == "broadcast"}
+    got, expected = run_both_paths(6, 5, 4, np.float64, attrs, d_out_kind=d_out_kind)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-11, atol=1e-13)
+
+
+@needs_compiler
+@pytest.mark.parametrize("threads", ["1", "2", "3", "8"])
+def test_native_lstm_is_the_same_on_any_thread_count(monkeypatch, threads):
+    """Rows are independent, so splitting the batch changes nothing, bit for bit."""
+    monkeypatch.setenv("NND_NUM_THREADS", "1")
+    single = run_both_paths(21, 6, 8, np.float32, {"return_sequences": True})[0]
+    monkeypatch.setenv("NND_NUM_THREADS", threads)
+    split = run_both_paths(21, 6, 8, np.float32, {"return_sequences": True})[0]
+    for a, b in zip(single, split):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_compiler
+def test_float32_exp_is_accurate_across_its_range():
+    """tanh and the sigmoid come from the C float32 exp: compare the gates of one step against float64
+    math over pre-activations from -90 to 90."""
+    u = 256
+    z = np.linspace(-90, 90, 4 * u).reshape(1, 1, 4 * u)
+    zero = np.zeros((1, u))
+    ctx = KernelContext(np, np.random.default_rng(0), np.float32)
+    native.set_enabled(True)
+    try:
+        gates = KERNELS["lstm_scan"](ctx, {"units": u}, z.astype(np.float32), zero.astype(np.float32),
+                                     zero.astype(np.float32), np.zeros((u, 4 * u), np.float32),
+                                     np.array(1.0), np.array(1.0))[5][0, 0]
+    finally:
+        native.set_enabled(None)
+    sigmoid = 1 / (1 + np.exp(-z[0, 0]))
+    expected = np.concatenate([sigmoid[:2 * u], np.tanh(z[0, 0, 2 * u:3 * u]), sigmoid[3 * u:]])
+    np.testing.assert_allclose(gates, expected, rtol=3e-7, atol=3e-7)
+
+
+def test_row_chunks_cover_the_batch_on_tile_boundaries():
+    assert native.row_chunks(32, 2) == [(0, 16), (16, 32)]
+    assert native.row_chunks(5, 4) == [(0, 4), (4, 5)]
+    assert native.row_chunks(3, 8) == [(0, 3)]
+    for rows in range(1, 40):
+        for threads in range(1, 6):
+            chunks = native.row_chunks(rows, threads)
+            assert chunks[0][0] == 0 and chunks[-1][1] == rows and len(chunks) <= threads
+            assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+            assert all(begin % 4 == 0 and begin < end for begin, end in chunks)
+
+
+def test_thread_count_setting(monkeypatch):
+    monkeypatch.setenv("NND_NUM_THREADS", "3")
+    assert native.thread_count() == 3
+    monkeypatch.setenv("NND_NUM_THREADS", "many")
+    with pytest.raises(NndError, match="NND_NUM_THREADS must be a whole number, not 'many'"):
+        native.thread_count()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loader
+
+
+@needs_compiler
+def test_builds_once_into_the_cache_and_reloads(fresh_loader):
+    assert native.library() is not None
+    assert native.status().startswith("on (")
+    built = list(fresh_loader.glob("nnd_native_*.so"))
+    assert len(built) == 1 and not list(fresh_loader.glob(".build-*"))
+    stamp = built[0].stat().st_mtime_ns
+    native._library, native._status = None, None
+    assert native.library() is not None
+    assert built[0].stat().st_mtime_ns == stamp
+
+
+def test_missing_compiler_falls_back_to_numpy(fresh_loader, monkeypatch):
+    monkeypatch.setenv("CC", "nnd-no-such-compiler")
+    assert native.library() is None
+    assert native.status() == "off: no C compiler ('nnd-no-such-compiler' not found; set CC)"
+    # the scan still runs, on the NumPy path
+    ctx = KernelContext(np, np.random.default_rng(0), np.float64)
+    outputs = KERNELS["lstm_scan"](ctx, {"units": 3}, *lstm_inputs(2, 4, 3, np.float64, seed=0))
+    assert outputs[0].shape == (2, 3) and np.all(np.isfinite(outputs[0]))
+
+
+def test_failing_compiler_is_reported(fresh_loader, monkeypatch):
+    monkeypatch.setenv("CC", shutil.which("false") or "false")
+    assert native.library() is None
+    assert native.status().startswith("off: the C compiler failed")
+    assert not list(fresh_loader.glob("*.so")) and not list(fresh_loader.glob(".build-*"))
+
+
+def test_required_native_kernels_fail_clearly(fresh_loader, monkeypatch):
+    monkeypatch.setenv("CC", "nnd-no-such-compiler")
+    monkeypatch.setenv("NND_NATIVE", "1")
+    with pytest.raises(NndError, match="native kernels required by NND_NATIVE=1 are unavailable: no C compiler"):
+        native.library()
+
+
+def test_disabled_by_environment(fresh_loader, monkeypatch):
+    monkeypatch.setenv("NND_NATIVE", "0")
+    assert native.library() is None
+    assert native.status() == "off: disabled (NND_NATIVE=0)"
+    assert not list(fresh_loader.glob("*.so"))
