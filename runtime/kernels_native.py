@@ -22,6 +22,9 @@ _SIGNATURES = {
     "lstm_forward": [_LONG] * 5 + [_POINTER, _LONG, _LONG] + [_POINTER] * 8,
     # steps, n, units, row_begin, row_end, c0, kernel_t, rmask, cs, gates, dout, d_step, d_row, dh, dc, dgates
     "lstm_backward": [_LONG] * 5 + [_POINTER] * 5 + [_POINTER, _LONG, _LONG] + [_POINTER] * 3,
+    # depth, cols, b, ldb, out
+    "pack_panels": [_LONG, _LONG, _POINTER, _LONG, _POINTER],
+    "panel_width": [],
 }
 _bound: dict[tuple[int, str], Any] = {}
 
@@ -37,9 +40,19 @@ def _function(base: str, dtype: Any):
     if fn is None:
         fn = getattr(lib, key[1])
         fn.argtypes = _SIGNATURES[base]
-        fn.restype = None
+        fn.restype = _LONG if base == "panel_width" else None
         _bound[key] = fn
     return fn
+
+
+def _packed(matrix: np.ndarray, dtype: Any) -> np.ndarray:
+    """`matrix` [depth, cols] in the column panels the native GEMM reads (`pack_panels`)."""
+    matrix = np.ascontiguousarray(matrix, dtype=dtype)
+    depth, cols = matrix.shape
+    width = _function("panel_width", dtype)()
+    out = np.empty(-(-cols // width) * width * depth, dtype=dtype)
+    _function("pack_panels", dtype)(depth, cols, _address(matrix), cols, _address(out))
+    return out
 
 
 def _address(array: np.ndarray | None) -> int | None:
@@ -70,7 +83,7 @@ def lstm_forward_native(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) 
     xt = _row_strided(xt, dt)
     x_step, x_row = _element_strides(xt)
     h0, c0 = np.ascontiguousarray(h0, dtype=dt), np.ascontiguousarray(c0, dtype=dt)
-    kernel = np.ascontiguousarray(recurrent_kernel, dtype=dt)
+    kernel = _packed(recurrent_kernel, dt)
     mask = None if rmask is None else np.ascontiguousarray(np.broadcast_to(rmask, (n, units)), dtype=dt)
     work = None if rmask is None else np.empty((n, units), dtype=dt)
     addresses = [_address(a) for a in (h0, c0, kernel, mask, hs, cs, gates, work)]
@@ -87,7 +100,7 @@ def lstm_backward_native(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh
     steps, n, units = cs.shape
     dt = cs.dtype
     c0 = np.ascontiguousarray(c0, dtype=dt)
-    kernel_t = np.ascontiguousarray(np.asarray(recurrent_kernel, dtype=dt).T)
+    kernel_t = _packed(np.asarray(recurrent_kernel).T, dt)
     mask = None if rmask is None else np.ascontiguousarray(np.broadcast_to(rmask, (n, units)), dtype=dt)
     dh, dc = np.ascontiguousarray(dh, dtype=dt), np.ascontiguousarray(dc, dtype=dt)
     if dout_tm is not None:

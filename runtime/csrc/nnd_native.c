@@ -6,8 +6,8 @@
  * independent through a whole scan, so the caller splits them between threads with no synchronization.
  *
  * Every kernel exists for float32 (suffix _f32, a polynomial exp that the compiler vectorizes) and
- * float64 (suffix _f64, the C library's exp, for the finite-difference checks): `scan_impl.h` is
- * included once per type.
+ * float64 (suffix _f64, the C library's exp, for the finite-difference checks): `gemm_impl.h` and
+ * `scan_impl.h` are included once per type.
  */
 #include <math.h>
 #include <stdint.h>
@@ -43,9 +43,14 @@ static inline float exp_f32(float x) {
 
 static inline double exp_f64(double x) { return exp(x); }
 
+#define PASTE2(a, b) a##_##b
+#define PASTE(a, b) PASTE2(a, b)
+#define NAME(base) PASTE(base, SUFFIX)
+
 #define REAL float
 #define SUFFIX f32
 #define EXP exp_f32
+#include "gemm_impl.h"
 #include "scan_impl.h"
 #undef REAL
 #undef SUFFIX
@@ -54,10 +59,11 @@ static inline double exp_f64(double x) { return exp(x); }
 #define REAL double
 #define SUFFIX f64
 #define EXP exp_f64
+#include "gemm_impl.h"
 #include "scan_impl.h"
 #undef REAL
 #undef SUFFIX
 #undef EXP
 
 /* Lets the loader check that the library it found is the one it compiled. */
-int nnd_native_abi_version(void) { return 1; }
+int nnd_native_abi_version(void) { return 2; }

@@ -5,68 +5,11 @@
  * incoming output gradients are strided views, passed as a pointer to their first element in
  * processing order and the element strides between steps and between rows.
  */
-#define PASTE2(a, b) a##_##b
-#define PASTE(a, b) PASTE2(a, b)
-#define NAME(base) PASTE(base, SUFFIX)
-
-/* 32-byte vectors: one AVX register of 8 floats or 4 doubles; the compiler splits them elsewhere. */
-#define LANES (int)(32 / sizeof(REAL))
-typedef REAL NAME(vec) __attribute__((vector_size(32), aligned(sizeof(REAL))));
-#define VEC NAME(vec)
-
-/* Micro-tile of the GEMM: 4 rows by 2 vectors, 8 accumulators that stay in registers. */
-#define TILE_ROWS 4
-#define TILE_VECS 2
 
 static inline REAL NAME(sigmoid)(REAL x) { return (REAL)1 / ((REAL)1 + EXP(-x)); }
 
 /* tanh(x) = 2 sigmoid(2x) - 1: exact limits at both ends, absolute error of a few ulps of 1 near 0. */
 static inline REAL NAME(tanh)(REAL x) { return (REAL)2 / ((REAL)1 + EXP(-2 * x)) - (REAL)1; }
-
-/* c[TILE_ROWS][TILE_VECS * LANES] += a[TILE_ROWS][depth] b[depth][...]; row strides lda, ldb, ldc. */
-static inline void NAME(gemm_tile)(long depth, const REAL *restrict a, long lda, const REAL *restrict b,
-                                   long ldb, REAL *restrict c, long ldc) {
-    VEC acc[TILE_ROWS][TILE_VECS];
-    for (int r = 0; r < TILE_ROWS; r++)
-        for (int v = 0; v < TILE_VECS; v++) acc[r][v] = *(const VEC *)(c + r * ldc + v * LANES);
-    for (long p = 0; p < depth; p++) {
-        VEC bv[TILE_VECS];
-        for (int v = 0; v < TILE_VECS; v++) bv[v] = *(const VEC *)(b + p * ldb + v * LANES);
-        for (int r = 0; r < TILE_ROWS; r++) {
-            REAL av = a[r * lda + p];
-            for (int v = 0; v < TILE_VECS; v++) acc[r][v] += av * bv[v];
-        }
-    }
-    for (int r = 0; r < TILE_ROWS; r++)
-        for (int v = 0; v < TILE_VECS; v++) *(VEC *)(c + r * ldc + v * LANES) = acc[r][v];
-}
-
-/* The ragged edges of the GEMM, element by element. */
-static void NAME(gemm_edge)(long rows, long cols, long depth, const REAL *a, long lda, const REAL *b,
-                            long ldb, REAL *c, long ldc) {
-    for (long r = 0; r < rows; r++)
-        for (long p = 0; p < depth; p++) {
-            REAL av = a[r * lda + p];
-            for (long j = 0; j < cols; j++) c[r * ldc + j] += av * b[p * ldb + j];
-        }
-}
-
-/* c[rows][cols] += a[rows][depth] b[depth][cols], row-major with the given row strides. Column tiles
- * outside, row tiles inside: a tile's slice of b (depth x 16 values) stays in L1 while every row passes. */
-static void NAME(gemm_acc)(long rows, long cols, long depth, const REAL *a, long lda, const REAL *b,
-                           long ldb, REAL *c, long ldc) {
-    const long tile_cols = TILE_VECS * LANES;
-    for (long j = 0; j < cols; j += tile_cols) {
-        long w = cols - j < tile_cols ? cols - j : tile_cols;
-        for (long i = 0; i < rows; i += TILE_ROWS) {
-            long m = rows - i < TILE_ROWS ? rows - i : TILE_ROWS;
-            if (m == TILE_ROWS && w == tile_cols)
-                NAME(gemm_tile)(depth, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
-            else
-                NAME(gemm_edge)(m, w, depth, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
-        }
-    }
-}
 
 /* One row of an LSTM step: z (the 4 units pre-activations) becomes the activated gates in place; writes
  * the new cell state c and output h. Separate restrict pointers per gate let the loop vectorize. */
@@ -109,7 +52,8 @@ static inline void NAME(lstm_row_backward)(long units, const REAL *restrict g, c
 
 /* Forward LSTM scan over batch rows [row_begin, row_end) with Keras' default activations.
  *   x       projected inputs (x W + b): step s, row r at x + s * x_step + r * x_row
- *   h0, c0  [n][units] initial states; kernel [units][4 units]
+ *   h0, c0  [n][units] initial states; kernel: the recurrent kernel [units][4 units], packed by
+ *           pack_panels
  *   rmask   [n][units] recurrent dropout mask multiplying h_{t-1}, or NULL
  *   hs, cs  [steps][n][units] outputs; gates [steps][n][4 units] activated gates (output)
  *   work    [n][units] scratch for the masked state (only read when rmask is given) */
@@ -129,7 +73,7 @@ void NAME(lstm_forward)(long steps, long n, long units, long row_begin, long row
             for (long k = 0; k < rows * units; k++) masked[k] = h_prev[k] * m[k];
             h_prev = masked;
         }
-        NAME(gemm_acc)(rows, width, units, h_prev, units, kernel, width, z, width);
+        NAME(gemm_acc)(rows, width, units, h_prev, units, kernel, z, width);
         REAL *c_out = cs + (s * n + row_begin) * units, *h_out = hs + (s * n + row_begin) * units;
         for (long r = 0; r < rows; r++)
             NAME(lstm_row)(units, z + r * width, c_prev + r * units, c_out + r * units, h_out + r * units);
@@ -137,7 +81,7 @@ void NAME(lstm_forward)(long steps, long n, long units, long row_begin, long row
 }
 
 /* Backprop through the forward scan above, over batch rows [row_begin, row_end).
- *   kernel_t  [4 units][units], the recurrent kernel transposed
+ *   kernel_t  the recurrent kernel transposed ([4 units][units]), packed by pack_panels
  *   dout      incoming gradient of every step's output (step s, row r at dout + s * d_step + r * d_row),
  *             or NULL when only the last state has one
  *   dh, dc    [n][units]: the gradients of the last states in, of the initial states out
@@ -162,7 +106,7 @@ void NAME(lstm_backward)(long steps, long n, long units, long row_begin, long ro
                                     dc_rows + r * units, dg_rows + r * width);
         }
         for (long k = 0; k < rows * units; k++) dh_rows[k] = 0;
-        NAME(gemm_acc)(rows, units, width, dg_rows, width, kernel_t, units, dh_rows, units);
+        NAME(gemm_acc)(rows, units, width, dg_rows, width, kernel_t, dh_rows, units);
         if (rmask) {
             const REAL *m = rmask + row_begin * units;
             for (long k = 0; k < rows * units; k++) dh_rows[k] *= m[k];
@@ -170,10 +114,3 @@ void NAME(lstm_backward)(long steps, long n, long units, long row_begin, long ro
     }
 }
 
-#undef PASTE2
-#undef PASTE
-#undef NAME
-#undef LANES
-#undef VEC
-#undef TILE_ROWS
-#undef TILE_VECS
