@@ -5,6 +5,11 @@ become one `conv2d_epilogue` / `matmul_epilogue` node that writes the bias and t
 product's buffer: two full-size temporaries and two passes over memory fewer per layer. A step joins only
 when the value it consumes has no other user, so every value the backward pass reads (the activation's
 output for relu_grad, the logits for the loss) stays materialized.
+
+`fuse_pool_grad`: relu_grad(maxpool2d_grad(dy, x), x), the backward pass of relu then max pooling
+(the relu often inside a conv epilogue), becomes maxpool2d_grad[relu=true](dy, x): the kernel routes
+each window's gradient to its winner and zeroes it there unless x > 0, so the full-size gradient is
+written once instead of written, read with x and written again.
 """
 from __future__ import annotations
 
@@ -44,6 +49,28 @@ def fuse_epilogues(graph: Graph) -> Graph:
         for absorbed in chain[:-1]:
             replaced[absorbed] = None
         replaced[chain[-1]] = fused
+    out = graph.copy_shallow()
+    out.nodes = [replaced.get(n, n) for n in graph.nodes if replaced.get(n, n) is not None]
+    return out
+
+
+def fuse_pool_grad(graph: Graph) -> Graph:
+    graph = graph.clone()
+    users = graph.users()
+    kept_outputs = set(graph.outputs.values()) | set(graph.state_updates.values())
+    replaced: dict[Node, Node | None] = {}
+    for node in graph.nodes:
+        if node.op != "relu_grad":
+            continue
+        pool = node.inputs[0].producer
+        if (pool is None or pool.op != "maxpool2d_grad" or pool.attr("relu")
+                or pool.inputs[1] is not node.inputs[1] or len(users.get(pool.outputs[0], [])) != 1
+                or pool.outputs[0] in kept_outputs):
+            continue
+        fused = Node("maxpool2d_grad", list(pool.inputs), [node.outputs[0]], dict(pool.attr_dict, relu=True),
+                     pool.span, pool.layer)
+        replaced[pool] = None
+        replaced[node] = fused
     out = graph.copy_shallow()
     out.nodes = [replaced.get(n, n) for n in graph.nodes if replaced.get(n, n) is not None]
     return out

@@ -33,6 +33,12 @@ def _fuse_epilogues(graph: Graph) -> Graph:
     return fuse_epilogues(graph)
 
 
+def _fuse_pool_grad(graph: Graph) -> Graph:
+    from nnd.compiler.fusion import fuse_pool_grad
+
+    return fuse_pool_grad(graph)
+
+
 def _fuse_elementwise(graph: Graph) -> Graph:
     from nnd.compiler.fuse_elementwise import fuse_elementwise
 
@@ -41,11 +47,13 @@ def _fuse_elementwise(graph: Graph) -> Graph:
 
 PASSES: dict[str, Pass] = {"fold-constants": fold_constants, "cse": eliminate_common_subexpressions,
                            "fold-batchnorm": fold_batchnorm, "dce": eliminate_dead_code,
-                           "fuse-epilogues": _fuse_epilogues, "fuse-elementwise": _fuse_elementwise}
+                           "fuse-epilogues": _fuse_epilogues, "fuse-pool-grad": _fuse_pool_grad,
+                           "fuse-elementwise": _fuse_elementwise}
 PIPELINES: dict[int, tuple[str, ...]] = {
     0: (),
     1: ("fold-constants", "cse", "dce"),
-    2: ("fold-constants", "cse", "fold-batchnorm", "dce", "fuse-epilogues", "fuse-elementwise"),
+    2: ("fold-constants", "cse", "fold-batchnorm", "dce", "fuse-epilogues", "fuse-pool-grad",
+        "fuse-elementwise"),
 }
 
 

@@ -390,7 +390,7 @@ def _batched(node: Node) -> bool:
 def _describe(node: Node) -> str:
     if node.op == "constant":
         return f"constant {node.attr('value')!r}"
-    text = node.op + format_attrs(tuple((k, v) for k, v in node.attrs if k in ("activation", "perm", "axes")))
+    text = node.op + format_attrs(tuple((k, v) for k, v in node.attrs if k in ("activation", "perm", "axes", "relu")))
     if node.body is not None:
         text += "{" + ", ".join(n.op for n in node.body.nodes) + "}"
     return text

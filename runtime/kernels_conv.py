@@ -162,7 +162,14 @@ def maxpool2d(ctx, attrs, x):
 
 @kernel("maxpool2d_grad")
 def maxpool2d_grad(ctx, attrs, dy, x):
-    xp = ctx.xp
+    """relu=True (the fuse-pool-grad pass) multiplies in relu_grad(., x): no gradient where x <= 0."""
+    dx = _maxpool2d_grad(ctx.xp, attrs, dy, x)
+    if attrs.get("relu"):
+        dx *= x > 0
+    return dx
+
+
+def _maxpool2d_grad(xp, attrs, dy, x):
     p, out_hw = _pool_geometry(attrs, x.shape, "maxpool2d_grad")
     (ph, pw), (top, bottom), (left, right) = p.pool, *p.padding
     n, h, wd, c = x.shape

@@ -1,9 +1,14 @@
-"""The NumPy backend's LSTM scans in native code (`csrc/scan_impl.h`, loaded by `nnd.runtime.native`).
+"""The NumPy backend's kernels in native code (`csrc/`, loaded by `nnd.runtime.native`).
 
-They replace the in-place NumPy loops of `kernels_recurrent` for Keras' default activations (the
-`LSTM_DEFAULT_PATHS` entry for numpy): one C call per scan instead of a dozen NumPy calls per step, the
-batch split between threads. The saved tensors and gradients have the same layouts and meaning as the
-NumPy versions', which run instead when the library is unavailable or the dtype is not float32/float64.
+* LSTM scans (`scan_impl.h`) replace the in-place NumPy loops of `kernels_recurrent` for Keras' default
+  activations (the `LSTM_DEFAULT_PATHS` entry for numpy): one C call per scan instead of a dozen NumPy
+  calls per step.
+* Max pooling and its gradient (`pool_impl.h`, numpy overrides of `maxpool2d` / `maxpool2d_grad`) read
+  each window once, where NumPy passes over the input once per window offset.
+
+The batch is split between threads. Results, saved tensors and gradients have the same layouts and
+meaning as the NumPy versions', which run instead when the library is unavailable or the dtype is not
+float32/float64.
 """
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from nnd.runtime import native
+from nnd.runtime import kernels_conv, native
+from nnd.runtime.kernel_table import kernel
 from nnd.runtime.kernels_recurrent import LSTM_DEFAULT_PATHS, _lstm_backward_default, _lstm_forward_default
 
 _SUFFIXES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
@@ -25,6 +31,10 @@ _SIGNATURES = {
     # depth, cols, b, ldb, out
     "pack_panels": [_LONG, _LONG, _POINTER, _LONG, _POINTER],
     "panel_width": [],
+    # shape, begin, end, x, out
+    "maxpool2d": [_POINTER, _LONG, _LONG, _POINTER, _POINTER],
+    # shape, begin, end, x, dy, dx, relu, tiled
+    "maxpool2d_grad": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER, ctypes.c_int, ctypes.c_int],
 }
 _bound: dict[tuple[int, str], Any] = {}
 
@@ -113,3 +123,49 @@ def lstm_backward_native(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh
 
 
 LSTM_DEFAULT_PATHS["numpy"] = (lstm_forward_native, lstm_backward_native)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Max pooling
+
+
+class _PoolShape(ctypes.Structure):
+    """The C struct pool_shape of `pool_impl.h`."""
+    _fields_ = [(name, _LONG) for name in ("h", "w", "c", "out_h", "out_w", "pool_h", "pool_w", "stride_h",
+                                           "stride_w", "top", "left")]
+
+
+def _pool_shape(attrs, shape, op) -> tuple[_PoolShape, bool]:
+    """The geometry for C, and whether the windows tile the input (strides equal to the window, no
+    padding)."""
+    p, (out_h, out_w) = kernels_conv._pool_geometry(attrs, shape, op)
+    (top, bottom), (left, right) = p.padding
+    geometry = _PoolShape(shape[1], shape[2], shape[3], out_h, out_w, *p.pool, *p.strides, top, left)
+    return geometry, p.strides == p.pool and (top, bottom, left, right) == (0, 0, 0, 0)
+
+
+@kernel("maxpool2d", backend="numpy")
+def maxpool2d_native(ctx, attrs, x):
+    fn = _function("maxpool2d", x.dtype)
+    if fn is None:
+        return kernels_conv.maxpool2d(ctx, attrs, x)
+    x = np.ascontiguousarray(x)
+    geometry, _ = _pool_shape(attrs, x.shape, "maxpool2d")
+    out = np.empty((x.shape[0], geometry.out_h, geometry.out_w, x.shape[3]), dtype=x.dtype)
+    shape, source, target = ctypes.byref(geometry), _address(x), _address(out)
+    native.run_rows(x.shape[0], lambda begin, end: fn(shape, begin, end, source, target), align=1)
+    return out
+
+
+@kernel("maxpool2d_grad", backend="numpy")
+def maxpool2d_grad_native(ctx, attrs, dy, x):
+    fn = _function("maxpool2d_grad", x.dtype)
+    if fn is None:
+        return kernels_conv.maxpool2d_grad(ctx, attrs, dy, x)
+    x = np.ascontiguousarray(x)
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
+    geometry, tiled = _pool_shape(attrs, x.shape, "maxpool2d_grad")
+    dx = np.empty_like(x) if tiled else np.zeros_like(x)
+    shape, pointers, relu = ctypes.byref(geometry), [_address(a) for a in (x, dy, dx)], int(bool(attrs.get("relu")))
+    native.run_rows(x.shape[0], lambda begin, end: fn(shape, begin, end, *pointers, relu, int(tiled)), align=1)
+    return dx

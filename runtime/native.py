@@ -33,7 +33,7 @@ from nnd.compiler.diagnostics import NndError
 
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 MAIN_SOURCE = "nnd_native.c"
-ABI_VERSION = 2
+ABI_VERSION = 3
 # -fno-trapping-math lets the compiler turn the clamps of the exp into vector min/max; no -ffast-math:
 # the rounding trick of the exp and the NaN behaviour of the kernels depend on IEEE arithmetic.
 BASE_FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
@@ -210,12 +210,15 @@ def row_chunks(rows: int, threads: int, align: int = 4) -> list[tuple[int, int]]
     return [(bounds[k], bounds[k + 1]) for k in range(count) if bounds[k] < bounds[k + 1]]
 
 
-def run_rows(rows: int, work: Callable[[int, int], None]) -> None:
-    """Run `work(begin, end)` over row ranges covering [0, rows), in parallel when there are several.
+def run_rows(rows: int, work: Callable[[int, int], None], align: int = 4) -> None:
+    """Run `work(begin, end)` over row ranges covering [0, rows), in parallel when there are several
+    (starts on multiples of `align`).
 
     The native functions release the GIL (ctypes.CDLL does), so Python threads run them side by side."""
     global _pool
-    chunks = row_chunks(rows, thread_count())
+    if rows <= 0:
+        return
+    chunks = row_chunks(rows, thread_count(), align)
     if len(chunks) == 1:
         work(*chunks[0])
         return

@@ -129,10 +129,44 @@ def test_float32_exp_is_accurate_across_its_range():
     np.testing.assert_allclose(gates, expected, rtol=3e-7, atol=3e-7)
 
 
+POOLS = [
+    ({"pool": (2, 2)}, (5, 26, 26, 32)),                                  # windows tile the input
+    ({"pool": (2, 2)}, (3, 11, 11, 70)),                                  # a last row and column left out
+    ({"pool": (3, 3), "strides": (2, 2), "padding": ((1, 1), (1, 1))}, (2, 9, 8, 3)),   # overlap, padding
+    ({"pool": (2, 3), "strides": (3, 1)}, (3, 10, 9, 5)),                 # gaps down, overlap across
+    ({"pool": (2, 2), "padding": ((0, 2), (2, 0))}, (2, 4, 4, 3)),        # windows of padding only
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("attrs, shape", POOLS)
+def test_native_max_pooling_equals_numpy(attrs, shape, dtype):
+    from nnd.runtime import kernels_conv
+
+    r = np.random.default_rng(len(shape) + shape[-1])
+    x = np.maximum(r.normal(size=shape), 0).astype(dtype)  # a relu output: ties at 0 in many windows
+    x[:, ::3, ::2, 0] = 1.5                                 # and ties at the maximum
+    ctx = KernelContext(np, np.random.default_rng(0), dtype)
+    native.set_enabled(True)
+    y = KERNELS["maxpool2d"](ctx, attrs, x)
+    np.testing.assert_array_equal(y, kernels_conv.maxpool2d(ctx, attrs, x))
+    dy = r.normal(size=y.shape).astype(dtype)
+    for relu in (False, True):
+        grad_attrs = dict(attrs, relu=relu)
+        got = KERNELS["maxpool2d_grad"](ctx, grad_attrs, dy, x)
+        expected = kernels_conv.maxpool2d_grad(ctx, grad_attrs, dy, x)
+        assert got.dtype == dtype
+        # overlapping windows add their shares in another order
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 if dtype == np.float32 else 1e-14)
+    native.set_enabled(None)
+
+
 def test_row_chunks_cover_the_batch_on_tile_boundaries():
     assert native.row_chunks(32, 2) == [(0, 16), (16, 32)]
     assert native.row_chunks(5, 4) == [(0, 4), (4, 5)]
     assert native.row_chunks(3, 8) == [(0, 3)]
+    assert native.row_chunks(3, 8, align=1) == [(0, 1), (1, 2), (2, 3)]
     for rows in range(1, 40):
         for threads in range(1, 6):
             chunks = native.row_chunks(rows, threads)

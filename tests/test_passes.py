@@ -339,6 +339,51 @@ def test_fold_batchnorm_leaves_training_graphs_alone():
     assert ops(fold_batchnorm(graph)) == ops(graph)
 
 
+def test_fuse_pool_grad_puts_relu_into_every_max_pool_gradient_of_the_cnn():
+    graph = build_training_graph(program(MNIST), "mnist_cnn").graph
+    optimized = PassManager.for_level(2).run(graph)
+    pools = [n for n in optimized.nodes if n.op == "maxpool2d_grad"]
+    assert len(pools) == 2 and all(n.attr("relu") is True for n in pools)
+    # the relu gradients left are those of the layers without a pool after them (conv2d_2, dense)
+    assert ops(optimized).count("relu_grad") == ops(graph).count("relu_grad") - 2
+    off = PassManager.for_level(2, disabled=("fuse-pool-grad",)).run(graph)
+    assert [n.attr("relu") for n in off.nodes if n.op == "maxpool2d_grad"] == [None, None]
+
+
+def pool_then_relu_grad(same_input: bool, extra_user: bool) -> Graph:
+    graph = Graph("pool_grad")
+    builder = GraphBuilder(graph)
+    x = builder.add_input("x", TensorType(("N", 4, 4, 2), "f32"))
+    other = builder.add_input("other", TensorType(("N", 4, 4, 2), "f32"))
+    dy = builder.add_input("dy", TensorType(("N", 2, 2, 2), "f32"))
+    dx = builder.emit1("maxpool2d_grad", [dy, x], {"pool": (2, 2)})
+    graph.outputs = {"g": builder.emit1("relu_grad", [dx, x if same_input else other])}
+    if extra_user:
+        graph.outputs["dx"] = dx
+    return graph
+
+
+@pytest.mark.parametrize("same_input, extra_user", [(False, False), (True, True)])
+def test_fuse_pool_grad_needs_the_pool_input_and_a_sole_user(same_input, extra_user):
+    graph = pool_then_relu_grad(same_input, extra_user)
+    assert ops(PASSES["fuse-pool-grad"](graph)) == ["maxpool2d_grad", "relu_grad"]
+
+
+def test_fused_pool_grad_equals_the_pair_it_replaces():
+    graph = pool_then_relu_grad(True, False)
+    fused = PASSES["fuse-pool-grad"](graph)
+    verify_graph(fused)
+    assert ops(fused) == ["maxpool2d_grad"]
+    rng = np.random.default_rng(0)
+    feeds = {"x": np.maximum(rng.normal(size=(3, 4, 4, 2)), 0), "other": np.zeros((3, 4, 4, 2)),
+             "dy": rng.normal(size=(3, 2, 2, 2))}
+    feeds["x"][0, :2, :2, 0] = 0.0  # a window whose maximum is 0: relu lets nothing through
+    expected = Executor(graph, dtype=np.float64).run(feeds)["g"]
+    got = Executor(fused, dtype=np.float64).run(feeds)["g"]
+    np.testing.assert_array_equal(got, expected)
+    assert np.all(got[0, :2, :2, 0] == 0) and np.count_nonzero(got) > 0
+
+
 # -------------------------------------------------------------------------------------- the report
 
 def test_report_names_the_source_lines_of_fused_and_folded_kernels():

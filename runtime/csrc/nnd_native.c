@@ -1,4 +1,5 @@
-/* Native CPU kernels of nnd's NumPy backend, compiled on first use by `nnd.runtime.native`.
+/* Native CPU kernels of nnd's NumPy backend, compiled on first use by `nnd.runtime.native`: the
+ * recurrent scans and max pooling.
  *
  * NumPy runs a recurrent scan as a dozen array calls per time step, each on a few thousand elements,
  * so call overhead and NumPy's scalar float32 tanh bound it. Here a whole scan is one call: a small
@@ -6,8 +7,11 @@
  * independent through a whole scan, so the caller splits them between threads with no synchronization.
  *
  * Every kernel exists for float32 (suffix _f32, a polynomial exp that the compiler vectorizes) and
- * float64 (suffix _f64, the C library's exp, for the finite-difference checks): `gemm_impl.h` and
- * `scan_impl.h` are included once per type.
+ * float64 (suffix _f64, the C library's exp, for the finite-difference checks): the *_impl.h files
+ * are included once per type.
+ *
+ * Max pooling is memory-bound: NumPy makes a pass over the input per window offset and, for the
+ * gradient, a one-hot mask of the winners; here each window is read once.
  */
 #include <math.h>
 #include <stdint.h>
@@ -52,6 +56,7 @@ static inline double exp_f64(double x) { return exp(x); }
 #define EXP exp_f32
 #include "gemm_impl.h"
 #include "scan_impl.h"
+#include "pool_impl.h"
 #undef REAL
 #undef SUFFIX
 #undef EXP
@@ -61,9 +66,10 @@ static inline double exp_f64(double x) { return exp(x); }
 #define EXP exp_f64
 #include "gemm_impl.h"
 #include "scan_impl.h"
+#include "pool_impl.h"
 #undef REAL
 #undef SUFFIX
 #undef EXP
 
 /* Lets the loader check that the library it found is the one it compiled. */
-int nnd_native_abi_version(void) { return 2; }
+int nnd_native_abi_version(void) { return 3; }
