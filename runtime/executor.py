@@ -54,6 +54,7 @@ class Executor:
         self.profile = profile
         self.peak_live_buffers = 0
         self.runs = 0
+        self.batch: int | None = None  # the batch size of the current run, for error messages
         self._compile()
         self.step_seconds = [0.0] * len(self.steps)
 
@@ -127,11 +128,12 @@ class Executor:
         inner = Executor.__new__(Executor)
         inner.graph, inner.backend, inner.dtype = node.body, self.backend, self.dtype
         inner.rng, inner.ctx, inner.profile = self.rng, self.ctx, False
-        inner.peak_live_buffers, inner.runs = 0, 0
+        inner.peak_live_buffers, inner.runs, inner.batch = 0, 0, None
         inner._compile()
         inner.step_seconds = [0.0] * len(inner.steps)
 
         def run_body(ctx, attrs, *args):
+            inner.batch = self.batch
             slots: list[Any] = [None] * inner.num_slots
             for value, array in zip(inner.graph.inputs, args):
                 index = inner.slot_of.get(value)
@@ -162,6 +164,7 @@ class Executor:
                 raise NndError(f"missing parameter {name!r}: expected an array of shape "
                                f"{format_shape(value.type.shape)} ({value.type.dtype})")
             slots[index] = self._load("parameter", name, params[name], value.type, bindings)
+        self.batch = bindings.get("N")
         self._execute(slots)
         self.runs += 1
         xp = self.backend.xp
@@ -185,6 +188,8 @@ class Executor:
             except NndError:
                 raise
             except Exception as exc:
+                if _out_of_memory(exc):
+                    raise NndError(self._out_of_memory_diagnostic(step.node, exc)) from None
                 exc.add_note(_describe(step.node, args))
                 raise
             if profile:
@@ -203,6 +208,15 @@ class Executor:
                     slots[j] = None
                     live -= 1
         self.peak_live_buffers = peak
+
+    def _out_of_memory_diagnostic(self, node: Node, exc: BaseException) -> Diagnostic:
+        """One line: the op and layer that ran out, the batch, the allocator's own words."""
+        where = f" (layer {node.layer})" if node.layer else ""
+        batch = f" at batch size {self.batch}" if self.batch is not None else ""
+        device = "GPU memory" if self.backend.name == "cupy" else "memory"
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Diagnostic(f"out of {device} in {node.op}{where}{batch}: {detail}; "
+                          f"try a smaller batch size", node.span)
 
     def _load(self, kind: str, name: str, array: Any, type: TensorType, bindings: dict[str, int]):
         xp = self.backend.xp
@@ -238,6 +252,14 @@ def _mismatch(have: int, want, bindings: dict[str, int]) -> bool:
         bound = bindings.setdefault(want, have)
         return bound != have
     return have != want
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """NumPy's MemoryError or CuPy's OutOfMemoryError (recognized without importing cupy)."""
+    if isinstance(exc, MemoryError):
+        return True
+    kind = type(exc)
+    return kind.__name__ == "OutOfMemoryError" and kind.__module__.startswith("cupy")
 
 
 def _describe(node: Node, args: list[Any]) -> str:

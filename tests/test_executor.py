@@ -167,6 +167,38 @@ def test_missing_kernel_and_failing_kernel_are_reported():
     assert any("reshape" in note and "broken" in note for note in info.value.__notes__)
 
 
+class FakeCupyOutOfMemory(Exception):
+    """Stands for cupy.cuda.memory.OutOfMemoryError, recognized by its name and module."""
+
+
+FakeCupyOutOfMemory.__name__ = "OutOfMemoryError"
+FakeCupyOutOfMemory.__module__ = "cupy.cuda.memory"
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError("Unable to allocate 37.3 GiB for an array with shape (100000, 100000)"),
+    FakeCupyOutOfMemory("Out of memory allocating 1,073,741,824 bytes (allocated so far: 0 bytes)."),
+])
+def test_running_out_of_memory_is_one_line_naming_the_op_layer_and_batch(error):
+    graph, b = new_graph()
+    x = b.add_input("x", TensorType(("N", 3), "f32"))
+    with b.origin(None, "dense_7"):
+        y = b.emit1("relu", [x])
+    graph.outputs["y"] = y
+
+    def exhausted(ctx, attrs, x):
+        raise error
+
+    executor = Executor(graph)
+    executor.steps[0].kernel = exhausted
+    with pytest.raises(NndError) as info:
+        executor.run({"x": np.zeros((64, 3))})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("error: out of memory in relu (layer dense_7) at batch size 64: ")
+    assert str(error).split(" (")[0] in message and message.endswith("; try a smaller batch size")
+
+
 def test_a_fused_node_without_a_kernel_runs_its_body():
     body, bb = new_graph()
     a = bb.add_input("a", f("N", 3))
