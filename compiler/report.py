@@ -27,17 +27,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from nnd.compiler.ir import Graph, Node, Value, _Namer, format_attrs
+from nnd.compiler.memory_plan import per_sample_bytes, plan_memory
 from nnd.compiler.ops import get_op
 from nnd.compiler.simplify import COMMUTATIVE
 
-DTYPE_BYTES = {"bool": 1, "i32": 4, "i64": 8, "f32": 4, "f64": 8}
-
-
-def per_sample_bytes(value: Value) -> int | None:
-    """Bytes of one sample of a batch-dependent value; None for a value without a batch dimension."""
-    if not any(isinstance(d, str) for d in value.type.shape):
-        return None
-    return value.type.concrete_size() * DTYPE_BYTES[value.type.dtype]
 
 
 # ----------------------------------------------------------------------------------------- pairing
@@ -213,11 +206,11 @@ class Analysis:
 
     @property
     def saved_bytes(self) -> int:
-        return sum(per_sample_bytes(v) or 0 for v in self.saved)
+        return sum(per_sample_bytes(v) for v in self.saved)
 
     @property
     def added_bytes(self) -> int:
-        return sum(per_sample_bytes(v) or 0 for v in self.added)
+        return sum(per_sample_bytes(v) for v in self.added)
 
 
 def analyze(before: Graph, after: Graph) -> Analysis:
@@ -363,7 +356,16 @@ def optimization_report(before: Graph, after: Graph, stages: Sequence[tuple[str,
     if analysis.added:
         lines.append(f"new activations: {_bytes(analysis.added_bytes)} per sample ({len(analysis.added)} values); "
                      f"net saving {_bytes(analysis.saved_bytes - analysis.added_bytes)} per sample")
+    lines.extend(_memory_plan_lines(before, after))
     return "\n".join(lines)
+
+
+def _memory_plan_lines(before: Graph, after: Graph) -> list[str]:
+    """The peak of live activations per sample along each schedule (`nnd.compiler.memory_plan`)."""
+    original, optimized = plan_memory(before), plan_memory(after)
+    return [f"peak live activations per sample: {_bytes(original.peak_bytes_without_reuse)} before the passes, "
+            f"{_bytes(optimized.peak_bytes_without_reuse)} after;",
+            f"  {_bytes(optimized.peak_bytes)} with {_count(optimized.in_place_count, 'result')} written in place"]
 
 
 def _group_lines(group: Group, names) -> list[str]:
@@ -378,7 +380,7 @@ def _group_lines(group: Group, names) -> list[str]:
     if kernels and helpers:
         lines.append(f"      weights prepared once per run: {', '.join(_describe(n) for n in helpers)}")
     if group.saved_values:
-        total = sum(per_sample_bytes(v) or 0 for v in group.saved_values)
+        total = sum(per_sample_bytes(v) for v in group.saved_values)
         lines.append(f"      no longer materialized: {_count(len(group.saved_values), 'value')}, {_bytes(total)} per sample")
     return lines
 

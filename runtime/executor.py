@@ -1,7 +1,9 @@
 """Executes a graph: compiled once into a flat list of steps over numbered slots.
 
-Each step is (kernel, attrs, input slots, output slots, slots to free). A value's buffer is dropped right
-after its last use, so a long chain keeps only a few arrays alive; graph outputs and state updates are kept.
+Each step is (kernel, attrs, input slots, output slots, slots to free, in-place form), following the
+graph's memory plan (`nnd.compiler.memory_plan`): a value's buffer is dropped right after its last use,
+so a long chain keeps only a few arrays alive (graph outputs and state updates are kept), and an
+elementwise step whose input dies there writes its result into that input's buffer.
 """
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import numpy as np
 
 from nnd.compiler.diagnostics import Diagnostic, NndError
 from nnd.compiler.ir import Graph, Node, Value
+from nnd.compiler.memory_plan import plan_memory
 from nnd.compiler.tensor_type import FLOAT_DTYPES, NUMPY_DTYPES, TensorType, format_shape
 from nnd.runtime.backend import Backend, get_backend
 from nnd.runtime.kernel_table import KernelContext, NodeKernel
+from nnd.runtime.kernels_elementwise import fits_result, in_place_form
 from nnd.runtime.memory import keep_freed_memory
 
 UPDATE_PREFIX = "update:"
@@ -29,6 +33,7 @@ class Step:
     outputs: tuple[int, ...]
     free: tuple[int, ...]
     node: Node
+    in_place: tuple[int, Callable[..., Any]] | None = None  # (input position, fn(xp, args, out))
 
 
 class Executor:
@@ -55,6 +60,7 @@ class Executor:
         self.peak_live_buffers = 0
         self.runs = 0
         self.batch: int | None = None  # the batch size of the current run, for error messages
+        self._callers_arrays: set[int] = set()  # ids of the current run's inputs and parameters
         self._compile()
         self.step_seconds = [0.0] * len(self.steps)
 
@@ -83,26 +89,15 @@ class Executor:
             if value in needed:
                 self.param_slots.append((name, value, slot(value)))
 
-        last_use: dict[Value, int] = {}
-        for index, node in enumerate(graph.nodes):
-            for value in node.inputs:
-                last_use[value] = index
-        keep = set(kept)
-
+        plan = plan_memory(graph)
+        self.memory_plan = plan
         self.steps: list[Step] = []
-        freed_at: dict[int, list[int]] = {}
-        for value, index in last_use.items():
-            if value not in keep:
-                freed_at.setdefault(index, []).append(slot(value))
         for index, node in enumerate(graph.nodes):
-            for value in node.outputs:
-                if value not in last_use and value not in keep:
-                    freed_at.setdefault(index, []).append(slot(value))
-        for index, node in enumerate(graph.nodes):
-            self.steps.append(Step(self._kernel(node), node.attr_dict,
-                                   tuple(slot(v) for v in node.inputs),
-                                   tuple(slot(v) for v in node.outputs),
-                                   tuple(sorted(set(freed_at.get(index, ())))), node))
+            free = tuple(sorted({slot(v) for v in plan.dies_at[index] + plan.never_read[index]}))
+            write = in_place_form(node.op) if index in plan.in_place else None
+            self.steps.append(Step(self._kernel(node), node.attr_dict, tuple(slot(v) for v in node.inputs),
+                                   tuple(slot(v) for v in node.outputs), free, node,
+                                   (plan.in_place[index], write) if write is not None else None))
         for value in kept:
             if value not in slots:
                 raise NndError(f"graph {graph.name!r} outputs a value that no node, input or parameter makes")
@@ -128,12 +123,12 @@ class Executor:
         inner = Executor.__new__(Executor)
         inner.graph, inner.backend, inner.dtype = node.body, self.backend, self.dtype
         inner.rng, inner.ctx, inner.profile = self.rng, self.ctx, False
-        inner.peak_live_buffers, inner.runs, inner.batch = 0, 0, None
+        inner.peak_live_buffers, inner.runs, inner.batch, inner._callers_arrays = 0, 0, None, set()
         inner._compile()
         inner.step_seconds = [0.0] * len(inner.steps)
 
         def run_body(ctx, attrs, *args):
-            inner.batch = self.batch
+            inner.batch, inner._callers_arrays = self.batch, {id(a) for a in args}
             slots: list[Any] = [None] * inner.num_slots
             for value, array in zip(inner.graph.inputs, args):
                 index = inner.slot_of.get(value)
@@ -165,6 +160,7 @@ class Executor:
                                f"{format_shape(value.type.shape)} ({value.type.dtype})")
             slots[index] = self._load("parameter", name, params[name], value.type, bindings)
         self.batch = bindings.get("N")
+        self._callers_arrays = {id(a) for a in slots if a is not None}
         self._execute(slots)
         self.runs += 1
         xp = self.backend.xp
@@ -184,7 +180,11 @@ class Executor:
                 self.backend.synchronize()
                 start = time.perf_counter()
             try:
-                result = step.kernel(ctx, step.attrs, *args)
+                result = None
+                if step.in_place is not None:
+                    result = self._write_in_place(step.in_place, args, slots)
+                if result is None:
+                    result = step.kernel(ctx, step.attrs, *args)
             except NndError:
                 raise
             except Exception as exc:
@@ -208,6 +208,20 @@ class Executor:
                     slots[j] = None
                     live -= 1
         self.peak_live_buffers = peak
+
+    def _write_in_place(self, in_place: tuple[int, Callable[..., Any]], args: list[Any], slots: list[Any]):
+        """The step's result written over its dying input, or None when that buffer must not be reused:
+        not an array owning its memory, of the wrong shape or dtype, passed in by the caller, or the base
+        of a view that is still alive."""
+        position, write = in_place
+        buffer = args[position]
+        xp = self.backend.xp
+        if (not isinstance(buffer, xp.ndarray) or not buffer.flags.owndata or id(buffer) in self._callers_arrays
+                or not fits_result(xp, buffer, args)):
+            return None
+        if any(getattr(array, "base", None) is buffer for array in slots):
+            return None
+        return write(xp, args, buffer)
 
     def _out_of_memory_diagnostic(self, node: Node, exc: BaseException) -> Diagnostic:
         """One line: the op and layer that ran out, the batch, the allocator's own words."""

@@ -18,7 +18,7 @@ _BINARY_UFUNCS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "di
 _UNARY_UFUNCS = {"neg": "negative", "exp": "exp", "log": "log", "sqrt": "sqrt", "tanh": "tanh", "abs": "absolute"}
 
 
-def _in_place(op: str) -> Callable[[Any, list[Any], Any], Any] | None:
+def in_place_form(op: str) -> Callable[[Any, list[Any], Any], Any] | None:
     """`fn(xp, args, out)` computing op(*args) into `out`, with the same rounding as the op's kernel."""
     if op in _BINARY_UFUNCS:
         name = _BINARY_UFUNCS[op]
@@ -48,7 +48,7 @@ def _in_place(op: str) -> Callable[[Any, list[Any], Any], Any] | None:
     return None
 
 
-def _reusable(xp, buffer: Any, args: list[Any]) -> bool:
+def fits_result(xp, buffer: Any, args: list[Any]) -> bool:
     """Whether `buffer` (a dying intermediate) can hold the result of an op over `args`."""
     if not isinstance(buffer, xp.ndarray) or buffer.ndim == 0:
         return False
@@ -84,7 +84,7 @@ def fused_elementwise(node, executor):
                  if slot[v] >= external and last_use.get(v) == index and v not in outputs
                  and inner.inputs.index(v) == j]
         dead = tuple(sorted({slot[v] for v in inner.inputs if last_use.get(v) == index and v not in outputs}))
-        reuse = _in_place(inner.op) if dying else None
+        reuse = in_place_form(inner.op) if dying else None
         steps.append((kernel, inner.attr_dict, ins, slot[inner.outputs[0]], reuse, tuple(dying), dead))
     result_slots = [slot[v] for v in body.outputs.values()]
     size = len(slot)
@@ -97,7 +97,7 @@ def fused_elementwise(node, executor):
             result = None
             if reuse is not None:
                 for j in dying:
-                    if _reusable(xp, values[j], values):
+                    if fits_result(xp, values[j], values):
                         result = reuse(xp, values, values[j])
                         break
             if result is None:
