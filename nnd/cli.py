@@ -198,13 +198,24 @@ def data_options(fn: Callable) -> Callable:
               help="Continue from a checkpoint.npz written by an earlier run.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Start from saved weights.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--compare-backends", "compare", is_flag=False, flag_value="numpy,cupy", default=None,
+              metavar="A,B", help="Instead of training, run one training step on two backends (default "
+              "numpy,cupy) and print each op's largest difference.")
 @user_errors
 def train(file: str, model_name: str | None, data: str | None, data_dir: str | None, limit: int | None,
           epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None, backend: str,
-          level: int, out: str | None, resume: str | None, weights: str | None, quiet: bool) -> None:
+          level: int, out: str | None, resume: str | None, weights: str | None, quiet: bool,
+          compare: str | None) -> None:
     """Train a model on a dataset; then report the test figures when the dataset has a test split."""
-    from nnd.cli_train import run_training
+    from nnd.cli_train import run_parity, run_training
 
+    if compare is not None:
+        pair = tuple(name.strip() for name in compare.split(","))
+        if len(pair) != 2 or not all(pair):
+            raise click.BadParameter(f"expected two backends as A,B, got {compare!r}", param_hint="--compare-backends")
+        if not run_parity(file, model_name, data, data_dir, limit, batch_size, seed, level, weights, pair):
+            sys.exit(1)
+        return
     if resume and weights:
         raise click.UsageError("--resume and --weights are exclusive: --resume continues a run (weights, optimizer "
                                "state, epoch), --weights only starts from saved weights")

@@ -81,6 +81,30 @@ def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr
     echo(f"saved {run_dir.path / 'weights.npz'}")
 
 
+def run_parity(file, model_name, data, data_dir, limit, batch_size, seed, level, weights,
+               backends: tuple[str, str]) -> bool:
+    """One training step (forward and backward, no update) on the first batch, on both backends; prints
+    every op's difference and returns whether they agree."""
+    from nnd.runtime.backend import get_backend
+    from nnd.runtime.parity import compare_backends, first_divergence, format_parity
+
+    pair = tuple(get_backend(name) for name in backends)  # a missing backend fails here, in one line
+    model = _model(file, model_name, "numpy", seed, level)
+    if weights is not None:
+        model.load_weights(_weights_path(weights))
+    source = data or model.spec.data
+    dataset = _dataset(model, source, data_dir, limit)
+    if dataset.y_train is None:
+        raise NndError(f"--data {source}: the file holds inputs but no targets (y)")
+    batch = min(batch_size or model.spec.batch_size, len(dataset.x_train))
+    feeds = model._feeds(dataset.x_train[:batch], dataset.y_train[:batch])
+    graph = model._get_trainer().train_graph
+    differences = compare_backends(graph, feeds, model.params, pair, model.dtype, model.seed or 0)
+    title = f"one training step of {model.name} on {batch} samples of {source} ({np.dtype(model.dtype).name}, -O{level})"
+    click.echo(format_parity(differences, backends, model.dtype, title))
+    return first_divergence(differences, model.dtype) is None
+
+
 def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend) -> None:
     model = _model(file, model_name, backend)
     model.load_weights(_weights_path(weights))
