@@ -11,9 +11,12 @@
 # 2. runs the `gpu` tests of tests/test_gpu.py in three parts (generated fused kernels against their NumPy
 #    bodies, two training steps of every example, every op forward and backward), each under its own time
 #    limit, so that a slow part cannot starve the others;
-# 3. times the seed CNN and the seed LSTM against PyTorch CUDA (benchmarks/gpu_bench.py).
+# 3. runs `nnd train --compare-backends` (numpy against cupy, every op of one training step) on the
+#    seed CNN with random images;
+# 4. times the seed CNN and the seed LSTM against PyTorch CUDA (benchmarks/gpu_bench.py).
 #
-# Logs go to $OUT when it is set (else ./gpu_check_out): env.txt, tests_*.log, bench.txt, bench.log.
+# Logs go to $OUT when it is set (else ./gpu_check_out): env.txt, tests_*.log, parity.txt, bench.txt,
+# bench.log.
 # The whole run is sized to about four minutes; GPU_CHECK_BENCH_ARGS overrides the benchmark's arguments.
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -84,6 +87,14 @@ TEST_FILE="$ROOT/tests/test_gpu.py"
 run_tests fused 50 -m gpu "$TEST_FILE" -k "generated_kernel"
 run_tests training 75 -m gpu "$TEST_FILE" -k "training_steps"
 run_tests ops 90 -m gpu "$TEST_FILE" -k "every_op"
+
+# ---------------------------------------------------------------------------------- parity
+echo "== parity: numpy against cupy (limit 40s)"
+"$PY" -c "import numpy as np; r = np.random.default_rng(0); np.savez('parity.npz', x_train=r.random((32, 28, 28, 1), dtype=np.float32), y_train=r.integers(0, 10, 32))"
+timeout -s INT -k 10 40 "$PY" -c "from nnd.cli import main; main()" train "$ROOT/examples/mnist_cnn.nnd" \
+    --data parity.npz --compare-backends numpy,cupy > "$OUT/parity.txt" 2>&1
+echo "== parity exit $? after $((SECONDS - START))s"
+tail -n 2 "$OUT/parity.txt"
 
 # ---------------------------------------------------------------------------------- benchmark
 echo "== benchmark (limit 90s)"
