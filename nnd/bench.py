@@ -64,7 +64,12 @@ def _report(name: str, executor, times: list[float], batch: int, train: bool) ->
     runs = len(times)
     what = "training step" if train else "inference"
     lines = [f"{name}: {what} at batch {batch}, median {median * 1000:.2f} ms over {runs} runs "
-             f"(min {min(times) * 1000:.2f}, max {max(times) * 1000:.2f}) = {batch / median:,.0f} samples/s", ""]
+             f"(min {min(times) * 1000:.2f}, max {max(times) * 1000:.2f}) = {batch / median:,.0f} samples/s"]
+    if executor.backend.name == "numpy":
+        from nnd.runtime import native
+
+        lines.append(f"native kernels: {native.status()}")
+    lines.append("")
     total = sum(executor.step_seconds) or 1.0
     by_layer: dict[str, float] = {}
     by_op: dict[str, float] = {}
