@@ -24,6 +24,10 @@ for package in ("nnd", "nnd.grammar", "nnd.compiler", "nnd.runtime"):
 for name in names:
     importlib.import_module(name)
 model = nnd.loads("model m { input x: [4] dense(2) }")
+from nnd.runtime import native
+assert native.SOURCE_DIR.is_dir() and str(native.SOURCE_DIR).startswith(root), native.SOURCE_DIR
+status = native.status()
+assert status.startswith("on") or "no C compiler" in status, status
 print(len(names), model.predict(__import__("numpy").zeros((3, 4), "float32")).shape)
 """
 
@@ -43,7 +47,8 @@ def test_wheel_holds_the_grammar_and_every_package(wheel: Path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "nnd/grammar/nnd.lark" in names
     for module in ("nnd/__init__.py", "nnd/cli.py", "nnd/compiler/checker.py", "nnd/compiler/ops/basic.py",
-                   "nnd/compiler/layers/conv.py", "nnd/runtime/executor.py"):
+                   "nnd/compiler/layers/conv.py", "nnd/runtime/executor.py", "nnd/runtime/csrc/nnd_native.c",
+                   "nnd/runtime/csrc/scan_impl.h", "nnd/runtime/csrc/gemm_impl.h", "nnd/runtime/csrc/pool_impl.h"):
         assert module in names
     assert not any(name.startswith(("compiler/", "runtime/", "grammar/", "tests/")) for name in names)
 
