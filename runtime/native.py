@@ -43,6 +43,7 @@ _library: ctypes.CDLL | None = None
 _status: str | None = None
 _enabled_override: bool | None = None
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = 0  # the process that made the pool: a forked child starts its own (threads do not survive fork)
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -215,15 +216,16 @@ def run_rows(rows: int, work: Callable[[int, int], None], align: int = 4) -> Non
     (starts on multiples of `align`).
 
     The native functions release the GIL (ctypes.CDLL does), so Python threads run them side by side."""
-    global _pool
+    global _pool, _pool_pid
     if rows <= 0:
         return
     chunks = row_chunks(rows, thread_count(), align)
     if len(chunks) == 1:
         work(*chunks[0])
         return
-    if _pool is None or _pool._max_workers < len(chunks) - 1:
+    if _pool is None or _pool._max_workers < len(chunks) - 1 or _pool_pid != os.getpid():
         _pool = ThreadPoolExecutor(max_workers=len(chunks) - 1, thread_name_prefix="nnd-native")
+        _pool_pid = os.getpid()
     pending = [_pool.submit(work, begin, end) for begin, end in chunks[1:]]
     work(*chunks[0])
     for future in pending:

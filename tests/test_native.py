@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -228,3 +230,28 @@ def test_disabled_by_environment(fresh_loader, monkeypatch):
     assert native.library() is None
     assert native.status() == "off: disabled (NND_NATIVE=0)"
     assert not list(fresh_loader.glob("*.so"))
+
+
+@needs_compiler
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_runs_the_threaded_kernels(monkeypatch):
+    """Threads do not survive fork: a child must start its own pool rather than wait on the parent's."""
+    monkeypatch.setenv("NND_NUM_THREADS", "2")
+    expected = run_both_paths(8, 3, 4, np.float32, {})[0][0]  # the parent's pool now exists
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: run the same scan, report whether it matches
+        try:
+            got = run_both_paths(8, 3, 4, np.float32, {})[0][0]
+            os.write(write, b"1" if np.array_equal(got, expected) else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):  # a child stuck on the parent's dead threads never ends
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in the native kernels")
+        time.sleep(0.05)
+    assert os.read(read, 1) == b"1"
