@@ -219,7 +219,7 @@ def lstm_forward_cuda(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) ->
         h, c_prev = hs[s], cs[s]
 
 
-def lstm_backward_cuda(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates):
+def lstm_backward_cuda(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates, d_xproj_tm):
     from nnd.runtime.kernels_recurrent import _backprojection
 
     steps, n, u = cs.shape
@@ -235,6 +235,7 @@ def lstm_backward_cuda(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, 
         step(grid, block, (row, has_dout, dh, dc, gates[s], cs[s], cs[s - 1] if s else c0, dgates[s],
                            np.uint64(n * u), np.uint64(u)))
         back(dgates[s], dh)
+    d_xproj_tm[...] = dgates
     return dh, dc
 
 

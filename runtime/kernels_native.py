@@ -26,8 +26,9 @@ _LONG, _POINTER = ctypes.c_long, ctypes.c_void_p
 _SIGNATURES = {
     # steps, n, units, row_begin, row_end, x, x_step, x_row, h0, c0, kernel, rmask, hs, cs, gates, work
     "lstm_forward": [_LONG] * 5 + [_POINTER, _LONG, _LONG] + [_POINTER] * 8,
-    # steps, n, units, row_begin, row_end, c0, kernel_t, rmask, cs, gates, dout, d_step, d_row, dh, dc, dgates
-    "lstm_backward": [_LONG] * 5 + [_POINTER] * 5 + [_POINTER, _LONG, _LONG] + [_POINTER] * 3,
+    # steps, n, units, row_begin, row_end, c0, kernel_t, rmask, cs, gates, dout, d_step, d_row, dh, dc, dgates,
+    # dx, dx_step, dx_row
+    "lstm_backward": [_LONG] * 5 + [_POINTER] * 5 + [_POINTER, _LONG, _LONG] + [_POINTER] * 4 + [_LONG, _LONG],
     # depth, cols, b, ldb, out
     "pack_panels": [_LONG, _LONG, _POINTER, _LONG, _POINTER],
     "panel_width": [],
@@ -101,12 +102,14 @@ def lstm_forward_native(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) 
     native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, x, x_step, x_row, *addresses))
 
 
-def lstm_backward_native(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates):
-    """`kernels_recurrent._lstm_backward_default` in one native call per thread; returns (dh, dc), the
-    gradients of the initial states."""
+def lstm_backward_native(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates, d_xproj_tm):
+    """`kernels_recurrent._lstm_backward_default` in one native call per thread, writing `dgates` and
+    the view `d_xproj_tm` of the projected inputs' gradient; returns (dh, dc), the gradients of the
+    initial states."""
     fn = _function("lstm_backward", cs.dtype)
-    if fn is None:
-        return _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates)
+    if fn is None or d_xproj_tm.strides[2] != d_xproj_tm.itemsize:
+        return _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates,
+                                      d_xproj_tm)
     steps, n, units = cs.shape
     dt = cs.dtype
     c0 = np.ascontiguousarray(c0, dtype=dt)
@@ -117,8 +120,10 @@ def lstm_backward_native(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh
         dout_tm = _row_strided(dout_tm, dt)
     d_step, d_row = _element_strides(dout_tm) if dout_tm is not None else (0, 0)
     before = [_address(a) for a in (c0, kernel_t, mask, cs, gates, dout_tm)]
-    after = [_address(a) for a in (dh, dc, dgates)]
-    native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, *before, d_step, d_row, *after))
+    after = [_address(a) for a in (dh, dc, dgates, d_xproj_tm)]
+    dx_strides = _element_strides(d_xproj_tm)
+    native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, *before, d_step, d_row, *after,
+                                             *dx_strides))
     return dh, dc
 
 

@@ -202,9 +202,10 @@ def _lstm_scan_grad(ctx, attrs, h0, c0, recurrent_kernel, mask, recurrent_mask, 
     kernel_t = recurrent_kernel.T
     if valid is None and act == "tanh" and ract == "sigmoid":
         _, backward = LSTM_DEFAULT_PATHS.get(xp.__name__, (None, _lstm_backward_default))
-        dh, dc = backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm if seq else None, dh, dc, dgates)
-        d_kernel = _h_prev_gemm(h0, hs, dgates, rmask)
-        return _batch_major(xp, [dgates], n, steps, a["go_backwards"], dt), dh, dc, d_kernel
+        d_xproj = xp.empty((n, steps, 4 * u), dtype=dt)
+        dh, dc = backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm if seq else None, dh, dc, dgates,
+                          _time_major(d_xproj, a["go_backwards"]))
+        return d_xproj, dh, dc, _h_prev_gemm(h0, hs, dgates, rmask)
     for s in range(steps - 1, -1, -1):
         if seq:
             dh = dh + _step_grad(d_out, dout_tm, s)
@@ -268,7 +269,8 @@ def _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates
 
 
 # Backends with a faster way to run the default LSTM path (the cupy kernels fuse each step's gate math
-# into one CUDA kernel) register (forward, backward) here under their array module's name.
+# into one CUDA kernel, the native ones run the whole scan in C) register (forward, backward) here under
+# their array module's name, with the signatures of the two functions above.
 LSTM_DEFAULT_PATHS: dict[str, tuple] = {}
 
 
@@ -304,9 +306,11 @@ def _quiet_overflow(xp):
     return xp.errstate(over="ignore") if hasattr(xp, "errstate") else contextlib.nullcontext()
 
 
-def _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates):
+def _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates, d_xproj_tm):
     """Backprop through time for `_lstm_forward_default`: the gate derivatives and tanh(c) of every step
-    are computed in bulk before the loop, leaving about ten in-place operations a step."""
+    are computed in bulk before the loop, leaving about ten in-place operations a step. The gradients of
+    the pre-activations go to `dgates` (time-major) and to `d_xproj_tm`, the processing-order view of
+    the batch-major gradient of the projected inputs."""
     steps, n, u = cs.shape
     cell = xp.tanh(cs)
     derivative = 1.0 - gates
@@ -330,6 +334,7 @@ def _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, 
         dg *= derivative[s]
         dc *= g[:, u:2 * u]
         back(dg, dh)
+    d_xproj_tm[...] = dgates
     return dh, dc
 
 

@@ -85,10 +85,13 @@ void NAME(lstm_forward)(long steps, long n, long units, long row_begin, long row
  *   dout      incoming gradient of every step's output (step s, row r at dout + s * d_step + r * d_row),
  *             or NULL when only the last state has one
  *   dh, dc    [n][units]: the gradients of the last states in, of the initial states out
- *   dgates    [steps][n][4 units]: the gradients of the gate pre-activations (output) */
+ *   dgates    [steps][n][4 units]: the gradients of the gate pre-activations (output)
+ *   dx        the same gradients again, as the gradient of the projected inputs: a strided view like x of
+ *             the forward scan (step s, row r at dx + s * dx_step + r * dx_row) */
 void NAME(lstm_backward)(long steps, long n, long units, long row_begin, long row_end, const REAL *c0,
                          const REAL *kernel_t, const REAL *rmask, const REAL *cs, const REAL *gates,
-                         const REAL *dout, long d_step, long d_row, REAL *dh, REAL *dc, REAL *dgates) {
+                         const REAL *dout, long d_step, long d_row, REAL *dh, REAL *dc, REAL *dgates,
+                         REAL *dx, long dx_step, long dx_row) {
     const long rows = row_end - row_begin, width = 4 * units;
     REAL *dh_rows = dh + row_begin * units, *dc_rows = dc + row_begin * units;
     for (long s = steps - 1; s >= 0; s--) {
@@ -104,6 +107,7 @@ void NAME(lstm_backward)(long steps, long n, long units, long row_begin, long ro
             }
             NAME(lstm_row_backward)(units, g_rows + r * width, c_now + r * units, c_prev + r * units, dhr,
                                     dc_rows + r * units, dg_rows + r * width);
+            memcpy(dx + s * dx_step + (row_begin + r) * dx_row, dg_rows + r * width, sizeof(REAL) * width);
         }
         for (long k = 0; k < rows * units; k++) dh_rows[k] = 0;
         NAME(gemm_acc)(rows, units, width, dg_rows, width, kernel_t, dh_rows, units);
