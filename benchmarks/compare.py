@@ -11,6 +11,7 @@ the CNN, with the same number of threads. Without PyTorch only nnd's figures are
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -128,8 +129,20 @@ def measure(workload: str, system: str, steps: int, threads: int) -> dict:
         torch.set_num_threads(threads)
         step = torch_step(model_file, batch, training, system.endswith("channels_last"))
     seconds = median_step_seconds(step, steps, warmup=3)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"rate": batch / seconds, "rss_mb": peak_kb / 1024}
+    return {"rate": batch / seconds, "rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the process image, while ru_maxrss
+    also carries over the parent's size at fork across the exec, which would put a floor under every
+    child's figure."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ----------------------------------------------------------------------------------------- the driver
@@ -163,9 +176,7 @@ def main() -> None:
         return
     systems = [s for s in SYSTEMS if s.startswith("nnd") or not args.no_torch]
     if not args.no_torch:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("torch") is None:  # not imported here: the children measure it
             print("PyTorch is not installed: nnd's figures only (pip install torch==2.13.0 to compare)")
             systems = [s for s in systems if s.startswith("nnd")]
     results: dict[tuple[str, str], list[dict]] = {}
