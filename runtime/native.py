@@ -68,7 +68,7 @@ def library() -> ctypes.CDLL | None:
 def status() -> str:
     """One line: whether the native kernels run, and why not when they do not."""
     if not _enabled():
-        return "off: disabled (NND_NATIVE=0)"
+        return "off: disabled" + (" (NND_NATIVE=0)" if _enabled_override is None else "")
     library()
     return _status or "off"
 
