@@ -5,11 +5,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from nnd.compiler.diagnostics import NndError, did_you_mean
-from nnd.compiler.ir import Graph, print_graph
+from nnd.compiler.ir import Graph, Node, print_graph
 from nnd.compiler.simplify import eliminate_common_subexpressions, fold_batchnorm, fold_constants
 from nnd.compiler.verify import verify_graph
 
 Pass = Callable[[Graph], Graph]
+LayoutCosts = Callable[[Node], dict[str, float]]  # see nnd.compiler.layout
 
 
 def eliminate_dead_code(graph: Graph) -> Graph:
@@ -33,6 +34,18 @@ def _fuse_epilogues(graph: Graph) -> Graph:
     return fuse_epilogues(graph)
 
 
+def _select_layout(graph: Graph) -> Graph:
+    from nnd.compiler.layout import select_layout
+
+    return select_layout(graph)
+
+
+def _cancel_transposes(graph: Graph) -> Graph:
+    from nnd.compiler.layout import cancel_transposes
+
+    return cancel_transposes(graph)
+
+
 def _fuse_pool_grad(graph: Graph) -> Graph:
     from nnd.compiler.fusion import fuse_pool_grad
 
@@ -47,13 +60,14 @@ def _fuse_elementwise(graph: Graph) -> Graph:
 
 PASSES: dict[str, Pass] = {"fold-constants": fold_constants, "cse": eliminate_common_subexpressions,
                            "fold-batchnorm": fold_batchnorm, "dce": eliminate_dead_code,
-                           "fuse-epilogues": _fuse_epilogues, "fuse-pool-grad": _fuse_pool_grad,
+                           "fuse-epilogues": _fuse_epilogues, "select-layout": _select_layout,
+                           "cancel-transposes": _cancel_transposes, "fuse-pool-grad": _fuse_pool_grad,
                            "fuse-elementwise": _fuse_elementwise}
 PIPELINES: dict[int, tuple[str, ...]] = {
     0: (),
     1: ("fold-constants", "cse", "dce"),
-    2: ("fold-constants", "cse", "fold-batchnorm", "dce", "fuse-epilogues", "fuse-pool-grad",
-        "fuse-elementwise"),
+    2: ("fold-constants", "cse", "fold-batchnorm", "dce", "fuse-epilogues", "select-layout", "cancel-transposes",
+        "fuse-pool-grad", "fuse-elementwise"),
 }
 
 
@@ -63,6 +77,7 @@ class PassManager:
     verify: bool = True
     dump_after: set[str] = field(default_factory=set)  # pass names, or "all"
     dump: Callable[[str, str], None] = lambda name, text: None
+    layout_costs: "LayoutCosts | None" = None  # what select-layout measures with; None keeps NHWC
 
     @classmethod
     def for_level(cls, level: int, disabled: tuple[str, ...] = (), **options) -> "PassManager":
@@ -73,12 +88,15 @@ class PassManager:
         return cls([p for p in PIPELINES[level] if p not in disabled], **options)
 
     def run(self, graph: Graph) -> Graph:
-        for name in self.passes:
-            graph = PASSES[name](graph)
-            if self.verify:
-                verify_graph(graph)
-            if name in self.dump_after or "all" in self.dump_after:
-                self.dump(name, print_graph(graph))
+        from nnd.compiler.layout import layout_costs
+
+        with layout_costs(self.layout_costs):
+            for name in self.passes:
+                graph = PASSES[name](graph)
+                if self.verify:
+                    verify_graph(graph)
+                if name in self.dump_after or "all" in self.dump_after:
+                    self.dump(name, print_graph(graph))
         return graph
 
 

@@ -431,12 +431,14 @@ def _bytes(count: int) -> str:
     return f"{count:,} B"
 
 
-def trace_passes(passes: Sequence[str], graph: Graph) -> list[tuple[str, Graph]]:
-    """The graph after each pass of `passes`, in order."""
+def trace_passes(passes: Sequence[str], graph: Graph, costs=None) -> list[tuple[str, Graph]]:
+    """The graph after each pass of `passes`, in order; `costs` is select-layout's cost model."""
+    from nnd.compiler.layout import layout_costs
     from nnd.compiler.passes import PASSES
 
     stages = []
-    for name in passes:
-        graph = PASSES[name](graph)
-        stages.append((name, graph))
+    with layout_costs(costs):
+        for name in passes:
+            graph = PASSES[name](graph)
+            stages.append((name, graph))
     return stages

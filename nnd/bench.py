@@ -32,8 +32,11 @@ def bench(model, batch: int, steps: int, train: bool, seed: int = 0) -> str:
         run = lambda: executor.run(inputs, model.params)  # noqa: E731
     else:
         from nnd.compiler.passes import PassManager
+        from nnd.runtime.layout_costs import cost_model
 
-        graph = PassManager.for_level(model.opt_level, verify=False).run(model.graph)
+        passes = PassManager.for_level(model.opt_level, verify=False,
+                                       layout_costs=cost_model(model.backend, model.dtype))
+        graph = passes.run(model.graph)
         inputs = {v.name: random_array(v.type, batch, rng, _id_range(model, v)) for v in graph.inputs}
         executor = Executor(graph, model.backend, model.dtype, seed=seed, profile=True)
         run = lambda: executor.run(inputs, model.params)  # noqa: E731

@@ -47,6 +47,16 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def _layout_costs(layout: str):
+    """select-layout's cost model for `nnd compile --layout`: none for NHWC (nothing moves)."""
+    if layout == "NHWC":
+        return None
+    from nnd.compiler.layout import forced_costs
+    from nnd.runtime.layout_costs import cost_model
+
+    return forced_costs("NCHW") if layout == "NCHW" else cost_model("numpy", "float32")
+
+
 def _compile(path: str):
     from nnd.compiler.frontend import compile_file
 
@@ -107,10 +117,13 @@ def summary(file: str, model_name: str | None, batch_size: int) -> None:
 @click.option("--dump-after", multiple=True, metavar="PASS", help="Print the IR after a pass ('all' for every one).")
 @click.option("--report", is_flag=True, help="Instead of the graph, print what the passes fused, folded and "
               "removed, with the source lines and the activation memory saved per sample.")
+@click.option("--layout", type=click.Choice(["NHWC", "NCHW", "measure"]), default="NHWC", show_default=True,
+              help="What select-layout decides: keep every convolution in NHWC, move every one to NCHW, or "
+                   "time both on this machine's NumPy backend (what training and prediction do).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to a file.")
 @user_errors
 def compile_command(file: str, model_name: str | None, emit: str, level: int, disabled: tuple[str, ...],
-                    dump_after: tuple[str, ...], report: bool, output: str | None) -> None:
+                    dump_after: tuple[str, ...], report: bool, layout: str, output: str | None) -> None:
     """Show what the compiler makes of a model file."""
     from nnd.compiler.ir import print_graph
     from nnd.compiler.passes import PassManager, check_pass_name
@@ -139,14 +152,16 @@ def compile_command(file: str, model_name: str | None, emit: str, level: int, di
             graph = build_training_graph(program, name).graph
         if emit in ("optimized", "train"):
             manager = PassManager.for_level(level, disabled, dump_after=set(dump_after),
-                                            dump=lambda p, t: click.echo(f"// after {p}\n{t}"))
+                                            dump=lambda p, t: click.echo(f"// after {p}\n{t}"),
+                                            layout_costs=_layout_costs(layout))
             original, graph = graph, manager.run(graph)
         text = print_graph(graph)
         if report:
             from nnd.compiler.report import optimization_report, trace_passes
 
             title = f"{name} ({'training' if emit == 'train' else 'inference'} graph, -O{level})"
-            text = optimization_report(original, graph, trace_passes(manager.passes, original), title)
+            stages = trace_passes(manager.passes, original, manager.layout_costs)
+            text = optimization_report(original, graph, stages, title)
     _write(text, output)
 
 

@@ -128,8 +128,11 @@ class Model:
         inputs = self._inputs(x)
         if self._predictor is None:
             from nnd.compiler.passes import PassManager
+            from nnd.runtime.layout_costs import cost_model
 
-            graph = PassManager.for_level(self.opt_level, verify=False).run(self.graph)
+            passes = PassManager.for_level(self.opt_level, verify=False,
+                                           layout_costs=cost_model(self.backend, self.dtype))
+            graph = passes.run(self.graph)
             self._predictor = Executor(graph, self.backend, self.dtype, seed=self.seed)
         n = _count(inputs)
         step = self._slice_size(batch_size)

@@ -12,7 +12,7 @@ Everything is written against `ctx.xp` (numpy or cupy):
 """
 from __future__ import annotations
 
-from nnd.compiler.ops.conv import conv_params, pool_params, window_output_size
+from nnd.compiler.ops.conv import conv_layout, conv_params, pool_params, window_output_size
 from nnd.runtime.kernel_table import kernel
 
 
@@ -94,6 +94,8 @@ def _crop(xp, xpad, padding, hw):
 @kernel("conv2d")
 def conv2d(ctx, attrs, x, w):
     xp = ctx.xp
+    if conv_layout(attrs) == "NCHW":
+        return _conv2d_nchw(xp, attrs, x, w)
     p = conv_params(attrs)
     kh, kw, c, f = w.shape
     n, h, wd, _ = x.shape
@@ -101,6 +103,25 @@ def conv2d(ctx, attrs, x, w):
     cols = _columns(xp, _pad(xp, x, p.padding, 0), out_hw, (kh, kw), p.strides, p.dilation)
     out = xp.matmul(cols, w.reshape(kh * kw * c, f))
     return out.reshape(n, out_hw[0], out_hw[1], f)
+
+
+def _conv2d_nchw(xp, attrs, x, w):
+    """The convolution of an NCHW input into an NCHW output: im2col as [N, C*kh*kw, Ho*Wo] columns (one
+    strided view of the padded input, copied once) and a batched GEMM with the kernel as [F, C*kh*kw]."""
+    p = conv_params(attrs)
+    kh, kw, c, f = w.shape
+    n, _, h, wd = x.shape
+    (ho, wo) = _out_hw((h, wd), (kh, kw), p.padding, p.strides, p.dilation)
+    (top, bottom), (left, right) = p.padding
+    if top or bottom or left or right:
+        x = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    sn, sc, sh, sw = x.strides
+    (st_h, st_w), (dh, dw) = p.strides, p.dilation
+    windows = xp.lib.stride_tricks.as_strided(x, (n, c, kh, kw, ho, wo),
+                                              (sn, sc, sh * dh, sw * dw, sh * st_h, sw * st_w))
+    columns = xp.ascontiguousarray(windows).reshape(n, c * kh * kw, ho * wo)
+    kernel = w.transpose(3, 2, 0, 1).reshape(f, c * kh * kw)
+    return xp.matmul(kernel, columns).reshape(n, f, ho, wo)
 
 
 @kernel("conv2d_grad_input")

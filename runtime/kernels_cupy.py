@@ -115,8 +115,9 @@ def _epilogue(out, bias, activation: str):
 @kernel("conv2d_epilogue", backend="cupy")
 def conv2d_epilogue_cuda(ctx, attrs, x, w, bias):
     from nnd.runtime.kernels_conv import conv2d
+    from nnd.runtime.kernels_fused import channel_bias
 
-    return _epilogue(conv2d(ctx, attrs, x, w), bias, attrs.get("activation", "linear"))
+    return _epilogue(conv2d(ctx, attrs, x, w), channel_bias(attrs, bias), attrs.get("activation", "linear"))
 
 
 @kernel("matmul_epilogue", backend="cupy")

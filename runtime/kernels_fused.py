@@ -1,6 +1,7 @@
 """Kernels of the fused ops (nnd.compiler.ops.fused): the product's kernel, then the epilogue in place."""
 from __future__ import annotations
 
+from nnd.compiler.ops.conv import conv_layout
 from nnd.runtime.kernel_table import kernel
 from nnd.runtime.kernels_basic import _matmul
 from nnd.runtime.kernels_conv import conv2d
@@ -20,9 +21,14 @@ def _epilogue(xp, out, bias, activation: str):
     return out
 
 
+def channel_bias(attrs, bias):
+    """The bias shaped to broadcast along the channels of the convolution's layout."""
+    return bias.reshape(1, -1, 1, 1) if conv_layout(attrs) == "NCHW" else bias
+
+
 @kernel("conv2d_epilogue")
 def conv2d_epilogue(ctx, attrs, x, w, bias):
-    return _epilogue(ctx.xp, conv2d(ctx, attrs, x, w), bias, attrs.get("activation", "linear"))
+    return _epilogue(ctx.xp, conv2d(ctx, attrs, x, w), channel_bias(attrs, bias), attrs.get("activation", "linear"))
 
 
 @kernel("matmul_epilogue")

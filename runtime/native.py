@@ -109,7 +109,7 @@ def _compiler_name() -> str:
 def _load_or_build() -> ctypes.CDLL:
     compiler = _compiler()
     flags = _flags(compiler)
-    target = _cache_dir() / f"nnd_native_{_build_key(compiler, flags)}.so"
+    target = cache_dir() / f"nnd_native_{_build_key(compiler, flags)}.so"
     if not target.exists():
         _build(compiler, flags, target)
     try:
@@ -151,7 +151,8 @@ def _cpu_signature() -> str:
     return "|".join(sorted({line for line in text.splitlines() if line.split(":")[0].strip() in wanted}))
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """nnd's cache directory (NND_CACHE_DIR, else $XDG_CACHE_HOME/nnd or ~/.cache/nnd), made if needed."""
     base = os.environ.get("NND_CACHE_DIR")
     if base:
         path = Path(base)

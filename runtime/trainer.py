@@ -20,6 +20,7 @@ from nnd.compiler.summary import summarize
 from nnd.compiler.training import Configured, TrainSpec
 from nnd.compiler.training_graph import LOSS, MASK_PREFIX, build_loss_graph, build_training_graph
 from nnd.runtime.executor import Executor
+from nnd.runtime.layout_costs import cost_model
 from nnd.runtime.metrics import make_metric
 from nnd.runtime.optimizers import Optimizer, make_optimizer
 from nnd.runtime.schedules import make_schedule
@@ -49,7 +50,7 @@ class Trainer:
     def __init__(self, program, model: str, spec: TrainSpec, params: dict[str, np.ndarray], *,
                  backend: str = "numpy", dtype: Any = np.float32, opt_level: int = 2, seed: int = 0):
         self.spec = spec
-        passes = PassManager.for_level(opt_level, verify=False)
+        passes = PassManager.for_level(opt_level, verify=False, layout_costs=cost_model(backend, dtype))
         training = build_training_graph(program, model, spec)
         evaluation = build_loss_graph(program, model, spec, INFER)
         self.targets = training.targets

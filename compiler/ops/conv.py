@@ -65,6 +65,18 @@ def _padding(op: str, value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     return (_pair(op, "padding", top_bottom, 0), _pair(op, "padding", left_right, 0))
 
 
+LAYOUTS = ("NHWC", "NCHW")
+
+
+def conv_layout(attrs: dict[str, Any], op: str = "conv2d") -> str:
+    """Where a convolution's input and output keep their channels: NHWC (the default, the language's
+    layout) or NCHW (chosen by the select-layout pass, which puts transposes around the node)."""
+    layout = attrs.get("layout", "NHWC")
+    if layout not in LAYOUTS:
+        raise ShapeError(f"{op}: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    return layout
+
+
 def conv_params(attrs: dict[str, Any], op: str = "conv2d") -> ConvParams:
     """Strides, pads and dilation of a convolution; missing ones default to 1, 0 and 1."""
     return ConvParams(
@@ -144,6 +156,17 @@ def _conv_out_hw(op: str, hw: tuple[int, int], k: tuple[int, int], p: ConvParams
 
 
 def _infer_conv2d(attrs: dict[str, Any], types: Sequence[TensorType]) -> list[TensorType]:
+    x, w = types
+    if conv_layout(attrs) == "NCHW":  # the same rule on the NHWC view of the shapes
+        if x.rank == 4:
+            x = x.with_shape((x.shape[0], x.shape[2], x.shape[3], x.shape[1]))
+        (out,) = _infer_conv2d_nhwc(attrs, [x, w])
+        n, ho, wo, f = out.shape
+        return [out.with_shape((n, f, ho, wo))]
+    return _infer_conv2d_nhwc(attrs, types)
+
+
+def _infer_conv2d_nhwc(attrs: dict[str, Any], types: Sequence[TensorType]) -> list[TensorType]:
     op = "conv2d"
     x, w = types
     dtype = _check_float(op, x, w)
@@ -203,6 +226,8 @@ def _grad_conv2d(g, node, dys):
     (dy,) = dys
     if dy is None:
         return [None, None]
+    if conv_layout(node.attr_dict) != "NHWC":
+        raise ShapeError("conv2d: gradients are taken before layout selection; an NCHW convolution has none")
     x, w = node.inputs
     attrs = node.attr_dict
     common = {k: attrs[k] for k in ("strides", "padding", "dilation") if k in attrs}

@@ -1,0 +1,116 @@
+"""The cost model of the select-layout pass (`nnd.compiler.layout`): a convolution timed in both layouts
+with the backend's own kernels, on random data of the node's shapes at a small batch.
+
+Timings are the best of a few runs, kept per process and in a JSON file in the cache directory (keyed
+by backend, dtype, op, shapes and attributes), so a machine decides once and every later compilation
+picks the same layout. NND_LAYOUT overrides the measurement: NHWC keeps every convolution in the
+language's layout, NCHW moves every one (for tests and comparisons), `measure` (the default) times them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from nnd.compiler.diagnostics import NndError
+from nnd.compiler.ir import Node
+from nnd.compiler.layout import TO_NCHW, LayoutCosts, forced_costs
+from nnd.runtime.backend import Backend, get_backend
+from nnd.runtime.kernel_table import KernelContext
+
+MEASURE_BATCH = 8
+RUNS = 5
+MODES = ("measure", "NHWC", "NCHW")
+_MEASURED: dict[str, dict[str, float]] = {}
+
+
+def layout_mode() -> str:
+    mode = os.environ.get("NND_LAYOUT", "measure").strip() or "measure"
+    if mode not in MODES:
+        raise NndError(f"NND_LAYOUT must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode
+
+
+def cost_model(backend: str | Backend, dtype: Any) -> LayoutCosts:
+    """The costs select-layout asks for, on `backend` in `dtype`."""
+    mode = layout_mode()
+    if mode != "measure":
+        return forced_costs(mode)
+    backend = get_backend(backend) if isinstance(backend, str) else backend
+    dtype = np.dtype(dtype)
+    return lambda node: _measured(node, backend, dtype)
+
+
+def _measured(node: Node, backend: Backend, dtype: np.dtype) -> dict[str, float]:
+    key = json.dumps([backend.name, dtype.name, node.op, [list(_concrete(v.type.shape)) for v in node.inputs],
+                      sorted((k, repr(v)) for k, v in node.attrs)])
+    found = _MEASURED.get(key)
+    if found is None:
+        stored = _load_store()
+        found = stored.get(key)
+        if found is None:
+            found = {layout: _time_node(node, backend, dtype, layout) for layout in ("NHWC", "NCHW")}
+            stored[key] = found
+            _save_store(stored)
+        _MEASURED[key] = found
+    return found
+
+
+def _concrete(shape: tuple) -> tuple[int, ...]:
+    return tuple(MEASURE_BATCH if isinstance(d, str) else d for d in shape)
+
+
+def _time_node(node: Node, backend: Backend, dtype: np.dtype, layout: str) -> float:
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(_concrete(v.type.shape)).astype(dtype) for v in node.inputs]
+    attrs = node.attr_dict
+    if layout == "NCHW":
+        arrays[0] = np.ascontiguousarray(arrays[0].transpose(TO_NCHW))
+        attrs = dict(attrs, layout="NCHW")
+    inputs = [backend.asarray(a) for a in arrays]
+    kernel = backend.kernels[node.op]
+    ctx = KernelContext(backend.xp, rng, dtype.type)
+    return _best_seconds(lambda: kernel(ctx, attrs, *inputs), backend)
+
+
+def _best_seconds(run: Callable[[], Any], backend: Backend) -> float:
+    run()
+    backend.synchronize()
+    times = []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        run()
+        backend.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(sorted(times)[:3])  # the fastest runs: the least disturbed by the machine
+
+
+def _store_path() -> Path:
+    from nnd.runtime.native import cache_dir
+
+    return cache_dir() / "layouts.json"
+
+
+def _load_store() -> dict[str, dict[str, float]]:
+    try:
+        data = json.loads(_store_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save_store(stored: dict[str, dict[str, float]]) -> None:
+    path = _store_path()
+    try:
+        handle, partial = tempfile.mkstemp(prefix=".layouts-", suffix=".json", dir=path.parent)
+        with os.fdopen(handle, "w") as out:
+            json.dump(stored, out)
+        os.replace(partial, path)
+    except OSError:
+        pass  # an unwritable cache only costs a measurement next time
