@@ -1,7 +1,7 @@
 """The cost model of the select-layout pass (`nnd.compiler.layout`): a convolution timed in both layouts
 with the backend's own kernels, on random data of the node's shapes at a small batch.
 
-Timings are the best of a few runs, kept per process and in a JSON file in the cache directory (keyed
+The NCHW timing includes the transposes into and out of NCHW. Timings are the best of a few runs, kept per process and in a JSON file in the cache directory (keyed
 by backend, dtype, op, shapes and attributes), so a machine decides once and every later compilation
 picks the same layout. NND_LAYOUT overrides the measurement: NHWC keeps every convolution in the
 language's layout, NCHW moves every one (for tests and comparisons), `measure` (the default) times them.
@@ -20,7 +20,7 @@ import numpy as np
 
 from nnd.compiler.diagnostics import NndError
 from nnd.compiler.ir import Node
-from nnd.compiler.layout import TO_NCHW, LayoutCosts, forced_costs
+from nnd.compiler.layout import TO_NCHW, TO_NHWC, LayoutCosts, forced_costs
 from nnd.runtime.backend import Backend, get_backend
 from nnd.runtime.kernel_table import KernelContext
 
@@ -67,16 +67,22 @@ def _concrete(shape: tuple) -> tuple[int, ...]:
 
 
 def _time_node(node: Node, backend: Backend, dtype: np.dtype, layout: str) -> float:
+    """Seconds of the node in `layout`; NCHW pays for both transposes, materialized, as if the neighbours
+    stayed NHWC (when they switch too, the transposes cancel and the choice only gets better)."""
     rng = np.random.default_rng(0)
-    arrays = [rng.standard_normal(_concrete(v.type.shape)).astype(dtype) for v in node.inputs]
-    attrs = node.attr_dict
-    if layout == "NCHW":
-        arrays[0] = np.ascontiguousarray(arrays[0].transpose(TO_NCHW))
-        attrs = dict(attrs, layout="NCHW")
-    inputs = [backend.asarray(a) for a in arrays]
+    xp = backend.xp
+    inputs = [backend.asarray(rng.standard_normal(_concrete(v.type.shape)).astype(dtype)) for v in node.inputs]
     kernel = backend.kernels[node.op]
-    ctx = KernelContext(backend.xp, rng, dtype.type)
-    return _best_seconds(lambda: kernel(ctx, attrs, *inputs), backend)
+    ctx = KernelContext(xp, rng, dtype.type)
+    if layout == "NHWC":
+        return _best_seconds(lambda: kernel(ctx, node.attr_dict, *inputs), backend)
+    attrs = dict(node.attr_dict, layout="NCHW")
+
+    def switched():
+        x = xp.ascontiguousarray(xp.transpose(inputs[0], TO_NCHW))
+        return xp.ascontiguousarray(xp.transpose(kernel(ctx, attrs, x, *inputs[1:]), TO_NHWC))
+
+    return _best_seconds(switched, backend)
 
 
 def _best_seconds(run: Callable[[], Any], backend: Backend) -> float:
