@@ -1,8 +1,8 @@
 """The NumPy backend's kernels in native code (`csrc/`, loaded by `nnd.runtime.native`).
 
-* LSTM scans (`scan_impl.h`) replace the in-place NumPy loops of `kernels_recurrent` for Keras' default
-  activations (the `LSTM_DEFAULT_PATHS` entry for numpy): one C call per scan instead of a dozen NumPy
-  calls per step.
+* LSTM and GRU scans (`scan_impl.h`) replace the NumPy loops of `kernels_recurrent` for Keras' default
+  activations (the `LSTM_DEFAULT_PATHS` and `GRU_DEFAULT_PATHS` entries for numpy; for the GRU,
+  reset_after): one C call per scan instead of a dozen NumPy calls per step.
 * Max pooling and its gradient (`pool_impl.h`, numpy overrides of `maxpool2d` / `maxpool2d_grad`) read
   each window once, where NumPy passes over the input once per window offset.
 
@@ -19,7 +19,8 @@ import numpy as np
 
 from nnd.runtime import kernels_conv, native
 from nnd.runtime.kernel_table import kernel
-from nnd.runtime.kernels_recurrent import LSTM_DEFAULT_PATHS, _lstm_backward_default, _lstm_forward_default
+from nnd.runtime.kernels_recurrent import (GRU_DEFAULT_PATHS, LSTM_DEFAULT_PATHS, _lstm_backward_default,
+                                            _lstm_forward_default)
 
 _SUFFIXES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _LONG, _POINTER = ctypes.c_long, ctypes.c_void_p
@@ -29,6 +30,11 @@ _SIGNATURES = {
     # steps, n, units, row_begin, row_end, c0, kernel_t, rmask, cs, gates, dout, d_step, d_row, dh, dc, dgates,
     # dx, dx_step, dx_row
     "lstm_backward": [_LONG] * 5 + [_POINTER] * 5 + [_POINTER, _LONG, _LONG] + [_POINTER] * 4 + [_LONG, _LONG],
+    # steps, n, units, row_begin, row_end, x, x_step, x_row, h0, kernel, bias, rmask, hs, gates, aux, rec, work
+    "gru_forward": [_LONG] * 5 + [_POINTER, _LONG, _LONG] + [_POINTER] * 9,
+    # steps, n, units, row_begin, row_end, h0, kernel_t, rmask, hs, gates, aux, dout, d_step, d_row, dh, drec,
+    # dx, dx_step, dx_row, work
+    "gru_backward": [_LONG] * 5 + [_POINTER] * 7 + [_LONG, _LONG] + [_POINTER] * 3 + [_LONG, _LONG, _POINTER],
     # depth, cols, b, ldb, out
     "pack_panels": [_LONG, _LONG, _POINTER, _LONG, _POINTER],
     "panel_width": [],
@@ -128,6 +134,55 @@ def lstm_backward_native(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh
 
 
 LSTM_DEFAULT_PATHS["numpy"] = (lstm_forward_native, lstm_backward_native)
+
+
+def gru_forward_native(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates, aux) -> bool:
+    """The GRU scan (reset_after, default activations) in one native call per thread; False when the
+    NumPy loop must run instead."""
+    fn = _function("gru_forward", hs.dtype)
+    if fn is None:
+        return False
+    steps, n, units = hs.shape
+    dt = hs.dtype
+    xt = _row_strided(xt, dt)
+    x_step, x_row = _element_strides(xt)
+    h0 = np.ascontiguousarray(h0, dtype=dt)
+    bias = np.ascontiguousarray(recurrent_bias, dtype=dt)
+    mask = None if rmask is None else np.ascontiguousarray(np.broadcast_to(rmask, (n, units)), dtype=dt)
+    kernel = _packed(recurrent_kernel, dt)
+    scratch = np.empty((n, 3 * units), dtype=dt), np.empty((n, units), dtype=dt)
+    # every array whose address goes to C stays referenced here until the call returns
+    addresses = [_address(a) for a in (h0, kernel, bias, mask, hs, gates, aux, *scratch)]
+    x = _address(xt)
+    native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, x, x_step, x_row, *addresses))
+    return True
+
+
+def gru_backward_native(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, drec, d_xproj_tm):
+    """Backprop through `gru_forward_native`'s scan; the initial state's gradient, or None when the
+    NumPy loop must run instead."""
+    fn = _function("gru_backward", hs.dtype)
+    if fn is None or d_xproj_tm.strides[2] != d_xproj_tm.itemsize:
+        return None
+    steps, n, units = hs.shape
+    dt = hs.dtype
+    h0 = np.ascontiguousarray(h0, dtype=dt)
+    mask = None if rmask is None else np.ascontiguousarray(np.broadcast_to(rmask, (n, units)), dtype=dt)
+    dh = np.ascontiguousarray(dh, dtype=dt)
+    if dout_tm is not None:
+        dout_tm = _row_strided(dout_tm, dt)
+    d_step, d_row = _element_strides(dout_tm) if dout_tm is not None else (0, 0)
+    kernel_t = _packed(np.asarray(recurrent_kernel).T, dt)
+    work = np.empty((n, units), dtype=dt)
+    before = [_address(a) for a in (h0, kernel_t, mask, hs, gates, aux, dout_tm)]
+    outputs = [_address(a) for a in (dh, drec, d_xproj_tm, work)]
+    dx_strides = _element_strides(d_xproj_tm)
+    native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, *before, d_step, d_row, *outputs[:3],
+                                             *dx_strides, outputs[3]))
+    return dh
+
+
+GRU_DEFAULT_PATHS["numpy"] = (gru_forward_native, gru_backward_native)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -341,6 +341,15 @@ def _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, 
 # ---------------------------------------------------------------------------------------------------
 # GRU
 
+# Backends with a whole-scan GRU for reset_after, tanh and sigmoid without a padding mask register
+# (forward, backward) here under their array module's name (the native kernels do, for numpy):
+#   forward(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates, aux) fills hs, gates, aux and
+#   returns True, or returns False (the loop below runs instead);
+#   backward(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, drec, d_xproj_tm) fills drec and
+#   the processing-order view of the projected inputs' gradient and returns the initial state's
+#   gradient, or returns None.
+GRU_DEFAULT_PATHS: dict[str, tuple] = {}
+
 
 @kernel("gru_scan")
 def _gru_scan(ctx, attrs, xproj, h0, recurrent_kernel, recurrent_bias, mask, recurrent_mask):
@@ -356,6 +365,11 @@ def _gru_scan(ctx, attrs, xproj, h0, recurrent_kernel, recurrent_bias, mask, rec
     gates = xp.empty((steps, n, 3 * u), dtype=dt)
     aux = xp.empty((steps, n, u), dtype=dt)
     reset_after = a["reset_after"]
+    fast = GRU_DEFAULT_PATHS.get(xp.__name__)
+    if (fast is not None and valid is None and reset_after and act == "tanh" and ract == "sigmoid"
+            and fast[0](xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates, aux)):
+        outputs, h_last = _outputs(xp, hs, h0, a["return_sequences"])
+        return outputs, h_last, hs, gates, aux
     if not reset_after:
         kernel_zr = xp.ascontiguousarray(recurrent_kernel[:, :2 * u])
         kernel_h = xp.ascontiguousarray(recurrent_kernel[:, 2 * u:])
@@ -405,6 +419,14 @@ def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, g
     rmask = _recurrent_mask(recurrent_mask, dt)
     dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
     dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
+    fast = GRU_DEFAULT_PATHS.get(xp.__name__)
+    if fast is not None and valid is None and reset_after and act == "tanh" and ract == "sigmoid":
+        drec = xp.empty((steps, n, 3 * u), dtype=dt)
+        d_xproj = xp.empty((n, steps, 3 * u), dtype=dt)
+        d_h0 = fast[1](h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, drec,
+                       _time_major(d_xproj, a["go_backwards"]))
+        if d_h0 is not None:
+            return d_xproj, d_h0, _h_prev_gemm(h0, hs, drec, rmask), drec.sum(axis=(0, 1))
     # reset_after: d of (h U + b) per step, all three gates; otherwise d of the z and r pre-activations.
     drec = xp.empty((steps, n, 3 * u if reset_after else 2 * u), dtype=dt)
     dcand = xp.empty((steps, n, u), dtype=dt)      # d of the candidate's pre-activation

@@ -1,7 +1,8 @@
-"""Native CPU kernels: the C LSTM scans against the NumPy path they replace (forward, backward, every
-option, odd sizes, several threads), and the loader's build, cache and fallbacks. Finite-difference and
-PyTorch checks of the LSTM in float64 (gradcheck_cases.py, test_recurrent_kernels.py) run through the
-native path too, since it is the NumPy backend's default whenever a C compiler is present."""
+"""Native CPU kernels: the C LSTM and GRU scans against the NumPy paths they replace (forward, backward,
+every option, odd sizes, several threads), max pooling, and the loader's build, cache and fallbacks.
+Finite-difference and PyTorch checks of the LSTM and GRU in float64 (gradcheck_cases.py,
+test_recurrent_kernels.py, test_sequence_layers.py) run through the native path too, since it is the
+NumPy backend's default whenever a C compiler is present."""
 from __future__ import annotations
 
 import os
@@ -85,6 +86,50 @@ def test_native_lstm_equals_numpy_float64(n, t, u, attrs, recurrent_dropout):
 @pytest.mark.parametrize("attrs, recurrent_dropout", CASES)
 def test_native_lstm_equals_numpy_float32(attrs, recurrent_dropout):
     got, expected = run_both_paths(16, 12, 8, np.float32, attrs, recurrent_dropout)
+    for g, e in zip(got, expected):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=2e-5)
+
+
+def run_gru_both_paths(n, t, u, dtype, attrs, recurrent_dropout=False):
+    """(native, numpy) results of a reset_after GRU: forward outputs, then the gradients."""
+    ctx = KernelContext(np, np.random.default_rng(0), dtype)
+    attrs = {"units": u, **attrs}
+    r = np.random.default_rng(n * 10 + t)
+    rmask = (r.random((n, u)) > 0.3) / 0.7 if recurrent_dropout else np.array(1.0)
+    xproj, h0 = r.normal(size=(n, t, 3 * u)), r.normal(scale=0.5, size=(n, u))
+    kernel, bias = np.asfortranarray(r.normal(scale=0.5, size=(u, 3 * u))), r.normal(size=3 * u)
+    inputs = [np.asarray(a, dtype=dtype) for a in (xproj, h0, kernel, bias, np.array(1.0), rmask)]
+    d_out = r.normal(size=(n, t, u) if attrs.get("return_sequences") else (n, u)).astype(dtype)
+    d_h = r.normal(size=(n, u)).astype(dtype)
+    results = []
+    for enabled in (True, False):
+        native.set_enabled(enabled)
+        try:
+            forward = KERNELS["gru_scan"](ctx, attrs, *inputs)
+            _, _, hs, gates, aux = forward
+            grads = KERNELS["gru_scan_grad"](ctx, attrs, inputs[1], inputs[2], inputs[4], inputs[5], hs, gates, aux,
+                                             d_out, d_h)
+        finally:
+            native.set_enabled(None)
+        results.append([*forward, *grads])
+    return results
+
+
+@needs_compiler
+@pytest.mark.parametrize("attrs, recurrent_dropout", CASES)
+@pytest.mark.parametrize("n, t, u", [(32, 7, 16), (5, 4, 3), (9, 3, 20)])
+def test_native_gru_equals_numpy_float64(n, t, u, attrs, recurrent_dropout):
+    got, expected = run_gru_both_paths(n, t, u, np.float64, attrs, recurrent_dropout)
+    for g, e in zip(got, expected):
+        assert g.dtype == np.float64 and g.shape == e.shape
+        np.testing.assert_allclose(g, e, rtol=1e-11, atol=1e-13)
+
+
+@needs_compiler
+@pytest.mark.parametrize("attrs, recurrent_dropout", CASES)
+def test_native_gru_equals_numpy_float32(attrs, recurrent_dropout):
+    got, expected = run_gru_both_paths(16, 12, 8, np.float32, attrs, recurrent_dropout)
     for g, e in zip(got, expected):
         assert g.dtype == np.float32
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=2e-5)

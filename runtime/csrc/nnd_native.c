@@ -72,4 +72,4 @@ static inline double exp_f64(double x) { return exp(x); }
 #undef EXP
 
 /* Lets the loader check that the library it found is the one it compiled. */
-int nnd_native_abi_version(void) { return 4; }
+int nnd_native_abi_version(void) { return 5; }

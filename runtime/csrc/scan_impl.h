@@ -118,3 +118,107 @@ void NAME(lstm_backward)(long steps, long n, long units, long row_begin, long ro
     }
 }
 
+
+/* One row of a GRU step (reset_after, Keras' default): x holds the projected inputs (z, r, candidate),
+ * rec the recurrent projection h_{t-1} U + b; writes the gates (z, r, candidate) and the new state. */
+static inline void NAME(gru_row)(long units, const REAL *restrict x, const REAL *restrict rec,
+                                 const REAL *restrict h_prev, REAL *restrict gates, REAL *restrict aux,
+                                 REAL *restrict h_out) {
+    for (long j = 0; j < units; j++) {
+        REAL z = NAME(sigmoid)(x[j] + rec[j]);
+        REAL r = NAME(sigmoid)(x[units + j] + rec[units + j]);
+        REAL cand = NAME(tanh)(x[2 * units + j] + r * rec[2 * units + j]);
+        gates[j] = z;
+        gates[units + j] = r;
+        gates[2 * units + j] = cand;
+        aux[j] = rec[2 * units + j];
+        h_out[j] = z * h_prev[j] + (1 - z) * cand;
+    }
+}
+
+/* Forward GRU scan (reset_after, tanh and sigmoid) over batch rows [row_begin, row_end).
+ *   x          projected inputs: step s, row r at x + s * x_step + r * x_row (3 units wide)
+ *   h0         [n][units]; kernel: the recurrent kernel [units][3 units] packed by pack_panels;
+ *   bias       the recurrent bias [3 units]; rmask: [n][units] or NULL
+ *   hs         [steps][n][units]; gates [steps][n][3 units] (z, r, candidate); aux [steps][n][units]
+ *              (the candidate's recurrent projection, which the gradient of r needs)
+ *   rec, work  scratch: [n][3 units] and [n][units] */
+void NAME(gru_forward)(long steps, long n, long units, long row_begin, long row_end, const REAL *x,
+                       long x_step, long x_row, const REAL *h0, const REAL *kernel, const REAL *bias,
+                       const REAL *rmask, REAL *hs, REAL *gates, REAL *aux, REAL *rec, REAL *work) {
+    const long rows = row_end - row_begin, width = 3 * units;
+    REAL *rec_rows = rec + row_begin * width;
+    for (long s = 0; s < steps; s++) {
+        const REAL *h_prev = (s ? hs + (s - 1) * n * units : h0) + row_begin * units;
+        const REAL *h_projected = h_prev;
+        for (long r = 0; r < rows; r++) memcpy(rec_rows + r * width, bias, sizeof(REAL) * width);
+        if (rmask) {
+            REAL *masked = work + row_begin * units;
+            const REAL *m = rmask + row_begin * units;
+            for (long k = 0; k < rows * units; k++) masked[k] = h_prev[k] * m[k];
+            h_projected = masked;
+        }
+        NAME(gemm_acc)(rows, width, units, h_projected, units, kernel, rec_rows, width);
+        for (long r = 0; r < rows; r++) {
+            long row = row_begin + r;
+            NAME(gru_row)(units, x + s * x_step + row * x_row, rec_rows + r * width, h_prev + r * units,
+                          gates + (s * n + row) * width, aux + (s * n + row) * units,
+                          hs + (s * n + row) * units);
+        }
+    }
+}
+
+/* One row of a GRU step backwards: from dh (the gradient of the step's output) to the gradients of the
+ * recurrent projection (drec: z, r, candidate parts), of the projected inputs (dx) and the part of
+ * dh_{t-1} that flows through z (carry). */
+static inline void NAME(gru_row_backward)(long units, const REAL *restrict g, const REAL *restrict aux,
+                                          const REAL *restrict h_prev, const REAL *restrict dh,
+                                          REAL *restrict drec, REAL *restrict dx, REAL *restrict carry) {
+    for (long j = 0; j < units; j++) {
+        REAL z = g[j], r = g[units + j], cand = g[2 * units + j];
+        REAL d_cand = dh[j] * (1 - z) * (1 - cand * cand);
+        REAL d_z = dh[j] * (h_prev[j] - cand) * z * (1 - z);
+        REAL d_r = d_cand * aux[j] * r * (1 - r);
+        drec[j] = d_z;
+        drec[units + j] = d_r;
+        drec[2 * units + j] = d_cand * r;
+        dx[j] = d_z;
+        dx[units + j] = d_r;
+        dx[2 * units + j] = d_cand;
+        carry[j] = dh[j] * z;
+    }
+}
+
+/* Backprop through the GRU scan above, over batch rows [row_begin, row_end).
+ *   kernel_t  the recurrent kernel transposed ([3 units][units]), packed by pack_panels
+ *   dout      the incoming gradient of every step's output, or NULL (strides d_step, d_row)
+ *   dh        [n][units]: the gradient of the last state in, of the initial state out
+ *   drec      [steps][n][3 units]: gradients of the recurrent projection (output)
+ *   dx        the projected inputs' gradient, strided like x (dx_step, dx_row), 3 units wide (output)
+ *   work      scratch [n][units] */
+void NAME(gru_backward)(long steps, long n, long units, long row_begin, long row_end, const REAL *h0,
+                        const REAL *kernel_t, const REAL *rmask, const REAL *hs, const REAL *gates,
+                        const REAL *aux, const REAL *dout, long d_step, long d_row, REAL *dh, REAL *drec,
+                        REAL *dx, long dx_step, long dx_row, REAL *work) {
+    const long rows = row_end - row_begin, width = 3 * units;
+    REAL *dh_rows = dh + row_begin * units, *carry = work + row_begin * units;
+    for (long s = steps - 1; s >= 0; s--) {
+        const REAL *h_prev = (s ? hs + (s - 1) * n * units : h0) + row_begin * units;
+        REAL *drec_rows = drec + (s * n + row_begin) * width;
+        for (long r = 0; r < rows; r++) {
+            long row = row_begin + r;
+            REAL *dhr = dh_rows + r * units;
+            if (dout) {
+                const REAL *d = dout + s * d_step + row * d_row;
+                for (long j = 0; j < units; j++) dhr[j] += d[j];
+            }
+            NAME(gru_row_backward)(units, gates + (s * n + row) * width, aux + (s * n + row) * units,
+                                   h_prev + r * units, dhr, drec_rows + r * width, dx + s * dx_step + row * dx_row,
+                                   carry + r * units);
+        }
+        for (long k = 0; k < rows * units; k++) dh_rows[k] = 0;
+        NAME(gemm_acc)(rows, units, width, drec_rows, width, kernel_t, dh_rows, units);
+        const REAL *m = rmask ? rmask + row_begin * units : 0;
+        for (long k = 0; k < rows * units; k++) dh_rows[k] = (m ? dh_rows[k] * m[k] : dh_rows[k]) + carry[k];
+    }
+}
