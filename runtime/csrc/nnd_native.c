@@ -1,5 +1,5 @@
 /* Native CPU kernels of nnd's NumPy backend, compiled on first use by `nnd.runtime.native`: the
- * recurrent scans and max pooling.
+ * LSTM and GRU scans and max pooling.
  *
  * NumPy runs a recurrent scan as a dozen array calls per time step, each on a few thousand elements,
  * so call overhead and NumPy's scalar float32 tanh bound it. Here a whole scan is one call: a small
