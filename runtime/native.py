@@ -25,6 +25,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -41,6 +42,7 @@ COMPILE_TIMEOUT_S = 300
 
 _library: ctypes.CDLL | None = None
 _status: str | None = None
+_loading = threading.Lock()  # models used from several threads build the library once
 _enabled_override: bool | None = None
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0  # the process that made the pool: a forked child starts its own (threads do not survive fork)
@@ -51,17 +53,17 @@ _pool_pid = 0  # the process that made the pool: a forked child starts its own (
 def library() -> ctypes.CDLL | None:
     """The loaded native library, building it on first use; None when it is off or cannot be built."""
     global _library, _status
-    if _status is not None:
-        return _library if _enabled() else None
     if not _enabled():
         return None
-    try:
-        _library = _load_or_build()
-        _status = f"on ({_compiler_name()})"
-    except _Unavailable as why:
-        _library, _status = None, f"off: {why}"
-        if _mode() == "1":
-            raise NndError(f"native kernels required by NND_NATIVE=1 are unavailable: {why}") from None
+    with _loading:
+        if _status is None:
+            try:
+                _library = _load_or_build()
+                _status = f"on ({_compiler_name()})"
+            except _Unavailable as why:
+                _library, _status = None, f"off: {why}"
+    if _library is None and _mode() == "1":
+        raise NndError(f"native kernels required by NND_NATIVE=1 are unavailable: {_status[len('off: '):]}")
     return _library
 
 
