@@ -5,6 +5,9 @@
   reset_after): one C call per scan instead of a dozen NumPy calls per step.
 * Max pooling and its gradient (`pool_impl.h`, numpy overrides of `maxpool2d` / `maxpool2d_grad`) read
   each window once, where NumPy passes over the input once per window offset.
+* The conv and matmul epilogues add the bias and apply the activation in one pass, and the convolution's
+  input gradient is one GEMM into columns folded back by col2im in one pass (`conv_impl.h`), where NumPy
+  makes one strided add per kernel offset.
 
 The batch is split between threads. Results, saved tensors and gradients have the same layouts and
 meaning as the NumPy versions', which run instead when the library is unavailable or the dtype is not
@@ -17,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from nnd.compiler.ops.conv import conv_layout, conv_params
 from nnd.runtime import kernels_conv, native
 from nnd.runtime.kernel_table import kernel
+from nnd.runtime.kernels_basic import _matmul
+from nnd.runtime.kernels_fused import _epilogue, channel_bias
 from nnd.runtime.kernels_recurrent import (GRU_DEFAULT_PATHS, LSTM_DEFAULT_PATHS, _lstm_backward_default,
                                             _lstm_forward_default)
 
@@ -38,6 +44,10 @@ _SIGNATURES = {
     # depth, cols, b, ldb, out
     "pack_panels": [_LONG, _LONG, _POINTER, _LONG, _POINTER],
     "panel_width": [],
+    # channels, begin, end, out, bias, activation
+    "bias_activation": [_LONG, _LONG, _LONG, _POINTER, _POINTER, ctypes.c_int],
+    # shape, begin, end, cols, dx
+    "col2im": [_POINTER, _LONG, _LONG, _POINTER, _POINTER],
     # shape, begin, end, x, out
     "maxpool2d": [_POINTER, _LONG, _LONG, _POINTER, _POINTER],
     # shape, begin, end, x, dy, dx, relu, tiled
@@ -229,3 +239,64 @@ def maxpool2d_grad_native(ctx, attrs, dy, x):
     shape, pointers, relu = ctypes.byref(geometry), [_address(a) for a in (x, dy, dx)], int(bool(attrs.get("relu")))
     native.run_rows(x.shape[0], lambda begin, end: fn(shape, begin, end, *pointers, relu, int(tiled)), align=1)
     return dx
+
+
+# ---------------------------------------------------------------------------------------------------
+# Convolution and matmul epilogues, col2im
+
+ACTIVATIONS = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3}  # the enum of nnd_native.c
+
+
+def _bias_activation(ctx, out, bias, activation: str, generic):
+    """activation(out + bias) over the last axis, in place in one native pass; `generic()` otherwise."""
+    fn = _function("bias_activation", out.dtype)
+    if fn is None or not out.flags.c_contiguous or out.ndim == 0 or bias.shape != (out.shape[-1],):
+        return generic()
+    bias = np.ascontiguousarray(bias, dtype=out.dtype)
+    channels = out.shape[-1]
+    rows = out.size // channels if channels else 0
+    target, source, code = _address(out), _address(bias), ACTIVATIONS[activation]
+    native.run_rows(rows, lambda begin, end: fn(channels, begin, end, target, source, code), align=64)
+    return out
+
+
+@kernel("conv2d_epilogue", backend="numpy")
+def conv2d_epilogue_native(ctx, attrs, x, w, bias):
+    out = kernels_conv.conv2d(ctx, attrs, x, w)
+    activation = attrs.get("activation", "linear")
+    if conv_layout(attrs) != "NHWC":
+        return _epilogue(ctx.xp, out, channel_bias(attrs, bias), activation)
+    return _bias_activation(ctx, out, bias, activation, lambda: _epilogue(ctx.xp, out, bias, activation))
+
+
+@kernel("matmul_epilogue", backend="numpy")
+def matmul_epilogue_native(ctx, attrs, a, b, bias):
+    out = _matmul(ctx, attrs, a, b)
+    activation = attrs.get("activation", "linear")
+    return _bias_activation(ctx, out, bias, activation, lambda: _epilogue(ctx.xp, out, bias, activation))
+
+
+class _Col2imShape(ctypes.Structure):
+    """The C struct col2im_shape of `conv_impl.h`."""
+    _fields_ = [(name, _LONG) for name in ("h", "w", "c", "out_h", "out_w", "kernel_h", "kernel_w", "stride_h",
+                                           "stride_w", "dilation_h", "dilation_w")]
+
+
+@kernel("conv2d_grad_input", backend="numpy")
+def conv2d_grad_input_native(ctx, attrs, dy, w):
+    """One GEMM dy @ w^T into [N*Ho*Wo, kh*kw*C] columns, folded back into the padded input by col2im."""
+    fn = _function("col2im", dy.dtype)
+    if fn is None:
+        return kernels_conv.conv2d_grad_input(ctx, attrs, dy, w)
+    p = conv_params(attrs, "conv2d_grad_input")
+    h, wd = attrs["input_hw"]
+    kh, kw, c, f = w.shape
+    n, ho, wo, _ = dy.shape
+    (top, bottom), (left, right) = p.padding
+    columns = np.matmul(np.ascontiguousarray(dy).reshape(n * ho * wo, f),
+                        np.asarray(w, dtype=dy.dtype).reshape(kh * kw * c, f).T)
+    padded = np.empty((n, h + top + bottom, wd + left + right, c), dtype=dy.dtype)
+    geometry = _Col2imShape(padded.shape[1], padded.shape[2], c, ho, wo, kh, kw, *p.strides, *p.dilation)
+    shape, source, target = ctypes.byref(geometry), _address(columns), _address(padded)
+    native.run_rows(n, lambda begin, end: fn(shape, begin, end, source, target), align=1)
+    return kernels_conv._crop(np, padded, p.padding, (h, wd))

@@ -209,6 +209,42 @@ def test_native_max_pooling_equals_numpy(attrs, shape, dtype):
     native.set_enabled(None)
 
 
+CONVOLUTIONS = [
+    ({}, (5, 13, 13, 32, 64)),
+    ({"strides": (2, 1), "padding": ((1, 2), (0, 1)), "dilation": (1, 2)}, (3, 9, 9, 5, 4)),
+    ({"strides": (3, 3), "padding": ((2, 2), (2, 2))}, (2, 7, 8, 3, 6)),
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("attrs, sizes", CONVOLUTIONS)
+def test_native_convolution_epilogue_and_input_gradient_equal_numpy(attrs, sizes, dtype):
+    from nnd.runtime import kernels_conv, kernels_fused
+
+    n, h, w_, c, f = sizes
+    r = np.random.default_rng(c)
+    x, w = r.normal(size=(n, h, w_, c)).astype(dtype), r.normal(size=(3, 3, c, f)).astype(dtype)
+    bias = r.normal(size=f).astype(dtype)
+    ctx = KernelContext(np, np.random.default_rng(0), dtype)
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    native.set_enabled(True)
+    for activation in ("linear", "relu", "sigmoid", "tanh"):
+        fused = dict(attrs, activation=activation)
+        got = KERNELS["conv2d_epilogue"](ctx, fused, x, w, bias)
+        np.testing.assert_allclose(got, kernels_fused.conv2d_epilogue(ctx, fused, x, w, bias), **tolerance)
+        a = x.reshape(-1, c)
+        got = KERNELS["matmul_epilogue"](ctx, {"activation": activation}, a, w[0, 0], bias)
+        expected = kernels_fused.matmul_epilogue(ctx, {"activation": activation}, a, w[0, 0], bias)
+        np.testing.assert_allclose(got, expected, **tolerance)
+    dy = r.normal(size=kernels_conv.conv2d(ctx, attrs, x, w).shape).astype(dtype)
+    grad_attrs = dict(attrs, input_hw=(h, w_))
+    got = KERNELS["conv2d_grad_input"](ctx, grad_attrs, dy, w)
+    assert got.shape == x.shape and got.dtype == dtype
+    np.testing.assert_allclose(got, kernels_conv.conv2d_grad_input(ctx, grad_attrs, dy, w), **tolerance)
+    native.set_enabled(None)
+
+
 def test_row_chunks_cover_the_batch_on_tile_boundaries():
     assert native.row_chunks(32, 2) == [(0, 16), (16, 32)]
     assert native.row_chunks(5, 4) == [(0, 4), (4, 5)]

@@ -1,5 +1,5 @@
 /* Native CPU kernels of nnd's NumPy backend, compiled on first use by `nnd.runtime.native`: the
- * LSTM and GRU scans and max pooling.
+ * LSTM and GRU scans, max pooling, and the convolution's epilogue and col2im.
  *
  * NumPy runs a recurrent scan as a dozen array calls per time step, each on a few thousand elements,
  * so call overhead and NumPy's scalar float32 tanh bound it. Here a whole scan is one call: a small
@@ -47,6 +47,9 @@ static inline float exp_f32(float x) {
 
 static inline double exp_f64(double x) { return exp(x); }
 
+/* The epilogue's activations, as `kernels_native.ACTIVATIONS` numbers them. */
+enum { ACTIVATION_LINEAR, ACTIVATION_RELU, ACTIVATION_SIGMOID, ACTIVATION_TANH };
+
 #define PASTE2(a, b) a##_##b
 #define PASTE(a, b) PASTE2(a, b)
 #define NAME(base) PASTE(base, SUFFIX)
@@ -57,6 +60,7 @@ static inline double exp_f64(double x) { return exp(x); }
 #include "gemm_impl.h"
 #include "scan_impl.h"
 #include "pool_impl.h"
+#include "conv_impl.h"
 #undef REAL
 #undef SUFFIX
 #undef EXP
@@ -67,9 +71,10 @@ static inline double exp_f64(double x) { return exp(x); }
 #include "gemm_impl.h"
 #include "scan_impl.h"
 #include "pool_impl.h"
+#include "conv_impl.h"
 #undef REAL
 #undef SUFFIX
 #undef EXP
 
 /* Lets the loader check that the library it found is the one it compiled. */
-int nnd_native_abi_version(void) { return 5; }
+int nnd_native_abi_version(void) { return 6; }
