@@ -28,6 +28,8 @@ from nnd.compiler.training import Configured, TrainSpec
 TARGET_PREFIX = "target:"
 MASK_PREFIX = "mask:"
 LOSS = "loss"
+LOSS_SCALE = "loss_scale"      # the scalar input that multiplies the loss under loss scaling
+SCALED_LOSS = "scaled_loss"    # the output the gradients are taken of, then
 
 # The loss each final activation fuses with: the stable form works on the activation's input.
 _FUSED = {("sparse_categorical_crossentropy", "softmax"): "sparse_softmax_cross_entropy",
@@ -68,12 +70,22 @@ def target_type(loss: str, output: Value) -> TensorType:
     return output.type
 
 
-def build_training_graph(program, model: str, spec: TrainSpec | None = None) -> TrainingGraph:
-    """The training graph of `model` in `program` (a CheckedProgram) under the loss of `spec`."""
+def build_training_graph(program, model: str, spec: TrainSpec | None = None,
+                         loss_scaling: bool = False) -> TrainingGraph:
+    """The training graph of `model` in `program` (a CheckedProgram) under the loss of `spec`.
+
+    With `loss_scaling`, the gradients are those of the loss times the scalar input `loss_scale` (mixed
+    precision: small float16 gradients stay above the underflow); the `loss` output stays unscaled."""
     loss_graph = build_loss_graph(program, model, spec, TRAIN)
     graph = loss_graph.graph
     trainable = [name for name, info in graph.param_info.items() if info.trainable]
-    return TrainingGraph(differentiate(graph, LOSS, trainable), loss_graph.targets, trainable)
+    differentiated = LOSS
+    if loss_scaling:
+        builder = GraphBuilder(graph)
+        scale = builder.add_input(LOSS_SCALE, TensorType((), graph.outputs[LOSS].type.dtype))
+        graph.outputs[SCALED_LOSS] = builder.emit1("mul", [graph.outputs[LOSS], scale])
+        differentiated = SCALED_LOSS
+    return TrainingGraph(differentiate(graph, differentiated, trainable), loss_graph.targets, trainable)
 
 
 def build_loss_graph(program, model: str, spec: TrainSpec | None = None, mode: str = INFER) -> TrainingGraph:

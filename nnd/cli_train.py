@@ -13,10 +13,11 @@ from nnd.runtime.data_source import Dataset, fit_to_input, load_dataset
 from nnd.runtime.progress import format_logs
 
 
-def _model(file: str, model_name: str | None, backend: str, seed: int | None = None, level: int = 2):
+def _model(file: str, model_name: str | None, backend: str, seed: int | None = None, level: int = 2,
+           mixed_precision: bool = False):
     import nnd
 
-    return nnd.load(file, model_name, backend=backend, seed=seed, opt_level=level)
+    return nnd.load(file, model_name, backend=backend, seed=seed, opt_level=level, mixed_precision=mixed_precision)
 
 
 def _weights_path(weights: str) -> Path:
@@ -44,10 +45,10 @@ def _dataset(model, source: str | None, data_dir: str | None, limit: int | None)
 
 
 def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level, out,
-                 resume, weights, quiet) -> None:
+                 resume, weights, quiet, mixed_precision=False) -> None:
     from nnd.runtime.fit import RunDirectory, resume as resume_run
 
-    model = _model(file, model_name, backend, seed, level)
+    model = _model(file, model_name, backend, seed, level, mixed_precision)
     spec = model.spec
     if lr is not None:
         spec.optimizer = Configured(spec.optimizer.name, {**spec.optimizer.args, "lr": lr}, spec.optimizer.span)
@@ -67,8 +68,9 @@ def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr
             raise NndError(f"--resume {resume}: the run already did {initial_epoch} epochs; "
                            f"ask for more with --epochs")
     echo = (lambda text: None) if quiet else click.echo
+    precision = ", mixed precision (float16)" if mixed_precision else ""
     echo(f"training {model.name} on {source}: {len(dataset.x_train):,} samples, batch "
-         f"{batch_size or spec.batch_size}, {epochs} epoch{'s' if epochs != 1 else ''}; "
+         f"{batch_size or spec.batch_size}, {epochs} epoch{'s' if epochs != 1 else ''}{precision}; "
          f"run directory {run_dir.path}")
     validation = None
     if not spec.validation_split and dataset.x_test is not None:

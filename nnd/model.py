@@ -37,9 +37,13 @@ Arrays = Any  # an ndarray, a dict name -> ndarray, or a list of ndarrays
 
 class Model:
     def __init__(self, program: CheckedProgram, name: str | None = None, *, backend: str = "numpy",
-                 dtype: str = "float32", seed: int | None = None, opt_level: int = 2):
+                 dtype: str = "float32", seed: int | None = None, opt_level: int = 2, mixed_precision: bool = False):
         if dtype not in DTYPES:
             raise NndError(f"dtype must be float32 or float64, not {dtype!r}")
+        if mixed_precision and dtype != "float32":
+            raise NndError(f"mixed precision computes in float16 on float32 weights: it needs dtype float32, "
+                           f"not {dtype!r}")
+        self.mixed_precision = mixed_precision
         self.program = program
         self.name = program.model_name(name)
         self.graph = program.graphs[self.name]
@@ -60,6 +64,11 @@ class Model:
         self._predictor: Executor | None = None
 
     # ------------------------------------------------------------------------------ introspection
+
+    @property
+    def compute_dtype(self) -> Any:
+        """What the graphs run in: float16 under mixed precision, else the parameters' dtype."""
+        return np.float16 if self.mixed_precision else self.dtype
 
     @property
     def input_names(self) -> list[str]:
@@ -114,7 +123,8 @@ class Model:
     def _get_trainer(self) -> Trainer:
         if self._trainer is None:
             self._trainer = Trainer(self.program, self.name, self.spec, self.params, backend=self.backend,
-                                    dtype=self.dtype, opt_level=self.opt_level, seed=self.seed)
+                                    dtype=self.dtype, opt_level=self.opt_level, seed=self.seed,
+                                    mixed_precision=self.mixed_precision)
         return self._trainer
 
     # ------------------------------------------------------------------------------ running
@@ -131,9 +141,9 @@ class Model:
             from nnd.runtime.layout_costs import cost_model
 
             passes = PassManager.for_level(self.opt_level, verify=False,
-                                           layout_costs=cost_model(self.backend, self.dtype))
+                                           layout_costs=cost_model(self.backend, self.compute_dtype))
             graph = passes.run(self.graph)
-            self._predictor = Executor(graph, self.backend, self.dtype, seed=self.seed)
+            self._predictor = Executor(graph, self.backend, self.compute_dtype, seed=self.seed)
         n = _count(inputs)
         step = self._slice_size(batch_size)
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
@@ -141,7 +151,8 @@ class Model:
             batch = {k: v[start:start + step] for k, v in inputs.items()}
             result = self._predictor.run(batch, self.params)
             for name in self.output_names:
-                parts[name].append(self._backend.to_numpy(result[name]))
+                # float16 results under mixed precision come back in the weights' dtype, as Keras' do
+                parts[name].append(np.asarray(self._backend.to_numpy(result[name]), dtype=self.dtype))
         outputs = {name: np.concatenate(chunks) if chunks else np.zeros((0,)) for name, chunks in parts.items()}
         return outputs[self.output_names[0]] if len(outputs) == 1 else outputs
 

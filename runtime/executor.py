@@ -40,7 +40,7 @@ class Executor:
     """Runs `graph` on a backend in one float dtype.
 
     Float inputs and parameters are converted to `dtype`; kernels keep the dtype of their inputs, so the
-    whole graph runs in it (float64 for gradient checks). Stochastic kernels draw from `rng`, seeded from
+    whole graph runs in it (float64 for gradient checks, float16 under mixed precision). Stochastic kernels draw from `rng`, seeded from
     `seed` and carried across runs; `rng_state` / `set_rng_state` save and restore it.
     With `profile=True` each step's seconds accumulate in `step_seconds` (see `profile_by_op`).
     """
@@ -50,8 +50,8 @@ class Executor:
         self.graph = graph
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise NndError(f"the executor runs in float32 or float64, not {self.dtype}")
+        if self.dtype not in (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)):
+            raise NndError(f"the executor runs in float16, float32 or float64, not {self.dtype}")
         if self.backend.name == "numpy":
             keep_freed_memory()  # steady-state steps then reuse the heap instead of faulting in pages
         self.rng = np.random.default_rng(seed)

@@ -57,6 +57,10 @@ def fused_elementwise_cuda(node, executor):
     from nnd.runtime.cuda_codegen import node_kernel_source
 
     dtype = executor.dtype
+    if np.dtype(dtype) == np.float16:  # generated kernels compute in float or double: CuPy's own ops here
+        from nnd.runtime.kernels_elementwise import fused_elementwise
+
+        return fused_elementwise(node, executor)
     name, source = node_kernel_source(node, dtype)
     outputs = len(node.outputs)
 
@@ -96,7 +100,7 @@ _FALLBACK: list[str] = []  # why the one-pass kernel was given up, once
 def _epilogue(out, bias, activation: str):
     import cupy
 
-    if not _FALLBACK:
+    if not _FALLBACK and out.dtype != np.float16:
         try:
             out = cupy.ascontiguousarray(out)
             _bias_activation(activation)(bias.astype(out.dtype, copy=False), out)
@@ -204,7 +208,11 @@ def _grid(n: int) -> tuple[tuple[int], tuple[int]]:
 
 
 def lstm_forward_cuda(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) -> None:
-    from nnd.runtime.kernels_recurrent import _projection
+    from nnd.runtime.kernels_recurrent import _lstm_forward_default, _projection
+
+    if hs.dtype == np.float16:  # the step kernels are float and double: CuPy's own ops in float16
+        _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates)
+        return
 
     steps, n, u = hs.shape
     xt = xp.ascontiguousarray(xt)  # time-major once, so each step reads one contiguous block
@@ -221,7 +229,11 @@ def lstm_forward_cuda(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) ->
 
 
 def lstm_backward_cuda(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates, d_xproj_tm):
-    from nnd.runtime.kernels_recurrent import _backprojection
+    from nnd.runtime.kernels_recurrent import _backprojection, _lstm_backward_default
+
+    if cs.dtype == np.float16:
+        return _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates,
+                                      d_xproj_tm)
 
     steps, n, u = cs.shape
     kernel_t = xp.ascontiguousarray(recurrent_kernel.T)

@@ -18,9 +18,10 @@ from nnd.compiler.layers import INFER
 from nnd.compiler.passes import PassManager
 from nnd.compiler.summary import summarize
 from nnd.compiler.training import Configured, TrainSpec
-from nnd.compiler.training_graph import LOSS, MASK_PREFIX, build_loss_graph, build_training_graph
+from nnd.compiler.training_graph import LOSS, LOSS_SCALE, MASK_PREFIX, build_loss_graph, build_training_graph
 from nnd.runtime.executor import Executor
 from nnd.runtime.layout_costs import cost_model
+from nnd.runtime.loss_scaling import LossScaler
 from nnd.runtime.metrics import make_metric
 from nnd.runtime.optimizers import Optimizer, make_optimizer
 from nnd.runtime.schedules import make_schedule
@@ -47,17 +48,26 @@ def make_configured_optimizer(spec: Configured, xp=np) -> Optimizer:
 
 
 class Trainer:
+    """With `mixed_precision`, the graphs run in float16 on float16 copies of the float32 parameters,
+    which the optimizer updates in float32 from loss-scaled gradients (`nnd.runtime.loss_scaling`)."""
+
     def __init__(self, program, model: str, spec: TrainSpec, params: dict[str, np.ndarray], *,
-                 backend: str = "numpy", dtype: Any = np.float32, opt_level: int = 2, seed: int = 0):
+                 backend: str = "numpy", dtype: Any = np.float32, opt_level: int = 2, seed: int = 0,
+                 mixed_precision: bool = False):
         self.spec = spec
-        passes = PassManager.for_level(opt_level, verify=False, layout_costs=cost_model(backend, dtype))
-        training = build_training_graph(program, model, spec)
+        self.master_dtype = np.dtype(dtype)
+        if mixed_precision and self.master_dtype != np.float32:
+            raise NndError(f"mixed precision keeps float32 master weights; the model is {self.master_dtype}")
+        compute = np.float16 if mixed_precision else dtype
+        self.scaler = LossScaler() if mixed_precision else None
+        passes = PassManager.for_level(opt_level, verify=False, layout_costs=cost_model(backend, compute))
+        training = build_training_graph(program, model, spec, loss_scaling=mixed_precision)
         evaluation = build_loss_graph(program, model, spec, INFER)
         self.targets = training.targets
         self.train_graph = passes.run(training.graph)
         self.eval_graph = passes.run(evaluation.graph)
-        self.train_executor = Executor(self.train_graph, backend, dtype, seed=seed)
-        self.eval_executor = Executor(self.eval_graph, backend, dtype, seed=seed)
+        self.train_executor = Executor(self.train_graph, backend, compute, seed=seed)
+        self.eval_executor = Executor(self.eval_graph, backend, compute, seed=seed)
         self.trainable = training.trainable
         self.optimizer = make_configured_optimizer(spec.optimizer, self.train_executor.backend.xp)
         trainable_views = self.optimizer.bind({k: params[k] for k in self.trainable})
@@ -81,12 +91,22 @@ class Trainer:
         """One optimizer step on one batch; returns the training graph's outputs (loss, predictions)."""
         if self.schedule is not None:
             self._apply_schedule()
-        result = self._forward_backward(feeds)
+        if self.scaler is not None:
+            feeds = {**feeds, LOSS_SCALE: np.asarray(self.scaler.scale, dtype=np.float32)}
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is the scaler's signal, not an error
+                result = self._forward_backward(feeds)
+        else:
+            result = self._forward_backward(feeds)
         loss = float(result[LOSS])
         if not np.isfinite(loss):
+            hint = " (in float16: try without mixed precision)" if self.scaler is not None else ""
             raise NndError(f"the loss became {loss} at step {self.optimizer.iterations + 1}; "
-                           "lower the learning rate (--lr) or check the data for extreme values")
-        self.optimizer.step({name: result[GRAD_PREFIX + name] for name in self.trainable})
+                           f"lower the learning rate (--lr) or check the data for extreme values{hint}")
+        grads = {name: result[GRAD_PREFIX + name] for name in self.trainable}
+        if self.scaler is not None:
+            grads = self.scaler.unscale(grads, self.train_executor.backend.xp, self.master_dtype.type)
+        if grads is not None:  # None: the scaled gradients overflowed, the step is skipped
+            self.optimizer.step(grads)
         for name in self.state_names:
             self.params[name][...] = result[UPDATE_PREFIX + name]
         return result
@@ -121,14 +141,20 @@ class Trainer:
         self._scheduled_lr = self.schedule(self.optimizer.iterations) * self.lr_scale
         self.optimizer.lr = self._scheduled_lr
 
-    def schedule_state(self) -> dict[str, float | None]:
-        """The lr scale that callbacks left on the schedule: checkpointed so --resume keeps it."""
-        return {"lr_scale": self.lr_scale, "scheduled_lr": self._scheduled_lr}
+    def schedule_state(self) -> dict[str, Any]:
+        """The lr scale that callbacks left on the schedule, and the loss scaler's state: checkpointed so
+        --resume keeps them."""
+        state: dict[str, Any] = {"lr_scale": self.lr_scale, "scheduled_lr": self._scheduled_lr}
+        if self.scaler is not None:
+            state["loss_scaler"] = self.scaler.state()
+        return state
 
     def load_schedule_state(self, state: dict[str, Any]) -> None:
         self.lr_scale = float(state.get("lr_scale", 1.0))
         scheduled = state.get("scheduled_lr")
         self._scheduled_lr = None if scheduled is None else float(scheduled)
+        if self.scaler is not None and state.get("loss_scaler"):
+            self.scaler.load_state(state["loss_scaler"])
 
     def evaluate_batch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.eval_executor.run(feeds, self.params)
