@@ -5,6 +5,8 @@
   reset_after): one C call per scan instead of a dozen NumPy calls per step.
 * Max pooling and its gradient (`pool_impl.h`, numpy overrides of `maxpool2d` / `maxpool2d_grad`) read
   each window once, where NumPy passes over the input once per window offset.
+* Adam's update over the optimizer's flat buffers in one pass (`optim_impl.h`), where NumPy makes a
+  dozen.
 * The conv and matmul epilogues add the bias and apply the activation in one pass, and the convolution's
   input gradient is one GEMM into columns folded back by col2im in one pass (`conv_impl.h`), where NumPy
   makes one strided add per kernel offset.
@@ -27,6 +29,7 @@ from nnd.runtime.kernels_basic import _matmul
 from nnd.runtime.kernels_fused import _epilogue, channel_bias
 from nnd.runtime.kernels_recurrent import (GRU_DEFAULT_PATHS, LSTM_DEFAULT_PATHS, _lstm_backward_default,
                                             _lstm_forward_default)
+from nnd.runtime.optimizers import ADAM_UPDATES
 
 _SUFFIXES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _LONG, _POINTER = ctypes.c_long, ctypes.c_void_p
@@ -48,6 +51,8 @@ _SIGNATURES = {
     "bias_activation": [_LONG, _LONG, _LONG, _POINTER, _POINTER, ctypes.c_int],
     # shape, begin, end, cols, dx
     "col2im": [_POINTER, _LONG, _LONG, _POINTER, _POINTER],
+    # begin, end, p, g, m, v, alpha, beta_1, beta_2, epsilon
+    "adam_update": [_LONG, _LONG] + [_POINTER] * 4 + [ctypes.c_double] * 4,
     # shape, begin, end, x, out
     "maxpool2d": [_POINTER, _LONG, _LONG, _POINTER, _POINTER],
     # shape, begin, end, x, dy, dx, relu, tiled
@@ -300,3 +305,20 @@ def conv2d_grad_input_native(ctx, attrs, dy, w):
     shape, source, target = ctypes.byref(geometry), _address(columns), _address(padded)
     native.run_rows(n, lambda begin, end: fn(shape, begin, end, source, target), align=1)
     return kernels_conv._crop(np, padded, p.padding, (h, wd))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optimizer updates
+
+
+def adam_update_native(p, g, m, v, alpha: float, beta_1: float, beta_2: float, epsilon: float) -> bool:
+    fn = _function("adam_update", p.dtype)
+    if fn is None or not all(a.flags.c_contiguous and a.dtype == p.dtype for a in (p, g, m, v)):
+        return False
+    pointers = [_address(a) for a in (p, g, m, v)]
+    native.run_rows(p.size, lambda begin, end: fn(begin, end, *pointers, alpha, beta_1, beta_2, epsilon),
+                    align=1024)
+    return True
+
+
+ADAM_UPDATES["numpy"] = adam_update_native

@@ -35,6 +35,10 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "make_opti
 
 _CLIP_OPTIONS = ("clipnorm", "global_clipnorm", "clipvalue")
 
+# One-pass Adam updates by array module name (the native kernels register one for numpy):
+# fn(p, g, m, v, alpha, beta_1, beta_2, epsilon) -> True when it updated p, m and v in place.
+ADAM_UPDATES: dict[str, Callable[..., bool]] = {}
+
 
 def _to_numpy(a: Any) -> np.ndarray:
     """A host copy of a numpy or cupy array."""
@@ -365,6 +369,9 @@ class Adam(Optimizer):
         xp, p, g, tmp = self.xp, self._flat, self._grad, self._tmp
         m, v = self._slot["m"], self._slot["v"]
         alpha = lr * math.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
+        fused = ADAM_UPDATES.get(xp.__name__)
+        if not self.amsgrad and fused is not None and fused(p, g, m, v, alpha, self.beta_1, self.beta_2, self.epsilon):
+            return
         xp.subtract(g, m, out=tmp)                  # m += (g - m) * (1 - beta_1)
         xp.multiply(tmp, 1.0 - self.beta_1, out=tmp)
         xp.add(m, tmp, out=m)

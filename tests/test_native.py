@@ -245,6 +245,31 @@ def test_native_convolution_epilogue_and_input_gradient_equal_numpy(attrs, sizes
     native.set_enabled(None)
 
 
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_adam_update_equals_numpy(dtype):
+    from nnd.runtime.optimizers import make_optimizer
+
+    r = np.random.default_rng(0)
+    params = {"w": r.normal(size=(300, 70)).astype(dtype), "b": r.normal(size=5).astype(dtype)}
+    grads = [{k: r.normal(size=v.shape).astype(dtype) for k, v in params.items()} for _ in range(4)]
+    results = []
+    for enabled in (True, False):
+        native.set_enabled(enabled)
+        try:
+            optimizer = make_optimizer("adamw", lr=0.01)
+            bound = optimizer.bind({k: v.copy() for k, v in params.items()})
+            for step in grads:
+                optimizer.step(step)
+            results.append({k: np.array(v) for k, v in bound.items()})
+        finally:
+            native.set_enabled(None)
+    tolerance = 1e-6 if dtype == np.float32 else 1e-14
+    for name in params:
+        np.testing.assert_allclose(results[0][name], results[1][name], rtol=tolerance, atol=tolerance)
+        assert not np.allclose(results[0][name], params[name])
+
+
 def test_row_chunks_cover_the_batch_on_tile_boundaries():
     assert native.row_chunks(32, 2) == [(0, 16), (16, 32)]
     assert native.row_chunks(5, 4) == [(0, 4), (4, 5)]

@@ -1,0 +1,19 @@
+/* Optimizer updates over flat parameter buffers for one element type (REAL, names ending in SUFFIX):
+ * one pass over memory where NumPy makes a dozen (each of its in-place ops reads and writes the whole
+ * buffer). Elements [begin, end) are one thread's share; the scalars come in double. */
+
+/* Adam in Keras' form: m += (g - m)(1 - beta_1); v += (g^2 - v)(1 - beta_2);
+ * p -= alpha m / (sqrt(v) + epsilon), alpha holding the learning rate and both bias corrections. */
+void NAME(adam_update)(long begin, long end, REAL *p, const REAL *g, REAL *m, REAL *v, double alpha,
+                       double beta_1, double beta_2, double epsilon) {
+    const REAL a = (REAL)alpha, keep_1 = (REAL)(1.0 - beta_1), keep_2 = (REAL)(1.0 - beta_2), eps = (REAL)epsilon;
+    REAL *restrict params = p, *restrict first = m, *restrict second = v;
+    const REAL *restrict grad = g;
+    for (long i = begin; i < end; i++) {
+        REAL mi = first[i] + (grad[i] - first[i]) * keep_1;
+        REAL vi = second[i] + (grad[i] * grad[i] - second[i]) * keep_2;
+        first[i] = mi;
+        second[i] = vi;
+        params[i] -= a * mi / (sqrt(vi) + eps);
+    }
+}
