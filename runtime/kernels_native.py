@@ -134,6 +134,7 @@ def lstm_backward_native(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh
     steps, n, units = cs.shape
     dt = cs.dtype
     c0 = np.ascontiguousarray(c0, dtype=dt)
+    cs, gates = np.ascontiguousarray(cs), np.ascontiguousarray(gates)  # saved by the forward scan: no copy
     kernel_t = _packed(np.asarray(recurrent_kernel).T, dt)
     mask = None if rmask is None else np.ascontiguousarray(np.broadcast_to(rmask, (n, units)), dtype=dt)
     dh, dc = np.ascontiguousarray(dh, dtype=dt), np.ascontiguousarray(dc, dtype=dt)
@@ -188,12 +189,13 @@ def gru_backward_native(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh
         dout_tm = _row_strided(dout_tm, dt)
     d_step, d_row = _element_strides(dout_tm) if dout_tm is not None else (0, 0)
     kernel_t = _packed(np.asarray(recurrent_kernel).T, dt)
+    hs, gates, aux = (np.ascontiguousarray(a) for a in (hs, gates, aux))  # saved by the forward scan: no copy
     work = np.empty((n, units), dtype=dt)
     before = [_address(a) for a in (h0, kernel_t, mask, hs, gates, aux, dout_tm)]
-    outputs = [_address(a) for a in (dh, drec, d_xproj_tm, work)]
-    dx_strides = _element_strides(d_xproj_tm)
-    native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, *before, d_step, d_row, *outputs[:3],
-                                             *dx_strides, outputs[3]))
+    outputs = [_address(a) for a in (dh, drec, d_xproj_tm)]
+    dx_strides, scratch = _element_strides(d_xproj_tm), _address(work)
+    native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, *before, d_step, d_row, *outputs,
+                                             *dx_strides, scratch))
     return dh
 
 
