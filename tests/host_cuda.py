@@ -17,6 +17,7 @@ HOST_PRELUDE = """
 struct nnd_dim3 { unsigned int x; };
 static const nnd_dim3 blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};
 #define __global__
+#define __device__
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
 static inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, sizeof d); return d; }
 """

@@ -122,7 +122,12 @@ def test_equal_groups_share_a_kernel_and_the_examples_emit_kernels():
 # ------------------------------------------------------------------------------------------ nvcc
 
 def all_sources() -> list[tuple[str, str]]:
-    found: dict[str, str] = {}
+    """Every kernel source the cupy backend can compile: the generated elementwise kernels of the
+    examples and of every op body, and the fixed LSTM-step, pooling and col2im sources."""
+    from nnd.runtime.kernels_cupy import LSTM_STEP_SOURCE
+    from nnd.runtime.kernels_cupy_conv import CONV_KERNELS_SOURCE
+
+    found: dict[str, str] = {"nnd_lstm_steps": LSTM_STEP_SOURCE, "nnd_conv_kernels": CONV_KERNELS_SOURCE}
     for path in EXAMPLES:
         for dtype in ("float32", "float64"):
             found.update(generated_kernels_for(path, dtype))
@@ -140,6 +145,17 @@ def test_every_generated_kernel_compiles_with_nvcc(tmp_path):
     assert len(example_kernels) >= 10
     unit = tmp_path / "kernels.cu"
     unit.write_text(batched_source(sources))
+    result = subprocess.run(["nvcc", "--cubin", "-arch=sm_90", "-o", "/dev/null", str(unit)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_the_pooling_and_col2im_kernels_compile_with_nvcc(tmp_path):
+    from nnd.runtime.kernels_cupy_conv import CONV_KERNELS_SOURCE
+
+    unit = tmp_path / "conv.cu"
+    unit.write_text(CONV_KERNELS_SOURCE)
     result = subprocess.run(["nvcc", "--cubin", "-arch=sm_90", "-o", "/dev/null", str(unit)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -29,7 +29,7 @@ from nnd.compiler.tensor_type import FLOAT_DTYPES, NUMPY_DTYPES, TensorType
 from nnd.runtime import backend as backend_module
 from nnd.runtime import kernels_cupy
 from nnd.runtime.executor import Executor
-from nnd.runtime.kernel_table import kernels_for
+from nnd.runtime.kernel_table import KernelContext, kernels_for
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.nnd"))
 
@@ -184,10 +184,56 @@ def test_the_cupy_fused_kernel_path_on_a_host_stand_in(tmp_path, monkeypatch):
     before = len(fake.kernels)
     got = Executor(graph, stand_in, np.float64, seed=0).run(feeds, model.params)
     keys = {n.attr("key") for n in graph.nodes if n.op == FUSED_OP}
-    assert len(fake.kernels) - before == len(keys) >= 3  # one compiled kernel per distinct group
-    assert sum(k.launches for k in fake.kernels[before:]) == sum(n.op == FUSED_OP for n in graph.nodes)
+    fused = [k for k in fake.kernels[before:] if k.fn.__name__.startswith("nnd_ew_")]
+    assert len(fused) == len(keys) >= 3  # one compiled kernel per distinct group
+    assert sum(k.launches for k in fused) == sum(n.op == FUSED_OP for n in graph.nodes)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+POOLINGS = [
+    ({"pool": (2, 2)}, (2, 7, 6, 3)),                                          # tiles, a row left out
+    ({"pool": (2, 2), "strides": (3, 3)}, (2, 8, 8, 2)),                       # gaps between windows
+    ({"pool": (2, 2), "padding": ((1, 0), (0, 1))}, (2, 5, 5, 3)),             # padding, no overlap
+    ({"pool": (3, 3), "strides": (2, 2), "padding": ((1, 1), (1, 1))}, (2, 7, 7, 2)),  # overlap: generic
+]
+CONV_GRADS = [
+    ({}, (2, 6, 7, 3, 4)),
+    ({"strides": (2, 1), "padding": ((1, 2), (0, 1)), "dilation": (1, 2)}, (2, 9, 9, 3, 2)),
+]
+
+
+def test_the_cupy_pooling_and_col2im_kernels_on_a_host_stand_in(tmp_path, monkeypatch):
+    """The CUDA max pooling, pooling gradient and col2im kernels built by g++ (one thread) against the
+    NumPy kernels: ties at the maximum, relu windows of zeros, padding, gaps and strides."""
+    from nnd.runtime import kernels_conv
+
+    fake = FakeCupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    cuda = kernels_for("cupy")
+    rng = np.random.default_rng(0)
+    for dtype in (np.float64, np.float32):
+        ctx = KernelContext(np, rng, dtype)
+        for attrs, shape in POOLINGS:
+            x = np.maximum(rng.normal(size=shape), 0).astype(dtype)
+            x[:, ::2, ::3, 0] = 2.0                                        # ties at the maximum
+            y = cuda["maxpool2d"](ctx, attrs, x)
+            np.testing.assert_array_equal(y, kernels_conv.maxpool2d(ctx, attrs, x))
+            dy = rng.normal(size=y.shape).astype(dtype)
+            for relu in (False, True):
+                grad_attrs = dict(attrs, relu=relu)
+                np.testing.assert_allclose(cuda["maxpool2d_grad"](ctx, grad_attrs, dy, x),
+                                           kernels_conv.maxpool2d_grad(ctx, grad_attrs, dy, x), rtol=1e-6, atol=1e-6)
+        for attrs, (n, h, w_, c, f) in CONV_GRADS:
+            w = rng.normal(size=(3, 3, c, f)).astype(dtype)
+            dy = rng.normal(size=kernels_conv.conv2d(ctx, attrs, np.zeros((n, h, w_, c), dtype), w).shape).astype(dtype)
+            grad_attrs = dict(attrs, input_hw=(h, w_))
+            np.testing.assert_allclose(cuda["conv2d_grad_input"](ctx, grad_attrs, dy, w),
+                                       kernels_conv.conv2d_grad_input(ctx, grad_attrs, dy, w), rtol=1e-5, atol=1e-5)
+    launched = {k.fn.__name__ for k in fake.kernels if k.launches}
+    assert launched == {f"nnd_{name}_{t}" for name in ("maxpool2d", "maxpool2d_grad", "col2im")
+                        for t in ("float", "double")}
 
 
 # ------------------------------------------------------------------------------------------ training
