@@ -13,6 +13,7 @@ pool, PyTorch's reserved memory; each grows over the run, so read it as a runnin
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -34,24 +35,28 @@ WORKLOADS = {
     "lstm-train-32": ("lstm_classifier.nnd", 32, True),
     "lstm-infer-32": ("lstm_classifier.nnd", 32, False),
 }
-SYSTEMS = ("nnd cupy -O2", "nnd cupy -O0", "torch cuda", "torch cuda channels_last")
+SYSTEMS = ("nnd cupy -O2", "nnd cupy -O0", "nnd cupy -O2 scan", "nnd cupy -O2 fp16", "torch cuda",
+           "torch cuda channels_last")
+# Measured unless --systems names them: the mixed-precision run (float16 compute, loss scaling).
+OPTIONAL_SYSTEMS = ("nnd cupy -O2 fp16",)
 
 
-def nnd_step(model_file: str, batch: int, training: bool, level: int):
+def nnd_step(model_file: str, batch: int, training: bool, level: int, mixed_precision: bool = False):
     import cupy
 
     import nnd
     from nnd.compiler.passes import PassManager
     from nnd.runtime.executor import Executor
 
-    model = nnd.load(ROOT / "examples" / model_file, backend="cupy", seed=0, opt_level=level)
+    model = nnd.load(ROOT / "examples" / model_file, backend="cupy", seed=0, opt_level=level,
+                     mixed_precision=mixed_precision)
     rng = np.random.default_rng(0)
     value = model.graph.inputs[0]
     x = rng.random((batch, *value.type.shape[1:]), dtype=np.float32)
     sync = cupy.cuda.Device().synchronize
     if not training:
         graph = PassManager.for_level(level, verify=False).run(model.graph)
-        executor = Executor(graph, "cupy", np.float32, seed=0)
+        executor = Executor(graph, "cupy", model.compute_dtype, seed=0)
         feeds = {value.name: cupy.asarray(x)}
 
         def infer():
@@ -107,12 +112,27 @@ def torch_step(model_file: str, batch: int, training: bool, channels_last: bool)
 
 def make_step(workload: str, system: str):
     model_file, batch, training = WORKLOADS[workload]
-    if system.startswith("nnd"):
-        return nnd_step(model_file, batch, training, int(system[-1]))
-    return torch_step(model_file, batch, training, system.endswith("channels_last"))
+    if not system.startswith("nnd"):
+        return torch_step(model_file, batch, training, system.endswith("channels_last"))
+    level = int(system.split()[2][-1])
+    if system.endswith("scan"):  # the one-launch LSTM scan kernels
+        os.environ["NND_CUDA_LSTM"] = "scan"
+        step = nnd_step(model_file, batch, training, level)
+        os.environ.pop("NND_CUDA_LSTM")
+
+        def scanned():
+            os.environ["NND_CUDA_LSTM"] = "scan"
+            try:
+                step()
+            finally:
+                os.environ.pop("NND_CUDA_LSTM")
+        return scanned
+    return nnd_step(model_file, batch, training, level, mixed_precision=system.endswith("fp16"))
 
 
 def applicable(workload: str, system: str) -> bool:
+    if system.endswith("scan"):
+        return workload.startswith("lstm")
     return not (system.endswith("channels_last") and not workload.startswith("cnn"))
 
 
@@ -130,7 +150,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--systems", nargs="+", default=[s for s in SYSTEMS if s not in OPTIONAL_SYSTEMS],
+                        choices=list(SYSTEMS))
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args()
 

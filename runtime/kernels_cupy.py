@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from nnd.runtime import kernels_cupy_scan
 from nnd.runtime.kernel_table import kernel, node_kernel
 
 BLOCK = 256
@@ -213,6 +214,9 @@ def lstm_forward_cuda(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) ->
     if hs.dtype == np.float16:  # the step kernels are float and double: CuPy's own ops in float16
         _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates)
         return
+    if kernels_cupy_scan.usable(hs.dtype):
+        kernels_cupy_scan.lstm_scan_forward(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates)
+        return
 
     steps, n, u = hs.shape
     xt = xp.ascontiguousarray(xt)  # time-major once, so each step reads one contiguous block
@@ -234,6 +238,9 @@ def lstm_backward_cuda(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, 
     if cs.dtype == np.float16:
         return _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates,
                                       d_xproj_tm)
+    if kernels_cupy_scan.usable(cs.dtype):
+        return kernels_cupy_scan.lstm_scan_backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc,
+                                                    dgates, d_xproj_tm)
 
     steps, n, u = cs.shape
     kernel_t = xp.ascontiguousarray(recurrent_kernel.T)

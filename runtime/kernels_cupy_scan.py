@@ -1,0 +1,168 @@
+"""A whole LSTM scan in one CUDA launch per direction (`NND_CUDA_LSTM=scan`).
+
+The per-step path of `kernels_cupy` launches a cuBLAS GEMM and a gate kernel for every time step, so a
+100-step scan is 200 launches whose latency, not arithmetic, sets its speed. Batch rows are independent
+through a whole scan, so here one thread block owns one row for all the steps: its threads compute the
+row's 4u gate pre-activations (x_t + h_{t-1} U, the recurrent kernel read from global memory, where it
+stays cached), synchronize, update c and h, synchronize, and go on to the next step. No block ever
+waits for another, and the scan is one launch. The backward kernel walks the steps in reverse the same
+way, dh_{t-1} = dgates_t U^T inside the block.
+
+Loops over a row's elements stride by the block size and loops over rows by the grid size, so the same
+source also runs correctly on one thread (the host build of the tests). Until this path has been timed
+on a device it is opt-in; `NND_CUDA_LSTM=steps` (the default) keeps the per-step kernels.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from nnd.compiler.diagnostics import NndError
+
+MODES = ("steps", "scan")
+MAX_THREADS = 1024
+
+LSTM_SCAN_SOURCE = r"""
+typedef unsigned long long nnd_size;
+
+template <typename T> __device__ T nnd_scan_sigmoid(T v) {
+    T e = exp(-fabs(v));
+    return v >= (T)0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);
+}
+
+template <typename T>
+__device__ void lstm_scan_forward(const T* x, const T* h0, const T* c0, const T* kernel, const T* rmask,
+                                  T* hs, T* cs, T* gates, nnd_size steps, nnd_size n, nnd_size u,
+                                  nnd_size has_rmask) {
+    const nnd_size width = 4 * u;
+    for (nnd_size row = blockIdx.x; row < n; row += gridDim.x) {
+        for (nnd_size s = 0; s < steps; s++) {
+            const T* h_prev = s ? hs + ((s - 1) * n + row) * u : h0 + row * u;
+            const T* c_prev = s ? cs + ((s - 1) * n + row) * u : c0 + row * u;
+            const T* x_row = x + (s * n + row) * width;
+            T* g = gates + (s * n + row) * width;
+            for (nnd_size j = threadIdx.x; j < width; j += blockDim.x) {
+                T z = x_row[j];
+                for (nnd_size k = 0; k < u; k++) {
+                    T h = has_rmask ? h_prev[k] * rmask[row * u + k] : h_prev[k];
+                    z += h * kernel[k * width + j];
+                }
+                g[j] = (j >= 2 * u && j < 3 * u) ? tanh(z) : nnd_scan_sigmoid(z);
+            }
+            __syncthreads();
+            for (nnd_size j = threadIdx.x; j < u; j += blockDim.x) {
+                T c = g[u + j] * c_prev[j] + g[j] * g[2 * u + j];
+                cs[(s * n + row) * u + j] = c;
+                hs[(s * n + row) * u + j] = g[3 * u + j] * tanh(c);
+            }
+            __syncthreads();
+        }
+    }
+}
+
+template <typename T>
+__device__ void lstm_scan_backward(const T* c0, const T* kernel, const T* rmask, const T* cs, const T* gates,
+                                   const T* dout, T* dh, T* dc, T* dgates, nnd_size steps, nnd_size n,
+                                   nnd_size u, nnd_size has_rmask, nnd_size has_dout) {
+    const nnd_size width = 4 * u;
+    for (nnd_size row = blockIdx.x; row < n; row += gridDim.x) {
+        for (nnd_size step = steps; step > 0; step--) {
+            const nnd_size s = step - 1;
+            const T* g = gates + (s * n + row) * width;
+            const T* c_prev = s ? cs + ((s - 1) * n + row) * u : c0 + row * u;
+            T* dg = dgates + (s * n + row) * width;
+            for (nnd_size j = threadIdx.x; j < u; j += blockDim.x) {
+                T i = g[j], f = g[u + j], cand = g[2 * u + j], o = g[3 * u + j];
+                T h_grad = dh[row * u + j] + (has_dout ? dout[(s * n + row) * u + j] : (T)0);
+                T cell = tanh(cs[(s * n + row) * u + j]);
+                T c_grad = dc[row * u + j] + h_grad * o * ((T)1 - cell * cell);
+                dg[j] = c_grad * cand * i * ((T)1 - i);
+                dg[u + j] = c_grad * c_prev[j] * f * ((T)1 - f);
+                dg[2 * u + j] = c_grad * i * ((T)1 - cand * cand);
+                dg[3 * u + j] = h_grad * cell * o * ((T)1 - o);
+                dc[row * u + j] = c_grad * f;
+            }
+            __syncthreads();
+            for (nnd_size k = threadIdx.x; k < u; k += blockDim.x) {
+                T sum = (T)0;
+                for (nnd_size j = 0; j < width; j++) sum += dg[j] * kernel[k * width + j];
+                dh[row * u + k] = has_rmask ? sum * rmask[row * u + k] : sum;
+            }
+            __syncthreads();
+        }
+    }
+}
+
+#define NND_LSTM_SCAN_KERNELS(T)                                                                            \
+extern "C" __global__ void nnd_lstm_scan_forward_##T(const T* x, const T* h0, const T* c0, const T* kernel, \
+        const T* rmask, T* hs, T* cs, T* gates, nnd_size steps, nnd_size n, nnd_size u, nnd_size has_rmask) {\
+    lstm_scan_forward<T>(x, h0, c0, kernel, rmask, hs, cs, gates, steps, n, u, has_rmask);                   \
+}                                                                                                           \
+extern "C" __global__ void nnd_lstm_scan_backward_##T(const T* c0, const T* kernel, const T* rmask,        \
+        const T* cs, const T* gates, const T* dout, T* dh, T* dc, T* dgates, nnd_size steps, nnd_size n,    \
+        nnd_size u, nnd_size has_rmask, nnd_size has_dout) {                                                \
+    lstm_scan_backward<T>(c0, kernel, rmask, cs, gates, dout, dh, dc, dgates, steps, n, u, has_rmask,       \
+                          has_dout);                                                                        \
+}
+
+NND_LSTM_SCAN_KERNELS(float)
+NND_LSTM_SCAN_KERNELS(double)
+"""
+
+_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def lstm_mode() -> str:
+    mode = os.environ.get("NND_CUDA_LSTM", "steps").strip() or "steps"
+    if mode not in MODES:
+        raise NndError(f"NND_CUDA_LSTM must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode
+
+
+def _scan_kernel(direction: str, dtype):
+    from nnd.runtime.kernels_cupy import compiled_kernel
+
+    return compiled_kernel(LSTM_SCAN_SOURCE, f"nnd_lstm_scan_{direction}_{_C_TYPES[np.dtype(dtype)]}")
+
+
+def _launch_shape(n: int, u: int) -> tuple[tuple[int], tuple[int]]:
+    """One block per row (up to the grid limit), a thread per gate column (rounded up to a warp)."""
+    from nnd.runtime.kernels_cupy import MAX_BLOCKS
+
+    threads = min(MAX_THREADS, max(32, -(-4 * u // 32) * 32))
+    return (max(1, min(n, MAX_BLOCKS)),), (threads,)
+
+
+def usable(dtype) -> bool:
+    return lstm_mode() == "scan" and np.dtype(dtype) in _C_TYPES
+
+
+def lstm_scan_forward(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) -> None:
+    steps, n, u = hs.shape
+    dt = hs.dtype
+    if not steps or not n:
+        return
+    x = xp.ascontiguousarray(xt, dtype=dt)  # time-major, processing order
+    mask = xp.ones((1,), dtype=dt) if rmask is None else xp.ascontiguousarray(xp.broadcast_to(rmask, (n, u)), dtype=dt)
+    arrays = (x, xp.ascontiguousarray(h0, dtype=dt), xp.ascontiguousarray(c0, dtype=dt),
+              xp.ascontiguousarray(recurrent_kernel, dtype=dt), mask, hs, cs, gates)
+    grid, block = _launch_shape(n, u)
+    _scan_kernel("forward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in (steps, n, u, rmask is not None))))
+
+
+def lstm_scan_backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates, d_xproj_tm):
+    steps, n, u = cs.shape
+    dt = cs.dtype
+    dh, dc = xp.ascontiguousarray(dh, dtype=dt), xp.ascontiguousarray(dc, dtype=dt)
+    if steps and n:
+        mask = xp.ones((1,), dtype=dt) if rmask is None else xp.ascontiguousarray(xp.broadcast_to(rmask, (n, u)),
+                                                                                  dtype=dt)
+        dout = xp.ones((1,), dtype=dt) if dout_tm is None else xp.ascontiguousarray(dout_tm, dtype=dt)
+        arrays = (xp.ascontiguousarray(c0, dtype=dt), xp.ascontiguousarray(recurrent_kernel, dtype=dt), mask,
+                  xp.ascontiguousarray(cs), xp.ascontiguousarray(gates), dout, dh, dc, dgates)
+        flags = (steps, n, u, rmask is not None, dout_tm is not None)
+        grid, block = _launch_shape(n, u)
+        _scan_kernel("backward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
+    d_xproj_tm[...] = dgates
+    return dh, dc
