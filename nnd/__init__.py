@@ -24,10 +24,11 @@ __version__ = "0.1.0"
 
 def load(path: str | Path, model: str | None = None, *, weights: str | Path | None = None,
          backend: str = "numpy", dtype: str = "float32", seed: int | None = None, opt_level: int = 2,
-         mixed_precision: bool = False) -> "Model":
+         mixed_precision: bool = False, tf32: bool = False) -> "Model":
     """Compile a `.nnd` file (or a directory written by `Model.save` / `nnd train --out`) into a Model.
 
-    `mixed_precision=True` trains and predicts in float16 on float32 weights, with dynamic loss scaling."""
+    `mixed_precision=True` trains and predicts in float16 on float32 weights, with dynamic loss scaling;
+    `tf32=True` (cupy) lets float32 GEMMs run on Tensor Cores in TF32."""
     from nnd.compiler.frontend import compile_file
 
     path = Path(path)
@@ -36,7 +37,7 @@ def load(path: str | Path, model: str | None = None, *, weights: str | Path | No
         path = source
         model = saved if model is None else model  # the model that was saved, not the file's last one
     result = Model(compile_file(path), model, backend=backend, dtype=dtype, seed=seed, opt_level=opt_level,
-                   mixed_precision=mixed_precision)
+                   mixed_precision=mixed_precision, tf32=tf32)
     if weights is not None:
         result.load_weights(weights)
     return result
@@ -44,12 +45,12 @@ def load(path: str | Path, model: str | None = None, *, weights: str | Path | No
 
 def loads(text: str, model: str | None = None, *, name: str = "<string>", base_dir: str | Path | None = None,
           backend: str = "numpy", dtype: str = "float32", seed: int | None = None, opt_level: int = 2,
-          mixed_precision: bool = False) -> "Model":
+          mixed_precision: bool = False, tf32: bool = False) -> "Model":
     """Compile `.nnd` source text into a Model; imports resolve against `base_dir` (default: cwd)."""
     from nnd.compiler.frontend import compile_text
 
     return Model(compile_text(text, name=name, base_dir=base_dir), model, backend=backend, dtype=dtype,
-                 seed=seed, opt_level=opt_level, mixed_precision=mixed_precision)
+                 seed=seed, opt_level=opt_level, mixed_precision=mixed_precision, tf32=tf32)
 
 
 def _saved_model(directory: Path, weights: str | Path | None) -> tuple[Path, Path | None, str | None]:

@@ -215,6 +215,7 @@ def data_options(fn: Callable) -> Callable:
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--mixed-precision", is_flag=True,
               help="Compute in float16 on float32 weights, with dynamic loss scaling (fast on a GPU).")
+@click.option("--tf32", is_flag=True, help="With --backend cupy: float32 GEMMs on Tensor Cores in TF32.")
 @click.option("--compare-backends", "compare", is_flag=False, flag_value="numpy,cupy", default=None,
               metavar="A,B", help="Instead of training, run one training step on two backends (default "
               "numpy,cupy) and print each op's largest difference.")
@@ -222,7 +223,7 @@ def data_options(fn: Callable) -> Callable:
 def train(file: str, model_name: str | None, data: str | None, data_dir: str | None, limit: int | None,
           epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None, backend: str,
           level: int, out: str | None, resume: str | None, weights: str | None, quiet: bool,
-          mixed_precision: bool, compare: str | None) -> None:
+          mixed_precision: bool, tf32: bool, compare: str | None) -> None:
     """Train a model on a dataset; then report the test figures when the dataset has a test split."""
     from nnd.cli_train import run_parity, run_training
 
@@ -237,7 +238,7 @@ def train(file: str, model_name: str | None, data: str | None, data_dir: str | N
         raise click.UsageError("--resume and --weights are exclusive: --resume continues a run (weights, optimizer "
                                "state, epoch), --weights only starts from saved weights")
     run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level, out,
-                 resume, weights, quiet, mixed_precision)
+                 resume, weights, quiet, mixed_precision, tf32)
 
 
 @main.command()

@@ -14,10 +14,11 @@ from nnd.runtime.progress import format_logs
 
 
 def _model(file: str, model_name: str | None, backend: str, seed: int | None = None, level: int = 2,
-           mixed_precision: bool = False):
+           mixed_precision: bool = False, tf32: bool = False):
     import nnd
 
-    return nnd.load(file, model_name, backend=backend, seed=seed, opt_level=level, mixed_precision=mixed_precision)
+    return nnd.load(file, model_name, backend=backend, seed=seed, opt_level=level, mixed_precision=mixed_precision,
+                    tf32=tf32)
 
 
 def _weights_path(weights: str) -> Path:
@@ -45,10 +46,10 @@ def _dataset(model, source: str | None, data_dir: str | None, limit: int | None)
 
 
 def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level, out,
-                 resume, weights, quiet, mixed_precision=False) -> None:
+                 resume, weights, quiet, mixed_precision=False, tf32=False) -> None:
     from nnd.runtime.fit import RunDirectory, resume as resume_run
 
-    model = _model(file, model_name, backend, seed, level, mixed_precision)
+    model = _model(file, model_name, backend, seed, level, mixed_precision, tf32)
     spec = model.spec
     if lr is not None:
         spec.optimizer = Configured(spec.optimizer.name, {**spec.optimizer.args, "lr": lr}, spec.optimizer.span)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -37,13 +38,16 @@ Arrays = Any  # an ndarray, a dict name -> ndarray, or a list of ndarrays
 
 class Model:
     def __init__(self, program: CheckedProgram, name: str | None = None, *, backend: str = "numpy",
-                 dtype: str = "float32", seed: int | None = None, opt_level: int = 2, mixed_precision: bool = False):
+                 dtype: str = "float32", seed: int | None = None, opt_level: int = 2, mixed_precision: bool = False,
+                 tf32: bool = False):
         if dtype not in DTYPES:
             raise NndError(f"dtype must be float32 or float64, not {dtype!r}")
         if mixed_precision and dtype != "float32":
             raise NndError(f"mixed precision computes in float16 on float32 weights: it needs dtype float32, "
                            f"not {dtype!r}")
         self.mixed_precision = mixed_precision
+        if tf32:
+            _allow_tf32(backend)
         self.program = program
         self.name = program.model_name(name)
         self.graph = program.graphs[self.name]
@@ -242,6 +246,16 @@ class Model:
                                                         output, name, loss)
         _same_count(feeds, "inputs and targets")
         return feeds
+
+
+def _allow_tf32(backend: str) -> None:
+    """Let cuBLAS run float32 GEMMs on Tensor Cores in TF32 (10-bit mantissa inputs, float32 sums).
+
+    CuPy decides per dtype at its first GEMM from CUPY_TF32, so this takes effect for a process whose
+    GPU has not multiplied float32 matrices yet."""
+    if backend != "cupy":
+        raise NndError(f"tf32 runs float32 GEMMs on a GPU's Tensor Cores: it needs the cupy backend, not {backend!r}")
+    os.environ["CUPY_TF32"] = "1"
 
 
 def _configured(value: str | Configured) -> Configured:

@@ -1,6 +1,8 @@
 """Mixed precision: float16 graphs on float32 master weights with dynamic loss scaling (on NumPy here;
-CuPy runs the same code with its own float16 kernels)."""
+CuPy runs the same code with its own float16 kernels); the TF32 switch of the cupy backend."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -133,3 +135,21 @@ def test_train_command_takes_mixed_precision(tmp_path, monkeypatch):
     assert "mixed precision (float16)" in result.stdout
     weights = np.load(tmp_path / "run" / "weights.npz", allow_pickle=False)
     assert all(weights[name].dtype == np.float32 for name in weights.files)
+
+
+def test_tf32_needs_the_cupy_backend():
+    with pytest.raises(NndError, match="tf32 runs float32 GEMMs on a GPU's Tensor Cores: it needs the cupy backend"):
+        nnd.loads(MODEL, tf32=True)
+
+
+def test_tf32_on_the_cupy_backend_sets_cupys_switch(tmp_path, monkeypatch):
+    import sys
+
+    from host_cuda import FakeCupy
+    from nnd.runtime import backend as backend_module
+
+    monkeypatch.setitem(sys.modules, "cupy", FakeCupy(tmp_path))
+    monkeypatch.setattr(backend_module, "_CACHE", {})
+    monkeypatch.setenv("CUPY_TF32", "0")  # and restored after the test, whatever the model sets
+    nnd.loads(MODEL, backend="cupy", tf32=True)
+    assert os.environ["CUPY_TF32"] == "1"
