@@ -219,7 +219,7 @@ class Executor:
         if (not isinstance(buffer, xp.ndarray) or not buffer.flags.owndata or id(buffer) in self._callers_arrays
                 or not fits_result(xp, buffer, args)):
             return None
-        if any(getattr(array, "base", None) is buffer for array in slots):
+        if any(_views(array, buffer) for array in slots if array is not None):
             return None
         return write(xp, args, buffer)
 
@@ -266,6 +266,19 @@ def _mismatch(have: int, want, bindings: dict[str, int]) -> bool:
         bound = bindings.setdefault(want, have)
         return bound != have
     return have != want
+
+
+def _views(array: Any, buffer: Any) -> bool:
+    """Whether `array` is a view of `buffer`, following the chain of bases (as_strided puts a wrapper
+    object between a view and the array it views)."""
+    base = getattr(array, "base", None)
+    for _ in range(8):
+        if base is None:
+            return False
+        if base is buffer:
+            return True
+        base = getattr(base, "base", None)
+    return False
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -84,6 +84,15 @@ def test_a_live_view_keeps_its_base_from_being_overwritten():
     np.testing.assert_array_equal(result["y"], np.maximum(-x_value, 0))
 
 
+def test_a_view_through_as_strided_counts_as_a_view():
+    from nnd.runtime.executor import _views
+
+    base = np.zeros((3, 4))
+    strided = np.lib.stride_tricks.as_strided(base, (3, 4), base.strides)
+    assert _views(strided, base) and _views(base[1:].T, base)
+    assert not _views(np.zeros(3), base) and not _views(base, base)
+
+
 def test_constants_and_kept_values_are_never_written_over():
     graph = Graph("kept")
     b = GraphBuilder(graph)
