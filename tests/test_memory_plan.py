@@ -93,6 +93,23 @@ def test_a_view_through_as_strided_counts_as_a_view():
     assert not _views(np.zeros(3), base) and not _views(base, base)
 
 
+def test_an_array_held_as_two_values_is_not_overwritten(monkeypatch):
+    """A kernel may return its input itself: the two values are then one array, and the first one
+    dying must not let an elementwise node overwrite the second."""
+    graph = Graph("alias")
+    b = GraphBuilder(graph)
+    x = b.add_input("x", batch_type(3))
+    negated = b.emit1("neg", [x])
+    same = b.emit1("reshape", [negated], {"shape": ("N", 3)})
+    rectified = b.emit1("relu", [negated])   # negated dies here: relu may take its buffer by the types
+    graph.outputs["y"] = b.emit1("add", [rectified, same])
+    executor = Executor(graph)
+    reshape_step = next(s for s in executor.steps if s.node.op == "reshape")
+    reshape_step.kernel = lambda ctx, attrs, value: value  # returns the very same array
+    x_value = np.array([[-1.0, 2.0, -3.0]], dtype=np.float32)
+    np.testing.assert_array_equal(executor.run({"x": x_value})["y"], np.maximum(-x_value, 0) - x_value)
+
+
 def test_constants_and_kept_values_are_never_written_over():
     graph = Graph("kept")
     b = GraphBuilder(graph)
