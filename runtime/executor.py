@@ -211,15 +211,16 @@ class Executor:
 
     def _write_in_place(self, in_place: tuple[int, Callable[..., Any]], args: list[Any], slots: list[Any]):
         """The step's result written over its dying input, or None when that buffer must not be reused:
-        not an array owning its memory, of the wrong shape or dtype, passed in by the caller, or the base
-        of a view that is still alive."""
+        not an array owning its memory, of the wrong shape or dtype, passed in by the caller, still held
+        as another value, or the base of a view that is still alive."""
         position, write = in_place
         buffer = args[position]
         xp = self.backend.xp
         if (not isinstance(buffer, xp.ndarray) or not buffer.flags.owndata or id(buffer) in self._callers_arrays
                 or not fits_result(xp, buffer, args)):
             return None
-        if any(_views(array, buffer) for array in slots if array is not None):
+        # another slot may hold the same array (a kernel that returned its input) or a view of it
+        if sum(array is buffer for array in slots) > 1 or any(_views(array, buffer) for array in slots):
             return None
         return write(xp, args, buffer)
 
