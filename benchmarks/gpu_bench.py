@@ -116,16 +116,16 @@ def make_step(workload: str, system: str):
         return torch_step(model_file, batch, training, system.endswith("channels_last"))
     level = int(system.split()[2][-1])
     if system.endswith("scan"):  # the one-launch LSTM scan kernels
-        os.environ["NND_CUDA_LSTM"] = "scan"
+        os.environ["NND_CUDA_SCAN"] = "scan"
         step = nnd_step(model_file, batch, training, level)
-        os.environ.pop("NND_CUDA_LSTM")
+        os.environ.pop("NND_CUDA_SCAN")
 
         def scanned():
-            os.environ["NND_CUDA_LSTM"] = "scan"
+            os.environ["NND_CUDA_SCAN"] = "scan"
             try:
                 step()
             finally:
-                os.environ.pop("NND_CUDA_LSTM")
+                os.environ.pop("NND_CUDA_SCAN")
         return scanned
     return nnd_step(model_file, batch, training, level, mixed_precision=system.endswith("fp16"))
 

@@ -10,7 +10,7 @@
 #    directory, so the checkout's own nnd/ folder (which lacks the subpackages) never shadows the farm;
 # 2. runs the `gpu` tests of tests/test_gpu.py in parts (generated fused kernels against their NumPy
 #    bodies, two training steps of every example (float32 and mixed precision), every op forward and
-#    backward, the LSTM examples again with the one-launch scan kernels), each under its own time limit,
+#    backward, the LSTM and GRU examples again with the one-launch scan kernels), each under its own time limit,
 #    so that a slow part cannot starve the others;
 # 3. runs `nnd train --compare-backends` (numpy against cupy, every op of one training step) on the
 #    seed CNN with random images;
@@ -88,9 +88,9 @@ TEST_FILE="$ROOT/tests/test_gpu.py"
 run_tests fused 50 -m gpu "$TEST_FILE" -k "generated_kernel"
 run_tests training 75 -m gpu "$TEST_FILE" -k "training_steps"
 run_tests ops 90 -m gpu "$TEST_FILE" -k "every_op"
-export NND_CUDA_LSTM=scan  # the one-launch LSTM scan kernels, opt-in until timed here
-run_tests lstm_scan 40 -m gpu "$TEST_FILE" -k "training_steps and lstm"
-unset NND_CUDA_LSTM
+export NND_CUDA_SCAN=scan  # the one-launch LSTM and GRU scan kernels, opt-in until timed here
+run_tests scan 50 -m gpu "$TEST_FILE" -k "training_steps and (lstm or forecast)"
+unset NND_CUDA_SCAN
 
 # ---------------------------------------------------------------------------------- parity
 echo "== parity: numpy against cupy (limit 40s)"

@@ -1,4 +1,4 @@
-"""A whole LSTM scan in one CUDA launch per direction (`NND_CUDA_LSTM=scan`).
+"""A whole LSTM or GRU scan in one CUDA launch per direction (`NND_CUDA_SCAN=scan`).
 
 The per-step path of `kernels_cupy` launches a cuBLAS GEMM and a gate kernel for every time step, so a
 100-step scan is 200 launches whose latency, not arithmetic, sets its speed. Batch rows are independent
@@ -6,11 +6,13 @@ through a whole scan, so here one thread block owns one row for all the steps: i
 row's 4u gate pre-activations (x_t + h_{t-1} U, the recurrent kernel read from global memory, where it
 stays cached), synchronize, update c and h, synchronize, and go on to the next step. No block ever
 waits for another, and the scan is one launch. The backward kernel walks the steps in reverse the same
-way, dh_{t-1} = dgates_t U^T inside the block.
+way, dh_{t-1} = dgates_t U^T inside the block. The GRU (reset_after, Keras' default) has the same
+two phases: the recurrent projection h_{t-1} U + b, then the gates and the new state.
 
 Loops over a row's elements stride by the block size and loops over rows by the grid size, so the same
 source also runs correctly on one thread (the host build of the tests). Until this path has been timed
-on a device it is opt-in; `NND_CUDA_LSTM=steps` (the default) keeps the per-step kernels.
+on a device it is opt-in; `NND_CUDA_SCAN=steps` (the default) keeps the per-step LSTM kernels and the
+GRU's array-op loop.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from nnd.compiler.diagnostics import NndError
 MODES = ("steps", "scan")
 MAX_THREADS = 1024
 
-LSTM_SCAN_SOURCE = r"""
+SCAN_SOURCE = r"""
 typedef unsigned long long nnd_size;
 
 template <typename T> __device__ T nnd_scan_sigmoid(T v) {
@@ -108,30 +110,123 @@ extern "C" __global__ void nnd_lstm_scan_backward_##T(const T* c0, const T* kern
 
 NND_LSTM_SCAN_KERNELS(float)
 NND_LSTM_SCAN_KERNELS(double)
+
+template <typename T>
+__device__ void gru_scan_forward(const T* x, const T* h0, const T* kernel, const T* bias, const T* rmask, T* hs,
+                                 T* gates, T* aux, T* rec, nnd_size steps, nnd_size n, nnd_size u,
+                                 nnd_size has_rmask) {
+    const nnd_size width = 3 * u;
+    for (nnd_size row = blockIdx.x; row < n; row += gridDim.x) {
+        T* r_row = rec + row * width;
+        for (nnd_size s = 0; s < steps; s++) {
+            const T* h_prev = s ? hs + ((s - 1) * n + row) * u : h0 + row * u;
+            for (nnd_size j = threadIdx.x; j < width; j += blockDim.x) {
+                T sum = bias[j];
+                for (nnd_size k = 0; k < u; k++) {
+                    T h = has_rmask ? h_prev[k] * rmask[row * u + k] : h_prev[k];
+                    sum += h * kernel[k * width + j];
+                }
+                r_row[j] = sum;
+            }
+            __syncthreads();
+            const T* x_row = x + (s * n + row) * width;
+            T* g = gates + (s * n + row) * width;
+            for (nnd_size j = threadIdx.x; j < u; j += blockDim.x) {
+                T z = nnd_scan_sigmoid(x_row[j] + r_row[j]);
+                T r = nnd_scan_sigmoid(x_row[u + j] + r_row[u + j]);
+                T cand = tanh(x_row[2 * u + j] + r * r_row[2 * u + j]);
+                g[j] = z;
+                g[u + j] = r;
+                g[2 * u + j] = cand;
+                aux[(s * n + row) * u + j] = r_row[2 * u + j];
+                hs[(s * n + row) * u + j] = z * h_prev[j] + ((T)1 - z) * cand;
+            }
+            __syncthreads();
+        }
+    }
+}
+
+template <typename T>
+__device__ void gru_scan_backward(const T* h0, const T* kernel, const T* rmask, const T* hs, const T* gates,
+                                  const T* aux, const T* dout, T* dh, T* drec, T* dx, T* carry, nnd_size steps,
+                                  nnd_size n, nnd_size u, nnd_size has_rmask, nnd_size has_dout) {
+    const nnd_size width = 3 * u;
+    for (nnd_size row = blockIdx.x; row < n; row += gridDim.x) {
+        for (nnd_size step = steps; step > 0; step--) {
+            const nnd_size s = step - 1;
+            const T* g = gates + (s * n + row) * width;
+            const T* h_prev = s ? hs + ((s - 1) * n + row) * u : h0 + row * u;
+            T* dr = drec + (s * n + row) * width;
+            T* d_in = dx + (s * n + row) * width;
+            for (nnd_size j = threadIdx.x; j < u; j += blockDim.x) {
+                T z = g[j], r = g[u + j], cand = g[2 * u + j];
+                T h_grad = dh[row * u + j] + (has_dout ? dout[(s * n + row) * u + j] : (T)0);
+                T d_cand = h_grad * ((T)1 - z) * ((T)1 - cand * cand);
+                T d_z = h_grad * (h_prev[j] - cand) * z * ((T)1 - z);
+                T d_r = d_cand * aux[(s * n + row) * u + j] * r * ((T)1 - r);
+                dr[j] = d_z;
+                dr[u + j] = d_r;
+                dr[2 * u + j] = d_cand * r;
+                d_in[j] = d_z;
+                d_in[u + j] = d_r;
+                d_in[2 * u + j] = d_cand;
+                carry[row * u + j] = h_grad * z;
+            }
+            __syncthreads();
+            for (nnd_size k = threadIdx.x; k < u; k += blockDim.x) {
+                T sum = (T)0;
+                for (nnd_size j = 0; j < width; j++) sum += dr[j] * kernel[k * width + j];
+                dh[row * u + k] = (has_rmask ? sum * rmask[row * u + k] : sum) + carry[row * u + k];
+            }
+            __syncthreads();
+        }
+    }
+}
+
+#define NND_GRU_SCAN_KERNELS(T)                                                                             \
+extern "C" __global__ void nnd_gru_scan_forward_##T(const T* x, const T* h0, const T* kernel, const T* bias, \
+        const T* rmask, T* hs, T* gates, T* aux, T* rec, nnd_size steps, nnd_size n, nnd_size u,            \
+        nnd_size has_rmask) {                                                                               \
+    gru_scan_forward<T>(x, h0, kernel, bias, rmask, hs, gates, aux, rec, steps, n, u, has_rmask);            \
+}                                                                                                           \
+extern "C" __global__ void nnd_gru_scan_backward_##T(const T* h0, const T* kernel, const T* rmask,          \
+        const T* hs, const T* gates, const T* aux, const T* dout, T* dh, T* drec, T* dx, T* carry,          \
+        nnd_size steps, nnd_size n, nnd_size u, nnd_size has_rmask, nnd_size has_dout) {                    \
+    gru_scan_backward<T>(h0, kernel, rmask, hs, gates, aux, dout, dh, drec, dx, carry, steps, n, u,         \
+                         has_rmask, has_dout);                                                              \
+}
+
+NND_GRU_SCAN_KERNELS(float)
+NND_GRU_SCAN_KERNELS(double)
 """
 
 _C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
 def lstm_mode() -> str:
-    mode = os.environ.get("NND_CUDA_LSTM", "steps").strip() or "steps"
+    mode = os.environ.get("NND_CUDA_SCAN", "steps").strip() or "steps"
     if mode not in MODES:
-        raise NndError(f"NND_CUDA_LSTM must be one of {', '.join(MODES)}, not {mode!r}")
+        raise NndError(f"NND_CUDA_SCAN must be one of {', '.join(MODES)}, not {mode!r}")
     return mode
 
 
-def _scan_kernel(direction: str, dtype):
+def _scan_kernel(cell: str, direction: str, dtype):
     from nnd.runtime.kernels_cupy import compiled_kernel
 
-    return compiled_kernel(LSTM_SCAN_SOURCE, f"nnd_lstm_scan_{direction}_{_C_TYPES[np.dtype(dtype)]}")
+    return compiled_kernel(SCAN_SOURCE, f"nnd_{cell}_scan_{direction}_{_C_TYPES[np.dtype(dtype)]}")
 
 
-def _launch_shape(n: int, u: int) -> tuple[tuple[int], tuple[int]]:
+def _launch_shape(n: int, width: int) -> tuple[tuple[int], tuple[int]]:
     """One block per row (up to the grid limit), a thread per gate column (rounded up to a warp)."""
     from nnd.runtime.kernels_cupy import MAX_BLOCKS
 
-    threads = min(MAX_THREADS, max(32, -(-4 * u // 32) * 32))
+    threads = min(MAX_THREADS, max(32, -(-width // 32) * 32))
     return (max(1, min(n, MAX_BLOCKS)),), (threads,)
+
+
+def _mask(xp, rmask, n: int, u: int, dt):
+    """The recurrent dropout mask as a contiguous [n, u] array, or a placeholder when there is none."""
+    return xp.ones((1,), dtype=dt) if rmask is None else xp.ascontiguousarray(xp.broadcast_to(rmask, (n, u)), dtype=dt)
 
 
 def usable(dtype) -> bool:
@@ -144,11 +239,11 @@ def lstm_scan_forward(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) ->
     if not steps or not n:
         return
     x = xp.ascontiguousarray(xt, dtype=dt)  # time-major, processing order
-    mask = xp.ones((1,), dtype=dt) if rmask is None else xp.ascontiguousarray(xp.broadcast_to(rmask, (n, u)), dtype=dt)
     arrays = (x, xp.ascontiguousarray(h0, dtype=dt), xp.ascontiguousarray(c0, dtype=dt),
-              xp.ascontiguousarray(recurrent_kernel, dtype=dt), mask, hs, cs, gates)
-    grid, block = _launch_shape(n, u)
-    _scan_kernel("forward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in (steps, n, u, rmask is not None))))
+              xp.ascontiguousarray(recurrent_kernel, dtype=dt), _mask(xp, rmask, n, u, dt), hs, cs, gates)
+    grid, block = _launch_shape(n, 4 * u)
+    flags = (steps, n, u, rmask is not None)
+    _scan_kernel("lstm", "forward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
 
 
 def lstm_scan_backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates, d_xproj_tm):
@@ -156,13 +251,61 @@ def lstm_scan_backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, 
     dt = cs.dtype
     dh, dc = xp.ascontiguousarray(dh, dtype=dt), xp.ascontiguousarray(dc, dtype=dt)
     if steps and n:
-        mask = xp.ones((1,), dtype=dt) if rmask is None else xp.ascontiguousarray(xp.broadcast_to(rmask, (n, u)),
-                                                                                  dtype=dt)
         dout = xp.ones((1,), dtype=dt) if dout_tm is None else xp.ascontiguousarray(dout_tm, dtype=dt)
-        arrays = (xp.ascontiguousarray(c0, dtype=dt), xp.ascontiguousarray(recurrent_kernel, dtype=dt), mask,
-                  xp.ascontiguousarray(cs), xp.ascontiguousarray(gates), dout, dh, dc, dgates)
+        arrays = (xp.ascontiguousarray(c0, dtype=dt), xp.ascontiguousarray(recurrent_kernel, dtype=dt),
+                  _mask(xp, rmask, n, u, dt), xp.ascontiguousarray(cs), xp.ascontiguousarray(gates), dout, dh, dc,
+                  dgates)
         flags = (steps, n, u, rmask is not None, dout_tm is not None)
         grid, block = _launch_shape(n, u)
-        _scan_kernel("backward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
+        _scan_kernel("lstm", "backward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
     d_xproj_tm[...] = dgates
     return dh, dc
+
+
+def gru_scan_forward(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates, aux) -> bool:
+    """`GRU_DEFAULT_PATHS` forward for cupy: the whole scan in one launch, or False to run the loop."""
+    if not usable(hs.dtype):
+        return False
+    import cupy as xp
+
+    steps, n, u = hs.shape
+    dt = hs.dtype
+    if steps and n:
+        arrays = (xp.ascontiguousarray(xt, dtype=dt), xp.ascontiguousarray(h0, dtype=dt),
+                  xp.ascontiguousarray(recurrent_kernel, dtype=dt), xp.ascontiguousarray(recurrent_bias, dtype=dt),
+                  _mask(xp, rmask, n, u, dt), hs, gates, aux, xp.empty((n, 3 * u), dtype=dt))
+        grid, block = _launch_shape(n, 3 * u)
+        flags = (steps, n, u, rmask is not None)
+        _scan_kernel("gru", "forward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
+    return True
+
+
+def gru_scan_backward(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, drec, d_xproj_tm):
+    """`GRU_DEFAULT_PATHS` backward for cupy; the initial state's gradient, or None to run the loop."""
+    if not usable(hs.dtype):
+        return None
+    import cupy as xp
+
+    steps, n, u = hs.shape
+    dt = hs.dtype
+    dh = xp.ascontiguousarray(dh, dtype=dt)
+    if steps and n:
+        dx = xp.empty((steps, n, 3 * u), dtype=dt)
+        dout = xp.ones((1,), dtype=dt) if dout_tm is None else xp.ascontiguousarray(dout_tm, dtype=dt)
+        arrays = (xp.ascontiguousarray(h0, dtype=dt), xp.ascontiguousarray(recurrent_kernel, dtype=dt),
+                  _mask(xp, rmask, n, u, dt), xp.ascontiguousarray(hs), xp.ascontiguousarray(gates),
+                  xp.ascontiguousarray(aux), dout, dh, drec, dx, xp.empty((n, u), dtype=dt))
+        grid, block = _launch_shape(n, u)
+        flags = (steps, n, u, rmask is not None, dout_tm is not None)
+        _scan_kernel("gru", "backward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
+        d_xproj_tm[...] = dx
+    return dh
+
+
+def _register() -> None:
+    from nnd.runtime.kernels_recurrent import GRU_DEFAULT_PATHS
+
+    GRU_DEFAULT_PATHS["cupy"] = (gru_scan_forward, gru_scan_backward)
+
+
+_register()

@@ -127,10 +127,10 @@ def all_sources() -> list[tuple[str, str]]:
     sources."""
     from nnd.runtime.kernels_cupy import LSTM_STEP_SOURCE
     from nnd.runtime.kernels_cupy_conv import CONV_KERNELS_SOURCE
-    from nnd.runtime.kernels_cupy_scan import LSTM_SCAN_SOURCE
+    from nnd.runtime.kernels_cupy_scan import SCAN_SOURCE
 
     found: dict[str, str] = {"nnd_lstm_steps": LSTM_STEP_SOURCE, "nnd_conv_kernels": CONV_KERNELS_SOURCE,
-                             "nnd_lstm_scan": LSTM_SCAN_SOURCE}
+                             "nnd_lstm_scan": SCAN_SOURCE}
     for path in EXAMPLES:
         for dtype in ("float32", "float64"):
             found.update(generated_kernels_for(path, dtype))

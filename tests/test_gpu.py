@@ -240,12 +240,12 @@ def test_the_cupy_pooling_and_col2im_kernels_on_a_host_stand_in(tmp_path, monkey
     ({}, False), ({"return_sequences": True}, False), ({"go_backwards": True, "return_sequences": True}, True),
 ])
 def test_the_whole_scan_lstm_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, recurrent_dropout):
-    """NND_CUDA_LSTM=scan: the one-launch LSTM forward and backward built by g++ (one thread walks every
+    """NND_CUDA_SCAN=scan: the one-launch LSTM forward and backward built by g++ (one thread walks every
     row and step) against the NumPy kernels."""
     fake = FakeCupy(tmp_path)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
-    monkeypatch.setenv("NND_CUDA_LSTM", "scan")
+    monkeypatch.setenv("NND_CUDA_SCAN", "scan")
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
     n, t, u = 5, 4, 3
     rng = np.random.default_rng(1)
@@ -267,6 +267,39 @@ def test_the_whole_scan_lstm_kernels_on_a_host_stand_in(tmp_path, monkeypatch, a
             np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
     names = {k.fn.__name__ for k in fake.kernels if k.launches}
     assert names == {f"nnd_lstm_scan_{d}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
+
+
+@pytest.mark.parametrize("attrs, recurrent_dropout", [
+    ({}, False), ({"return_sequences": True, "go_backwards": True}, True),
+])
+def test_the_whole_scan_gru_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, recurrent_dropout):
+    """NND_CUDA_SCAN=scan: the one-launch GRU (reset_after) forward and backward built by g++ against the
+    NumPy kernels."""
+    fake = FakeCupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    monkeypatch.setenv("NND_CUDA_SCAN", "scan")
+    generic, cuda = kernels_for("numpy"), kernels_for("cupy")
+    n, t, u = 5, 4, 3
+    rng = np.random.default_rng(2)
+    for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        rmask = (rng.random((n, u)) > 0.3) / 0.7 if recurrent_dropout else np.array(1.0)
+        inputs = [np.asarray(a, dtype=dtype) for a in (rng.normal(size=(n, t, 3 * u)), rng.normal(size=(n, u)),
+                                                       rng.normal(size=(u, 3 * u)), rng.normal(size=3 * u),
+                                                       np.array(1.0), rmask)]
+        d_out = rng.normal(size=(n, t, u) if attrs.get("return_sequences") else (n, u)).astype(dtype)
+        d_h = rng.normal(size=(n, u)).astype(dtype)
+        results = []
+        for table, xp in ((generic, np), (cuda, fake)):
+            ctx = KernelContext(xp, np.random.default_rng(0), dtype)
+            forward = table["gru_scan"](ctx, dict(attrs, units=u), *inputs)
+            grads = table["gru_scan_grad"](ctx, dict(attrs, units=u), inputs[1], inputs[2], inputs[4], inputs[5],
+                                           *forward[2:], d_out, d_h)
+            results.append([*forward, *grads])
+        for got, want in zip(results[1], results[0]):
+            np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+    names = {k.fn.__name__ for k in fake.kernels if k.launches}
+    assert names == {f"nnd_gru_scan_{d}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
 
 
 # ------------------------------------------------------------------------------------------ training
