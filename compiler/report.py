@@ -381,7 +381,8 @@ def _group_lines(group: Group, names) -> list[str]:
         lines.append(f"      weights prepared once per run: {', '.join(_describe(n) for n in helpers)}")
     if group.saved_values:
         total = sum(per_sample_bytes(v) for v in group.saved_values)
-        lines.append(f"      no longer materialized: {_count(len(group.saved_values), 'value')}, {_bytes(total)} per sample")
+        lines.append(f"      no longer materialized: {_count(len(group.saved_values), 'value')}, "
+                     f"{_bytes(total)} per sample")
     return lines
 
 

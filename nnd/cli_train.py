@@ -103,7 +103,8 @@ def run_parity(file, model_name, data, data_dir, limit, batch_size, seed, level,
     feeds = model._feeds(dataset.x_train[:batch], dataset.y_train[:batch])
     graph = model._get_trainer().train_graph
     differences = compare_backends(graph, feeds, model.params, pair, model.dtype, model.seed or 0)
-    title = f"one training step of {model.name} on {batch} samples of {source} ({np.dtype(model.dtype).name}, -O{level})"
+    title = (f"one training step of {model.name} on {batch} samples of {source} "
+             f"({np.dtype(model.dtype).name}, -O{level})")
     click.echo(format_parity(differences, backends, model.dtype, title))
     return first_divergence(differences, model.dtype) is None
 

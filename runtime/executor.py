@@ -40,9 +40,9 @@ class Executor:
     """Runs `graph` on a backend in one float dtype.
 
     Float inputs and parameters are converted to `dtype`; kernels keep the dtype of their inputs, so the
-    whole graph runs in it (float64 for gradient checks, float16 under mixed precision). Stochastic kernels draw from `rng`, seeded from
-    `seed` and carried across runs; `rng_state` / `set_rng_state` save and restore it.
-    With `profile=True` each step's seconds accumulate in `step_seconds` (see `profile_by_op`).
+    whole graph runs in it (float64 for gradient checks, float16 under mixed precision). Stochastic kernels
+    draw from `rng`, seeded from `seed` and carried across runs; `rng_state` / `set_rng_state` save and
+    restore it. With `profile=True` each step's seconds accumulate in `step_seconds` (see `profile_by_op`).
     """
 
     def __init__(self, graph: Graph, backend: str | Backend = "numpy", dtype: Any = np.float32,

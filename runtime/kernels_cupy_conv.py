@@ -107,7 +107,8 @@ __device__ void col2im(const T* cols, T* dx, nnd_size total, nnd_size h, nnd_siz
             nnd_size oy = (nnd_size)(row / (long long)stride_h);
             for (nnd_size kj = 0; kj < kernel_w; kj++) {
                 long long col = (long long)x_cell - (long long)(kj * dilation_w);
-                if (col < 0 || col % (long long)stride_w != 0 || col / (long long)stride_w >= (long long)out_w) continue;
+                if (col < 0 || col % (long long)stride_w != 0 || col / (long long)stride_w >= (long long)out_w)
+                    continue;
                 nnd_size ox = (nnd_size)(col / (long long)stride_w);
                 sum += cols[((b * out_h + oy) * out_w + ox) * (kernel_h * kernel_w * c) + (ki * kernel_w + kj) * c + k];
             }

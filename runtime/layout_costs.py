@@ -1,10 +1,11 @@
 """The cost model of the select-layout pass (`nnd.compiler.layout`): a convolution timed in both layouts
 with the backend's own kernels, on random data of the node's shapes at a small batch.
 
-The NCHW timing includes the transposes into and out of NCHW. Timings are the best of a few runs, kept per process and in a JSON file in the cache directory (keyed
-by backend, dtype, op, shapes and attributes), so a machine decides once and every later compilation
-picks the same layout. NND_LAYOUT overrides the measurement: NHWC keeps every convolution in the
-language's layout, NCHW moves every one (for tests and comparisons), `measure` (the default) times them.
+The NCHW timing includes the transposes into and out of NCHW. Timings are the best of a few runs, kept
+per process and in a JSON file in the cache directory (keyed by backend, dtype, op, shapes and
+attributes), so a machine decides once and every later compilation picks the same layout. NND_LAYOUT
+overrides the measurement: NHWC keeps every convolution in the language's layout, NCHW moves every one
+(for tests and comparisons), `measure` (the default) times them.
 """
 from __future__ import annotations
 

@@ -19,7 +19,6 @@ from nnd.compiler.ir import Graph
 from nnd.compiler.layout import cancel_transposes, forced_costs, layout_costs, select_layout
 from nnd.compiler.passes import PassManager
 from nnd.compiler.tensor_type import ShapeError, TensorType
-from nnd.compiler.training_graph import build_training_graph
 from nnd.compiler.verify import verify_graph
 from nnd.runtime import layout_costs as measured
 from nnd.runtime.kernel_table import KernelContext, kernels_for

@@ -70,8 +70,8 @@ def test_the_first_op_that_differs_is_named_with_its_layer(op):
 
 def test_float64_rounding_differences_within_tolerance_agree():
     graph, feeds, params = step_inputs()
-    differences = compare_backends(graph, feeds, params, (numpy_backend_with(), numpy_backend_with("matmul_epilogue", 1 + 1e-13)),
-                                   dtype=np.float64)
+    rounding = numpy_backend_with("matmul_epilogue", 1 + 1e-13)
+    differences = compare_backends(graph, feeds, params, (numpy_backend_with(), rounding), dtype=np.float64)
     assert first_divergence(differences, np.float64) is None
     assert max(d.scaled for d in differences) > 0
 
