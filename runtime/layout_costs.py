@@ -1,5 +1,6 @@
 """The cost model of the select-layout pass (`nnd.compiler.layout`): a convolution timed in both layouts
-with the backend's own kernels, on random data of the node's shapes at a small batch.
+with the backend's own kernels, on random data of the node's shapes at a small batch (8 samples, fewer
+for large images).
 
 The NCHW timing includes the transposes into and out of NCHW. Timings are the best of a few runs, kept
 per process and in a JSON file in the cache directory (keyed by backend, dtype, op, shapes and
@@ -26,6 +27,7 @@ from nnd.runtime.backend import Backend, get_backend
 from nnd.runtime.kernel_table import KernelContext
 
 MEASURE_BATCH = 8
+MEASURE_BYTES = 4 << 20  # a smaller batch for large images, so that first compilations stay quick
 RUNS = 5
 MODES = ("measure", "NHWC", "NCHW")
 _MEASURED: dict[str, dict[str, float]] = {}
@@ -49,30 +51,38 @@ def cost_model(backend: str | Backend, dtype: Any) -> LayoutCosts:
 
 
 def _measured(node: Node, backend: Backend, dtype: np.dtype) -> dict[str, float]:
-    key = json.dumps([backend.name, dtype.name, node.op, [list(_concrete(v.type.shape)) for v in node.inputs],
+    batch = _measure_batch(node, dtype)
+    key = json.dumps([backend.name, dtype.name, node.op, [list(_concrete(v.type.shape, batch)) for v in node.inputs],
                       sorted((k, repr(v)) for k, v in node.attrs)])
     found = _MEASURED.get(key)
     if found is None:
         stored = _load_store()
         found = stored.get(key)
         if found is None:
-            found = {layout: _time_node(node, backend, dtype, layout) for layout in ("NHWC", "NCHW")}
+            found = {layout: _time_node(node, backend, dtype, layout, batch) for layout in ("NHWC", "NCHW")}
             stored[key] = found
             _save_store(stored)
         _MEASURED[key] = found
     return found
 
 
-def _concrete(shape: tuple) -> tuple[int, ...]:
-    return tuple(MEASURE_BATCH if isinstance(d, str) else d for d in shape)
+def _measure_batch(node: Node, dtype: np.dtype) -> int:
+    """MEASURE_BATCH samples, fewer when one sample's input is large (at least one)."""
+    per_sample = int(np.prod(_concrete(node.inputs[0].type.shape, 1))) * dtype.itemsize
+    return max(1, min(MEASURE_BATCH, MEASURE_BYTES // max(1, per_sample)))
 
 
-def _time_node(node: Node, backend: Backend, dtype: np.dtype, layout: str) -> float:
+def _concrete(shape: tuple, batch: int) -> tuple[int, ...]:
+    return tuple(batch if isinstance(d, str) else d for d in shape)
+
+
+def _time_node(node: Node, backend: Backend, dtype: np.dtype, layout: str, batch: int) -> float:
     """Seconds of the node in `layout`; NCHW pays for both transposes, materialized, as if the neighbours
     stayed NHWC (when they switch too, the transposes cancel and the choice only gets better)."""
     rng = np.random.default_rng(0)
     xp = backend.xp
-    inputs = [backend.asarray(rng.standard_normal(_concrete(v.type.shape)).astype(dtype)) for v in node.inputs]
+    inputs = [backend.asarray(rng.standard_normal(_concrete(v.type.shape, batch)).astype(dtype))
+              for v in node.inputs]
     kernel = backend.kernels[node.op]
     ctx = KernelContext(xp, rng, dtype.type)
     if layout == "NHWC":
