@@ -123,14 +123,15 @@ def test_equal_groups_share_a_kernel_and_the_examples_emit_kernels():
 
 def all_sources() -> list[tuple[str, str]]:
     """Every kernel source the cupy backend can compile: the generated elementwise kernels of the
-    examples and of every op body, and the fixed LSTM (per step and whole scan), pooling and col2im
-    sources."""
+    examples and of every op body, and the fixed sources: LSTM steps, whole LSTM and GRU scans, pooling,
+    col2im, the sparse softmax cross-entropy and Adam."""
     from nnd.runtime.kernels_cupy import LSTM_STEP_SOURCE
     from nnd.runtime.kernels_cupy_conv import CONV_KERNELS_SOURCE
     from nnd.runtime.kernels_cupy_scan import SCAN_SOURCE
+    from nnd.runtime.kernels_cupy_step import STEP_KERNELS_SOURCE
 
     found: dict[str, str] = {"nnd_lstm_steps": LSTM_STEP_SOURCE, "nnd_conv_kernels": CONV_KERNELS_SOURCE,
-                             "nnd_lstm_scan": SCAN_SOURCE}
+                             "nnd_scans": SCAN_SOURCE, "nnd_step_kernels": STEP_KERNELS_SOURCE}
     for path in EXAMPLES:
         for dtype in ("float32", "float64"):
             found.update(generated_kernels_for(path, dtype))

@@ -302,6 +302,39 @@ def test_the_whole_scan_gru_kernels_on_a_host_stand_in(tmp_path, monkeypatch, at
     assert names == {f"nnd_gru_scan_{d}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
 
 
+def test_the_cupy_loss_and_adam_kernels_on_a_host_stand_in(tmp_path, monkeypatch):
+    """The sparse softmax cross-entropy (forward, gradient) and Adam kernels built by g++ against NumPy."""
+    from nnd.runtime.optimizers import make_optimizer
+
+    fake = FakeCupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    generic, cuda = kernels_for("numpy"), kernels_for("cupy")
+    rng = np.random.default_rng(4)
+    for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        ctx = KernelContext(np, rng, dtype)
+        logits = (rng.normal(size=(6, 4, 7)) * 30).astype(dtype)  # large logits: the maximum is subtracted
+        labels = rng.integers(0, 7, (6, 4))
+        dloss = rng.normal(size=(6, 4)).astype(dtype)
+        for op, args in (("sparse_softmax_cross_entropy", (logits, labels)),
+                         ("sparse_softmax_cross_entropy_grad", (dloss, logits, labels))):
+            np.testing.assert_allclose(cuda[op](ctx, {}, *args), generic[op](ctx, {}, *args), rtol=tolerance,
+                                       atol=tolerance, err_msg=op)
+        results = []
+        start = rng.normal(size=(30, 7)).astype(dtype)
+        for xp in (np, fake):
+            params = {"w": start.copy()}
+            optimizer = make_optimizer("adam", lr=0.01, xp=xp)
+            bound = optimizer.bind(params)
+            for step in range(3):
+                optimizer.step({"w": (np.arange(210).reshape(30, 7) % 7 - 3.0 + step).astype(dtype)})
+            results.append(np.array(bound["w"]))
+        np.testing.assert_allclose(results[1], results[0], rtol=tolerance, atol=tolerance)
+    names = {k.fn.__name__ for k in fake.kernels if k.launches}
+    assert names == {f"nnd_{n}_{t}" for n in ("sparse_softmax_ce", "sparse_softmax_ce_grad", "adam_update")
+                     for t in ("float", "double")}
+
+
 # ------------------------------------------------------------------------------------------ training
 
 @pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=gpu) for p in EXAMPLES])

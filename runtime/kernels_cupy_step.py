@@ -1,0 +1,149 @@
+"""CuPy kernels for the ends of a training step: the sparse softmax cross-entropy (forward and gradient)
+and Adam's update, one launch each where the array-module code makes several.
+
+* `sparse_softmax_cross_entropy[_grad]`: one thread per row of logits (the classes are few: the row's
+  maximum, the sum of exponentials and the picked logit in one pass over it, the gradient
+  softmax - one_hot in a second);
+* Adam: one thread per parameter over the optimizer's flat buffers (`optimizers.ADAM_UPDATES`), the
+  four scalars passed as a small device array.
+
+Both sources also build as host C++ for the tests, and CI compiles them with nvcc.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from nnd.runtime.kernel_table import kernel
+
+STEP_KERNELS_SOURCE = r"""
+typedef unsigned long long nnd_size;
+
+template <typename T>
+__device__ void sparse_softmax_ce(const T* logits, const long long* labels, T* loss, nnd_size rows,
+                                  nnd_size classes) {
+    for (nnd_size r = blockIdx.x * (nnd_size)blockDim.x + threadIdx.x; r < rows;
+         r += (nnd_size)blockDim.x * gridDim.x) {
+        const T* row = logits + r * classes;
+        T top = row[0];
+        for (nnd_size j = 1; j < classes; j++) top = row[j] > top ? row[j] : top;
+        T total = (T)0;
+        for (nnd_size j = 0; j < classes; j++) total += exp(row[j] - top);
+        loss[r] = log(total) + top - row[labels[r]];
+    }
+}
+
+template <typename T>
+__device__ void sparse_softmax_ce_grad(const T* dloss, const T* logits, const long long* labels, T* grad,
+                                       nnd_size rows, nnd_size classes) {
+    for (nnd_size r = blockIdx.x * (nnd_size)blockDim.x + threadIdx.x; r < rows;
+         r += (nnd_size)blockDim.x * gridDim.x) {
+        const T* row = logits + r * classes;
+        T* out = grad + r * classes;
+        T top = row[0];
+        for (nnd_size j = 1; j < classes; j++) top = row[j] > top ? row[j] : top;
+        T total = (T)0;
+        for (nnd_size j = 0; j < classes; j++) total += exp(row[j] - top);
+        for (nnd_size j = 0; j < classes; j++)
+            out[j] = (exp(row[j] - top) / total - ((long long)j == labels[r] ? (T)1 : (T)0)) * dloss[r];
+    }
+}
+
+template <typename T>
+__device__ void adam_update(T* p, const T* g, T* m, T* v, const T* scalars, nnd_size n) {
+    const T alpha = scalars[0], keep_1 = (T)1 - scalars[1], keep_2 = (T)1 - scalars[2], eps = scalars[3];
+    for (nnd_size i = blockIdx.x * (nnd_size)blockDim.x + threadIdx.x; i < n;
+         i += (nnd_size)blockDim.x * gridDim.x) {
+        T mi = m[i] + (g[i] - m[i]) * keep_1;
+        T vi = v[i] + (g[i] * g[i] - v[i]) * keep_2;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] -= alpha * mi / (sqrt(vi) + eps);
+    }
+}
+
+#define NND_STEP_KERNELS(T)                                                                                 \
+extern "C" __global__ void nnd_sparse_softmax_ce_##T(const T* logits, const long long* labels, T* loss,     \
+        nnd_size rows, nnd_size classes) {                                                                  \
+    sparse_softmax_ce<T>(logits, labels, loss, rows, classes);                                              \
+}                                                                                                           \
+extern "C" __global__ void nnd_sparse_softmax_ce_grad_##T(const T* dloss, const T* logits,                  \
+        const long long* labels, T* grad, nnd_size rows, nnd_size classes) {                               \
+    sparse_softmax_ce_grad<T>(dloss, logits, labels, grad, rows, classes);                                  \
+}                                                                                                           \
+extern "C" __global__ void nnd_adam_update_##T(T* p, const T* g, T* m, T* v, const T* scalars, nnd_size n) { \
+    adam_update<T>(p, g, m, v, scalars, n);                                                                 \
+}
+
+NND_STEP_KERNELS(float)
+NND_STEP_KERNELS(double)
+"""
+
+_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def _step_kernel(name: str, dtype):
+    """The compiled kernel `name` for `dtype`, or None for a dtype it has no version of (float16)."""
+    from nnd.runtime.kernels_cupy import compiled_kernel
+
+    c_type = _C_TYPES.get(np.dtype(dtype))
+    return None if c_type is None else compiled_kernel(STEP_KERNELS_SOURCE, f"nnd_{name}_{c_type}")
+
+
+def _launch(fn, count: int, arrays: list, sizes: list[int]) -> None:
+    from nnd.runtime.kernels_cupy import BLOCK, MAX_BLOCKS
+
+    if count:
+        blocks = max(1, min((count + BLOCK - 1) // BLOCK, MAX_BLOCKS))
+        fn((blocks,), (BLOCK,), (*arrays, *(np.uint64(s) for s in sizes)))
+
+
+@kernel("sparse_softmax_cross_entropy", backend="cupy")
+def sparse_softmax_ce_cuda(ctx, attrs, logits, labels):
+    from nnd.runtime.kernels_basic import _sparse_softmax_ce
+
+    fn = _step_kernel("sparse_softmax_ce", logits.dtype)
+    if fn is None or logits.ndim == 0:
+        return _sparse_softmax_ce(ctx, attrs, logits, labels)
+    xp = ctx.xp
+    logits = xp.ascontiguousarray(logits)
+    classes = logits.shape[-1]
+    loss = xp.empty(logits.shape[:-1], dtype=logits.dtype)
+    _launch(fn, loss.size, [logits, xp.ascontiguousarray(labels, dtype=np.int64), loss], [loss.size, classes])
+    return loss
+
+
+@kernel("sparse_softmax_cross_entropy_grad", backend="cupy")
+def sparse_softmax_ce_grad_cuda(ctx, attrs, dloss, logits, labels):
+    from nnd.runtime.kernels_basic import _sparse_softmax_ce_grad
+
+    fn = _step_kernel("sparse_softmax_ce_grad", logits.dtype)
+    if fn is None or logits.ndim == 0:
+        return _sparse_softmax_ce_grad(ctx, attrs, dloss, logits, labels)
+    xp = ctx.xp
+    logits = xp.ascontiguousarray(logits)
+    rows = logits.size // logits.shape[-1]
+    dloss = xp.ascontiguousarray(xp.broadcast_to(dloss, logits.shape[:-1]), dtype=logits.dtype)
+    grad = xp.empty_like(logits)
+    _launch(fn, rows, [dloss, logits, xp.ascontiguousarray(labels, dtype=np.int64), grad], [rows, logits.shape[-1]])
+    return grad
+
+
+def adam_update_cuda(p, g, m, v, alpha: float, beta_1: float, beta_2: float, epsilon: float) -> bool:
+    """`optimizers.ADAM_UPDATES` for cupy: the whole update in one launch."""
+    import cupy as xp
+
+    fn = _step_kernel("adam_update", p.dtype)
+    if fn is None:
+        return False
+    scalars = xp.asarray(np.array([alpha, beta_1, beta_2, epsilon], dtype=p.dtype))
+    _launch(fn, p.size, [p, g, m, v, scalars], [p.size])
+    return True
+
+
+def _register() -> None:
+    from nnd.runtime.optimizers import ADAM_UPDATES
+
+    ADAM_UPDATES["cupy"] = adam_update_cuda
+
+
+_register()
