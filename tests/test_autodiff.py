@@ -92,7 +92,7 @@ def test_names_that_do_not_reach_the_loss_get_zeros():
 
 def test_a_loss_independent_of_everything_still_differentiates():
     graph, b = new_graph()
-    w = param(b, "w", 2)
+    param(b, "w", 2)
     graph.outputs["loss"] = b.emit1("constant", [], {"value": 3.0, "dtype": "f32"})
     grad = differentiate(graph, "loss", ["w"])
     np.testing.assert_array_equal(run64(grad, {}, {"w": np.ones(2)})["grad:w"], np.zeros(2))
