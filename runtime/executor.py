@@ -219,8 +219,9 @@ class Executor:
         if (not isinstance(buffer, xp.ndarray) or not buffer.flags.owndata or id(buffer) in self._callers_arrays
                 or not fits_result(xp, buffer, args)):
             return None
-        # another slot may hold the same array (a kernel that returned its input) or a view of it
-        if sum(array is buffer for array in slots) > 1 or any(_views(array, buffer) for array in slots):
+        # the value's own slot holds the buffer; another holder is the same array (a kernel that returned
+        # its input) or a view of it
+        if sum(array is buffer or _views(array, buffer) for array in slots) > 1:
             return None
         return write(xp, args, buffer)
 

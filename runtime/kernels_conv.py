@@ -144,6 +144,27 @@ def conv2d_grad_input(ctx, attrs, dy, w):
     return _crop(xp, dxpad, p.padding, (h, wd))
 
 
+def grad_input_columns(xp, attrs, dy, w):
+    """The pieces of the input gradient as col2im computes it: the columns dy @ w^T ([N*Ho*Wo, kh*kw*C],
+    one GEMM), an uninitialized padded input for col2im to fill, and the geometry col2im needs (padded
+    height and width, channels, output height and width, kernel size, strides, dilation)."""
+    p = conv_params(attrs, "conv2d_grad_input")
+    h, wd = attrs["input_hw"]
+    kh, kw, c, f = w.shape
+    n, ho, wo, _ = dy.shape
+    (top, bottom), (left, right) = p.padding
+    columns = xp.ascontiguousarray(xp.matmul(xp.ascontiguousarray(dy).reshape(n * ho * wo, f),
+                                             xp.asarray(w, dtype=dy.dtype).reshape(kh * kw * c, f).T))
+    padded = xp.empty((n, h + top + bottom, wd + left + right, c), dtype=dy.dtype)
+    geometry = [padded.shape[1], padded.shape[2], c, ho, wo, kh, kw, *p.strides, *p.dilation]
+    return columns, padded, geometry
+
+
+def crop_input_gradient(xp, attrs, padded):
+    """The padded input gradient cut back to the input's size."""
+    return _crop(xp, padded, conv_params(attrs, "conv2d_grad_input").padding, tuple(attrs["input_hw"]))
+
+
 @kernel("conv2d_grad_filter")
 def conv2d_grad_filter(ctx, attrs, x, dy):
     xp = ctx.xp

@@ -199,9 +199,26 @@ extern "C" __global__ void nnd_lstm_backward_step_double(const double* dout, int
 """
 
 
+# The C types of the hand-written sources, each of which defines its kernels as nnd_<name>_<C type>.
+FIXED_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def fixed_kernel(source: str, name: str, dtype) -> Any:
+    """Kernel `nnd_<name>_<float|double>` of a hand-written source for `dtype`, or None for a dtype it
+    has no version of (float16)."""
+    c_type = FIXED_C_TYPES.get(np.dtype(dtype))
+    return None if c_type is None else compiled_kernel(source, f"nnd_{name}_{c_type}")
+
+
+def launch_over(kernel_fn, count: int, args: list) -> None:
+    """Launch a grid-stride kernel over `count` elements: arrays pass as they are, integers as uint64."""
+    if count:
+        grid, block = _grid(count)
+        kernel_fn(grid, block, tuple(np.uint64(a) if isinstance(a, (int, np.integer)) else a for a in args))
+
+
 def _step_kernel(kind: str, dtype) -> Any:
-    suffix = "double" if np.dtype(dtype) == np.float64 else "float"
-    return compiled_kernel(LSTM_STEP_SOURCE, f"nnd_lstm_{kind}_step_{suffix}")
+    return fixed_kernel(LSTM_STEP_SOURCE, f"lstm_{kind}_step", dtype)
 
 
 def _grid(n: int) -> tuple[tuple[int], tuple[int]]:

@@ -18,11 +18,10 @@ builds as host C++ for the tests (tests/host_cuda.py), and CI compiles it with n
 """
 from __future__ import annotations
 
-import numpy as np
 
-from nnd.compiler.ops.conv import conv_params
 from nnd.runtime import kernels_conv
 from nnd.runtime.kernel_table import kernel
+from nnd.runtime.kernels_cupy import fixed_kernel, launch_over
 
 CONV_KERNELS_SOURCE = r"""
 typedef unsigned long long nnd_size;
@@ -140,23 +139,8 @@ NND_CONV_KERNELS(float)
 NND_CONV_KERNELS(double)
 """
 
-_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-
-
 def _conv_kernel(name: str, dtype):
-    """The compiled kernel `name` for `dtype`, or None for a dtype it has no version of (float16)."""
-    from nnd.runtime.kernels_cupy import compiled_kernel
-
-    c_type = _C_TYPES.get(np.dtype(dtype))
-    return None if c_type is None else compiled_kernel(CONV_KERNELS_SOURCE, f"nnd_{name}_{c_type}")
-
-
-def _launch(kernel_fn, total: int, arrays: list, sizes: list[int]) -> None:
-    from nnd.runtime.kernels_cupy import BLOCK, MAX_BLOCKS
-
-    if total:
-        blocks = max(1, min((total + BLOCK - 1) // BLOCK, MAX_BLOCKS))
-        kernel_fn((blocks,), (BLOCK,), (*arrays, *(np.uint64(s) for s in (total, *sizes))))
+    return fixed_kernel(CONV_KERNELS_SOURCE, name, dtype)
 
 
 def _pool_sizes(attrs, shape, op) -> tuple[list[int], bool]:
@@ -176,7 +160,7 @@ def maxpool2d_cuda(ctx, attrs, x):
     x = xp.ascontiguousarray(x)
     sizes, _ = _pool_sizes(attrs, x.shape, "maxpool2d")
     out = xp.empty((x.shape[0], sizes[3], sizes[4], x.shape[3]), dtype=x.dtype)
-    _launch(fn, out.size, [x, out], sizes)
+    launch_over(fn, out.size, [x, out, out.size, *sizes])
     return out
 
 
@@ -189,7 +173,8 @@ def maxpool2d_grad_cuda(ctx, attrs, dy, x):
     xp = ctx.xp
     x = xp.ascontiguousarray(x)
     dx = xp.empty_like(x)
-    _launch(fn, dx.size, [x, xp.ascontiguousarray(dy, dtype=x.dtype), dx], [*sizes, int(bool(attrs.get("relu")))])
+    dy = xp.ascontiguousarray(dy, dtype=x.dtype)
+    launch_over(fn, dx.size, [x, dy, dx, dx.size, *sizes, int(bool(attrs.get("relu")))])
     return dx
 
 
@@ -199,14 +184,6 @@ def conv2d_grad_input_cuda(ctx, attrs, dy, w):
     if fn is None:
         return kernels_conv.conv2d_grad_input(ctx, attrs, dy, w)
     xp = ctx.xp
-    p = conv_params(attrs, "conv2d_grad_input")
-    h, wd = attrs["input_hw"]
-    kh, kw, c, f = w.shape
-    n, out_h, out_w, _ = dy.shape
-    (top, bottom), (left, right) = p.padding
-    columns = xp.ascontiguousarray(xp.matmul(xp.ascontiguousarray(dy).reshape(n * out_h * out_w, f),
-                                             w.reshape(kh * kw * c, f).T))
-    padded = xp.empty((n, h + top + bottom, wd + left + right, c), dtype=dy.dtype)
-    _launch(fn, padded.size, [columns, padded],
-            [padded.shape[1], padded.shape[2], c, out_h, out_w, kh, kw, *p.strides, *p.dilation])
-    return kernels_conv._crop(xp, padded, p.padding, (h, wd))
+    columns, padded, geometry = kernels_conv.grad_input_columns(xp, attrs, dy, w)
+    launch_over(fn, padded.size, [columns, padded, padded.size, *geometry])
+    return kernels_conv.crop_input_gradient(xp, attrs, padded)

@@ -200,10 +200,8 @@ NND_GRU_SCAN_KERNELS(float)
 NND_GRU_SCAN_KERNELS(double)
 """
 
-_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
-
-def lstm_mode() -> str:
+def scan_mode() -> str:
     mode = os.environ.get("NND_CUDA_SCAN", "steps").strip() or "steps"
     if mode not in MODES:
         raise NndError(f"NND_CUDA_SCAN must be one of {', '.join(MODES)}, not {mode!r}")
@@ -211,9 +209,9 @@ def lstm_mode() -> str:
 
 
 def _scan_kernel(cell: str, direction: str, dtype):
-    from nnd.runtime.kernels_cupy import compiled_kernel
+    from nnd.runtime.kernels_cupy import fixed_kernel  # kernels_cupy imports this module
 
-    return compiled_kernel(SCAN_SOURCE, f"nnd_{cell}_scan_{direction}_{_C_TYPES[np.dtype(dtype)]}")
+    return fixed_kernel(SCAN_SOURCE, f"{cell}_scan_{direction}", dtype)
 
 
 def _launch_shape(n: int, width: int) -> tuple[tuple[int], tuple[int]]:
@@ -230,7 +228,9 @@ def _mask(xp, rmask, n: int, u: int, dt):
 
 
 def usable(dtype) -> bool:
-    return lstm_mode() == "scan" and np.dtype(dtype) in _C_TYPES
+    from nnd.runtime.kernels_cupy import FIXED_C_TYPES
+
+    return scan_mode() == "scan" and np.dtype(dtype) in FIXED_C_TYPES
 
 
 def lstm_scan_forward(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) -> None:

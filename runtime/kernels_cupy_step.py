@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnd.runtime.kernel_table import kernel
+from nnd.runtime.kernels_cupy import fixed_kernel, launch_over
 
 STEP_KERNELS_SOURCE = r"""
 typedef unsigned long long nnd_size;
@@ -78,23 +79,8 @@ NND_STEP_KERNELS(float)
 NND_STEP_KERNELS(double)
 """
 
-_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-
-
 def _step_kernel(name: str, dtype):
-    """The compiled kernel `name` for `dtype`, or None for a dtype it has no version of (float16)."""
-    from nnd.runtime.kernels_cupy import compiled_kernel
-
-    c_type = _C_TYPES.get(np.dtype(dtype))
-    return None if c_type is None else compiled_kernel(STEP_KERNELS_SOURCE, f"nnd_{name}_{c_type}")
-
-
-def _launch(fn, count: int, arrays: list, sizes: list[int]) -> None:
-    from nnd.runtime.kernels_cupy import BLOCK, MAX_BLOCKS
-
-    if count:
-        blocks = max(1, min((count + BLOCK - 1) // BLOCK, MAX_BLOCKS))
-        fn((blocks,), (BLOCK,), (*arrays, *(np.uint64(s) for s in sizes)))
+    return fixed_kernel(STEP_KERNELS_SOURCE, name, dtype)
 
 
 @kernel("sparse_softmax_cross_entropy", backend="cupy")
@@ -108,7 +94,7 @@ def sparse_softmax_ce_cuda(ctx, attrs, logits, labels):
     logits = xp.ascontiguousarray(logits)
     classes = logits.shape[-1]
     loss = xp.empty(logits.shape[:-1], dtype=logits.dtype)
-    _launch(fn, loss.size, [logits, xp.ascontiguousarray(labels, dtype=np.int64), loss], [loss.size, classes])
+    launch_over(fn, loss.size, [logits, xp.ascontiguousarray(labels, dtype=np.int64), loss, loss.size, classes])
     return loss
 
 
@@ -124,7 +110,8 @@ def sparse_softmax_ce_grad_cuda(ctx, attrs, dloss, logits, labels):
     rows = logits.size // logits.shape[-1]
     dloss = xp.ascontiguousarray(xp.broadcast_to(dloss, logits.shape[:-1]), dtype=logits.dtype)
     grad = xp.empty_like(logits)
-    _launch(fn, rows, [dloss, logits, xp.ascontiguousarray(labels, dtype=np.int64), grad], [rows, logits.shape[-1]])
+    labels = xp.ascontiguousarray(labels, dtype=np.int64)
+    launch_over(fn, rows, [dloss, logits, labels, grad, rows, logits.shape[-1]])
     return grad
 
 
@@ -136,7 +123,7 @@ def adam_update_cuda(p, g, m, v, alpha: float, beta_1: float, beta_2: float, eps
     if fn is None:
         return False
     scalars = xp.asarray(np.array([alpha, beta_1, beta_2, epsilon], dtype=p.dtype))
-    _launch(fn, p.size, [p, g, m, v, scalars], [p.size])
+    launch_over(fn, p.size, [p, g, m, v, scalars, p.size])
     return True
 
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from nnd.compiler.ops.conv import conv_layout, conv_params
 from nnd.runtime import kernels_conv, native
 from nnd.runtime.kernel_table import kernel
 from nnd.runtime.kernels_basic import _matmul
@@ -254,11 +253,12 @@ def maxpool2d_grad_native(ctx, attrs, dy, x):
 ACTIVATIONS = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3}  # the enum of nnd_native.c
 
 
-def _bias_activation(ctx, out, bias, activation: str, generic):
-    """activation(out + bias) over the last axis, in place in one native pass; `generic()` otherwise."""
+def _apply_epilogue(out, bias, activation: str):
+    """activation(out + bias) in place: one native pass over a C-contiguous product whose last axis the
+    bias runs along, NumPy's two passes otherwise (an NCHW bias, float16)."""
     fn = _function("bias_activation", out.dtype)
     if fn is None or not out.flags.c_contiguous or out.ndim == 0 or bias.shape != (out.shape[-1],):
-        return generic()
+        return _epilogue(np, out, bias, activation)
     bias = np.ascontiguousarray(bias, dtype=out.dtype)
     channels = out.shape[-1]
     rows = out.size // channels if channels else 0
@@ -270,17 +270,12 @@ def _bias_activation(ctx, out, bias, activation: str, generic):
 @kernel("conv2d_epilogue", backend="numpy")
 def conv2d_epilogue_native(ctx, attrs, x, w, bias):
     out = kernels_conv.conv2d(ctx, attrs, x, w)
-    activation = attrs.get("activation", "linear")
-    if conv_layout(attrs) != "NHWC":
-        return _epilogue(ctx.xp, out, channel_bias(attrs, bias), activation)
-    return _bias_activation(ctx, out, bias, activation, lambda: _epilogue(ctx.xp, out, bias, activation))
+    return _apply_epilogue(out, channel_bias(attrs, bias), attrs.get("activation", "linear"))
 
 
 @kernel("matmul_epilogue", backend="numpy")
 def matmul_epilogue_native(ctx, attrs, a, b, bias):
-    out = _matmul(ctx, attrs, a, b)
-    activation = attrs.get("activation", "linear")
-    return _bias_activation(ctx, out, bias, activation, lambda: _epilogue(ctx.xp, out, bias, activation))
+    return _apply_epilogue(_matmul(ctx, attrs, a, b), bias, attrs.get("activation", "linear"))
 
 
 class _Col2imShape(ctypes.Structure):
@@ -295,18 +290,10 @@ def conv2d_grad_input_native(ctx, attrs, dy, w):
     fn = _function("col2im", dy.dtype)
     if fn is None:
         return kernels_conv.conv2d_grad_input(ctx, attrs, dy, w)
-    p = conv_params(attrs, "conv2d_grad_input")
-    h, wd = attrs["input_hw"]
-    kh, kw, c, f = w.shape
-    n, ho, wo, _ = dy.shape
-    (top, bottom), (left, right) = p.padding
-    columns = np.matmul(np.ascontiguousarray(dy).reshape(n * ho * wo, f),
-                        np.asarray(w, dtype=dy.dtype).reshape(kh * kw * c, f).T)
-    padded = np.empty((n, h + top + bottom, wd + left + right, c), dtype=dy.dtype)
-    geometry = _Col2imShape(padded.shape[1], padded.shape[2], c, ho, wo, kh, kw, *p.strides, *p.dilation)
-    shape, source, target = ctypes.byref(geometry), _address(columns), _address(padded)
-    native.run_rows(n, lambda begin, end: fn(shape, begin, end, source, target), align=1)
-    return kernels_conv._crop(np, padded, p.padding, (h, wd))
+    columns, padded, geometry = kernels_conv.grad_input_columns(np, attrs, dy, w)
+    shape, source, target = ctypes.byref(_Col2imShape(*geometry)), _address(columns), _address(padded)
+    native.run_rows(padded.shape[0], lambda begin, end: fn(shape, begin, end, source, target), align=1)
+    return kernels_conv.crop_input_gradient(np, attrs, padded)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ The trainer owns the executors of the training graph (forward + backward) and of
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -91,11 +92,11 @@ class Trainer:
         """One optimizer step on one batch; returns the training graph's outputs (loss, predictions)."""
         if self.schedule is not None:
             self._apply_schedule()
+        quiet = contextlib.nullcontext()
         if self.scaler is not None:
             feeds = {**feeds, LOSS_SCALE: np.asarray(self.scaler.scale, dtype=np.float32)}
-            with np.errstate(over="ignore", invalid="ignore"):  # overflow is the scaler's signal, not an error
-                result = self._forward_backward(feeds)
-        else:
+            quiet = np.errstate(over="ignore", invalid="ignore")  # overflow is the scaler's signal, not an error
+        with quiet:
             result = self._forward_backward(feeds)
         loss = float(result[LOSS])
         if not np.isfinite(loss):
