@@ -35,13 +35,16 @@ WORKLOADS = {
     "lstm-train-32": ("lstm_classifier.nnd", 32, True),
     "lstm-infer-32": ("lstm_classifier.nnd", 32, False),
 }
-SYSTEMS = ("nnd cupy -O2", "nnd cupy -O0", "nnd cupy -O2 scan", "nnd cupy -O2 fp16", "torch cuda",
-           "torch cuda channels_last")
+# nnd systems: "nnd cupy -O<level>" and options: scan (the one-launch LSTM scan kernels), graphs (each
+# step replayed as one captured CUDA graph), fp16 (mixed precision)
+SYSTEMS = ("nnd cupy -O2", "nnd cupy -O0", "nnd cupy -O2 scan", "nnd cupy -O2 graphs", "nnd cupy -O2 scan graphs",
+           "nnd cupy -O2 fp16", "torch cuda", "torch cuda channels_last")
 # Measured unless --systems names them: the mixed-precision run (float16 compute, loss scaling).
 OPTIONAL_SYSTEMS = ("nnd cupy -O2 fp16",)
 
 
-def nnd_step(model_file: str, batch: int, training: bool, level: int, mixed_precision: bool = False):
+def nnd_step(model_file: str, batch: int, training: bool, level: int, mixed_precision: bool = False,
+             cuda_graphs: bool = False):
     import cupy
 
     import nnd
@@ -49,14 +52,14 @@ def nnd_step(model_file: str, batch: int, training: bool, level: int, mixed_prec
     from nnd.runtime.executor import Executor
 
     model = nnd.load(ROOT / "examples" / model_file, backend="cupy", seed=0, opt_level=level,
-                     mixed_precision=mixed_precision)
+                     mixed_precision=mixed_precision, cuda_graphs=cuda_graphs)
     rng = np.random.default_rng(0)
     value = model.graph.inputs[0]
     x = rng.random((batch, *value.type.shape[1:]), dtype=np.float32)
     sync = cupy.cuda.Device().synchronize
     if not training:
         graph = PassManager.for_level(level, verify=False).run(model.graph)
-        executor = Executor(graph, "cupy", model.compute_dtype, seed=0)
+        executor = Executor(graph, "cupy", model.compute_dtype, seed=0, cuda_graphs=cuda_graphs)
         feeds = {value.name: cupy.asarray(x)}
 
         def infer():
@@ -114,24 +117,24 @@ def make_step(workload: str, system: str):
     model_file, batch, training = WORKLOADS[workload]
     if not system.startswith("nnd"):
         return torch_step(model_file, batch, training, system.endswith("channels_last"))
-    level = int(system.split()[2][-1])
-    if system.endswith("scan"):  # the one-launch LSTM scan kernels
-        os.environ["NND_CUDA_SCAN"] = "scan"
-        step = nnd_step(model_file, batch, training, level)
-        os.environ.pop("NND_CUDA_SCAN")
+    words = system.split()
+    level, options = int(words[2][-1]), set(words[3:])
+    step = nnd_step(model_file, batch, training, level, mixed_precision="fp16" in options,
+                    cuda_graphs="graphs" in options)
+    if "scan" not in options:
+        return step
 
-        def scanned():
-            os.environ["NND_CUDA_SCAN"] = "scan"
-            try:
-                step()
-            finally:
-                os.environ.pop("NND_CUDA_SCAN")
-        return scanned
-    return nnd_step(model_file, batch, training, level, mixed_precision=system.endswith("fp16"))
+    def scanned():  # the scan mode is read when a kernel runs (or is captured)
+        os.environ["NND_CUDA_SCAN"] = "scan"
+        try:
+            step()
+        finally:
+            os.environ.pop("NND_CUDA_SCAN")
+    return scanned
 
 
 def applicable(workload: str, system: str) -> bool:
-    if system.endswith("scan"):
+    if "scan" in system.split():
         return workload.startswith("lstm")
     return not (system.endswith("channels_last") and not workload.startswith("cnn"))
 

@@ -10,15 +10,15 @@
 #    directory, so the checkout's own nnd/ folder (which lacks the subpackages) never shadows the farm;
 # 2. runs the `gpu` tests of tests/test_gpu.py in parts (generated fused kernels against their NumPy
 #    bodies, two training steps of every example (float32 and mixed precision), every op forward and
-#    backward, the LSTM and GRU examples again with the one-launch scan kernels), each under its own time limit,
-#    so that a slow part cannot starve the others;
+#    backward, captured CUDA graphs against eager runs, the LSTM and GRU examples again with the one-launch
+#    scan kernels), each under its own time limit, so that a slow part cannot starve the others;
 # 3. runs `nnd train --compare-backends` (numpy against cupy, every op of one training step) on the
 #    seed CNN with random images;
 # 4. times the seed CNN and the seed LSTM against PyTorch CUDA (benchmarks/gpu_bench.py).
 #
 # Logs go to $OUT when it is set (else ./gpu_check_out): env.txt, tests_*.log, parity.txt, bench.txt,
 # bench.log.
-# The whole run is sized to about four minutes; GPU_CHECK_BENCH_ARGS overrides the benchmark's arguments.
+# The whole run is sized to about five minutes; GPU_CHECK_BENCH_ARGS overrides the benchmark's arguments.
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${OUT:-$ROOT/gpu_check_out}
@@ -88,6 +88,7 @@ TEST_FILE="$ROOT/tests/test_gpu.py"
 run_tests fused 50 -m gpu "$TEST_FILE" -k "generated_kernel"
 run_tests training 75 -m gpu "$TEST_FILE" -k "training_steps"
 run_tests ops 90 -m gpu "$TEST_FILE" -k "every_op"
+run_tests graphs 75 -m gpu "$TEST_FILE" -k "captured"
 export NND_CUDA_SCAN=scan  # the one-launch LSTM and GRU scan kernels, opt-in until timed here
 run_tests scan 50 -m gpu "$TEST_FILE" -k "training_steps and (lstm or forecast)"
 unset NND_CUDA_SCAN
@@ -101,9 +102,9 @@ echo "== parity exit $? after $((SECONDS - START))s"
 tail -n 2 "$OUT/parity.txt"
 
 # ---------------------------------------------------------------------------------- benchmark
-echo "== benchmark (limit 90s)"
+echo "== benchmark (limit 120s)"
 # shellcheck disable=SC2086
-timeout -s INT -k 10 90 "$PY" "$ROOT/benchmarks/gpu_bench.py" ${GPU_CHECK_BENCH_ARGS:---rounds 2 --steps 12} \
+timeout -s INT -k 10 120 "$PY" "$ROOT/benchmarks/gpu_bench.py" ${GPU_CHECK_BENCH_ARGS:---rounds 2 --steps 12} \
     --out "$OUT/bench.txt" 2>"$OUT/bench.log"
 echo "== benchmark exit $? after $((SECONDS - START))s"
 tail -n 5 "$OUT/bench.log"

@@ -24,11 +24,12 @@ __version__ = "0.1.0"
 
 def load(path: str | Path, model: str | None = None, *, weights: str | Path | None = None,
          backend: str = "numpy", dtype: str = "float32", seed: int | None = None, opt_level: int = 2,
-         mixed_precision: bool = False, tf32: bool = False) -> "Model":
+         mixed_precision: bool = False, tf32: bool = False, cuda_graphs: bool = False) -> "Model":
     """Compile a `.nnd` file (or a directory written by `Model.save` / `nnd train --out`) into a Model.
 
     `mixed_precision=True` trains and predicts in float16 on float32 weights, with dynamic loss scaling;
-    `tf32=True` (cupy) lets float32 GEMMs run on Tensor Cores in TF32."""
+    `tf32=True` (cupy) lets float32 GEMMs run on Tensor Cores in TF32; `cuda_graphs=True` (cupy) replays
+    each training, evaluation and prediction step as one captured CUDA graph."""
     from nnd.compiler.frontend import compile_file
 
     path = Path(path)
@@ -37,7 +38,7 @@ def load(path: str | Path, model: str | None = None, *, weights: str | Path | No
         path = source
         model = saved if model is None else model  # the model that was saved, not the file's last one
     result = Model(compile_file(path), model, backend=backend, dtype=dtype, seed=seed, opt_level=opt_level,
-                   mixed_precision=mixed_precision, tf32=tf32)
+                   mixed_precision=mixed_precision, tf32=tf32, cuda_graphs=cuda_graphs)
     if weights is not None:
         result.load_weights(weights)
     return result
@@ -45,12 +46,13 @@ def load(path: str | Path, model: str | None = None, *, weights: str | Path | No
 
 def loads(text: str, model: str | None = None, *, name: str = "<string>", base_dir: str | Path | None = None,
           backend: str = "numpy", dtype: str = "float32", seed: int | None = None, opt_level: int = 2,
-          mixed_precision: bool = False, tf32: bool = False) -> "Model":
+          mixed_precision: bool = False, tf32: bool = False, cuda_graphs: bool = False) -> "Model":
     """Compile `.nnd` source text into a Model; imports resolve against `base_dir` (default: cwd)."""
     from nnd.compiler.frontend import compile_text
 
     return Model(compile_text(text, name=name, base_dir=base_dir), model, backend=backend, dtype=dtype,
-                 seed=seed, opt_level=opt_level, mixed_precision=mixed_precision, tf32=tf32)
+                 seed=seed, opt_level=opt_level, mixed_precision=mixed_precision, tf32=tf32,
+                 cuda_graphs=cuda_graphs)
 
 
 def _saved_model(directory: Path, weights: str | Path | None) -> tuple[Path, Path | None, str | None]:

@@ -181,6 +181,8 @@ def graph(file: str, model_name: str | None, params: bool, output: str | None) -
 
 BACKEND_OPTION = click.option("--backend", type=click.Choice(["numpy", "cupy"]), default="numpy", show_default=True,
                               help="Where to run.")
+CUDA_GRAPHS_OPTION = click.option("--cuda-graphs", is_flag=True,
+                                  help="With --backend cupy: replay each step as one captured CUDA graph.")
 DATA_OPTIONS = [
     click.option("--data", default=None, metavar="NAME|PATH",
                  help="fashion_mnist, mnist, or a .npz/.npy/.csv file (default: the train section's data)."),
@@ -216,6 +218,7 @@ def data_options(fn: Callable) -> Callable:
 @click.option("--mixed-precision", is_flag=True,
               help="Compute in float16 on float32 weights, with dynamic loss scaling (fast on a GPU).")
 @click.option("--tf32", is_flag=True, help="With --backend cupy: float32 GEMMs on Tensor Cores in TF32.")
+@CUDA_GRAPHS_OPTION
 @click.option("--compare-backends", "compare", is_flag=False, flag_value="numpy,cupy", default=None,
               metavar="A,B", help="Instead of training, run one training step on two backends (default "
               "numpy,cupy) and print each op's largest difference.")
@@ -223,7 +226,7 @@ def data_options(fn: Callable) -> Callable:
 def train(file: str, model_name: str | None, data: str | None, data_dir: str | None, limit: int | None,
           epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None, backend: str,
           level: int, out: str | None, resume: str | None, weights: str | None, quiet: bool,
-          mixed_precision: bool, tf32: bool, compare: str | None) -> None:
+          mixed_precision: bool, tf32: bool, cuda_graphs: bool, compare: str | None) -> None:
     """Train a model on a dataset; then report the test figures when the dataset has a test split."""
     from nnd.cli_train import run_parity, run_training
 
@@ -238,7 +241,7 @@ def train(file: str, model_name: str | None, data: str | None, data_dir: str | N
         raise click.UsageError("--resume and --weights are exclusive: --resume continues a run (weights, optimizer "
                                "state, epoch), --weights only starts from saved weights")
     run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level, out,
-                 resume, weights, quiet, mixed_precision, tf32)
+                 resume, weights, quiet, mixed_precision, tf32, cuda_graphs)
 
 
 @main.command()
@@ -248,13 +251,14 @@ def train(file: str, model_name: str | None, data: str | None, data_dir: str | N
 @data_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @BACKEND_OPTION
+@CUDA_GRAPHS_OPTION
 @user_errors
 def evaluate(file: str, model_name: str | None, weights: str, data: str | None, data_dir: str | None,
-             limit: int | None, batch_size: int, backend: str) -> None:
+             limit: int | None, batch_size: int, backend: str, cuda_graphs: bool) -> None:
     """Loss and metrics of trained weights on a dataset's test split (or on a whole file)."""
     from nnd.cli_train import run_evaluation
 
-    run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend)
+    run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend, cuda_graphs)
 
 
 @main.command()
@@ -265,13 +269,14 @@ def evaluate(file: str, model_name: str | None, weights: str, data: str | None, 
 @click.option("--output", "output_path", type=click.Path(dir_okay=False), required=True, help="Where to write .npy.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @BACKEND_OPTION
+@CUDA_GRAPHS_OPTION
 @user_errors
 def predict(file: str, model_name: str | None, weights: str, input_path: str, output_path: str, batch_size: int,
-            backend: str) -> None:
+            backend: str, cuda_graphs: bool) -> None:
     """Run trained weights on inputs from a file and write the outputs."""
     from nnd.cli_train import run_prediction
 
-    run_prediction(file, model_name, weights, input_path, output_path, batch_size, backend)
+    run_prediction(file, model_name, weights, input_path, output_path, batch_size, backend, cuda_graphs)
 
 
 @main.command()

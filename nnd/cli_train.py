@@ -14,11 +14,13 @@ from nnd.runtime.progress import format_logs
 
 
 def _model(file: str, model_name: str | None, backend: str, seed: int | None = None, level: int = 2,
-           mixed_precision: bool = False, tf32: bool = False):
+           mixed_precision: bool = False, tf32: bool = False, cuda_graphs: bool = False):
     import nnd
 
+    if cuda_graphs and backend != "cupy":
+        raise click.BadParameter("CUDA graphs replay GPU work: add --backend cupy", param_hint="--cuda-graphs")
     return nnd.load(file, model_name, backend=backend, seed=seed, opt_level=level, mixed_precision=mixed_precision,
-                    tf32=tf32)
+                    tf32=tf32, cuda_graphs=cuda_graphs)
 
 
 def _weights_path(weights: str) -> Path:
@@ -46,10 +48,10 @@ def _dataset(model, source: str | None, data_dir: str | None, limit: int | None)
 
 
 def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level, out,
-                 resume, weights, quiet, mixed_precision=False, tf32=False) -> None:
+                 resume, weights, quiet, mixed_precision=False, tf32=False, cuda_graphs=False) -> None:
     from nnd.runtime.fit import RunDirectory, resume as resume_run
 
-    model = _model(file, model_name, backend, seed, level, mixed_precision, tf32)
+    model = _model(file, model_name, backend, seed, level, mixed_precision, tf32, cuda_graphs)
     spec = model.spec
     if lr is not None:
         spec.optimizer = Configured(spec.optimizer.name, {**spec.optimizer.args, "lr": lr}, spec.optimizer.span)
@@ -109,8 +111,8 @@ def run_parity(file, model_name, data, data_dir, limit, batch_size, seed, level,
     return first_divergence(differences, model.dtype) is None
 
 
-def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend) -> None:
-    model = _model(file, model_name, backend)
+def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend, cuda_graphs=False) -> None:
+    model = _model(file, model_name, backend, cuda_graphs=cuda_graphs)
     model.load_weights(_weights_path(weights))
     source = data or model.spec.data
     dataset = _dataset(model, source, data_dir, None)
@@ -123,10 +125,11 @@ def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size,
     click.echo(f"{model.name} on {source} ({len(x):,} samples): {format_logs(logs)}")
 
 
-def run_prediction(file, model_name, weights, input_path, output_path, batch_size, backend) -> None:
+def run_prediction(file, model_name, weights, input_path, output_path, batch_size, backend,
+                   cuda_graphs=False) -> None:
     from nnd.runtime.datasets import load_arrays
 
-    model = _model(file, model_name, backend)
+    model = _model(file, model_name, backend, cuda_graphs=cuda_graphs)
     model.load_weights(_weights_path(weights))
     arrays = load_arrays(input_path)
     x = arrays.get("x", arrays.get("x_test", arrays.get("x_train")))

@@ -39,7 +39,7 @@ Arrays = Any  # an ndarray, a dict name -> ndarray, or a list of ndarrays
 class Model:
     def __init__(self, program: CheckedProgram, name: str | None = None, *, backend: str = "numpy",
                  dtype: str = "float32", seed: int | None = None, opt_level: int = 2, mixed_precision: bool = False,
-                 tf32: bool = False):
+                 tf32: bool = False, cuda_graphs: bool = False):
         if dtype not in DTYPES:
             raise NndError(f"dtype must be float32 or float64, not {dtype!r}")
         if mixed_precision and dtype != "float32":
@@ -48,6 +48,9 @@ class Model:
         self.mixed_precision = mixed_precision
         if tf32:
             _allow_tf32(backend)
+        if cuda_graphs and backend != "cupy":
+            raise NndError(f"CUDA graphs replay GPU work: they need the cupy backend, not {backend!r}")
+        self.cuda_graphs = cuda_graphs
         self.program = program
         self.name = program.model_name(name)
         self.graph = program.graphs[self.name]
@@ -128,7 +131,7 @@ class Model:
         if self._trainer is None:
             self._trainer = Trainer(self.program, self.name, self.spec, self.params, backend=self.backend,
                                     dtype=self.dtype, opt_level=self.opt_level, seed=self.seed,
-                                    mixed_precision=self.mixed_precision)
+                                    mixed_precision=self.mixed_precision, cuda_graphs=self.cuda_graphs)
         return self._trainer
 
     # ------------------------------------------------------------------------------ running
@@ -147,7 +150,8 @@ class Model:
             passes = PassManager.for_level(self.opt_level, verify=False,
                                            layout_costs=cost_model(self.backend, self.compute_dtype))
             graph = passes.run(self.graph)
-            self._predictor = Executor(graph, self.backend, self.compute_dtype, seed=self.seed)
+            self._predictor = Executor(graph, self.backend, self.compute_dtype, seed=self.seed,
+                                       cuda_graphs=self.cuda_graphs)
         n = _count(inputs)
         step = self._slice_size(batch_size)
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}

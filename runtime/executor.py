@@ -3,7 +3,9 @@
 Each step is (kernel, attrs, input slots, output slots, slots to free, in-place form), following the
 graph's memory plan (`nnd.compiler.memory_plan`): a value's buffer is dropped right after its last use,
 so a long chain keeps only a few arrays alive (graph outputs and state updates are kept), and an
-elementwise step whose input dies there writes its result into that input's buffer.
+elementwise step whose input dies there writes its result into that input's buffer. Constants are made
+once, when the graph is compiled, and their values stay known on the host (`KernelContext.scalar`).
+With `cuda_graphs`, runs on the cupy backend are captured and replayed (`nnd.runtime.cuda_graphs`).
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ class Executor:
     """
 
     def __init__(self, graph: Graph, backend: str | Backend = "numpy", dtype: Any = np.float32,
-                 seed: int = 0, profile: bool = False):
+                 seed: int = 0, profile: bool = False, cuda_graphs: bool = False):
         self.graph = graph
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.dtype = np.dtype(dtype)
@@ -60,9 +62,13 @@ class Executor:
         self.peak_live_buffers = 0
         self.runs = 0
         self.batch: int | None = None  # the batch size of the current run, for error messages
-        self._callers_arrays: set[int] = set()  # ids of the current run's inputs and parameters
+        self._callers_arrays: set[int] = set()  # ids of the current run's inputs, parameters and constants
         self._compile()
         self.step_seconds = [0.0] * len(self.steps)
+        self.graphs = None
+        if cuda_graphs:
+            from nnd.runtime.cuda_graphs import CudaGraphs, capture_api
+            self.graphs = CudaGraphs(self, capture_api(self.backend))
 
     # ------------------------------------------------------------------------------------ compilation
 
@@ -92,7 +98,11 @@ class Executor:
         plan = plan_memory(graph)
         self.memory_plan = plan
         self.steps: list[Step] = []
+        self.constants: list[tuple[int, Any]] = []  # (slot, array) made once and placed in every run
         for index, node in enumerate(graph.nodes):
+            if node.op == "constant" and not node.inputs and node.outputs[0] in needed:
+                self.constants.append((slot(node.outputs[0]), self._constant(node)))
+                continue
             free = tuple(sorted({slot(v) for v in plan.dies_at[index] + plan.never_read[index]}))
             write = in_place_form(node.op) if index in plan.in_place else None
             self.steps.append(Step(self._kernel(node), node.attr_dict, tuple(slot(v) for v in node.inputs),
@@ -105,6 +115,11 @@ class Executor:
         self.update_slots = [(UPDATE_PREFIX + name, slots[v]) for name, v in graph.state_updates.items()]
         self.num_slots = len(slots)
         self.slot_of = slots
+
+    def _constant(self, node: Node) -> Any:
+        array = self._kernel(node)(self.ctx, node.attr_dict)
+        self.ctx.host_values[id(array)] = float(node.attr_dict["value"])
+        return array
 
     def _kernel(self, node: Node) -> Callable[..., Any]:
         kernel = self.backend.kernels.get(node.op)
@@ -128,12 +143,13 @@ class Executor:
         inner.step_seconds = [0.0] * len(inner.steps)
 
         def run_body(ctx, attrs, *args):
-            inner.batch, inner._callers_arrays = self.batch, {id(a) for a in args}
             slots: list[Any] = [None] * inner.num_slots
             for value, array in zip(inner.graph.inputs, args):
                 index = inner.slot_of.get(value)
                 if index is not None:
                     slots[index] = array
+            inner._place_constants(slots)
+            inner.batch, inner._callers_arrays = self.batch, {id(a) for a in slots if a is not None}
             inner._execute(slots)
             results = tuple(slots[index] for _, index in inner.output_slots)
             return results[0] if len(results) == 1 else results
@@ -146,28 +162,56 @@ class Executor:
 
     def run(self, inputs: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Every graph output by name, plus each state update under `update:<param name>`."""
-        params = params or {}
+        if self.graphs is not None:
+            return self.graphs.run(inputs, params or {})
+        return self.run_eagerly(inputs, params)
+
+    def run_eagerly(self, inputs: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`run`, kernel by kernel from Python, never from a captured graph."""
+        slots = self.bind(inputs, params or {})
+        self._execute(slots)
+        self.runs += 1
+        return self.collect(slots)
+
+    def bind(self, inputs: dict[str, Any], params: dict[str, Any],
+             placed: dict[str, Any] | None = None) -> list[Any]:
+        """The slots of a run: inputs and parameters checked and converted to the backend and dtype,
+        constants in place; `placed` gives arrays to use as they are for some inputs (captured buffers)."""
+        placed = placed or {}
         slots: list[Any] = [None] * self.num_slots
         bindings: dict[str, int] = {}
         for name, value, index in self.input_slots:
             if name not in inputs:
                 raise NndError(f"missing input {name!r}: expected an array of shape "
                                f"{format_shape(value.type.shape)} ({value.type.dtype})")
-            slots[index] = self._load("input", name, inputs[name], value.type, bindings)
+            array = inputs[name]
+            self.check_shape("input", name, array, value.type, bindings)
+            slots[index] = placed[name] if name in placed else self._convert(array, value.type)
         for name, value, index in self.param_slots:
             if name not in params:
                 raise NndError(f"missing parameter {name!r}: expected an array of shape "
                                f"{format_shape(value.type.shape)} ({value.type.dtype})")
-            slots[index] = self._load("parameter", name, params[name], value.type, bindings)
+            self.check_shape("parameter", name, params[name], value.type, bindings)
+            slots[index] = self._convert(params[name], value.type)
+        self._place_constants(slots)
         self.batch = bindings.get("N")
         self._callers_arrays = {id(a) for a in slots if a is not None}
-        self._execute(slots)
-        self.runs += 1
+        return slots
+
+    def collect(self, slots: list[Any]) -> dict[str, Any]:
+        """The outputs and state updates of a finished run; a constant comes out as a copy, so that the
+        caller cannot change the one the graph keeps."""
         xp = self.backend.xp
-        result = {name: xp.asarray(slots[index]) for name, index in self.output_slots}
-        for name, index in self.update_slots:
-            result[name] = xp.asarray(slots[index])
+        constants = {id(array) for _, array in self.constants}
+        result = {}
+        for name, index in self.output_slots + self.update_slots:
+            array = xp.asarray(slots[index])
+            result[name] = array.copy() if id(array) in constants else array
         return result
+
+    def _place_constants(self, slots: list[Any]) -> None:
+        for index, array in self.constants:
+            slots[index] = array
 
     def _execute(self, slots: list[Any]) -> None:
         ctx = self.ctx
@@ -234,15 +278,21 @@ class Executor:
         return Diagnostic(f"out of {device} in {node.op}{where}{batch}: {detail}; "
                           f"try a smaller batch size", node.span)
 
-    def _load(self, kind: str, name: str, array: Any, type: TensorType, bindings: dict[str, int]):
-        xp = self.backend.xp
-        dtype = self.dtype if type.dtype in FLOAT_DTYPES else np.dtype(NUMPY_DTYPES[type.dtype])
+    def check_shape(self, kind: str, name: str, array: Any, type: TensorType, bindings: dict[str, int]) -> None:
+        """Raise unless `array` has the shape `type` gives, binding its symbolic dims (N, T) on first use."""
         shape = tuple(getattr(array, "shape", np.shape(array)))
         if len(shape) != type.rank or any(
                 _mismatch(have, want, bindings) for have, want in zip(shape, type.shape)):
             bound = ", ".join(f"{k}={v}" for k, v in bindings.items())
             raise NndError(f"{kind} {name!r} has shape {format_shape(shape)} but the graph expects "
                            f"{format_shape(type.shape)}" + (f" (with {bound})" if bound else ""))
+
+    def dtype_of(self, type: TensorType) -> np.dtype:
+        """The dtype a value of `type` runs in: the executor's float dtype, or its own integer dtype."""
+        return self.dtype if type.dtype in FLOAT_DTYPES else np.dtype(NUMPY_DTYPES[type.dtype])
+
+    def _convert(self, array: Any, type: TensorType):
+        xp, dtype = self.backend.xp, self.dtype_of(type)
         if getattr(array, "dtype", None) == dtype and isinstance(array, xp.ndarray):
             return array
         return xp.asarray(array, dtype=dtype)

@@ -3,10 +3,16 @@ overrides for hot paths.
 
 A kernel is `fn(ctx, attrs, *inputs) -> array | tuple[array, ...]`. `ctx.xp` is numpy or cupy, `ctx.rng`
 a NumPy Generator for stochastic ops; `attrs` is the node's attribute dict.
+
+A run may be captured into a CUDA graph (`nnd.runtime.cuda_graphs`), which records the device work and
+replays it with no Python in between. Kernels therefore take random numbers through `ctx.host_random`, read
+0-d arrays through `ctx.scalar`, and validate data through `ctx.check`, never by reading device values
+themselves: under capture those become buffers refilled before each replay, host-known constants, and
+checks evaluated after it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable
 
@@ -18,11 +24,56 @@ GENERIC = "generic"
 _TABLES: dict[str, dict[str, Kernel]] = {GENERIC: {}}
 
 
+class CaptureUnsupported(Exception):
+    """A kernel needs a device value on the host while its run is being captured into a CUDA graph."""
+
+
+@dataclass
+class DeferredCheck:
+    """A validation recorded during capture: `failed` is a 0-d device bool the graph recomputes on every
+    replay; `error()` builds the message from the arrays it holds once `failed` reads true."""
+
+    failed: Any
+    error: Callable[[], Exception]
+
+
 @dataclass
 class KernelContext:
     xp: ModuleType
     rng: np.random.Generator
     dtype: Any = np.float32  # the float dtype the graph runs in
+    capturing: bool = False  # the run is being recorded into a CUDA graph
+    host_values: dict[int, float] = field(default_factory=dict)  # id of a constant array -> its value
+    draws: list[tuple[Callable[[np.random.Generator], np.ndarray], Any]] = field(default_factory=list)
+    checks: list[DeferredCheck] = field(default_factory=list)
+
+    def host_random(self, draw: Callable[[np.random.Generator], np.ndarray], shape: tuple, dtype: Any):
+        """`draw(rng)` (a NumPy array of `shape` and `dtype`) on this backend. Under capture, a device buffer
+        that the graph runner refills with a fresh draw before each replay, in the order of the steps, so a
+        captured run draws the same numbers as an eager one."""
+        if not self.capturing:
+            return self.xp.asarray(draw(self.rng))
+        buffer = self.xp.empty(shape, dtype=dtype)
+        self.draws.append((draw, buffer))
+        return buffer
+
+    def scalar(self, array: Any) -> float:
+        """The value of a 0-d array: the graph's constants are known on the host; anything else is read from
+        the device, which a capture cannot do."""
+        known = self.host_values.get(id(array))
+        if known is not None:
+            return known
+        if self.capturing:
+            raise CaptureUnsupported("a kernel reads a computed scalar on the host")
+        return float(array)
+
+    def check(self, failed: Any, error: Callable[[], Exception]) -> None:
+        """Raise `error()` when the 0-d device bool `failed` is true: at once in an eager run, after each
+        replay under capture."""
+        if self.capturing:
+            self.checks.append(DeferredCheck(failed, error))
+        elif bool(failed):
+            raise error()
 
 
 def kernel(op: str, backend: str = GENERIC) -> Callable[[Kernel], Kernel]:

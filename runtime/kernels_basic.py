@@ -260,10 +260,8 @@ def _maximum(ctx, attrs, a, b):
 @kernel("constant")
 def _constant(ctx, attrs):
     dtype = _float_dtype(ctx, attrs.get("dtype", "f32"))
-    shape = tuple(attrs.get("shape", ()))
-    if shape:
-        return ctx.xp.full(shape, attrs["value"], dtype=dtype)
-    return ctx.xp.asarray(attrs["value"], dtype=dtype)
+    # a fill, even for a scalar: a copy from host memory could not be replayed from a CUDA graph
+    return ctx.xp.full(tuple(attrs.get("shape", ())), attrs["value"], dtype=dtype)
 
 
 @kernel("cast")
@@ -441,8 +439,13 @@ def _slice(ctx, attrs, x):
 @kernel("dropout_mask")
 def _dropout_mask(ctx, attrs, x):
     rate = float(attrs["rate"])
-    keep = ctx.rng.random(x.shape) >= rate
-    return ctx.xp.asarray(keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate)))
+    shape, dtype = tuple(x.shape), x.dtype
+
+    def draw(rng: np.random.Generator) -> np.ndarray:
+        keep = rng.random(shape) >= rate
+        return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
+
+    return ctx.host_random(draw, shape, dtype)
 
 
 # ------------------------------------------------------------------------------------------- losses

@@ -70,16 +70,18 @@ def _time_major(x, backwards: bool):
     return x[::-1] if backwards else x
 
 
-def _valid_steps(xp, mask, n: int, steps: int, backwards: bool):
-    """[T, N, 1] booleans in processing order, or None when every step of every sequence is valid."""
+def _valid_steps(ctx, mask, n: int, steps: int, backwards: bool):
+    """[T, N, 1] booleans in processing order, or None when every step of every sequence is valid (known
+    from the data in an eager run; a captured run must serve any data, so only a constant mask counts)."""
+    xp = ctx.xp
     if mask.ndim == 0:
-        if bool(mask != 0):
+        if ctx.scalar(mask) != 0:
             return None
         return xp.zeros((steps, n, 1), dtype=bool)
     valid = (mask != 0).T
     if backwards:
         valid = valid[::-1]
-    if bool(valid.all()):
+    if not ctx.capturing and bool(valid.all()):
         return None
     return xp.ascontiguousarray(valid)[:, :, None]
 
@@ -117,10 +119,10 @@ def _h_prev_gemm(h0, hs, d, rmask=None):
     return result
 
 
-def _recurrent_mask(recurrent_mask, dtype):
+def _recurrent_mask(ctx, recurrent_mask, dtype):
     """The array multiplying h_{t-1} in the recurrent projection, or None for a scalar 1 (no recurrent
     dropout), so that the loops branch on it once."""
-    if recurrent_mask.ndim == 0 and float(recurrent_mask) == 1.0:
+    if recurrent_mask.ndim == 0 and ctx.scalar(recurrent_mask) == 1.0:
         return None
     return recurrent_mask.astype(dtype, copy=False)
 
@@ -153,8 +155,8 @@ def _lstm_scan(ctx, attrs, xproj, h0, c0, recurrent_kernel, mask, recurrent_mask
     n, steps, _ = xproj.shape
     dt = xproj.dtype
     xt = _time_major(xproj, a["go_backwards"])
-    valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
-    rmask = _recurrent_mask(recurrent_mask, dt)
+    valid = _valid_steps(ctx, mask, n, steps, a["go_backwards"])
+    rmask = _recurrent_mask(ctx, recurrent_mask, dt)
     hs = xp.empty((steps, n, u), dtype=dt)
     cs = xp.empty((steps, n, u), dtype=dt)
     gates = xp.empty((steps, n, 4 * u), dtype=dt)
@@ -193,8 +195,8 @@ def _lstm_scan_grad(ctx, attrs, h0, c0, recurrent_kernel, mask, recurrent_mask, 
     u, act, ract, seq = a["units"], a["activation"], a["recurrent_activation"], a["return_sequences"]
     steps, n, _ = hs.shape
     dt = hs.dtype
-    valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
-    rmask = _recurrent_mask(recurrent_mask, dt)
+    valid = _valid_steps(ctx, mask, n, steps, a["go_backwards"])
+    rmask = _recurrent_mask(ctx, recurrent_mask, dt)
     dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
     dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
     dc = _start(xp, (n, u), dt, d_c)
@@ -359,8 +361,8 @@ def _gru_scan(ctx, attrs, xproj, h0, recurrent_kernel, recurrent_bias, mask, rec
     n, steps, _ = xproj.shape
     dt = xproj.dtype
     xt = _time_major(xproj, a["go_backwards"])
-    valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
-    rmask = _recurrent_mask(recurrent_mask, dt)
+    valid = _valid_steps(ctx, mask, n, steps, a["go_backwards"])
+    rmask = _recurrent_mask(ctx, recurrent_mask, dt)
     hs = xp.empty((steps, n, u), dtype=dt)
     gates = xp.empty((steps, n, 3 * u), dtype=dt)
     aux = xp.empty((steps, n, u), dtype=dt)
@@ -415,8 +417,8 @@ def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, g
     reset_after = a["reset_after"]
     steps, n, _ = hs.shape
     dt = hs.dtype
-    valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
-    rmask = _recurrent_mask(recurrent_mask, dt)
+    valid = _valid_steps(ctx, mask, n, steps, a["go_backwards"])
+    rmask = _recurrent_mask(ctx, recurrent_mask, dt)
     dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
     dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
     fast = GRU_DEFAULT_PATHS.get(xp.__name__)
@@ -486,8 +488,8 @@ def _rnn_scan(ctx, attrs, xproj, h0, recurrent_kernel, mask, recurrent_mask):
     u, act = a["units"], a["activation"]
     n, steps, _ = xproj.shape
     xt = _time_major(xproj, a["go_backwards"])
-    valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
-    rmask = _recurrent_mask(recurrent_mask, xproj.dtype)
+    valid = _valid_steps(ctx, mask, n, steps, a["go_backwards"])
+    rmask = _recurrent_mask(ctx, recurrent_mask, xproj.dtype)
     hs = xp.empty((steps, n, u), dtype=xproj.dtype)
     h = h0
     for s in range(steps):
@@ -509,8 +511,8 @@ def _rnn_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, d
     u, act, seq = a["units"], a["activation"], a["return_sequences"]
     steps, n, _ = hs.shape
     dt = hs.dtype
-    valid = _valid_steps(xp, mask, n, steps, a["go_backwards"])
-    rmask = _recurrent_mask(recurrent_mask, dt)
+    valid = _valid_steps(ctx, mask, n, steps, a["go_backwards"])
+    rmask = _recurrent_mask(ctx, recurrent_mask, dt)
     dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
     dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
     dpre = xp.empty((steps, n, u), dtype=dt)

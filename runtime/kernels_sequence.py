@@ -34,12 +34,18 @@ def batch_zeros(ctx, attrs, x):
 @kernel("gather_rows")
 def gather_rows(ctx, attrs, ids, table):
     rows = table.shape[0]
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= rows):
-        bad = ids[(ids < 0) | (ids >= rows)][0]
-        position = tuple(int(i) for i in ctx.xp.argwhere(ids == bad)[0])
-        raise NndError(f"index {int(bad)} at position {position} is out of range for an embedding of "
-                       f"{rows} rows (input_dim={rows}: valid ids are 0 to {rows - 1})")
+    if ids.size:
+        ctx.check((ids.min() < 0) | (ids.max() >= rows), lambda: _out_of_range(ctx.xp, ids, rows))
+    if ctx.capturing:  # the check comes after the replay: until then, stay inside the table
+        return table[ctx.xp.clip(ids, 0, rows - 1)]
     return table[ids]
+
+
+def _out_of_range(xp, ids, rows: int) -> NndError:
+    bad = ids[(ids < 0) | (ids >= rows)][0]
+    position = tuple(int(i) for i in xp.argwhere(ids == bad)[0])
+    return NndError(f"index {int(bad)} at position {position} is out of range for an embedding of "
+                    f"{rows} rows (input_dim={rows}: valid ids are 0 to {rows - 1})")
 
 
 @kernel("gather_rows_grad")

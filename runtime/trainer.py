@@ -50,11 +50,13 @@ def make_configured_optimizer(spec: Configured, xp=np) -> Optimizer:
 
 class Trainer:
     """With `mixed_precision`, the graphs run in float16 on float16 copies of the float32 parameters,
-    which the optimizer updates in float32 from loss-scaled gradients (`nnd.runtime.loss_scaling`)."""
+    which the optimizer updates in float32 from loss-scaled gradients (`nnd.runtime.loss_scaling`). With
+    `cuda_graphs` (cupy), both graphs run as captured CUDA graphs (`nnd.runtime.cuda_graphs`); the
+    optimizer's update stays outside them, so learning-rate changes need no new capture."""
 
     def __init__(self, program, model: str, spec: TrainSpec, params: dict[str, np.ndarray], *,
                  backend: str = "numpy", dtype: Any = np.float32, opt_level: int = 2, seed: int = 0,
-                 mixed_precision: bool = False):
+                 mixed_precision: bool = False, cuda_graphs: bool = False):
         self.spec = spec
         self.master_dtype = np.dtype(dtype)
         if mixed_precision and self.master_dtype != np.float32:
@@ -67,8 +69,8 @@ class Trainer:
         self.targets = training.targets
         self.train_graph = passes.run(training.graph)
         self.eval_graph = passes.run(evaluation.graph)
-        self.train_executor = Executor(self.train_graph, backend, compute, seed=seed)
-        self.eval_executor = Executor(self.eval_graph, backend, compute, seed=seed)
+        self.train_executor = Executor(self.train_graph, backend, compute, seed=seed, cuda_graphs=cuda_graphs)
+        self.eval_executor = Executor(self.eval_graph, backend, compute, seed=seed, cuda_graphs=cuda_graphs)
         self.trainable = training.trainable
         self.optimizer = make_configured_optimizer(spec.optimizer, self.train_executor.backend.xp)
         trainable_views = self.optimizer.bind({k: params[k] for k in self.trainable})

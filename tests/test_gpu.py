@@ -6,9 +6,11 @@ them on a GPU machine); the clear error for a missing cupy or device runs everyw
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -369,3 +371,64 @@ def test_mixed_precision_training_steps_match_numpy(path):
     np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=2e-2)
     for name, want in params["numpy"].items():
         np.testing.assert_allclose(params["cupy"][name], want, rtol=2e-2, atol=2e-3, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------ CUDA graphs
+
+@contextlib.contextmanager
+def no_capture_failures():
+    """A capture that falls back to eager runs (with its warning) fails the test."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*runs without CUDA graphs.*")
+        yield
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=gpu) for p in EXAMPLES])
+def test_captured_training_steps_match_eager_ones_on_the_device(path):
+    """Four steps (eager, capture, two replays) against four eager steps on the GPU."""
+    losses, params = {}, {}
+    for cuda_graphs in (False, True):
+        model = nnd.load(path, backend="cupy", seed=0, cuda_graphs=cuda_graphs)
+        trainer = model._get_trainer()
+        rng = np.random.default_rng(3)
+        batches = [{v.name: random_array(v.type, 8, rng, _id_range(model, v)) for v in trainer.train_graph.inputs}
+                   for _ in range(4)]
+        with no_capture_failures():
+            losses[cuda_graphs] = [float(trainer.step(feeds)["loss"]) for feeds in batches]
+        params[cuda_graphs] = model.parameters()
+        if cuda_graphs:
+            graphs = trainer.train_executor.graphs
+            assert (graphs.captures, graphs.replays) == (1, 3)
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+    for name, want in params[False].items():
+        np.testing.assert_allclose(params[True][name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs cupy and a CUDA device")
+def test_captured_predictions_match_eager_ones_on_the_device():
+    path = next(p for p in EXAMPLES if p.stem == "mnist_cnn")
+    x = np.random.default_rng(0).random((10, 28, 28, 1), dtype=np.float32)
+    want = nnd.load(path, backend="cupy", seed=0).predict(x, batch_size=4)
+    model = nnd.load(path, backend="cupy", seed=0, cuda_graphs=True)
+    with no_capture_failures():
+        for _ in range(3):
+            np.testing.assert_allclose(model.predict(x, batch_size=4), want, rtol=1e-5, atol=1e-6)
+    assert model._predictor.graphs.captures == 2  # batches of 4 and of 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs cupy and a CUDA device")
+def test_a_graph_captured_on_unpadded_sequences_masks_padded_ones():
+    source = "model m {\n input x: int32[5]\n embedding(9, 3, mask_zero=true)\n lstm(4)\n dense(2)\n}\n"
+    unpadded = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]], dtype=np.int32)
+    padded = np.array([[1, 2, 3, 0, 0], [5, 4, 0, 0, 0]], dtype=np.int32)
+    want = nnd.loads(source, backend="cupy", seed=0).predict(padded)
+    model = nnd.loads(source, backend="cupy", seed=0, cuda_graphs=True)
+    with no_capture_failures():
+        model.predict(unpadded)
+        model.predict(unpadded)  # captured here, on a batch without padding
+        np.testing.assert_allclose(model.predict(padded), want, rtol=1e-5, atol=1e-6)
+    assert model._predictor.graphs.captures == 1
+    with pytest.raises(NndError, match="is out of range for an embedding of 9 rows"):
+        model.predict(np.array([[1, 2, 3, 0, 0], [5, 4, 12, 0, 0]], dtype=np.int32))

@@ -57,7 +57,8 @@ def test_plan_of_a_chain():
 
 def test_executor_writes_in_place_and_leaves_the_callers_arrays_alone():
     executor = Executor(chain_graph())
-    assert [s.in_place is not None for s in executor.steps] == [False, False, True, True, True]
+    # the constant is made once, when the graph is compiled: no step of its own
+    assert [s.in_place is not None for s in executor.steps] == [False, True, True, True]
     written = []
     original = executor._write_in_place
     executor._write_in_place = lambda *args: written.append(original(*args)) or written[-1]
@@ -67,6 +68,23 @@ def test_executor_writes_in_place_and_leaves_the_callers_arrays_alone():
     assert len(written) == 3 and all(w is not None for w in written)
     np.testing.assert_array_equal(y, np.maximum(1 - before, 0) + before)
     np.testing.assert_array_equal(x, before)
+
+
+def test_a_constant_made_once_is_never_written_over():
+    graph = Graph("constant_first")
+    b = GraphBuilder(graph)
+    x = b.add_input("x", TensorType((4,), "f32"))
+    ones = b.emit1("constant", [], {"value": 1.0, "dtype": "f32", "shape": (4,)})
+    doubled = b.emit1("add", [ones, ones])  # the constant dies here: by the plan alone it could be reused
+    graph.outputs["y"] = b.emit1("mul", [doubled, x])
+    graph.outputs["c"] = ones
+    executor = Executor(graph)
+    x_value = np.arange(4.0, dtype=np.float32)
+    for _ in range(3):
+        result = executor.run({"x": x_value})
+        np.testing.assert_array_equal(result["y"], 2 * x_value)
+        result["c"][...] = 7.0  # the caller's copy: the graph's own constant stays 1
+    np.testing.assert_array_equal(executor.constants[0][1], np.ones(4, dtype=np.float32))
 
 
 def test_a_live_view_keeps_its_base_from_being_overwritten():

@@ -1,0 +1,214 @@
+"""The CUDA-graph runner (`nnd.runtime.cuda_graphs`) on the CPU, through a simulated capture: the kernels run
+in capture mode once, and each replay runs them again and writes the results into the arrays of the first
+run, as a replayed graph rewrites its buffers. A replay here re-runs Python, so it re-decides what a real
+graph would have fixed at capture: that kernels decide nothing from the data under capture is checked on
+their helpers below, and on a device by the `gpu` tests in test_gpu.py (stream capture itself, the private
+memory pool, a padded batch replayed through a graph captured on an unpadded one)."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnd
+from nnd.bench import _id_range, random_array
+from nnd.compiler.diagnostics import NndError
+from nnd.runtime import cuda_graphs
+from nnd.runtime.cuda_graphs import CudaGraphs
+from nnd.runtime.kernel_table import CaptureUnsupported, KernelContext
+from nnd.runtime.kernels_recurrent import _valid_steps
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.nnd"))
+
+
+class SimulatedCapture:
+    """`CaptureApi` over NumPy. A replay re-runs the recorded function with the draws served from the
+    buffers the runner filled, then copies outputs and deferred checks over the captured ones."""
+
+    def __init__(self, executor):
+        self.executor = executor
+
+    def is_device_array(self, array) -> bool:
+        return isinstance(array, np.ndarray)
+
+    def address(self, array) -> int:
+        return array.__array_interface__["data"][0]
+
+    def upload(self, buffer, array) -> None:
+        np.copyto(buffer, np.asarray(array), casting="unsafe")
+
+    def capture(self, record):
+        result = record()
+        outputs, draws, checks = result
+        ctx = self.executor.ctx
+
+        def replay() -> None:
+            served = iter([buffer for _, buffer in draws])
+            ctx.host_random = lambda draw, shape, dtype: next(served)
+            try:
+                fresh, _, fresh_checks = record()
+            finally:
+                del ctx.host_random
+            for name, array in outputs.items():
+                np.copyto(array, fresh[name])
+            checks[:] = fresh_checks
+
+        return result, replay
+
+
+def simulate(executor) -> CudaGraphs:
+    executor.graphs = CudaGraphs(executor, SimulatedCapture(executor))
+    return executor.graphs
+
+
+def feeds_for(trainer, model, batch: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {v.name: random_array(v.type, batch, rng, _id_range(model, v)) for v in trainer.train_graph.inputs}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_captured_training_steps_equal_eager_ones(path):
+    """Four steps (eager, capture, two replays) against four eager steps: same losses, same weights; the
+    examples with dropout draw the same masks in the same order."""
+    losses, params = {}, {}
+    for mode in ("eager", "graphs"):
+        model = nnd.load(path, seed=0, dtype="float64")
+        trainer = model._get_trainer()
+        graphs = simulate(trainer.train_executor) if mode == "graphs" else None
+        losses[mode] = [float(trainer.step(feeds_for(trainer, model, 6, step))["loss"]) for step in range(4)]
+        params[mode] = model.parameters()
+        if graphs is not None:
+            assert (graphs.captures, graphs.replays) == (1, 3)
+    np.testing.assert_allclose(losses["graphs"], losses["eager"], rtol=1e-12)
+    for name, want in params["eager"].items():
+        np.testing.assert_allclose(params["graphs"][name], want, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_captured_inference_equals_eager_for_each_batch_shape():
+    model = nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", seed=0)
+    x = np.random.default_rng(0).random((10, 28, 28, 1), dtype=np.float32)
+    model.predict(x[:1])
+    executor = model._predictor
+    batches = [x[:4], x[4:8], x[8:]]  # shapes 4, 4 and 2
+    want = [executor.run({"image": batch}, model.params)["output"].copy() for batch in batches]
+    graphs = simulate(executor)
+    for _ in range(3):
+        for batch, expected in zip(batches, want):
+            got = executor.run({"image": batch}, model.params)["output"]
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    # shape 4: eager, captured at its second run, then replayed; shape 2: eager, then captured at the next
+    assert graphs.captures == 2 and graphs.replays == 7
+
+
+def test_an_out_of_range_id_is_caught_after_a_replay():
+    source = "model m {\n input x: int32[3]\n embedding(4, 2)\n flatten()\n dense(1)\n}\n"
+    model = nnd.loads(source, seed=0)
+    good = np.array([[0, 1, 2], [3, 2, 1]], dtype=np.int32)
+    model.predict(good)
+    simulate(model._predictor)
+    model.predict(good)
+    model.predict(good)
+    with pytest.raises(NndError, match=r"index 7 at position \(1, 2\) is out of range for an embedding of 4 rows"):
+        model.predict(np.array([[0, 1, 2], [3, 2, 7]], dtype=np.int32))
+
+
+def test_a_failed_capture_warns_once_and_runs_eagerly():
+    model = nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", seed=0)
+    x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
+    want = model.predict(x)
+    graphs = simulate(model._predictor)
+    step = model._predictor.steps[0]
+    kernel = step.kernel
+
+    def reads_the_device(ctx, attrs, *args):
+        if ctx.capturing:
+            raise CaptureUnsupported("a kernel reads a computed scalar on the host")
+        return kernel(ctx, attrs, *args)
+
+    step.kernel = reads_the_device
+    model.predict(x)
+    with pytest.warns(RuntimeWarning, match="runs without CUDA graphs: its capture failed"):
+        np.testing.assert_allclose(model.predict(x), want, rtol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(model.predict(x), want, rtol=1e-6)
+    assert graphs.captures == 0 and not model._predictor.ctx.capturing
+
+
+def test_new_parameter_arrays_drop_the_graphs_that_read_the_old_ones(tmp_path):
+    model = nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", seed=0)
+    x = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
+    model.predict(x)
+    graphs = simulate(model._predictor)
+    model.predict(x)
+    model.predict(x)
+    other = nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", seed=5)
+    model.params = {name: value.copy() for name, value in other.params.items()}  # new arrays, new addresses
+    np.testing.assert_allclose(model.predict(x), other.predict(x), rtol=1e-6)
+    assert graphs.graphs == {} and graphs.captures == 1
+    model.predict(x)  # the second run with the new arrays captures again
+    assert graphs.captures == 2
+
+
+def test_graphs_stop_at_max_graphs(monkeypatch):
+    monkeypatch.setattr(cuda_graphs, "MAX_GRAPHS", 2)
+    model = nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", seed=0)
+    model.predict(np.zeros((1, 28, 28, 1), dtype=np.float32))
+    graphs = simulate(model._predictor)
+    for batch in (1, 2, 3, 4):
+        for _ in range(3):
+            model.predict(np.zeros((batch, 28, 28, 1), dtype=np.float32))
+    assert graphs.captures == 2 and len(graphs.graphs) == 2
+
+
+def test_a_wrong_input_shape_is_the_eager_error():
+    model = nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", seed=0)
+    model.predict(np.zeros((1, 28, 28, 1), dtype=np.float32))
+    simulate(model._predictor)
+    with pytest.raises(NndError, match=r"input 'image' has shape \(2, 28, 27, 1\) but the graph expects"):
+        model._predictor.run({"image": np.zeros((2, 28, 27, 1), dtype=np.float32)}, model.params)
+
+
+# ------------------------------------------------------------------------------------------ kernel side
+
+def test_under_capture_random_draws_become_buffers_drawn_later():
+    ctx = KernelContext(np, np.random.default_rng(0), np.float32, capturing=True)
+    buffer = ctx.host_random(lambda rng: rng.random((2, 3)), (2, 3), np.float32)
+    assert buffer.shape == (2, 3) and len(ctx.draws) == 1 and ctx.draws[0][1] is buffer
+    assert ctx.rng.bit_generator.state == np.random.default_rng(0).bit_generator.state  # nothing drawn yet
+
+
+def test_under_capture_only_constants_are_read_on_the_host():
+    ctx = KernelContext(np, np.random.default_rng(0), np.float32, capturing=True)
+    constant = np.full((), 1.0, dtype=np.float32)
+    ctx.host_values[id(constant)] = 1.0
+    assert ctx.scalar(constant) == 1.0
+    with pytest.raises(CaptureUnsupported):
+        ctx.scalar(np.full((), 2.0, dtype=np.float32))
+    ctx.capturing = False
+    assert ctx.scalar(np.full((), 2.0, dtype=np.float32)) == 2.0
+
+
+def test_under_capture_checks_wait_for_the_replay():
+    ctx = KernelContext(np, np.random.default_rng(0), np.float32, capturing=True)
+    ctx.check(np.asarray(True), lambda: NndError("bad"))
+    assert len(ctx.checks) == 1
+    ctx.capturing = False
+    with pytest.raises(NndError, match="bad"):
+        ctx.check(np.asarray(True), lambda: NndError("bad"))
+
+
+def test_under_capture_an_all_valid_mask_still_masks():
+    mask = np.ones((2, 3), dtype=np.float32)
+    eager = KernelContext(np, np.random.default_rng(0), np.float32)
+    assert _valid_steps(eager, mask, 2, 3, False) is None
+    captured = KernelContext(np, np.random.default_rng(0), np.float32, capturing=True)
+    valid = _valid_steps(captured, mask, 2, 3, False)
+    assert valid.shape == (3, 2, 1) and valid.all()
+
+
+def test_cuda_graphs_need_the_cupy_backend():
+    with pytest.raises(NndError, match="CUDA graphs replay GPU work: they need the cupy backend, not 'numpy'"):
+        nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", cuda_graphs=True)
