@@ -215,8 +215,9 @@ def data_options(fn: Callable) -> Callable:
               help="Continue from a checkpoint.npz written by an earlier run.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Start from saved weights.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-@click.option("--mixed-precision", is_flag=True,
-              help="Compute in float16 on float32 weights, with dynamic loss scaling (fast on a GPU).")
+@click.option("--mixed-precision", type=click.Choice(["float16", "bfloat16"]), is_flag=False, flag_value="float16",
+              default=None, help="Compute in float16 (the default, with dynamic loss scaling) or bfloat16 on "
+              "float32 weights (fast on a GPU).")
 @click.option("--tf32", is_flag=True, help="With --backend cupy: float32 GEMMs on Tensor Cores in TF32.")
 @CUDA_GRAPHS_OPTION
 @click.option("--compare-backends", "compare", is_flag=False, flag_value="numpy,cupy", default=None,
@@ -226,7 +227,7 @@ def data_options(fn: Callable) -> Callable:
 def train(file: str, model_name: str | None, data: str | None, data_dir: str | None, limit: int | None,
           epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None, backend: str,
           level: int, out: str | None, resume: str | None, weights: str | None, quiet: bool,
-          mixed_precision: bool, tf32: bool, cuda_graphs: bool, compare: str | None) -> None:
+          mixed_precision: str | None, tf32: bool, cuda_graphs: bool, compare: str | None) -> None:
     """Train a model on a dataset; then report the test figures when the dataset has a test split."""
     from nnd.cli_train import run_parity, run_training
 

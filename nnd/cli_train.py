@@ -14,7 +14,7 @@ from nnd.runtime.progress import format_logs
 
 
 def _model(file: str, model_name: str | None, backend: str, seed: int | None = None, level: int = 2,
-           mixed_precision: bool = False, tf32: bool = False, cuda_graphs: bool = False):
+           mixed_precision: str | None = None, tf32: bool = False, cuda_graphs: bool = False):
     import nnd
 
     if cuda_graphs and backend != "cupy":
@@ -48,7 +48,7 @@ def _dataset(model, source: str | None, data_dir: str | None, limit: int | None)
 
 
 def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level, out,
-                 resume, weights, quiet, mixed_precision=False, tf32=False, cuda_graphs=False) -> None:
+                 resume, weights, quiet, mixed_precision=None, tf32=False, cuda_graphs=False) -> None:
     from nnd.runtime.fit import RunDirectory, resume as resume_run
 
     model = _model(file, model_name, backend, seed, level, mixed_precision, tf32, cuda_graphs)
@@ -71,7 +71,7 @@ def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr
             raise NndError(f"--resume {resume}: the run already did {initial_epoch} epochs; "
                            f"ask for more with --epochs")
     echo = (lambda text: None) if quiet else click.echo
-    precision = ", mixed precision (float16)" if mixed_precision else ""
+    precision = f", mixed precision ({model.mixed_precision})" if model.mixed_precision else ""
     echo(f"training {model.name} on {source}: {len(dataset.x_train):,} samples, batch "
          f"{batch_size or spec.batch_size}, {epochs} epoch{'s' if epochs != 1 else ''}{precision}; "
          f"run directory {run_dir.path}")

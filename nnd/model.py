@@ -26,6 +26,7 @@ from nnd.runtime.history import History
 from nnd.runtime.initializers import initialize
 from nnd.runtime.saved_model import write_model_files
 from nnd.runtime.metrics import make_metric
+from nnd.runtime.precision import mixed_precision_dtype
 from nnd.runtime.trainer import Trainer, TrainingState
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -38,14 +39,16 @@ Arrays = Any  # an ndarray, a dict name -> ndarray, or a list of ndarrays
 
 class Model:
     def __init__(self, program: CheckedProgram, name: str | None = None, *, backend: str = "numpy",
-                 dtype: str = "float32", seed: int | None = None, opt_level: int = 2, mixed_precision: bool = False,
-                 tf32: bool = False, cuda_graphs: bool = False):
+                 dtype: str = "float32", seed: int | None = None, opt_level: int = 2,
+                 mixed_precision: bool | str = False, tf32: bool = False, cuda_graphs: bool = False):
         if dtype not in DTYPES:
             raise NndError(f"dtype must be float32 or float64, not {dtype!r}")
-        if mixed_precision and dtype != "float32":
-            raise NndError(f"mixed precision computes in float16 on float32 weights: it needs dtype float32, "
+        low = mixed_precision_dtype(mixed_precision)
+        if low is not None and dtype != "float32":
+            raise NndError(f"mixed precision computes in {low.name} on float32 weights: it needs dtype float32, "
                            f"not {dtype!r}")
-        self.mixed_precision = mixed_precision
+        self.mixed_precision = None if low is None else low.name  # "float16", "bfloat16" or None
+        self._low_precision = low
         if tf32:
             _allow_tf32(backend)
         if cuda_graphs and backend != "cupy":
@@ -74,8 +77,8 @@ class Model:
 
     @property
     def compute_dtype(self) -> Any:
-        """What the graphs run in: float16 under mixed precision, else the parameters' dtype."""
-        return np.float16 if self.mixed_precision else self.dtype
+        """What the graphs run in: float16 or bfloat16 under mixed precision, else the parameters' dtype."""
+        return self.dtype if self._low_precision is None else self._low_precision
 
     @property
     def input_names(self) -> list[str]:
@@ -159,7 +162,7 @@ class Model:
             batch = {k: v[start:start + step] for k, v in inputs.items()}
             result = self._predictor.run(batch, self.params)
             for name in self.output_names:
-                # float16 results under mixed precision come back in the weights' dtype, as Keras' do
+                # half-precision results under mixed precision come back in the weights' dtype, as Keras' do
                 parts[name].append(np.asarray(self._backend.to_numpy(result[name]), dtype=self.dtype))
         outputs = {name: np.concatenate(chunks) if chunks else np.zeros((0,)) for name, chunks in parts.items()}
         return outputs[self.output_names[0]] if len(outputs) == 1 else outputs

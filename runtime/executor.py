@@ -23,6 +23,7 @@ from nnd.runtime.backend import Backend, get_backend
 from nnd.runtime.kernel_table import KernelContext, NodeKernel
 from nnd.runtime.kernels_elementwise import fits_result, in_place_form
 from nnd.runtime.memory import keep_freed_memory
+from nnd.runtime.precision import is_bfloat16
 
 UPDATE_PREFIX = "update:"
 
@@ -42,9 +43,10 @@ class Executor:
     """Runs `graph` on a backend in one float dtype.
 
     Float inputs and parameters are converted to `dtype`; kernels keep the dtype of their inputs, so the
-    whole graph runs in it (float64 for gradient checks, float16 under mixed precision). Stochastic kernels
-    draw from `rng`, seeded from `seed` and carried across runs; `rng_state` / `set_rng_state` save and
-    restore it. With `profile=True` each step's seconds accumulate in `step_seconds` (see `profile_by_op`).
+    whole graph runs in it (float64 for gradient checks, float16 or bfloat16 under mixed precision).
+    Stochastic kernels draw from `rng`, seeded from `seed` and carried across runs; `rng_state` /
+    `set_rng_state` save and restore it. With `profile=True` each step's seconds accumulate in
+    `step_seconds` (see `profile_by_op`).
     """
 
     def __init__(self, graph: Graph, backend: str | Backend = "numpy", dtype: Any = np.float32,
@@ -52,8 +54,11 @@ class Executor:
         self.graph = graph
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)):
-            raise NndError(f"the executor runs in float16, float32 or float64, not {self.dtype}")
+        if self.dtype.name not in ("float16", "bfloat16", "float32", "float64"):
+            raise NndError(f"the executor runs in float16, bfloat16, float32 or float64, not {self.dtype}")
+        # ml_dtypes' NumPy matmul returns float32 for bfloat16 operands; every other kernel keeps its
+        # inputs' dtype, so in bfloat16 the executor casts such results back
+        self.narrow_results = is_bfloat16(self.dtype)
         if self.backend.name == "numpy":
             keep_freed_memory()  # steady-state steps then reuse the heap instead of faulting in pages
         self.rng = np.random.default_rng(seed)
@@ -137,7 +142,7 @@ class Executor:
         order and the body's outputs, in order, become the node's outputs."""
         inner = Executor.__new__(Executor)
         inner.graph, inner.backend, inner.dtype = node.body, self.backend, self.dtype
-        inner.rng, inner.ctx, inner.profile = self.rng, self.ctx, False
+        inner.rng, inner.ctx, inner.profile, inner.narrow_results = self.rng, self.ctx, False, self.narrow_results
         inner.peak_live_buffers, inner.runs, inner.batch, inner._callers_arrays = 0, 0, None, set()
         inner._compile()
         inner.step_seconds = [0.0] * len(inner.steps)
@@ -236,6 +241,8 @@ class Executor:
                     raise NndError(self._out_of_memory_diagnostic(step.node, exc)) from None
                 exc.add_note(_describe(step.node, args))
                 raise
+            if self.narrow_results:
+                result = self._narrowed(result)
             if profile:
                 self.backend.synchronize()
                 self.step_seconds[i] += time.perf_counter() - start
@@ -252,6 +259,13 @@ class Executor:
                     slots[j] = None
                     live -= 1
         self.peak_live_buffers = peak
+
+    def _narrowed(self, result: Any) -> Any:
+        if isinstance(result, tuple):
+            return tuple(self._narrowed(r) for r in result)
+        if getattr(result, "dtype", None) == np.float32:
+            return result.astype(self.dtype)
+        return result
 
     def _write_in_place(self, in_place: tuple[int, Callable[..., Any]], args: list[Any], slots: list[Any]):
         """The step's result written over its dying input, or None when that buffer must not be reused:

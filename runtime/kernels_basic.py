@@ -13,6 +13,7 @@ import numpy as np
 from nnd.compiler.ops.basic import DEFAULTS, normalize_axes, reduced_shape, slice_bounds
 from nnd.compiler.tensor_type import NUMPY_DTYPES, TensorType
 from nnd.runtime.kernel_table import kernel
+from nnd.runtime.precision import wide_mean, wide_sum
 
 EPSILON = 1e-7  # the probability clip of the Keras-style crossentropies
 
@@ -324,12 +325,13 @@ def _reduce_sum(ctx, attrs, x):
     keepdims = bool(attrs.get("keepdims", False))
     if ctx.xp is np and _leading_prefix(axes, x) and x.flags.c_contiguous:
         return _sum_leading_axes(x, len(axes), keepdims)
-    return ctx.xp.sum(x, axis=axes, keepdims=keepdims)
+    return wide_sum(ctx.xp, x, axes, keepdims)
 
 
 def _leading_prefix(axes, x) -> bool:
-    """Whether `axes` are the first axes of a float array, the others kept (a bias gradient's shape)."""
-    return 0 < len(axes) < x.ndim and axes == tuple(range(len(axes))) and x.dtype.kind == "f"
+    """Whether `axes` are the first axes of a float32 or float64 array, the others kept (a bias gradient's
+    shape); two-byte floats take `wide_sum` instead."""
+    return 0 < len(axes) < x.ndim and axes == tuple(range(len(axes))) and x.dtype in (np.float32, np.float64)
 
 
 def _sum_leading_axes(x, count: int, keepdims: bool):
@@ -344,7 +346,7 @@ def _sum_leading_axes(x, count: int, keepdims: bool):
 
 @kernel("reduce_mean")
 def _reduce_mean(ctx, attrs, x):
-    return ctx.xp.mean(x, axis=_axes(attrs, x.ndim), keepdims=bool(attrs.get("keepdims", False)))
+    return wide_mean(ctx.xp, x, _axes(attrs, x.ndim), bool(attrs.get("keepdims", False)))
 
 
 @kernel("reduce_max")

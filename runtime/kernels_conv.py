@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from nnd.compiler.ops.conv import conv_layout, conv_params, pool_params, window_output_size
 from nnd.runtime.kernel_table import kernel
+from nnd.runtime.precision import wide_mean, wide_sum
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,9 +323,9 @@ def _reduce_axes(x):
 def batchnorm_train(ctx, attrs, x, gamma, beta):
     xp = ctx.xp
     axes = _reduce_axes(x)
-    mean = x.mean(axis=axes)
+    mean = wide_mean(xp, x, axes)
     centered = x - mean
-    var = xp.mean(centered * centered, axis=axes)
+    var = wide_mean(xp, centered * centered, axes)
     inv = 1 / xp.sqrt(var + x.dtype.type(attrs["epsilon"]))
     return centered * (gamma * inv) + beta, mean, var
 
@@ -336,8 +337,8 @@ def batchnorm_train_grad(ctx, attrs, dy, x, gamma, mean, var):
     count = x.size // x.shape[-1]
     inv = 1 / xp.sqrt(var + x.dtype.type(attrs["epsilon"]))
     xhat = (x - mean) * inv
-    dbeta = dy.sum(axis=axes)
-    dgamma = (dy * xhat).sum(axis=axes)
+    dbeta = wide_sum(xp, dy, axes)
+    dgamma = wide_sum(xp, dy * xhat, axes)
     dx = (gamma * inv / count) * (count * dy - dbeta - xhat * dgamma)
     return dx, dgamma, dbeta
 
@@ -354,5 +355,5 @@ def batchnorm_infer_grad(ctx, attrs, dy, x, gamma, moving_mean, moving_var):
     xp = ctx.xp
     axes = _reduce_axes(x)
     inv = 1 / xp.sqrt(moving_var + x.dtype.type(attrs["epsilon"]))
-    dgamma = (dy * ((x - moving_mean) * inv)).sum(axis=axes)
-    return dy * (gamma * inv), dgamma, dy.sum(axis=axes)
+    dgamma = wide_sum(xp, dy * ((x - moving_mean) * inv), axes)
+    return dy * (gamma * inv), dgamma, wide_sum(xp, dy, axes)

@@ -58,7 +58,7 @@ def fused_elementwise_cuda(node, executor):
     from nnd.runtime.cuda_codegen import node_kernel_source
 
     dtype = executor.dtype
-    if np.dtype(dtype) == np.float16:  # generated kernels compute in float or double: CuPy's own ops here
+    if not has_cuda_kernels(dtype):  # generated kernels compute in float or double: CuPy's own ops here
         from nnd.runtime.kernels_elementwise import fused_elementwise
 
         return fused_elementwise(node, executor)
@@ -101,7 +101,7 @@ _FALLBACK: list[str] = []  # why the one-pass kernel was given up, once
 def _epilogue(out, bias, activation: str):
     import cupy
 
-    if not _FALLBACK and out.dtype != np.float16:
+    if not _FALLBACK and has_cuda_kernels(out.dtype):
         try:
             out = cupy.ascontiguousarray(out)
             _bias_activation(activation)(bias.astype(out.dtype, copy=False), out)
@@ -203,9 +203,15 @@ extern "C" __global__ void nnd_lstm_backward_step_double(const double* dout, int
 FIXED_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
+def has_cuda_kernels(dtype) -> bool:
+    """Whether the generated and hand-written kernels have a version for `dtype` (not for float16 or
+    bfloat16: those run CuPy's own operations)."""
+    return np.dtype(dtype) in FIXED_C_TYPES
+
+
 def fixed_kernel(source: str, name: str, dtype) -> Any:
     """Kernel `nnd_<name>_<float|double>` of a hand-written source for `dtype`, or None for a dtype it
-    has no version of (float16)."""
+    has no version of (float16, bfloat16)."""
     c_type = FIXED_C_TYPES.get(np.dtype(dtype))
     return None if c_type is None else compiled_kernel(source, f"nnd_{name}_{c_type}")
 
@@ -228,7 +234,7 @@ def _grid(n: int) -> tuple[tuple[int], tuple[int]]:
 def lstm_forward_cuda(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) -> None:
     from nnd.runtime.kernels_recurrent import _lstm_forward_default, _projection
 
-    if hs.dtype == np.float16:  # the step kernels are float and double: CuPy's own ops in float16
+    if not has_cuda_kernels(hs.dtype):  # the step kernels are float and double: CuPy's own ops otherwise
         _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates)
         return
     if kernels_cupy_scan.usable(hs.dtype):
@@ -252,7 +258,7 @@ def lstm_forward_cuda(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) ->
 def lstm_backward_cuda(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates, d_xproj_tm):
     from nnd.runtime.kernels_recurrent import _backprojection, _lstm_backward_default
 
-    if cs.dtype == np.float16:
+    if not has_cuda_kernels(cs.dtype):
         return _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates,
                                       d_xproj_tm)
     if kernels_cupy_scan.usable(cs.dtype):

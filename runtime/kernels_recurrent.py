@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from nnd.compiler.ops.recurrent import scan_attrs
 from nnd.runtime.kernel_table import kernel
+from nnd.runtime.precision import wide_sum
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -428,7 +429,7 @@ def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, g
         d_h0 = fast[1](h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, drec,
                        _time_major(d_xproj, a["go_backwards"]))
         if d_h0 is not None:
-            return d_xproj, d_h0, _h_prev_gemm(h0, hs, drec, rmask), drec.sum(axis=(0, 1))
+            return d_xproj, d_h0, _h_prev_gemm(h0, hs, drec, rmask), wide_sum(xp, drec, (0, 1))
     # reset_after: d of (h U + b) per step, all three gates; otherwise d of the z and r pre-activations.
     drec = xp.empty((steps, n, 3 * u if reset_after else 2 * u), dtype=dt)
     dcand = xp.empty((steps, n, u), dtype=dt)      # d of the candidate's pre-activation
@@ -468,11 +469,11 @@ def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, g
         dh = dh_prev
     if reset_after:
         d_kernel = _h_prev_gemm(h0, hs, drec, rmask)
-        d_bias = drec.sum(axis=(0, 1))
+        d_bias = wide_sum(xp, drec, (0, 1))
     else:
         d_kernel = xp.concatenate(
             [_h_prev_gemm(h0, hs, drec, rmask), aux.reshape(-1, u).T @ dcand.reshape(-1, u)], axis=1)
-        d_bias = xp.concatenate([drec.sum(axis=(0, 1)), dcand.sum(axis=(0, 1))])
+        d_bias = xp.concatenate([wide_sum(xp, drec, (0, 1)), wide_sum(xp, dcand, (0, 1))])
     d_xproj = _batch_major(xp, [drec[:, :, :2 * u], dcand], n, steps, a["go_backwards"], dt)
     return d_xproj, dh, d_kernel, d_bias
 

@@ -25,6 +25,7 @@ from nnd.runtime.layout_costs import cost_model
 from nnd.runtime.loss_scaling import LossScaler
 from nnd.runtime.metrics import make_metric
 from nnd.runtime.optimizers import Optimizer, make_optimizer
+from nnd.runtime.precision import mixed_precision_dtype, needs_loss_scaling
 from nnd.runtime.schedules import make_schedule
 
 UPDATE_PREFIX = "update:"
@@ -49,22 +50,25 @@ def make_configured_optimizer(spec: Configured, xp=np) -> Optimizer:
 
 
 class Trainer:
-    """With `mixed_precision`, the graphs run in float16 on float16 copies of the float32 parameters,
-    which the optimizer updates in float32 from loss-scaled gradients (`nnd.runtime.loss_scaling`). With
+    """With `mixed_precision` ("float16" or True, "bfloat16"), the graphs run in that dtype on copies of the
+    float32 parameters, which the optimizer updates in float32; float16 gradients come loss-scaled
+    (`nnd.runtime.loss_scaling`), bfloat16 ones need no scaling (`nnd.runtime.precision`). With
     `cuda_graphs` (cupy), both graphs run as captured CUDA graphs (`nnd.runtime.cuda_graphs`); the
     optimizer's update stays outside them, so learning-rate changes need no new capture."""
 
     def __init__(self, program, model: str, spec: TrainSpec, params: dict[str, np.ndarray], *,
                  backend: str = "numpy", dtype: Any = np.float32, opt_level: int = 2, seed: int = 0,
-                 mixed_precision: bool = False, cuda_graphs: bool = False):
+                 mixed_precision: bool | str = False, cuda_graphs: bool = False):
         self.spec = spec
         self.master_dtype = np.dtype(dtype)
-        if mixed_precision and self.master_dtype != np.float32:
+        low = mixed_precision_dtype(mixed_precision)
+        if low is not None and self.master_dtype != np.float32:
             raise NndError(f"mixed precision keeps float32 master weights; the model is {self.master_dtype}")
-        compute = np.float16 if mixed_precision else dtype
-        self.scaler = LossScaler() if mixed_precision else None
+        compute = self.master_dtype if low is None else low
+        scaling = low is not None and needs_loss_scaling(low)
+        self.scaler = LossScaler() if scaling else None
         passes = PassManager.for_level(opt_level, verify=False, layout_costs=cost_model(backend, compute))
-        training = build_training_graph(program, model, spec, loss_scaling=mixed_precision)
+        training = build_training_graph(program, model, spec, loss_scaling=scaling)
         evaluation = build_loss_graph(program, model, spec, INFER)
         self.targets = training.targets
         self.train_graph = passes.run(training.graph)
@@ -102,12 +106,15 @@ class Trainer:
             result = self._forward_backward(feeds)
         loss = float(result[LOSS])
         if not np.isfinite(loss):
-            hint = " (in float16: try without mixed precision)" if self.scaler is not None else ""
+            compute = self.train_executor.dtype
+            hint = f" (in {compute.name}: try without mixed precision)" if compute.itemsize == 2 else ""
             raise NndError(f"the loss became {loss} at step {self.optimizer.iterations + 1}; "
                            f"lower the learning rate (--lr) or check the data for extreme values{hint}")
         grads = {name: result[GRAD_PREFIX + name] for name in self.trainable}
         if self.scaler is not None:
             grads = self.scaler.unscale(grads, self.train_executor.backend.xp, self.master_dtype.type)
+        elif self.train_executor.dtype != self.master_dtype:
+            grads = {name: g.astype(self.master_dtype) for name, g in grads.items()}
         if grads is not None:  # None: the scaled gradients overflowed, the step is skipped
             self.optimizer.step(grads)
         for name in self.state_names:

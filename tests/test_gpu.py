@@ -354,13 +354,16 @@ def test_two_training_steps_match_numpy(path):
         np.testing.assert_allclose(params["cupy"][name], want, rtol=1e-3, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
 @pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=gpu) for p in EXAMPLES
                                   if p.stem in ("mnist_cnn", "lstm_classifier")])
-def test_mixed_precision_training_steps_match_numpy(path):
-    """float16 on both backends (CuPy's own float16 ops where the generated kernels are float/double)."""
+def test_mixed_precision_training_steps_match_numpy(path, precision):
+    """float16 or bfloat16 on both backends (CuPy's own ops where the generated kernels are float/double)."""
+    if precision == "bfloat16":
+        pytest.importorskip("ml_dtypes")
     losses, params = {}, {}
     for backend in ("numpy", "cupy"):
-        model = nnd.load(path, backend=backend, seed=0, mixed_precision=True)
+        model = nnd.load(path, backend=backend, seed=0, mixed_precision=precision)
         trainer = model._get_trainer()
         rng = np.random.default_rng(3)
         feeds = {v.name: random_array(v.type, 8, rng, _id_range(model, v)) for v in trainer.train_graph.inputs
