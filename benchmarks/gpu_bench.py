@@ -36,14 +36,15 @@ WORKLOADS = {
     "lstm-infer-32": ("lstm_classifier.nnd", 32, False),
 }
 # nnd systems: "nnd cupy -O<level>" and options: scan (the one-launch LSTM scan kernels), graphs (each
-# step replayed as one captured CUDA graph), fp16 (mixed precision)
+# step replayed as one captured CUDA graph), fp16 / bf16 (mixed precision in float16 / bfloat16)
 SYSTEMS = ("nnd cupy -O2", "nnd cupy -O0", "nnd cupy -O2 scan", "nnd cupy -O2 graphs", "nnd cupy -O2 scan graphs",
-           "nnd cupy -O2 fp16", "torch cuda", "torch cuda channels_last")
-# Measured unless --systems names them: the mixed-precision run (float16 compute, loss scaling).
-OPTIONAL_SYSTEMS = ("nnd cupy -O2 fp16",)
+           "nnd cupy -O2 fp16", "nnd cupy -O2 bf16", "torch cuda", "torch cuda channels_last")
+# Measured only when --systems names them: the mixed-precision runs.
+OPTIONAL_SYSTEMS = ("nnd cupy -O2 fp16", "nnd cupy -O2 bf16")
+PRECISIONS = {"fp16": "float16", "bf16": "bfloat16"}
 
 
-def nnd_step(model_file: str, batch: int, training: bool, level: int, mixed_precision: bool = False,
+def nnd_step(model_file: str, batch: int, training: bool, level: int, mixed_precision: str | None = None,
              cuda_graphs: bool = False):
     import cupy
 
@@ -119,8 +120,8 @@ def make_step(workload: str, system: str):
         return torch_step(model_file, batch, training, system.endswith("channels_last"))
     words = system.split()
     level, options = int(words[2][-1]), set(words[3:])
-    step = nnd_step(model_file, batch, training, level, mixed_precision="fp16" in options,
-                    cuda_graphs="graphs" in options)
+    precision = next((PRECISIONS[o] for o in options if o in PRECISIONS), None)
+    step = nnd_step(model_file, batch, training, level, mixed_precision=precision, cuda_graphs="graphs" in options)
     if "scan" not in options:
         return step
 
