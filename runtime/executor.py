@@ -166,7 +166,8 @@ class Executor:
     # -------------------------------------------------------------------------------------- execution
 
     def run(self, inputs: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Every graph output by name, plus each state update under `update:<param name>`."""
+        """Every graph output by name, plus each state update under `update:<param name>`. Under CUDA graphs
+        these are the graph's own buffers: read or copy them before the next run."""
         if self.graphs is not None:
             return self.graphs.run(inputs, params or {})
         return self.run_eagerly(inputs, params)

@@ -212,3 +212,14 @@ def test_under_capture_an_all_valid_mask_still_masks():
 def test_cuda_graphs_need_the_cupy_backend():
     with pytest.raises(NndError, match="CUDA graphs replay GPU work: they need the cupy backend, not 'numpy'"):
         nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", cuda_graphs=True)
+
+
+def test_a_profiled_executor_runs_eagerly():
+    model = nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", seed=0)
+    x = np.zeros((2, 28, 28, 1), dtype=np.float32)
+    model.predict(x)
+    graphs = simulate(model._predictor)
+    model._predictor.profile = True
+    for _ in range(3):
+        model.predict(x)
+    assert graphs.captures == 0 and sum(model._predictor.step_seconds) > 0
