@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from nnd.runtime import kernels_cupy_scan
 from nnd.runtime.kernel_table import kernel, node_kernel
 
 BLOCK = 256
@@ -132,73 +131,6 @@ def matmul_epilogue_cuda(ctx, attrs, a, b, bias):
     return _epilogue(_matmul(ctx, attrs, a, b), bias, attrs.get("activation", "linear"))
 
 
-# ------------------------------------------------------------------------------------------ LSTM steps
-# The default LSTM path (tanh, sigmoid, no padding mask) in two kernels a step: cuBLAS for h @ U, then one
-# generated kernel for all the gate math of the step, where the generic path launches about a dozen
-# elementwise kernels. One thread per (sample, unit); the gates of a unit sit u apart in a row of 4u.
-
-LSTM_STEP_SOURCE = r"""
-template <typename T> __device__ T nnd_sigmoid(T v) {
-    T e = exp(-fabs(v));
-    return v >= (T)0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);
-}
-
-template <typename T>
-__device__ void lstm_forward_step(const T* z, const T* x, const T* c_prev, T* gates, T* c_new, T* h_new,
-                                  unsigned long long n, unsigned long long u) {
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)blockDim.x * gridDim.x) {
-        unsigned long long b = i / u, j = i % u, row = b * 4 * u + j;
-        T gi = nnd_sigmoid(z[row] + x[row]);
-        T gf = nnd_sigmoid(z[row + u] + x[row + u]);
-        T gc = tanh(z[row + 2 * u] + x[row + 2 * u]);
-        T go = nnd_sigmoid(z[row + 3 * u] + x[row + 3 * u]);
-        T c = gf * c_prev[i] + gi * gc;
-        gates[row] = gi; gates[row + u] = gf; gates[row + 2 * u] = gc; gates[row + 3 * u] = go;
-        c_new[i] = c;
-        h_new[i] = go * tanh(c);
-    }
-}
-
-template <typename T>
-__device__ void lstm_backward_step(const T* dout, int has_dout, T* dh, T* dc, const T* gates, const T* c,
-                                   const T* c_prev, T* dgates, unsigned long long n, unsigned long long u) {
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)blockDim.x * gridDim.x) {
-        unsigned long long b = i / u, j = i % u, row = b * 4 * u + j;
-        T gi = gates[row], gf = gates[row + u], gc = gates[row + 2 * u], go = gates[row + 3 * u];
-        T h_grad = dh[i] + (has_dout ? dout[i] : (T)0);
-        T cell = tanh(c[i]);
-        T c_grad = dc[i] + h_grad * go * ((T)1 - cell * cell);
-        dgates[row + 3 * u] = h_grad * cell * go * ((T)1 - go);
-        dgates[row] = c_grad * gc * gi * ((T)1 - gi);
-        dgates[row + u] = c_grad * c_prev[i] * gf * ((T)1 - gf);
-        dgates[row + 2 * u] = c_grad * gi * ((T)1 - gc * gc);
-        dc[i] = c_grad * gf;
-    }
-}
-
-extern "C" __global__ void nnd_lstm_forward_step_float(const float* z, const float* x, const float* c_prev,
-        float* gates, float* c_new, float* h_new, unsigned long long n, unsigned long long u) {
-    lstm_forward_step<float>(z, x, c_prev, gates, c_new, h_new, n, u);
-}
-extern "C" __global__ void nnd_lstm_forward_step_double(const double* z, const double* x, const double* c_prev,
-        double* gates, double* c_new, double* h_new, unsigned long long n, unsigned long long u) {
-    lstm_forward_step<double>(z, x, c_prev, gates, c_new, h_new, n, u);
-}
-extern "C" __global__ void nnd_lstm_backward_step_float(const float* dout, int has_dout, float* dh, float* dc,
-        const float* gates, const float* c, const float* c_prev, float* dgates, unsigned long long n,
-        unsigned long long u) {
-    lstm_backward_step<float>(dout, has_dout, dh, dc, gates, c, c_prev, dgates, n, u);
-}
-extern "C" __global__ void nnd_lstm_backward_step_double(const double* dout, int has_dout, double* dh,
-        double* dc, const double* gates, const double* c, const double* c_prev, double* dgates,
-        unsigned long long n, unsigned long long u) {
-    lstm_backward_step<double>(dout, has_dout, dh, dc, gates, c, c_prev, dgates, n, u);
-}
-"""
-
-
 # The C types of the hand-written sources, each of which defines its kernels as nnd_<name>_<C type>.
 FIXED_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
@@ -223,69 +155,5 @@ def launch_over(kernel_fn, count: int, args: list) -> None:
         kernel_fn(grid, block, tuple(np.uint64(a) if isinstance(a, (int, np.integer)) else a for a in args))
 
 
-def _step_kernel(kind: str, dtype) -> Any:
-    return fixed_kernel(LSTM_STEP_SOURCE, f"lstm_{kind}_step", dtype)
-
-
 def _grid(n: int) -> tuple[tuple[int], tuple[int]]:
     return (max(1, min((n + BLOCK - 1) // BLOCK, MAX_BLOCKS)),), (BLOCK,)
-
-
-def lstm_forward_cuda(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) -> None:
-    from nnd.runtime.kernels_recurrent import _lstm_forward_default, _projection
-
-    if not has_cuda_kernels(hs.dtype):  # the step kernels are float and double: CuPy's own ops otherwise
-        _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates)
-        return
-    if kernels_cupy_scan.usable(hs.dtype):
-        kernels_cupy_scan.lstm_scan_forward(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates)
-        return
-
-    steps, n, u = hs.shape
-    xt = xp.ascontiguousarray(xt)  # time-major once, so each step reads one contiguous block
-    c_prev = xp.ascontiguousarray(c0, dtype=hs.dtype)
-    h = xp.ascontiguousarray(h0, dtype=hs.dtype)
-    z = xp.empty((n, 4 * u), dtype=hs.dtype)
-    project = _projection(xp, recurrent_kernel, rmask, (n, u), hs.dtype)
-    step = _step_kernel("forward", hs.dtype)
-    grid, block = _grid(n * u)
-    for s in range(steps):
-        project(h, z)
-        step(grid, block, (z, xt[s], c_prev, gates[s], cs[s], hs[s], np.uint64(n * u), np.uint64(u)))
-        h, c_prev = hs[s], cs[s]
-
-
-def lstm_backward_cuda(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates, d_xproj_tm):
-    from nnd.runtime.kernels_recurrent import _backprojection, _lstm_backward_default
-
-    if not has_cuda_kernels(cs.dtype):
-        return _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates,
-                                      d_xproj_tm)
-    if kernels_cupy_scan.usable(cs.dtype):
-        return kernels_cupy_scan.lstm_scan_backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc,
-                                                    dgates, d_xproj_tm)
-
-    steps, n, u = cs.shape
-    kernel_t = xp.ascontiguousarray(recurrent_kernel.T)
-    back = _backprojection(xp, kernel_t, rmask)
-    dout = xp.ascontiguousarray(dout_tm) if dout_tm is not None else xp.zeros((1,), dtype=cs.dtype)
-    c0 = xp.ascontiguousarray(c0, dtype=cs.dtype)
-    step = _step_kernel("backward", cs.dtype)
-    grid, block = _grid(n * u)
-    has_dout = np.int32(dout_tm is not None)
-    for s in range(steps - 1, -1, -1):
-        row = dout[s] if dout_tm is not None else dout
-        step(grid, block, (row, has_dout, dh, dc, gates[s], cs[s], cs[s - 1] if s else c0, dgates[s],
-                           np.uint64(n * u), np.uint64(u)))
-        back(dgates[s], dh)
-    d_xproj_tm[...] = dgates
-    return dh, dc
-
-
-def _register_lstm_paths() -> None:
-    from nnd.runtime.kernels_recurrent import LSTM_DEFAULT_PATHS
-
-    LSTM_DEFAULT_PATHS["cupy"] = (lstm_forward_cuda, lstm_backward_cuda)
-
-
-_register_lstm_paths()

@@ -263,7 +263,8 @@ def lstm_scan_backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, 
 
 
 def gru_scan_forward(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates, aux) -> bool:
-    """`GRU_DEFAULT_PATHS` forward for cupy: the whole scan in one launch, or False to run the loop."""
+    """The whole GRU scan in one launch (`kernels_cupy_recurrent.gru_forward_cuda` calls it in scan mode);
+    False when scan mode is off or the dtype has no kernel."""
     if not usable(hs.dtype):
         return False
     import cupy as xp
@@ -281,7 +282,8 @@ def gru_scan_forward(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates,
 
 
 def gru_scan_backward(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, drec, d_xproj_tm):
-    """`GRU_DEFAULT_PATHS` backward for cupy; the initial state's gradient, or None to run the loop."""
+    """The whole GRU backward scan in one launch: the initial state's gradient, or None when scan mode is
+    off or the dtype has no kernel."""
     if not usable(hs.dtype):
         return None
     import cupy as xp
@@ -300,12 +302,3 @@ def gru_scan_backward(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, 
         _scan_kernel("gru", "backward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
         d_xproj_tm[...] = dx
     return dh
-
-
-def _register() -> None:
-    from nnd.runtime.kernels_recurrent import GRU_DEFAULT_PATHS
-
-    GRU_DEFAULT_PATHS["cupy"] = (gru_scan_forward, gru_scan_backward)
-
-
-_register()

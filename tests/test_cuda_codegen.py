@@ -123,15 +123,16 @@ def test_equal_groups_share_a_kernel_and_the_examples_emit_kernels():
 
 def all_sources() -> list[tuple[str, str]]:
     """Every kernel source the cupy backend can compile: the generated elementwise kernels of the
-    examples and of every op body, and the fixed sources: LSTM steps, whole LSTM and GRU scans, pooling,
+    examples and of every op body, and the fixed sources: LSTM and GRU steps, whole LSTM and GRU scans, pooling,
     col2im, the sparse softmax cross-entropy and Adam."""
-    from nnd.runtime.kernels_cupy import LSTM_STEP_SOURCE
     from nnd.runtime.kernels_cupy_conv import CONV_KERNELS_SOURCE
+    from nnd.runtime.kernels_cupy_recurrent import GRU_STEP_SOURCE, LSTM_STEP_SOURCE
     from nnd.runtime.kernels_cupy_scan import SCAN_SOURCE
     from nnd.runtime.kernels_cupy_step import STEP_KERNELS_SOURCE
 
-    found: dict[str, str] = {"nnd_lstm_steps": LSTM_STEP_SOURCE, "nnd_conv_kernels": CONV_KERNELS_SOURCE,
-                             "nnd_scans": SCAN_SOURCE, "nnd_step_kernels": STEP_KERNELS_SOURCE}
+    found: dict[str, str] = {"nnd_lstm_steps": LSTM_STEP_SOURCE, "nnd_gru_steps": GRU_STEP_SOURCE,
+                             "nnd_conv_kernels": CONV_KERNELS_SOURCE, "nnd_scans": SCAN_SOURCE,
+                             "nnd_step_kernels": STEP_KERNELS_SOURCE}
     for path in EXAMPLES:
         for dtype in ("float32", "float64"):
             found.update(generated_kernels_for(path, dtype))
@@ -166,13 +167,13 @@ def test_the_pooling_and_col2im_kernels_compile_with_nvcc(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
-def test_the_lstm_step_kernels_compile_with_nvcc(tmp_path):
-    from nnd.runtime.kernels_cupy import LSTM_STEP_SOURCE
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_recurrent_step_kernels_compile_with_nvcc(tmp_path, cell):
+    """Each step source on its own (the host tests in test_gpu.py check the kernels it defines)."""
+    from nnd.runtime import kernels_cupy_recurrent
 
-    names = set(re.findall(r'extern "C" __global__ void (\w+)', LSTM_STEP_SOURCE))
-    assert names == {f"nnd_lstm_{kind}_step_{t}" for kind in ("forward", "backward") for t in ("float", "double")}
-    unit = tmp_path / "lstm.cu"
-    unit.write_text(LSTM_STEP_SOURCE)
+    unit = tmp_path / f"{cell}.cu"
+    unit.write_text(getattr(kernels_cupy_recurrent, f"{cell.upper()}_STEP_SOURCE"))
     result = subprocess.run(["nvcc", "--cubin", "-arch=sm_90", "-o", "/dev/null", str(unit)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

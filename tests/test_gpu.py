@@ -238,16 +238,17 @@ def test_the_cupy_pooling_and_col2im_kernels_on_a_host_stand_in(tmp_path, monkey
                         for t in ("float", "double")}
 
 
+@pytest.mark.parametrize("mode", ["steps", "scan"])
 @pytest.mark.parametrize("attrs, recurrent_dropout", [
     ({}, False), ({"return_sequences": True}, False), ({"go_backwards": True, "return_sequences": True}, True),
 ])
-def test_the_whole_scan_lstm_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, recurrent_dropout):
-    """NND_CUDA_SCAN=scan: the one-launch LSTM forward and backward built by g++ (one thread walks every
-    row and step) against the NumPy kernels."""
+def test_the_cuda_lstm_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, recurrent_dropout, mode):
+    """The LSTM's CUDA paths built by g++ (one thread) against the NumPy kernels: per step a GEMM and one
+    gate kernel, or (NND_CUDA_SCAN=scan) the whole scan in one launch, forward and backward."""
     fake = FakeCupy(tmp_path)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
-    monkeypatch.setenv("NND_CUDA_SCAN", "scan")
+    monkeypatch.setenv("NND_CUDA_SCAN", mode)
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
     n, t, u = 5, 4, 3
     rng = np.random.default_rng(1)
@@ -268,19 +269,21 @@ def test_the_whole_scan_lstm_kernels_on_a_host_stand_in(tmp_path, monkeypatch, a
         for got, want in zip(results[1], results[0]):
             np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
     names = {k.fn.__name__ for k in fake.kernels if k.launches}
-    assert names == {f"nnd_lstm_scan_{d}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
+    kernel = "lstm_scan_{}" if mode == "scan" else "lstm_{}_step"
+    assert names == {f"nnd_{kernel.format(d)}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
 
 
+@pytest.mark.parametrize("mode", ["steps", "scan"])
 @pytest.mark.parametrize("attrs, recurrent_dropout", [
-    ({}, False), ({"return_sequences": True, "go_backwards": True}, True),
+    ({}, False), ({"return_sequences": True}, False), ({"return_sequences": True, "go_backwards": True}, True),
 ])
-def test_the_whole_scan_gru_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, recurrent_dropout):
-    """NND_CUDA_SCAN=scan: the one-launch GRU (reset_after) forward and backward built by g++ against the
-    NumPy kernels."""
+def test_the_cuda_gru_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, recurrent_dropout, mode):
+    """The GRU's (reset_after) CUDA paths built by g++ against the NumPy kernels: per step a GEMM and one
+    gate kernel, or the whole scan in one launch, forward and backward."""
     fake = FakeCupy(tmp_path)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
-    monkeypatch.setenv("NND_CUDA_SCAN", "scan")
+    monkeypatch.setenv("NND_CUDA_SCAN", mode)
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
     n, t, u = 5, 4, 3
     rng = np.random.default_rng(2)
@@ -301,7 +304,8 @@ def test_the_whole_scan_gru_kernels_on_a_host_stand_in(tmp_path, monkeypatch, at
         for got, want in zip(results[1], results[0]):
             np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
     names = {k.fn.__name__ for k in fake.kernels if k.launches}
-    assert names == {f"nnd_gru_scan_{d}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
+    kernel = "gru_scan_{}" if mode == "scan" else "gru_{}_step"
+    assert names == {f"nnd_{kernel.format(d)}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
 
 
 def test_the_cupy_loss_and_adam_kernels_on_a_host_stand_in(tmp_path, monkeypatch):
