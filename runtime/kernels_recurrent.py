@@ -120,6 +120,11 @@ def _h_prev_gemm(h0, hs, d, rmask=None):
     return result
 
 
+def _masks(ctx, a: dict, mask, recurrent_mask, n: int, steps: int, dtype):
+    """A scan's valid steps (`_valid_steps`) and its recurrent mask (`_recurrent_mask`)."""
+    return _valid_steps(ctx, mask, n, steps, a["go_backwards"]), _recurrent_mask(ctx, recurrent_mask, dtype)
+
+
 def _recurrent_mask(ctx, recurrent_mask, dtype):
     """The array multiplying h_{t-1} in the recurrent projection, or None for a scalar 1 (no recurrent
     dropout), so that the loops branch on it once."""
@@ -156,8 +161,7 @@ def _lstm_scan(ctx, attrs, xproj, h0, c0, recurrent_kernel, mask, recurrent_mask
     n, steps, _ = xproj.shape
     dt = xproj.dtype
     xt = _time_major(xproj, a["go_backwards"])
-    valid = _valid_steps(ctx, mask, n, steps, a["go_backwards"])
-    rmask = _recurrent_mask(ctx, recurrent_mask, dt)
+    valid, rmask = _masks(ctx, a, mask, recurrent_mask, n, steps, dt)
     hs = xp.empty((steps, n, u), dtype=dt)
     cs = xp.empty((steps, n, u), dtype=dt)
     gates = xp.empty((steps, n, 4 * u), dtype=dt)
@@ -196,8 +200,7 @@ def _lstm_scan_grad(ctx, attrs, h0, c0, recurrent_kernel, mask, recurrent_mask, 
     u, act, ract, seq = a["units"], a["activation"], a["recurrent_activation"], a["return_sequences"]
     steps, n, _ = hs.shape
     dt = hs.dtype
-    valid = _valid_steps(ctx, mask, n, steps, a["go_backwards"])
-    rmask = _recurrent_mask(ctx, recurrent_mask, dt)
+    valid, rmask = _masks(ctx, a, mask, recurrent_mask, n, steps, dt)
     dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
     dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
     dc = _start(xp, (n, u), dt, d_c)
@@ -362,8 +365,7 @@ def _gru_scan(ctx, attrs, xproj, h0, recurrent_kernel, recurrent_bias, mask, rec
     n, steps, _ = xproj.shape
     dt = xproj.dtype
     xt = _time_major(xproj, a["go_backwards"])
-    valid = _valid_steps(ctx, mask, n, steps, a["go_backwards"])
-    rmask = _recurrent_mask(ctx, recurrent_mask, dt)
+    valid, rmask = _masks(ctx, a, mask, recurrent_mask, n, steps, dt)
     hs = xp.empty((steps, n, u), dtype=dt)
     gates = xp.empty((steps, n, 3 * u), dtype=dt)
     aux = xp.empty((steps, n, u), dtype=dt)
@@ -418,8 +420,7 @@ def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, g
     reset_after = a["reset_after"]
     steps, n, _ = hs.shape
     dt = hs.dtype
-    valid = _valid_steps(ctx, mask, n, steps, a["go_backwards"])
-    rmask = _recurrent_mask(ctx, recurrent_mask, dt)
+    valid, rmask = _masks(ctx, a, mask, recurrent_mask, n, steps, dt)
     dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
     dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
     fast = GRU_DEFAULT_PATHS.get(xp.__name__)
@@ -489,8 +490,7 @@ def _rnn_scan(ctx, attrs, xproj, h0, recurrent_kernel, mask, recurrent_mask):
     u, act = a["units"], a["activation"]
     n, steps, _ = xproj.shape
     xt = _time_major(xproj, a["go_backwards"])
-    valid = _valid_steps(ctx, mask, n, steps, a["go_backwards"])
-    rmask = _recurrent_mask(ctx, recurrent_mask, xproj.dtype)
+    valid, rmask = _masks(ctx, a, mask, recurrent_mask, n, steps, xproj.dtype)
     hs = xp.empty((steps, n, u), dtype=xproj.dtype)
     h = h0
     for s in range(steps):
@@ -512,8 +512,7 @@ def _rnn_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, d
     u, act, seq = a["units"], a["activation"], a["return_sequences"]
     steps, n, _ = hs.shape
     dt = hs.dtype
-    valid = _valid_steps(ctx, mask, n, steps, a["go_backwards"])
-    rmask = _recurrent_mask(ctx, recurrent_mask, dt)
+    valid, rmask = _masks(ctx, a, mask, recurrent_mask, n, steps, dt)
     dout_tm = d_out.transpose(1, 0, 2) if seq and d_out.ndim else None
     dh = _start(xp, (n, u), dt, d_h) if seq else _start(xp, (n, u), dt, d_h, d_out)
     dpre = xp.empty((steps, n, u), dtype=dt)

@@ -238,6 +238,15 @@ def test_the_cupy_pooling_and_col2im_kernels_on_a_host_stand_in(tmp_path, monkey
                         for t in ("float", "double")}
 
 
+def recurrent_stand_in(tmp_path, monkeypatch, mode: str) -> FakeCupy:
+    """cupy as NumPy plus g++-built kernels, in scan mode `mode` (steps or scan)."""
+    fake = FakeCupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    monkeypatch.setenv("NND_CUDA_SCAN", mode)
+    return fake
+
+
 @pytest.mark.parametrize("mode", ["steps", "scan"])
 @pytest.mark.parametrize("attrs, recurrent_dropout", [
     ({}, False), ({"return_sequences": True}, False), ({"go_backwards": True, "return_sequences": True}, True),
@@ -245,10 +254,7 @@ def test_the_cupy_pooling_and_col2im_kernels_on_a_host_stand_in(tmp_path, monkey
 def test_the_cuda_lstm_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, recurrent_dropout, mode):
     """The LSTM's CUDA paths built by g++ (one thread) against the NumPy kernels: per step a GEMM and one
     gate kernel, or (NND_CUDA_SCAN=scan) the whole scan in one launch, forward and backward."""
-    fake = FakeCupy(tmp_path)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
-    monkeypatch.setenv("NND_CUDA_SCAN", mode)
+    fake = recurrent_stand_in(tmp_path, monkeypatch, mode)
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
     n, t, u = 5, 4, 3
     rng = np.random.default_rng(1)
@@ -280,10 +286,7 @@ def test_the_cuda_lstm_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, 
 def test_the_cuda_gru_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, recurrent_dropout, mode):
     """The GRU's (reset_after) CUDA paths built by g++ against the NumPy kernels: per step a GEMM and one
     gate kernel, or the whole scan in one launch, forward and backward."""
-    fake = FakeCupy(tmp_path)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
-    monkeypatch.setenv("NND_CUDA_SCAN", mode)
+    fake = recurrent_stand_in(tmp_path, monkeypatch, mode)
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
     n, t, u = 5, 4, 3
     rng = np.random.default_rng(2)
