@@ -193,6 +193,36 @@ def test_the_cupy_fused_kernel_path_on_a_host_stand_in(tmp_path, monkeypatch):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
 
 
+def test_a_training_step_of_every_example_through_the_cupy_kernels_on_a_host_stand_in(tmp_path, monkeypatch):
+    """The whole cupy kernel table (generated and hand-written CUDA built by g++, NumPy for CuPy's own
+    operations) trains one float64 step of every example as the NumPy backend does, and launches every
+    family of hand-written kernel on the way; only the bias epilogue, a `cupy.ElementwiseKernel`, runs
+    its generic form here."""
+    fake = FakeCupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend_module, "_CACHE", {})
+    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    monkeypatch.setattr(kernels_cupy, "_FALLBACK", ["the host stand-in has no ElementwiseKernel"])
+    monkeypatch.setenv("NND_CUDA_SCAN", "steps")
+    for path in EXAMPLES:
+        losses, params = {}, {}
+        for backend in ("numpy", "cupy"):
+            model = nnd.load(path, backend=backend, seed=0, dtype="float64")
+            trainer = model._get_trainer()
+            rng = np.random.default_rng(3)
+            feeds = {v.name: random_array(v.type, 4, rng, _id_range(model, v)) for v in trainer.train_graph.inputs}
+            losses[backend] = float(trainer.step(feeds)["loss"])
+            params[backend] = model.parameters()
+        assert losses["cupy"] == pytest.approx(losses["numpy"], rel=1e-12), path.stem
+        for name, want in params["numpy"].items():
+            np.testing.assert_allclose(params["cupy"][name], want, rtol=1e-10, atol=1e-13, err_msg=f"{path.stem} {name}")
+    launched = {k.fn.__name__.rsplit("_", 1)[0] for k in fake.kernels if k.launches}
+    assert {"nnd_maxpool2d", "nnd_maxpool2d_grad", "nnd_col2im", "nnd_sparse_softmax_ce", "nnd_sparse_softmax_ce_grad",
+            "nnd_adam_update", "nnd_lstm_forward_step", "nnd_lstm_backward_step", "nnd_gru_forward_step",
+            "nnd_gru_backward_step"} <= launched
+    assert any(name.startswith("nnd_ew_") for name in launched)
+
+
 POOLINGS = [
     ({"pool": (2, 2)}, (2, 7, 6, 3)),                                          # tiles, a row left out
     ({"pool": (2, 2), "strides": (3, 3)}, (2, 8, 8, 2)),                       # gaps between windows
