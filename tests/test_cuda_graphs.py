@@ -6,6 +6,7 @@ their helpers below, and on a device by the `gpu` tests in test_gpu.py (stream c
 memory pool, a padded batch replayed through a graph captured on an unpadded one)."""
 from __future__ import annotations
 
+import types
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import nnd
 from nnd.bench import _id_range, random_array
 from nnd.compiler.diagnostics import NndError
 from nnd.runtime import cuda_graphs
-from nnd.runtime.cuda_graphs import CudaGraphs
+from nnd.runtime.cuda_graphs import CudaGraphs, CupyCapture
 from nnd.runtime.kernel_table import CaptureUnsupported, KernelContext
 from nnd.runtime.kernels_recurrent import _valid_steps
 
@@ -223,3 +224,77 @@ def test_a_profiled_executor_runs_eagerly():
     for _ in range(3):
         model.predict(x)
     assert graphs.captures == 0 and sum(model._predictor.step_seconds) > 0
+
+
+# ------------------------------------------------------------------------------------------ CuPy's side
+
+class RecordingCupy:
+    """Just the CuPy API that `CupyCapture` uses, recording the calls."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.ndarray = np.ndarray
+        recorder = self
+
+        class Stream:
+            def __init__(self, non_blocking=False):
+                recorder.calls.append(f"Stream(non_blocking={non_blocking})")
+
+            def __enter__(self):
+                recorder.calls.append("enter stream")
+                return self
+
+            def __exit__(self, *exc):
+                recorder.calls.append("leave stream")
+
+            def begin_capture(self):
+                recorder.calls.append("begin_capture")
+
+            def end_capture(self):
+                recorder.calls.append("end_capture")
+                return Graph()
+
+        class Graph:
+            def launch(self, stream=None):
+                recorder.calls.append(f"launch({stream})")
+
+        class MemoryPool:
+            def malloc(self, size):
+                raise AssertionError("not called here")
+
+        class UsingAllocator:
+            def __init__(self, allocator):
+                recorder.calls.append(f"using_allocator({type(allocator.__self__).__name__})")
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                recorder.calls.append("allocator restored")
+
+        self.cuda = types.SimpleNamespace(Stream=Stream, MemoryPool=MemoryPool, using_allocator=UsingAllocator)
+
+
+def test_cupy_capture_records_on_its_stream_with_a_private_pool_and_replays_on_the_current_one():
+    fake = RecordingCupy()
+    api = CupyCapture(fake)
+    result, replay = api.capture(lambda: fake.calls.append("record") or "outputs")
+    assert result == "outputs"
+    assert fake.calls == ["Stream(non_blocking=True)", "using_allocator(MemoryPool)", "enter stream",
+                          "begin_capture", "record", "end_capture", "leave stream", "allocator restored"]
+    fake.calls.clear()
+    replay()
+    replay()
+    assert fake.calls == ["launch(None)", "launch(None)"]  # None: the caller's current stream
+
+
+def test_cupy_capture_leaves_capture_mode_when_recording_fails():
+    fake = RecordingCupy()
+    api = CupyCapture(fake)
+
+    def failing():
+        raise RuntimeError("cudaErrorStreamCaptureUnsupported")
+
+    with pytest.raises(RuntimeError, match="StreamCaptureUnsupported"):
+        api.capture(failing)
+    assert fake.calls[-3:] == ["end_capture", "leave stream", "allocator restored"]
