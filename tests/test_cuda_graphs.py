@@ -14,54 +14,15 @@ import numpy as np
 import pytest
 
 import nnd
+from capture_sim import simulate
 from nnd.bench import _id_range, random_array
 from nnd.compiler.diagnostics import NndError
 from nnd.runtime import cuda_graphs
-from nnd.runtime.cuda_graphs import CudaGraphs, CupyCapture
+from nnd.runtime.cuda_graphs import CupyCapture
 from nnd.runtime.kernel_table import CaptureUnsupported, KernelContext
 from nnd.runtime.kernels_recurrent import _valid_steps
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.nnd"))
-
-
-class SimulatedCapture:
-    """`CaptureApi` over NumPy. A replay re-runs the recorded function with the draws served from the
-    buffers the runner filled, then copies outputs and deferred checks over the captured ones."""
-
-    def __init__(self, executor):
-        self.executor = executor
-
-    def is_device_array(self, array) -> bool:
-        return isinstance(array, np.ndarray)
-
-    def address(self, array) -> int:
-        return array.__array_interface__["data"][0]
-
-    def upload(self, buffer, array) -> None:
-        np.copyto(buffer, np.asarray(array), casting="unsafe")
-
-    def capture(self, record):
-        result = record()
-        outputs, draws, checks = result
-        ctx = self.executor.ctx
-
-        def replay() -> None:
-            served = iter([buffer for _, buffer in draws])
-            ctx.host_random = lambda draw, shape, dtype: next(served)
-            try:
-                fresh, _, fresh_checks = record()
-            finally:
-                del ctx.host_random
-            for name, array in outputs.items():
-                np.copyto(array, fresh[name])
-            checks[:] = fresh_checks
-
-        return result, replay
-
-
-def simulate(executor) -> CudaGraphs:
-    executor.graphs = CudaGraphs(executor, SimulatedCapture(executor))
-    return executor.graphs
 
 
 def feeds_for(trainer, model, batch: int, seed: int) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ import nnd
 from elementwise_bodies import op_bodies
 from gradcheck import _resolve, away_from_zero
 from gradcheck_cases import GRADCHECK_CASES
+from capture_sim import simulate
 from host_cuda import FakeCupy
 from nnd.bench import _id_range, random_array
 from nnd.compiler.autodiff import differentiate
@@ -193,11 +194,11 @@ def test_the_cupy_fused_kernel_path_on_a_host_stand_in(tmp_path, monkeypatch):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
 
 
-def test_a_training_step_of_every_example_through_the_cupy_kernels_on_a_host_stand_in(tmp_path, monkeypatch):
+def test_training_steps_of_every_example_through_the_cupy_kernels_on_a_host_stand_in(tmp_path, monkeypatch):
     """The whole cupy kernel table (generated and hand-written CUDA built by g++, NumPy for CuPy's own
-    operations) trains one float64 step of every example as the NumPy backend does, and launches every
-    family of hand-written kernel on the way; only the bias epilogue, a `cupy.ElementwiseKernel`, runs
-    its generic form here."""
+    operations) trains three float64 steps of every example as the NumPy backend does (the first eager,
+    then captured and replayed through a simulated CUDA graph), and launches every family of hand-written
+    kernel on the way; only the bias epilogue, a `cupy.ElementwiseKernel`, runs its generic form here."""
     fake = FakeCupy(tmp_path)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(backend_module, "_CACHE", {})
@@ -209,11 +210,15 @@ def test_a_training_step_of_every_example_through_the_cupy_kernels_on_a_host_sta
         for backend in ("numpy", "cupy"):
             model = nnd.load(path, backend=backend, seed=0, dtype="float64")
             trainer = model._get_trainer()
+            if backend == "cupy":
+                graphs = simulate(trainer.train_executor)
             rng = np.random.default_rng(3)
-            feeds = {v.name: random_array(v.type, 4, rng, _id_range(model, v)) for v in trainer.train_graph.inputs}
-            losses[backend] = float(trainer.step(feeds)["loss"])
+            batches = [{v.name: random_array(v.type, 4, rng, _id_range(model, v)) for v in trainer.train_graph.inputs}
+                       for _ in range(3)]
+            losses[backend] = [float(trainer.step(feeds)["loss"]) for feeds in batches]
             params[backend] = model.parameters()
-        assert losses["cupy"] == pytest.approx(losses["numpy"], rel=1e-12), path.stem
+        assert (graphs.captures, graphs.replays) == (1, 2), path.stem
+        np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-12, err_msg=path.stem)
         for name, want in params["numpy"].items():
             np.testing.assert_allclose(params["cupy"][name], want, rtol=1e-10, atol=1e-13, err_msg=f"{path.stem} {name}")
     launched = {k.fn.__name__.rsplit("_", 1)[0] for k in fake.kernels if k.launches}
