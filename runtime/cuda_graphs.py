@@ -20,7 +20,8 @@ Runs are keyed by the shapes and dtypes of their inputs and the device addresses
 A key whose capture fails (a kernel that needs a device value on the host, a CUDA call that cannot be
 captured) runs eagerly from then on, after one warning; so do keys beyond MAX_GRAPHS (many sequence
 lengths, say). The outputs of a replay are the graph's own buffers, overwritten by the next replay: read
-or copy them before running the executor again.
+or copy them before running the executor again (or name arrays for them to be copied into, inside the
+graph: `output_targets`).
 """
 from __future__ import annotations
 
@@ -122,6 +123,9 @@ class CudaGraphs:
         self.seen: set[tuple] = set()  # keys run once, eagerly
         self.eager: set[tuple] = set()  # keys whose capture failed
         self.param_addresses: tuple | None = None
+        # output name -> an array the graph copies that output into (the optimizer's gradient buffer), so
+        # that nothing needs copying between the replay and the update
+        self.output_targets: dict[str, Any] = {}
         self.captures = 0
         self.replays = 0
 
@@ -163,6 +167,8 @@ class CudaGraphs:
             if array is None or not self.api.is_device_array(array):
                 return None
             addresses.append((name, tuple(array.shape), str(array.dtype), self.api.address(array)))
+        for name, target in sorted(self.output_targets.items()):
+            addresses.append((name, self.api.address(target)))
         return tuple(shapes), tuple(addresses)
 
     def _capture(self, key: tuple, inputs: dict[str, Any], params: dict[str, Any]) -> Captured | None:
@@ -179,7 +185,12 @@ class CudaGraphs:
             try:
                 slots = executor.bind(inputs, params, placed=static)
                 executor._execute(slots)
-                return executor.collect(slots), ctx.draws, ctx.checks
+                outputs = executor.collect(slots)
+                for name, target in self.output_targets.items():
+                    if name in outputs:
+                        target[...] = outputs[name]
+                        outputs[name] = target
+                return outputs, ctx.draws, ctx.checks
             finally:
                 ctx.capturing = False
 

@@ -102,6 +102,7 @@ class Trainer:
         if self.scaler is not None:
             feeds = {**feeds, LOSS_SCALE: np.asarray(self.scaler.scale, dtype=np.float32)}
             quiet = np.errstate(over="ignore", invalid="ignore")  # overflow is the scaler's signal, not an error
+        self._graph_gradients_into_optimizer()
         with quiet:
             result = self._forward_backward(feeds)
         loss = float(result[LOSS])
@@ -113,13 +114,23 @@ class Trainer:
         grads = {name: result[GRAD_PREFIX + name] for name in self.trainable}
         if self.scaler is not None:
             grads = self.scaler.unscale(grads, self.train_executor.backend.xp, self.master_dtype.type)
-        elif self.train_executor.dtype != self.master_dtype:
-            grads = {name: g.astype(self.master_dtype) for name, g in grads.items()}
+        else:
+            grads = {name: g if g.dtype == self.master_dtype else g.astype(self.master_dtype)
+                     for name, g in grads.items()}
         if grads is not None:  # None: the scaled gradients overflowed, the step is skipped
             self.optimizer.step(grads)
         for name in self.state_names:
             self.params[name][...] = result[UPDATE_PREFIX + name]
         return result
+
+    def _graph_gradients_into_optimizer(self) -> None:
+        """Under CUDA graphs, the graph writes its gradients into the optimizer's flat gradient buffer
+        (converting float16 or bfloat16 to float32 on the way), which the update then reads in place. Not
+        with loss scaling: the scaler checks and rescales the raw gradients first."""
+        graphs = self.train_executor.graphs
+        if graphs is None or graphs.output_targets or self.scaler is not None:
+            return
+        graphs.output_targets = {GRAD_PREFIX + name: view for name, view in self.optimizer.grad_views().items()}
 
     def _forward_backward(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """The training graph on one batch; a batch much larger than the cache runs as slices whose

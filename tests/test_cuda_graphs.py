@@ -259,3 +259,18 @@ def test_cupy_capture_leaves_capture_mode_when_recording_fails():
     with pytest.raises(RuntimeError, match="StreamCaptureUnsupported"):
         api.capture(failing)
     assert fake.calls[-3:] == ["end_capture", "leave stream", "allocator restored"]
+
+
+def test_replayed_gradients_land_in_the_optimizers_buffer():
+    model = nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", seed=0)
+    trainer = model._get_trainer()
+    graphs = simulate(trainer.train_executor)
+    views = trainer.optimizer.grad_views()
+    copies = []
+    original_step = trainer.optimizer.step
+    trainer.optimizer.step = lambda grads: copies.append(sum(g is not views[k] for k, g in grads.items())) \
+        or original_step(grads)
+    for step in range(3):
+        trainer.step(feeds_for(trainer, model, 4, step))
+    assert copies[0] == len(views) and copies[1:] == [0, 0]  # eager first; then the graph writes in place
+    assert set(graphs.output_targets) == {"grad:" + name for name in views}
