@@ -123,8 +123,9 @@ def test_equal_groups_share_a_kernel_and_the_examples_emit_kernels():
 
 def all_sources() -> list[tuple[str, str]]:
     """Every kernel source the cupy backend can compile: the generated elementwise kernels of the
-    examples and of every op body, and the fixed sources: LSTM and GRU steps, whole LSTM and GRU scans, pooling,
+    examples and of every op body, and the fixed sources: epilogues, LSTM and GRU steps, whole scans, pooling,
     col2im, the sparse softmax cross-entropy and Adam."""
+    from nnd.runtime.kernels_cupy import EPILOGUE_SOURCE
     from nnd.runtime.kernels_cupy_conv import CONV_KERNELS_SOURCE
     from nnd.runtime.kernels_cupy_recurrent import GRU_STEP_SOURCE, LSTM_STEP_SOURCE
     from nnd.runtime.kernels_cupy_scan import SCAN_SOURCE
@@ -132,7 +133,7 @@ def all_sources() -> list[tuple[str, str]]:
 
     found: dict[str, str] = {"nnd_lstm_steps": LSTM_STEP_SOURCE, "nnd_gru_steps": GRU_STEP_SOURCE,
                              "nnd_conv_kernels": CONV_KERNELS_SOURCE, "nnd_scans": SCAN_SOURCE,
-                             "nnd_step_kernels": STEP_KERNELS_SOURCE}
+                             "nnd_step_kernels": STEP_KERNELS_SOURCE, "nnd_epilogue": EPILOGUE_SOURCE}
     for path in EXAMPLES:
         for dtype in ("float32", "float64"):
             found.update(generated_kernels_for(path, dtype))

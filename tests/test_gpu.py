@@ -167,9 +167,6 @@ def test_the_cupy_fused_kernel_path_on_a_host_stand_in(tmp_path, monkeypatch):
     monkeypatch.setattr(backend_module, "_CACHE", {})
     monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
     stand_in = backend_module.get_backend("cupy")
-    generic = kernels_for("numpy")
-    stand_in.kernels = {**stand_in.kernels, "conv2d_epilogue": generic["conv2d_epilogue"],
-                        "matmul_epilogue": generic["matmul_epilogue"]}  # these need cupy.ElementwiseKernel
     rng = np.random.default_rng(0)
     chosen = ("add_strided", "sub_strided_first", "mul_trailing2", "maximum_column", "div_scalar",
               "chain_with_constant", "binary_crossentropy_grad")
@@ -198,12 +195,11 @@ def test_training_steps_of_every_example_through_the_cupy_kernels_on_a_host_stan
     """The whole cupy kernel table (generated and hand-written CUDA built by g++, NumPy for CuPy's own
     operations) trains three float64 steps of every example as the NumPy backend does (the first eager,
     then captured and replayed through a simulated CUDA graph), and launches every family of hand-written
-    kernel on the way; only the bias epilogue, a `cupy.ElementwiseKernel`, runs its generic form here."""
+    kernel on the way."""
     fake = FakeCupy(tmp_path)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(backend_module, "_CACHE", {})
     monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
-    monkeypatch.setattr(kernels_cupy, "_FALLBACK", ["the host stand-in has no ElementwiseKernel"])
     monkeypatch.setenv("NND_CUDA_SCAN", "steps")
     for path in EXAMPLES:
         losses, params = {}, {}
@@ -220,12 +216,41 @@ def test_training_steps_of_every_example_through_the_cupy_kernels_on_a_host_stan
         assert (graphs.captures, graphs.replays) == (1, 2), path.stem
         np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-12, err_msg=path.stem)
         for name, want in params["numpy"].items():
-            np.testing.assert_allclose(params["cupy"][name], want, rtol=1e-10, atol=1e-13, err_msg=f"{path.stem} {name}")
+            np.testing.assert_allclose(params["cupy"][name], want, rtol=1e-10, atol=1e-13,
+                                       err_msg=f"{path.stem} {name}")
     launched = {k.fn.__name__.rsplit("_", 1)[0] for k in fake.kernels if k.launches}
     assert {"nnd_maxpool2d", "nnd_maxpool2d_grad", "nnd_col2im", "nnd_sparse_softmax_ce", "nnd_sparse_softmax_ce_grad",
             "nnd_adam_update", "nnd_lstm_forward_step", "nnd_lstm_backward_step", "nnd_gru_forward_step",
-            "nnd_gru_backward_step"} <= launched
+            "nnd_gru_backward_step", "nnd_bias_activation"} <= launched
     assert any(name.startswith("nnd_ew_") for name in launched)
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "tanh", "sigmoid"])
+def test_the_cuda_bias_activation_epilogue_on_a_host_stand_in(tmp_path, monkeypatch, activation):
+    """The one-pass epilogue built by g++ against the generic kernels: a channels-last and an NCHW
+    convolution, a dense layer."""
+    fake = FakeCupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    generic, cuda = kernels_for("numpy"), kernels_for("cupy")
+    rng = np.random.default_rng(4)
+    for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        x = rng.normal(size=(2, 6, 5, 3)).astype(dtype)
+        w = rng.normal(size=(3, 3, 3, 4)).astype(dtype)
+        bias = rng.normal(size=4).astype(dtype)
+        for layout in ("NHWC", "NCHW"):
+            attrs = {"activation": activation, "layout": layout}
+            operand = x.transpose(0, 3, 1, 2).copy() if layout == "NCHW" else x
+            ctx = KernelContext(np, rng, dtype)
+            want = generic["conv2d_epilogue"](ctx, attrs, operand, w, bias)
+            got = cuda["conv2d_epilogue"](KernelContext(fake, rng, dtype), attrs, operand, w, bias)
+            np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance, err_msg=layout)
+        a, b = rng.normal(size=(5, 7)).astype(dtype), rng.normal(size=(7, 4)).astype(dtype)
+        want = generic["matmul_epilogue"](KernelContext(np, rng, dtype), {"activation": activation}, a, b, bias)
+        got = cuda["matmul_epilogue"](KernelContext(fake, rng, dtype), {"activation": activation}, a, b, bias)
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+    assert {k.fn.__name__ for k in fake.kernels if k.launches} == {"nnd_bias_activation_float",
+                                                                   "nnd_bias_activation_double"}
 
 
 POOLINGS = [
