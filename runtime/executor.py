@@ -208,11 +208,10 @@ class Executor:
         """The outputs and state updates of a finished run; a constant comes out as a copy, so that the
         caller cannot change the one the graph keeps."""
         xp = self.backend.xp
-        constants = {id(array) for _, array in self.constants}
         result = {}
         for name, index in self.output_slots + self.update_slots:
             array = xp.asarray(slots[index])
-            result[name] = array.copy() if id(array) in constants else array
+            result[name] = array.copy() if id(array) in self.ctx.host_values else array
         return result
 
     def _place_constants(self, slots: list[Any]) -> None:
