@@ -33,6 +33,7 @@ import numpy as np
 
 from nnd.compiler.diagnostics import NndError
 from nnd.runtime.backend import Backend
+from nnd.runtime.executor import is_out_of_memory
 from nnd.runtime.kernel_table import DeferredCheck
 
 if TYPE_CHECKING:
@@ -151,8 +152,9 @@ class CudaGraphs:
         return self._replay(captured, inputs)
 
     def _key(self, inputs: dict[str, Any], params: dict[str, Any]) -> tuple | None:
-        """Input shapes and dtypes and parameter addresses; None when a parameter is not on the device
-        (a host array would be copied anew on every run, at an address no graph can keep)."""
+        """Input shapes, and the addresses of the parameters and output targets; None when a parameter is
+        not on the device (a host array would be copied anew on every run, at an address no graph can
+        keep)."""
         executor = self.executor
         bindings: dict[str, int] = {}
         shapes: list[tuple] = []
@@ -173,11 +175,40 @@ class CudaGraphs:
 
     def _capture(self, key: tuple, inputs: dict[str, Any], params: dict[str, Any]) -> Captured | None:
         executor = self.executor
-        xp = executor.backend.xp
-        static = {name: xp.empty(np.shape(inputs[name]), dtype=executor.dtype_of(value.type))
+        try:
+            static = self._input_buffers(inputs)
+            (outputs, draws, checks), replay = self.api.capture(self._recorder(static, inputs, params))
+        except NndError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (any failure to capture leaves the eager path)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if is_out_of_memory(exc):
+                raise NndError(f"out of GPU memory capturing a CUDA graph of {executor.graph.name!r} at batch size "
+                               f"{executor.batch}: {reason}; try a smaller batch size, or run without CUDA "
+                               "graphs (they keep each batch shape's activations)") from None
+            self.eager.add(key)
+            warnings.warn(f"graph {executor.graph.name!r} runs without CUDA graphs: its capture failed ({reason})",
+                          RuntimeWarning, stacklevel=3)
+            return None
+        self.captures += 1
+        captured = Captured(static, outputs, draws, checks, replay)
+        self.graphs[key] = captured
+        return captured
+
+    def _input_buffers(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The graph's own input buffers, holding this run's inputs (should anything read them before the
+        replay)."""
+        executor = self.executor
+        static = {name: executor.backend.xp.empty(np.shape(inputs[name]), dtype=executor.dtype_of(value.type))
                   for name, value, _ in executor.input_slots}
         for name, buffer in static.items():
-            self.api.upload(buffer, inputs[name])  # real data, should anything read them before the replay
+            self.api.upload(buffer, inputs[name])
+        return static
+
+    def _recorder(self, static: dict[str, Any], inputs: dict[str, Any], params: dict[str, Any]):
+        """The function whose device work becomes the graph: one run of the executor on the graph's input
+        buffers in capture mode, its outputs copied into `output_targets` where given."""
+        executor = self.executor
         ctx = executor.ctx
 
         def record() -> tuple[dict[str, Any], list, list]:
@@ -194,20 +225,7 @@ class CudaGraphs:
             finally:
                 ctx.capturing = False
 
-        try:
-            (outputs, draws, checks), replay = self.api.capture(record)
-        except NndError:
-            raise
-        except Exception as exc:  # noqa: BLE001  (any failure to capture leaves the eager path)
-            self.eager.add(key)
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            warnings.warn(f"graph {executor.graph.name!r} runs without CUDA graphs: its capture failed ({reason})",
-                          RuntimeWarning, stacklevel=3)
-            return None
-        self.captures += 1
-        captured = Captured(static, outputs, draws, checks, replay)
-        self.graphs[key] = captured
-        return captured
+        return record
 
     def _replay(self, captured: Captured, inputs: dict[str, Any]) -> dict[str, Any]:
         executor = self.executor

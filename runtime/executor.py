@@ -237,7 +237,7 @@ class Executor:
             except NndError:
                 raise
             except Exception as exc:
-                if _out_of_memory(exc):
+                if is_out_of_memory(exc):
                     raise NndError(self._out_of_memory_diagnostic(step.node, exc)) from None
                 exc.add_note(_describe(step.node, args))
                 raise
@@ -347,7 +347,7 @@ def _views(array: Any, buffer: Any) -> bool:
     return False
 
 
-def _out_of_memory(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
     """NumPy's MemoryError or CuPy's OutOfMemoryError (recognized without importing cupy)."""
     if isinstance(exc, MemoryError):
         return True

@@ -274,3 +274,23 @@ def test_replayed_gradients_land_in_the_optimizers_buffer():
         trainer.step(feeds_for(trainer, model, 4, step))
     assert copies[0] == len(views) and copies[1:] == [0, 0]  # eager first; then the graph writes in place
     assert set(graphs.output_targets) == {"grad:" + name for name in views}
+
+
+def test_running_out_of_memory_while_capturing_is_one_clear_error():
+    model = nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", seed=0)
+    x = np.zeros((3, 28, 28, 1), dtype=np.float32)
+    model.predict(x)
+    graphs = simulate(model._predictor)
+    model.predict(x)
+
+    class OutOfMemoryError(Exception):  # how CuPy's allocator fails, recognized by name and module
+        __module__ = "cupy.cuda.memory"
+
+    def exhausted(record):
+        raise OutOfMemoryError("Out of memory allocating 1,048,576 bytes (allocated so far: 79,993,765,888 bytes).")
+
+    graphs.api.capture = exhausted
+    with pytest.raises(NndError, match=r"out of GPU memory capturing a CUDA graph of '\w+' at batch size 3: Out of "
+                                       r"memory allocating 1,048,576 bytes .*; try a smaller batch size, or run "
+                                       r"without CUDA graphs"):
+        model.predict(x)
