@@ -1,10 +1,10 @@
 """CUDA graphs of executor runs: a run's kernels recorded once, then replayed with no Python between them.
 
-Small batches on a GPU are bound by launches: a training step of the seed CNN is a few hundred kernels of
+Small batches on a GPU are bound by launches: a training step of the seed CNN is over a hundred kernels of
 a few microseconds each, and Python takes longer to issue each one than the device takes to run it. A CUDA
 graph issues them all in one call.
 
-Runs are keyed by the shapes and dtypes of their inputs and the device addresses of their parameters:
+Runs are keyed by the shapes of their inputs and the device addresses of their parameters:
 
 1. The first run of a key runs eagerly. It compiles every kernel (NVRTC, CuPy's own), sets up cuBLAS and
    fills the memory pool, none of which belongs inside a capture.
@@ -77,7 +77,7 @@ class CupyCapture:
 
     def capture(self, record: Callable[[], Any]) -> tuple[Any, Callable[[], None]]:
         cupy = self.cupy
-        pool = cupy.cuda.MemoryPool()  # the graph's own: kept alive by the replay function below
+        pool = cupy.cuda.MemoryPool()  # the graph's own, kept alive by its replay
         with cupy.cuda.using_allocator(pool.malloc), self.stream:
             self.stream.begin_capture()
             try:
