@@ -6,14 +6,13 @@ kernels) on machines without it; selecting the cupy backend there fails in `get_
 message before any of these run.
 
 * `fused_elementwise`: the body becomes CUDA C++ (`nnd.runtime.cuda_codegen`) in the executor's dtype,
-  compiled once by NVRTC through `cupy.RawKernel` and cached by a hash of the source (equal groups share
+  compiled once by NVRTC through `cupy.RawKernel` and cached by its source text (equal groups share
   one kernel), then launched over the group's iteration size with a grid-stride loop.
 * `conv2d_epilogue` / `matmul_epilogue`: the product (the generic kernels, cuBLAS underneath), then the
   bias and the activation in one elementwise kernel writing into the product's buffer.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
@@ -24,13 +23,14 @@ from nnd.runtime.kernel_table import kernel, node_kernel
 BLOCK = 256
 MAX_BLOCKS = 65535 * 32  # a grid-stride loop covers the rest
 
-_COMPILED: dict[str, Any] = {}
+_COMPILED: dict[tuple[str, str], Any] = {}
 
 
 def compiled_kernel(source: str, name: str):
     """The `cupy.RawKernel` `name` of `source`, compiled on first use; one per distinct (source, name):
-    a source may define several kernels."""
-    key = hashlib.sha1(source.encode()).hexdigest() + ":" + name
+    a source may define several kernels. (A string caches its hash, so the lookup costs no rehashing of
+    the source at every launch.)"""
+    key = (source, name)
     found = _COMPILED.get(key)
     if found is None:
         import cupy
