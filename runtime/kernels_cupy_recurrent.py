@@ -106,9 +106,10 @@ def lstm_forward_cuda(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) ->
     project = _projection(xp, recurrent_kernel, rmask, (n, u), hs.dtype)
     step = _step_kernel("forward", hs.dtype)
     grid, block = _grid(n * u)
+    sizes = (np.uint64(n * u), np.uint64(u))  # converted once, not at every step
     for s in range(steps):
         project(h, z)
-        step(grid, block, (z, xt[s], c_prev, gates[s], cs[s], hs[s], np.uint64(n * u), np.uint64(u)))
+        step(grid, block, (z, xt[s], c_prev, gates[s], cs[s], hs[s], *sizes))
         h, c_prev = hs[s], cs[s]
 
 
@@ -129,11 +130,11 @@ def lstm_backward_cuda(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, 
     c0 = xp.ascontiguousarray(c0, dtype=cs.dtype)
     step = _step_kernel("backward", cs.dtype)
     grid, block = _grid(n * u)
+    sizes = (np.uint64(n * u), np.uint64(u))  # converted once, not at every step
     has_dout = np.int32(dout_tm is not None)
     for s in range(steps - 1, -1, -1):
         row = dout[s] if dout_tm is not None else dout
-        step(grid, block, (row, has_dout, dh, dc, gates[s], cs[s], cs[s - 1] if s else c0, dgates[s],
-                           np.uint64(n * u), np.uint64(u)))
+        step(grid, block, (row, has_dout, dh, dc, gates[s], cs[s], cs[s - 1] if s else c0, dgates[s], *sizes))
         back(dgates[s], dh)
     d_xproj_tm[...] = dgates
     return dh, dc
@@ -214,9 +215,10 @@ def gru_forward_cuda(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates,
     project = _projection(xp, recurrent_kernel, rmask, (n, u), dt)
     step = fixed_kernel(GRU_STEP_SOURCE, "gru_forward_step", dt)
     grid, block = _grid(n * u)
+    sizes = (np.uint64(n * u), np.uint64(u))  # converted once, not at every step
     for s in range(steps):
         project(h, rec)
-        step(grid, block, (rec, xt[s], bias, h, gates[s], aux[s], hs[s], np.uint64(n * u), np.uint64(u)))
+        step(grid, block, (rec, xt[s], bias, h, gates[s], aux[s], hs[s], *sizes))
         h = hs[s]
     return True
 
@@ -243,11 +245,12 @@ def gru_backward_cuda(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, 
     back = _backprojection(xp, xp.ascontiguousarray(recurrent_kernel.T, dtype=dt), rmask)
     step = fixed_kernel(GRU_STEP_SOURCE, "gru_backward_step", dt)
     grid, block = _grid(n * u)
+    sizes = (np.uint64(n * u), np.uint64(u))  # converted once, not at every step
     has_dout = np.uint64(dout_tm is not None)
     for s in range(steps - 1, -1, -1):
         row = dout[s] if dout_tm is not None else dout
-        step(grid, block, (row, has_dout, dh, carry, gates[s], aux[s], hs[s - 1] if s else h0, drec[s], dx[s],
-                           np.uint64(n * u), np.uint64(u)))
+        h_prev = hs[s - 1] if s else h0
+        step(grid, block, (row, has_dout, dh, carry, gates[s], aux[s], h_prev, drec[s], dx[s], *sizes))
         back(drec[s], dh)
     d_xproj_tm[...] = dx
     return dh + carry
