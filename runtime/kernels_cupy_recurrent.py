@@ -8,8 +8,6 @@ These fill the cupy entries of `LSTM_DEFAULT_PATHS` and `GRU_DEFAULT_PATHS` (`nn
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from nnd.runtime import kernels_cupy_scan
@@ -84,10 +82,6 @@ extern "C" __global__ void nnd_lstm_backward_step_double(const double* dout, int
 """
 
 
-def _step_kernel(kind: str, dtype) -> Any:
-    return fixed_kernel(LSTM_STEP_SOURCE, f"lstm_{kind}_step", dtype)
-
-
 def lstm_forward_cuda(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) -> None:
     from nnd.runtime.kernels_recurrent import _lstm_forward_default, _projection
 
@@ -104,7 +98,7 @@ def lstm_forward_cuda(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) ->
     h = xp.ascontiguousarray(h0, dtype=hs.dtype)
     z = xp.empty((n, 4 * u), dtype=hs.dtype)
     project = _projection(xp, recurrent_kernel, rmask, (n, u), hs.dtype)
-    step = _step_kernel("forward", hs.dtype)
+    step = fixed_kernel(LSTM_STEP_SOURCE, "lstm_forward_step", hs.dtype)
     grid, block = _grid(n * u)
     sizes = (np.uint64(n * u), np.uint64(u))  # converted once, not at every step
     for s in range(steps):
@@ -128,7 +122,7 @@ def lstm_backward_cuda(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, 
     back = _backprojection(xp, kernel_t, rmask)
     dout = xp.ascontiguousarray(dout_tm) if dout_tm is not None else xp.zeros((1,), dtype=cs.dtype)
     c0 = xp.ascontiguousarray(c0, dtype=cs.dtype)
-    step = _step_kernel("backward", cs.dtype)
+    step = fixed_kernel(LSTM_STEP_SOURCE, "lstm_backward_step", cs.dtype)
     grid, block = _grid(n * u)
     sizes = (np.uint64(n * u), np.uint64(u))  # converted once, not at every step
     has_dout = np.int32(dout_tm is not None)
