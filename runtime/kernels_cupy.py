@@ -160,9 +160,10 @@ def fixed_kernel(source: str, name: str, dtype) -> Any:
 def launch_over(kernel_fn, count: int, args: list) -> None:
     """Launch a grid-stride kernel over `count` elements: arrays pass as they are, integers as uint64."""
     if count:
-        grid, block = _grid(count)
+        grid, block = launch_shape(count)
         kernel_fn(grid, block, tuple(np.uint64(a) if isinstance(a, (int, np.integer)) else a for a in args))
 
 
-def _grid(n: int) -> tuple[tuple[int], tuple[int]]:
+def launch_shape(n: int) -> tuple[tuple[int], tuple[int]]:
+    """(grid, block) for a grid-stride loop over `n` elements: a thread each, up to the grid limit."""
     return (max(1, min((n + BLOCK - 1) // BLOCK, MAX_BLOCKS)),), (BLOCK,)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnd.runtime import kernels_cupy_scan
-from nnd.runtime.kernels_cupy import _grid, fixed_kernel, has_cuda_kernels
+from nnd.runtime.kernels_cupy import fixed_kernel, has_cuda_kernels, launch_shape
 
 STEP_PRELUDE = r"""
 #ifndef NND_STEP_PRELUDE  /* both step sources carry it; compiled together, one copy counts */
@@ -99,7 +99,7 @@ def lstm_forward_cuda(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) ->
     z = xp.empty((n, 4 * u), dtype=hs.dtype)
     project = _projection(xp, recurrent_kernel, rmask, (n, u), hs.dtype)
     step = fixed_kernel(LSTM_STEP_SOURCE, "lstm_forward_step", hs.dtype)
-    grid, block = _grid(n * u)
+    grid, block = launch_shape(n * u)
     sizes = (np.uint64(n * u), np.uint64(u))  # converted once, not at every step
     for s in range(steps):
         project(h, z)
@@ -123,7 +123,7 @@ def lstm_backward_cuda(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, 
     dout = xp.ascontiguousarray(dout_tm) if dout_tm is not None else xp.zeros((1,), dtype=cs.dtype)
     c0 = xp.ascontiguousarray(c0, dtype=cs.dtype)
     step = fixed_kernel(LSTM_STEP_SOURCE, "lstm_backward_step", cs.dtype)
-    grid, block = _grid(n * u)
+    grid, block = launch_shape(n * u)
     sizes = (np.uint64(n * u), np.uint64(u))  # converted once, not at every step
     has_dout = np.int32(dout_tm is not None)
     for s in range(steps - 1, -1, -1):
@@ -208,7 +208,7 @@ def gru_forward_cuda(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates,
     rec = xp.empty((n, 3 * u), dtype=dt)
     project = _projection(xp, recurrent_kernel, rmask, (n, u), dt)
     step = fixed_kernel(GRU_STEP_SOURCE, "gru_forward_step", dt)
-    grid, block = _grid(n * u)
+    grid, block = launch_shape(n * u)
     sizes = (np.uint64(n * u), np.uint64(u))  # converted once, not at every step
     for s in range(steps):
         project(h, rec)
@@ -238,7 +238,7 @@ def gru_backward_cuda(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, 
     h0 = xp.ascontiguousarray(h0, dtype=dt)
     back = _backprojection(xp, xp.ascontiguousarray(recurrent_kernel.T, dtype=dt), rmask)
     step = fixed_kernel(GRU_STEP_SOURCE, "gru_backward_step", dt)
-    grid, block = _grid(n * u)
+    grid, block = launch_shape(n * u)
     sizes = (np.uint64(n * u), np.uint64(u))  # converted once, not at every step
     has_dout = np.uint64(dout_tm is not None)
     for s in range(steps - 1, -1, -1):
