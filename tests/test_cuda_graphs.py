@@ -6,6 +6,8 @@ their helpers below, and on a device by the `gpu` tests in test_gpu.py (stream c
 memory pool, a padded batch replayed through a graph captured on an unpadded one)."""
 from __future__ import annotations
 
+import json
+import sys
 import types
 import warnings
 from pathlib import Path
@@ -294,3 +296,67 @@ def test_running_out_of_memory_while_capturing_is_one_clear_error():
                                        r"memory allocating 1,048,576 bytes .*; try a smaller batch size, or run "
                                        r"without CUDA graphs"):
         model.predict(x)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+TINY = """model tiny {
+    input x: [4]
+    dense(8, activation=relu)
+    dropout(0.2)
+    dense(3, activation=softmax)
+}
+
+train tiny {
+    optimizer  = adam(lr=0.01)
+    loss       = sparse_categorical_crossentropy
+    metrics    = [accuracy]
+    epochs     = 3
+    batch_size = 16
+}
+"""
+
+
+def test_train_and_predict_commands_with_cuda_graphs_on_a_host_stand_in(tmp_path, monkeypatch):
+    """`--backend cupy --cuda-graphs` from the command line to the executors of training, validation and
+    prediction (the cupy module a NumPy stand-in, the capture simulated): the same metrics and outputs as
+    the run without graphs, with every executor replaying."""
+    from click.testing import CliRunner
+    from host_cuda import FakeCupy
+
+    from nnd.cli import main
+    from nnd.runtime import backend as backend_module
+    from nnd.runtime import kernels_cupy
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", FakeCupy(tmp_path / "kernels"))
+    monkeypatch.setattr(backend_module, "_CACHE", {})
+    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    runners = []
+
+    def simulated(executor, api):
+        runners.append(simulate(executor))
+        return runners[-1]
+
+    monkeypatch.setattr(cuda_graphs, "capture_api", lambda backend: None)
+    monkeypatch.setattr(cuda_graphs, "CudaGraphs", simulated)
+    (tmp_path / "tiny.nnd").write_text(TINY)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 4)).astype(np.float32)
+    y = np.argmax(x[:, :3], axis=1)
+    np.savez(tmp_path / "data.npz", x_train=x[:80], y_train=y[:80], x_test=x[80:], y_test=y[80:])
+    np.save(tmp_path / "x.npy", x[:7])
+    outputs = {}
+    for flags in ([], ["--cuda-graphs"]):
+        run = f"run{len(flags)}"
+        result = CliRunner().invoke(main, ["train", "tiny.nnd", "--data", "data.npz", "--backend", "cupy", "-q",
+                                           "--out", run, *flags])
+        assert result.exit_code == 0, result.output
+        result = CliRunner().invoke(main, ["predict", "tiny.nnd", "--weights", run, "--input", "x.npy",
+                                           "--output", f"{run}.npy", "--backend", "cupy", *flags])
+        assert result.exit_code == 0, result.output
+        outputs[run] = (json.loads((tmp_path / run / "metrics.json").read_text()), np.load(f"{run}.npy"))
+    assert outputs["run0"][0] == outputs["run1"][0]
+    np.testing.assert_array_equal(outputs["run1"][1], outputs["run0"][1])
+    # training (80 = 5 batches of 16), validation (one batch of 20), prediction: all captured and replayed
+    assert len(runners) == 3 and all(r.captures >= 1 and r.replays >= 1 for r in runners[:2])
