@@ -53,6 +53,16 @@ def host(array) -> np.ndarray:
     return np.asarray(array.get() if hasattr(array, "get") else array)
 
 
+@pytest.fixture
+def cupy_stand_in(tmp_path, monkeypatch) -> FakeCupy:
+    """`cupy` as NumPy plus the CUDA sources built by g++ (see host_cuda), for the rest of the test."""
+    fake = FakeCupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend_module, "_CACHE", {})
+    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    return fake
+
+
 # ------------------------------------------------------------------------------------------ without a GPU
 
 def test_the_cupy_backend_without_cupy_or_a_device_is_one_clear_error(monkeypatch):
@@ -120,12 +130,9 @@ def test_every_op_forward_and_backward_matches_numpy(name, case):
     check_op_parity(name, case)
 
 
-def test_every_op_forward_and_backward_through_the_cupy_kernels_on_a_host_stand_in(tmp_path, monkeypatch):
+def test_every_op_forward_and_backward_through_the_cupy_kernels_on_a_host_stand_in(cupy_stand_in):
     """The same parity of every op on any machine: the cupy kernel table with its CUDA sources built by g++
     and NumPy for CuPy's own operations."""
-    monkeypatch.setitem(sys.modules, "cupy", FakeCupy(tmp_path))
-    monkeypatch.setattr(backend_module, "_CACHE", {})
-    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
     for name in sorted(GRADCHECK_CASES):
         for case in GRADCHECK_CASES[name]:
             check_op_parity(name, case)
@@ -175,13 +182,10 @@ def test_generated_kernel_matches_the_numpy_body(body):
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
-def test_the_cupy_fused_kernel_path_on_a_host_stand_in(tmp_path, monkeypatch):
+def test_the_cupy_fused_kernel_path_on_a_host_stand_in(cupy_stand_in):
     """The cupy kernel of fused_elementwise (source, compile cache, argument order, launch size, several
     outputs) on any machine: cupy is NumPy here and RawKernel the generated code built by g++."""
-    fake = FakeCupy(tmp_path)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(backend_module, "_CACHE", {})
-    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    fake = cupy_stand_in
     stand_in = backend_module.get_backend("cupy")
     rng = np.random.default_rng(0)
     chosen = ("add_strided", "sub_strided_first", "mul_trailing2", "maximum_column", "div_scalar",
@@ -207,15 +211,12 @@ def test_the_cupy_fused_kernel_path_on_a_host_stand_in(tmp_path, monkeypatch):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
 
 
-def test_training_steps_of_every_example_through_the_cupy_kernels_on_a_host_stand_in(tmp_path, monkeypatch):
+def test_training_steps_of_every_example_through_the_cupy_kernels_on_a_host_stand_in(cupy_stand_in, monkeypatch):
     """The whole cupy kernel table (generated and hand-written CUDA built by g++, NumPy for CuPy's own
     operations) trains three float64 steps of every example as the NumPy backend does (the first eager,
     then captured and replayed through a simulated CUDA graph), and launches every family of hand-written
     kernel on the way."""
-    fake = FakeCupy(tmp_path)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(backend_module, "_CACHE", {})
-    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    fake = cupy_stand_in
     monkeypatch.setenv("NND_CUDA_SCAN", "steps")
     for path in EXAMPLES:
         losses, params = {}, {}
@@ -242,12 +243,10 @@ def test_training_steps_of_every_example_through_the_cupy_kernels_on_a_host_stan
 
 
 @pytest.mark.parametrize("activation", ["linear", "relu", "tanh", "sigmoid"])
-def test_the_cuda_bias_activation_epilogue_on_a_host_stand_in(tmp_path, monkeypatch, activation):
+def test_the_cuda_bias_activation_epilogue_on_a_host_stand_in(cupy_stand_in, activation):
     """The one-pass epilogue built by g++ against the generic kernels: a channels-last and an NCHW
     convolution, a dense layer."""
-    fake = FakeCupy(tmp_path)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    fake = cupy_stand_in
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
     rng = np.random.default_rng(4)
     for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
@@ -281,14 +280,12 @@ CONV_GRADS = [
 ]
 
 
-def test_the_cupy_pooling_and_col2im_kernels_on_a_host_stand_in(tmp_path, monkeypatch):
+def test_the_cupy_pooling_and_col2im_kernels_on_a_host_stand_in(cupy_stand_in):
     """The CUDA max pooling, pooling gradient and col2im kernels built by g++ (one thread) against the
     NumPy kernels: ties at the maximum, relu windows of zeros, padding, gaps and strides."""
     from nnd.runtime import kernels_conv
 
-    fake = FakeCupy(tmp_path)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    fake = cupy_stand_in
     cuda = kernels_for("cupy")
     rng = np.random.default_rng(0)
     for dtype in (np.float64, np.float32):
@@ -314,23 +311,15 @@ def test_the_cupy_pooling_and_col2im_kernels_on_a_host_stand_in(tmp_path, monkey
                         for t in ("float", "double")}
 
 
-def recurrent_stand_in(tmp_path, monkeypatch, mode: str) -> FakeCupy:
-    """cupy as NumPy plus g++-built kernels, in scan mode `mode` (steps or scan)."""
-    fake = FakeCupy(tmp_path)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
-    monkeypatch.setenv("NND_CUDA_SCAN", mode)
-    return fake
-
-
 @pytest.mark.parametrize("mode", ["steps", "scan"])
 @pytest.mark.parametrize("attrs, recurrent_dropout", [
     ({}, False), ({"return_sequences": True}, False), ({"go_backwards": True, "return_sequences": True}, True),
 ])
-def test_the_cuda_lstm_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, recurrent_dropout, mode):
+def test_the_cuda_lstm_kernels_on_a_host_stand_in(cupy_stand_in, monkeypatch, attrs, recurrent_dropout, mode):
     """The LSTM's CUDA paths built by g++ (one thread) against the NumPy kernels: per step a GEMM and one
     gate kernel, or (NND_CUDA_SCAN=scan) the whole scan in one launch, forward and backward."""
-    fake = recurrent_stand_in(tmp_path, monkeypatch, mode)
+    fake = cupy_stand_in
+    monkeypatch.setenv("NND_CUDA_SCAN", mode)
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
     n, t, u = 5, 4, 3
     rng = np.random.default_rng(1)
@@ -359,10 +348,11 @@ def test_the_cuda_lstm_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, 
 @pytest.mark.parametrize("attrs, recurrent_dropout", [
     ({}, False), ({"return_sequences": True}, False), ({"return_sequences": True, "go_backwards": True}, True),
 ])
-def test_the_cuda_gru_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, recurrent_dropout, mode):
+def test_the_cuda_gru_kernels_on_a_host_stand_in(cupy_stand_in, monkeypatch, attrs, recurrent_dropout, mode):
     """The GRU's (reset_after) CUDA paths built by g++ against the NumPy kernels: per step a GEMM and one
     gate kernel, or the whole scan in one launch, forward and backward."""
-    fake = recurrent_stand_in(tmp_path, monkeypatch, mode)
+    fake = cupy_stand_in
+    monkeypatch.setenv("NND_CUDA_SCAN", mode)
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
     n, t, u = 5, 4, 3
     rng = np.random.default_rng(2)
@@ -387,13 +377,11 @@ def test_the_cuda_gru_kernels_on_a_host_stand_in(tmp_path, monkeypatch, attrs, r
     assert names == {f"nnd_{kernel.format(d)}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
 
 
-def test_the_cupy_loss_and_adam_kernels_on_a_host_stand_in(tmp_path, monkeypatch):
+def test_the_cupy_loss_and_adam_kernels_on_a_host_stand_in(cupy_stand_in):
     """The sparse softmax cross-entropy (forward, gradient) and Adam kernels built by g++ against NumPy."""
     from nnd.runtime.optimizers import make_optimizer
 
-    fake = FakeCupy(tmp_path)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    fake = cupy_stand_in
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
     rng = np.random.default_rng(4)
     for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
