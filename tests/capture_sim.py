@@ -42,11 +42,6 @@ class SimulatedCapture:
 
 
 def simulate(executor) -> CudaGraphs:
-    executor.graphs = CudaGraphs(executor, SimulatedCapture(executor))
-    return executor.graphs
-
-
-def simulate(executor) -> CudaGraphs:
     """Give `executor` a graph runner over the simulated capture."""
     executor.graphs = CudaGraphs(executor, SimulatedCapture(executor))
     return executor.graphs
