@@ -8,7 +8,8 @@ timed step ends with a device synchronization. TF32 is off on both sides (PyTorc
 default; CuPy's cuBLAS does not use it unless CUPY_TF32=1), so both compute in plain fp32. The table
 gives the median samples/s with the min-max range over all timed steps of all rounds, the ratio of nnd to
 the faster PyTorch variant, and the GPU memory that system's allocator held after the workload (CuPy's
-pool, PyTorch's reserved memory; each grows over the run, so read it as a running peak).
+pool, PyTorch's reserved memory; each grows over the run, so read it as a running peak; the `graphs`
+systems hold their captured activations in pools of their own, which this column leaves out).
 """
 from __future__ import annotations
 
