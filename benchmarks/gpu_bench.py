@@ -173,31 +173,40 @@ def main() -> None:
     times: dict[tuple[str, str], list[float]] = {}
     memory: dict[tuple[str, str], float] = {}
     failures: dict[tuple[str, str], str] = {}
-    for round_index in range(args.rounds):
-        for workload in args.workloads:
-            for system in systems:
-                key = (workload, system)
-                if not applicable(workload, system) or key in failures:
-                    continue
-                try:
-                    if key not in steps:
-                        steps[key] = make_step(workload, system)
-                    step = steps[key]
-                    for _ in range(args.warmup if round_index == 0 else 1):
-                        step()
-                    for _ in range(args.steps):
-                        start = time.perf_counter()
-                        step()
-                        times.setdefault(key, []).append(time.perf_counter() - start)
-                    memory[key] = held_mb(system)
-                except Exception as exc:  # one broken workload must not hide the others
-                    failures[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    print(f"{workload} / {system} failed: {failures[key]}", file=sys.stderr)
-        print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
+    try:
+        for round_index in range(args.rounds):
+            for workload in args.workloads:
+                for system in systems:
+                    measure(workload, system, round_index, args, steps, times, memory, failures)
+            print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
+    except KeyboardInterrupt:  # a time limit's SIGINT: print what was measured so far
+        print("interrupted: the table holds the steps timed so far", file=sys.stderr)
     text = table(times, memory, failures, args.workloads, systems)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+
+
+def measure(workload: str, system: str, round_index: int, args, steps: dict, times: dict, memory: dict,
+            failures: dict) -> None:
+    """One round of one (workload, system): warm-up steps in the first round, then `args.steps` timed."""
+    key = (workload, system)
+    if not applicable(workload, system) or key in failures:
+        return
+    try:
+        if key not in steps:
+            steps[key] = make_step(workload, system)
+        step = steps[key]
+        for _ in range(args.warmup if round_index == 0 else 1):
+            step()
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            step()
+            times.setdefault(key, []).append(time.perf_counter() - start)
+        memory[key] = held_mb(system)
+    except Exception as exc:  # one broken workload must not hide the others
+        failures[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        print(f"{workload} / {system} failed: {failures[key]}", file=sys.stderr)
 
 
 def table(times, memory, failures, workloads, systems) -> str:
