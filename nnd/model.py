@@ -48,7 +48,6 @@ class Model:
             raise NndError(f"mixed precision computes in {low.name} on float32 weights: it needs dtype float32, "
                            f"not {dtype!r}")
         self.mixed_precision = None if low is None else low.name  # "float16", "bfloat16" or None
-        self._low_precision = low
         if tf32:
             _allow_tf32(backend)
         if cuda_graphs and backend != "cupy":
@@ -78,7 +77,7 @@ class Model:
     @property
     def compute_dtype(self) -> Any:
         """What the graphs run in: float16 or bfloat16 under mixed precision, else the parameters' dtype."""
-        return self.dtype if self._low_precision is None else self._low_precision
+        return self.dtype if self.mixed_precision is None else mixed_precision_dtype(self.mixed_precision)
 
     @property
     def input_names(self) -> list[str]:

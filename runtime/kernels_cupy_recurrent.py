@@ -199,7 +199,8 @@ def gru_forward_cuda(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates,
     if not has_cuda_kernels(hs.dtype):
         return False
     if kernels_cupy_scan.usable(hs.dtype):
-        return kernels_cupy_scan.gru_scan_forward(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates, aux)
+        kernels_cupy_scan.gru_scan_forward(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates, aux)
+        return True
     steps, n, u = hs.shape
     dt = hs.dtype
     xt = xp.ascontiguousarray(xt, dtype=dt)  # time-major once, so each step reads one contiguous block

@@ -262,11 +262,8 @@ def lstm_scan_backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, 
     return dh, dc
 
 
-def gru_scan_forward(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates, aux) -> bool:
-    """The whole GRU scan in one launch (`kernels_cupy_recurrent.gru_forward_cuda` calls it in scan mode);
-    False when scan mode is off or the dtype has no kernel."""
-    if not usable(hs.dtype):
-        return False
+def gru_scan_forward(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates, aux) -> None:
+    """The whole GRU scan in one launch (`kernels_cupy_recurrent.gru_forward_cuda` calls it when `usable`)."""
     import cupy as xp
 
     steps, n, u = hs.shape
@@ -278,14 +275,10 @@ def gru_scan_forward(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates,
         grid, block = _launch_shape(n, 3 * u)
         flags = (steps, n, u, rmask is not None)
         _scan_kernel("gru", "forward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
-    return True
 
 
 def gru_scan_backward(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, drec, d_xproj_tm):
-    """The whole GRU backward scan in one launch: the initial state's gradient, or None when scan mode is
-    off or the dtype has no kernel."""
-    if not usable(hs.dtype):
-        return None
+    """The whole GRU backward scan in one launch, when `usable`: the initial state's gradient."""
     import cupy as xp
 
     steps, n, u = hs.shape

@@ -18,6 +18,7 @@ import pytest
 import nnd
 from capture_sim import simulate
 from nnd.bench import _id_range, random_array
+from test_train_cli import MODEL as TINY_MODEL
 from nnd.compiler.diagnostics import NndError
 from nnd.runtime import cuda_graphs
 from nnd.runtime.cuda_graphs import CupyCapture
@@ -300,23 +301,6 @@ def test_running_out_of_memory_while_capturing_is_one_clear_error():
 
 # ------------------------------------------------------------------------------------------ end to end
 
-TINY = """model tiny {
-    input x: [4]
-    dense(8, activation=relu)
-    dropout(0.2)
-    dense(3, activation=softmax)
-}
-
-train tiny {
-    optimizer  = adam(lr=0.01)
-    loss       = sparse_categorical_crossentropy
-    metrics    = [accuracy]
-    epochs     = 3
-    batch_size = 16
-}
-"""
-
-
 def test_train_and_predict_commands_with_cuda_graphs_on_a_host_stand_in(tmp_path, monkeypatch):
     """`--backend cupy --cuda-graphs` from the command line to the executors of training, validation and
     prediction (the cupy module a NumPy stand-in, the capture simulated): the same metrics and outputs as
@@ -340,7 +324,7 @@ def test_train_and_predict_commands_with_cuda_graphs_on_a_host_stand_in(tmp_path
 
     monkeypatch.setattr(cuda_graphs, "capture_api", lambda backend: None)
     monkeypatch.setattr(cuda_graphs, "CudaGraphs", simulated)
-    (tmp_path / "tiny.nnd").write_text(TINY)
+    (tmp_path / "tiny.nnd").write_text(TINY_MODEL)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100, 4)).astype(np.float32)
     y = np.argmax(x[:, :3], axis=1)
