@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from nnd.compiler.diagnostics import NndError
+from nnd.compiler.diagnostics import Diagnostic, NndError
 from nnd.compiler.training import Configured
 from nnd.runtime.data_source import Dataset, fit_to_input, load_dataset
 from nnd.runtime.progress import format_logs
@@ -78,12 +78,29 @@ def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr
     validation = None
     if not spec.validation_split and dataset.x_test is not None:
         validation = (dataset.x_test, dataset.y_test)
+        for warning in _test_split_selection_warnings(spec):
+            click.echo(warning.render(model.program.sources), err=True)
     model.fit(dataset.x_train, dataset.y_train, epochs, batch_size, validation_data=validation,
               verbose=0 if quiet else 1, initial_epoch=initial_epoch, run_dir=run_dir)
     if dataset.x_test is not None and dataset.y_test is not None:
         logs = model.evaluate(dataset.x_test, dataset.y_test)
         echo(f"test: {format_logs(logs)}")
     echo(f"saved {run_dir.path / 'weights.npz'}")
+
+
+def _test_split_selection_warnings(spec) -> list[Diagnostic]:
+    """Without a validation split, `nnd train` reports the test split as val_*; a callback that monitors
+    one of those figures then picks the model on the test data, and the test figures come out optimistic."""
+    warnings = []
+    for callback in spec.callbacks:
+        monitor = str(callback.args.get("monitor", "val_loss"))
+        if monitor.startswith("val_"):
+            warnings.append(Diagnostic(
+                f"{callback.name} monitors {monitor}, which is measured on the test split because the recipe "
+                "has no validation_split", callback.span,
+                ("set validation_split (e.g. 0.1) to keep the test split out of model selection",),
+                severity="warning"))
+    return warnings
 
 
 def run_parity(file, model_name, data, data_dir, limit, batch_size, seed, level, weights,

@@ -82,6 +82,19 @@ def test_train_writes_the_run_directory_and_one_line_per_epoch(project):
     assert logs["loss"] == pytest.approx(metrics[-1]["val_loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("split, warned", [("", True), ("    validation_split = 0.2\n", False)])
+def test_a_callback_selecting_on_the_test_split_is_warned_about(project, split, warned):
+    callbacks = "    callbacks = [early_stopping(patience=3), reduce_lr_on_plateau(monitor=loss)]\n"
+    (project / "tiny.nnd").write_text(MODEL.replace("    epochs", callbacks + split + "    epochs"))
+    result = train("--epochs", 1, "--out", "run")
+    assert result.exit_code == 0, result.output
+    line = next(n for n, text in enumerate(MODEL.splitlines(), 1) if text.startswith("    epochs"))
+    warning = (f"tiny.nnd:{line}:18: warning: early_stopping monitors val_loss, which is measured on the test "
+               "split because the recipe has no validation_split")
+    assert (warning in result.stderr) == warned, result.stderr
+    assert "reduce_lr_on_plateau monitors" not in result.stderr  # it monitors a training figure
+
+
 def test_resume_continues_the_run_as_if_never_stopped(project):
     assert train("--epochs", 3, "--out", "straight", "-q").exit_code == 0
     assert train("--epochs", 2, "--out", "run", "-q").exit_code == 0
