@@ -3,6 +3,7 @@ every element in order. Lets CPU-only machines run the generated code."""
 from __future__ import annotations
 
 import ctypes
+import re
 import subprocess
 import types
 from pathlib import Path
@@ -45,19 +46,65 @@ def call_host(library, name: str, inputs: list[np.ndarray], shape: tuple, output
     return results
 
 
+# The C types of kernel parameters, as the NumPy dtypes CuPy must be handed for them. A device launch
+# copies each scalar argument with its own dtype's size: an np.int32 or a Python float (a double) where
+# the kernel declares an 8-byte integer or a float reads garbage there, while on the host (arguments in
+# 64-bit registers) the same call happens to work. So the stand-in insists on exact types.
+C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "unsigned int": np.uint32,
+           "long long": np.int64, "unsigned long long": np.uint64}
+
+
+def kernel_parameters(source: str, name: str) -> list[tuple[np.dtype, bool]]:
+    """(dtype, is a pointer) for each parameter of the `extern "C"` kernel `name` in `source`, read from
+    the preprocessed source, so that kernels made by macros and typedef'd sizes resolve."""
+    result = subprocess.run(["g++", "-E", "-P", "-x", "c++", "-"], input=source, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())
+    typedefs = {alias: target for target, alias in re.findall(r"typedef ([\w ]+?) (\w+) ?;", text)}
+    match = re.search(rf'extern "C" (?:__global__ )?void {name} ?\(([^)]*)\)', text)
+    assert match, f"no kernel {name} in the source"
+    parameters = []
+    for declaration in match.group(1).split(","):
+        words = [w for w in declaration.replace("*", " * ").split() if w not in ("const", "__restrict__")]
+        pointer = "*" in words
+        base = " ".join(w for w in words[:-1] if w != "*")  # the last word is the parameter's name
+        base = typedefs.get(base, base)
+        assert base in C_TYPES, f"kernel {name}: parameter type {base!r} has no NumPy dtype here"
+        parameters.append((np.dtype(C_TYPES[base]), pointer))
+    return parameters
+
+
+def check_arguments(name: str, parameters: list[tuple[np.dtype, bool]], args) -> None:
+    """The launch arguments match the kernel's parameters exactly: arrays of the pointed-to dtype, NumPy
+    scalars of the declared type."""
+    assert len(args) == len(parameters), f"{name}: {len(args)} arguments for {len(parameters)} parameters"
+    for index, (arg, (dtype, pointer)) in enumerate(zip(args, parameters)):
+        if pointer:
+            assert isinstance(arg, np.ndarray) and arg.dtype == dtype, \
+                f"{name} argument {index}: wants a {dtype} array, got {type(arg).__name__} {getattr(arg, 'dtype', '')}"
+        else:
+            assert isinstance(arg, np.generic) and not isinstance(arg, np.ndarray) and arg.dtype == dtype, \
+                f"{name} argument {index}: wants a NumPy {dtype} scalar, got {type(arg).__name__} {arg!r}"
+
+
 class HostRawKernel:
     """Stands in for `cupy.RawKernel` on the host: builds the source with g++ and calls it with NumPy
-    arrays; the launch geometry is ignored (the host prelude runs the grid-stride loop on one thread)."""
+    arrays, after checking that they match the kernel's parameters as a device launch needs; the launch
+    geometry is ignored (the host prelude runs the grid-stride loop on one thread)."""
 
     def __init__(self, source: str, name: str, directory: Path):
         directory = Path(directory) / f"{name}_{abs(hash(source)):x}"
         directory.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.parameters = kernel_parameters(source, name)
         self.library = host_library(directory, [(name, source)])
         self.fn = getattr(self.library, name)
         self.fn.restype = None
         self.launches = 0
 
     def __call__(self, grid, block, args):
+        check_arguments(self.name, self.parameters, args)
         converted = []
         for arg in args:
             if isinstance(arg, np.ndarray):

@@ -21,7 +21,7 @@ from elementwise_bodies import op_bodies
 from gradcheck import _resolve, away_from_zero
 from gradcheck_cases import GRADCHECK_CASES
 from capture_sim import simulate
-from host_cuda import FakeCupy
+from host_cuda import FakeCupy, HostRawKernel
 from nnd.bench import _id_range, random_array
 from nnd.compiler.autodiff import differentiate
 from nnd.compiler.builder import GraphBuilder
@@ -64,6 +64,31 @@ def cupy_stand_in(tmp_path, monkeypatch) -> FakeCupy:
 
 
 # ------------------------------------------------------------------------------------------ without a GPU
+
+_TYPED_KERNEL = """typedef unsigned long long nnd_size;
+#define NND_COPY(T) \\
+extern "C" __global__ void nnd_copy_##T(const T* x, T* y, nnd_size n, int on) { \\
+    for (nnd_size i = 0; i < n; i++) y[i] = on ? x[i] : (T)0; \\
+}
+NND_COPY(float)
+"""
+
+
+def test_the_stand_in_refuses_launch_arguments_a_device_would_misread(tmp_path):
+    kernel = HostRawKernel(_TYPED_KERNEL, "nnd_copy_float", tmp_path)
+    x, y = np.arange(3, dtype=np.float32), np.zeros(3, np.float32)
+    kernel((1,), (1,), (x, y, np.uint64(3), np.int32(1)))
+    np.testing.assert_array_equal(y, x)
+    wrong = {2: [np.int32(3), 3, 3.0], 3: [np.int64(1), True], 0: [x.astype(np.float64), x.tolist()]}
+    for index, values in wrong.items():
+        for value in values:
+            args = [x, y, np.uint64(3), np.int32(1)]
+            args[index] = value
+            with pytest.raises(AssertionError, match=f"argument {index}"):
+                kernel((1,), (1,), tuple(args))
+    with pytest.raises(AssertionError, match="3 arguments for 4"):
+        kernel((1,), (1,), (x, y, np.uint64(3)))
+
 
 def test_the_cupy_backend_without_cupy_or_a_device_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(backend_module, "_CACHE", {})
