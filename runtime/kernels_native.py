@@ -7,9 +7,8 @@
   each window once, where NumPy passes over the input once per window offset.
 * Adam's update over the optimizer's flat buffers in one pass (`optim_impl.h`), where NumPy makes a
   dozen.
-* The conv and matmul epilogues add the bias and apply the activation in one pass, and the convolution's
-  input gradient is one GEMM into columns folded back by col2im in one pass (`conv_impl.h`), where NumPy
-  makes one strided add per kernel offset.
+* The matmul epilogue adds the bias and applies the activation in one pass (`conv_impl.h`); the
+  convolutions are in `kernels_native_conv`.
 
 The batch is split between threads. Results, saved tensors and gradients have the same layouts and
 meaning as the NumPy versions', which run instead when the library is unavailable or the dtype is not
@@ -25,7 +24,7 @@ import numpy as np
 from nnd.runtime import kernels_conv, native
 from nnd.runtime.kernel_table import kernel
 from nnd.runtime.kernels_basic import _matmul
-from nnd.runtime.kernels_fused import _epilogue, channel_bias
+from nnd.runtime.kernels_fused import _epilogue
 from nnd.runtime.kernels_recurrent import (GRU_DEFAULT_PATHS, LSTM_DEFAULT_PATHS, _lstm_backward_default,
                                             _lstm_forward_default)
 from nnd.runtime.optimizers import ADAM_UPDATES
@@ -50,6 +49,10 @@ _SIGNATURES = {
     "bias_activation": [_LONG, _LONG, _LONG, _POINTER, _POINTER, ctypes.c_int],
     # shape, begin, end, cols, dx
     "col2im": [_POINTER, _LONG, _LONG, _POINTER, _POINTER],
+    # shape, begin, end, x, packed kernel, bias, activation, out
+    "conv_forward": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER, ctypes.c_int, _POINTER],
+    # shape, begin, end, x, dy, dw, ldw, scratch
+    "conv_grad_filter": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER, _LONG, _POINTER],
     # begin, end, p, g, m, v, alpha, beta_1, beta_2, epsilon
     "adam_update": [_LONG, _LONG] + [_POINTER] * 4 + [ctypes.c_double] * 4,
     # shape, begin, end, x, out
@@ -60,7 +63,7 @@ _SIGNATURES = {
 _bound: dict[tuple[int, str], Any] = {}
 
 
-def _function(base: str, dtype: Any):
+def native_function(base: str, dtype: Any):
     """The native `base` kernel for `dtype`, or None when the NumPy version must run."""
     suffix = _SUFFIXES.get(np.dtype(dtype))
     lib = native.library() if suffix else None
@@ -76,17 +79,17 @@ def _function(base: str, dtype: Any):
     return fn
 
 
-def _packed(matrix: np.ndarray, dtype: Any) -> np.ndarray:
+def packed_panels(matrix: np.ndarray, dtype: Any) -> np.ndarray:
     """`matrix` [depth, cols] in the column panels the native GEMM reads (`pack_panels`)."""
     matrix = np.ascontiguousarray(matrix, dtype=dtype)
     depth, cols = matrix.shape
-    width = _function("panel_width", dtype)()
+    width = native_function("panel_width", dtype)()
     out = np.empty(-(-cols // width) * width * depth, dtype=dtype)
-    _function("pack_panels", dtype)(depth, cols, _address(matrix), cols, _address(out))
+    native_function("pack_panels", dtype)(depth, cols, address(matrix), cols, address(out))
     return out
 
 
-def _address(array: np.ndarray | None) -> int | None:
+def address(array: np.ndarray | None) -> int | None:
     return None if array is None else array.__array_interface__["data"][0]
 
 
@@ -105,7 +108,7 @@ def _element_strides(array: np.ndarray) -> tuple[int, int]:
 
 def lstm_forward_native(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) -> None:
     """`kernels_recurrent._lstm_forward_default` in one native call per thread."""
-    fn = _function("lstm_forward", hs.dtype)
+    fn = native_function("lstm_forward", hs.dtype)
     if fn is None:
         _lstm_forward_default(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates)
         return
@@ -114,11 +117,11 @@ def lstm_forward_native(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) 
     xt = _row_strided(xt, dt)
     x_step, x_row = _element_strides(xt)
     h0, c0 = np.ascontiguousarray(h0, dtype=dt), np.ascontiguousarray(c0, dtype=dt)
-    kernel = _packed(recurrent_kernel, dt)
+    kernel = packed_panels(recurrent_kernel, dt)
     mask = None if rmask is None else np.ascontiguousarray(np.broadcast_to(rmask, (n, units)), dtype=dt)
     work = None if rmask is None else np.empty((n, units), dtype=dt)
-    addresses = [_address(a) for a in (h0, c0, kernel, mask, hs, cs, gates, work)]
-    x = _address(xt)
+    addresses = [address(a) for a in (h0, c0, kernel, mask, hs, cs, gates, work)]
+    x = address(xt)
     native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, x, x_step, x_row, *addresses))
 
 
@@ -126,7 +129,7 @@ def lstm_backward_native(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh
     """`kernels_recurrent._lstm_backward_default` in one native call per thread, writing `dgates` and
     the view `d_xproj_tm` of the projected inputs' gradient; returns (dh, dc), the gradients of the
     initial states."""
-    fn = _function("lstm_backward", cs.dtype)
+    fn = native_function("lstm_backward", cs.dtype)
     if fn is None or d_xproj_tm.strides[2] != d_xproj_tm.itemsize:
         return _lstm_backward_default(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates,
                                       d_xproj_tm)
@@ -134,14 +137,14 @@ def lstm_backward_native(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh
     dt = cs.dtype
     c0 = np.ascontiguousarray(c0, dtype=dt)
     cs, gates = np.ascontiguousarray(cs), np.ascontiguousarray(gates)  # saved by the forward scan: no copy
-    kernel_t = _packed(np.asarray(recurrent_kernel).T, dt)
+    kernel_t = packed_panels(np.asarray(recurrent_kernel).T, dt)
     mask = None if rmask is None else np.ascontiguousarray(np.broadcast_to(rmask, (n, units)), dtype=dt)
     dh, dc = np.ascontiguousarray(dh, dtype=dt), np.ascontiguousarray(dc, dtype=dt)
     if dout_tm is not None:
         dout_tm = _row_strided(dout_tm, dt)
     d_step, d_row = _element_strides(dout_tm) if dout_tm is not None else (0, 0)
-    before = [_address(a) for a in (c0, kernel_t, mask, cs, gates, dout_tm)]
-    after = [_address(a) for a in (dh, dc, dgates, d_xproj_tm)]
+    before = [address(a) for a in (c0, kernel_t, mask, cs, gates, dout_tm)]
+    after = [address(a) for a in (dh, dc, dgates, d_xproj_tm)]
     dx_strides = _element_strides(d_xproj_tm)
     native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, *before, d_step, d_row, *after,
                                              *dx_strides))
@@ -154,7 +157,7 @@ LSTM_DEFAULT_PATHS["numpy"] = (lstm_forward_native, lstm_backward_native)
 def gru_forward_native(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates, aux) -> bool:
     """The GRU scan (reset_after, default activations) in one native call per thread; False when the
     NumPy loop must run instead."""
-    fn = _function("gru_forward", hs.dtype)
+    fn = native_function("gru_forward", hs.dtype)
     if fn is None:
         return False
     steps, n, units = hs.shape
@@ -164,11 +167,11 @@ def gru_forward_native(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gate
     h0 = np.ascontiguousarray(h0, dtype=dt)
     bias = np.ascontiguousarray(recurrent_bias, dtype=dt)
     mask = None if rmask is None else np.ascontiguousarray(np.broadcast_to(rmask, (n, units)), dtype=dt)
-    kernel = _packed(recurrent_kernel, dt)
+    kernel = packed_panels(recurrent_kernel, dt)
     scratch = np.empty((n, 3 * units), dtype=dt), np.empty((n, units), dtype=dt)
     # every array whose address goes to C stays referenced here until the call returns
-    addresses = [_address(a) for a in (h0, kernel, bias, mask, hs, gates, aux, *scratch)]
-    x = _address(xt)
+    addresses = [address(a) for a in (h0, kernel, bias, mask, hs, gates, aux, *scratch)]
+    x = address(xt)
     native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, x, x_step, x_row, *addresses))
     return True
 
@@ -176,7 +179,7 @@ def gru_forward_native(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gate
 def gru_backward_native(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, drec, d_xproj_tm):
     """Backprop through `gru_forward_native`'s scan; the initial state's gradient, or None when the
     NumPy loop must run instead."""
-    fn = _function("gru_backward", hs.dtype)
+    fn = native_function("gru_backward", hs.dtype)
     if fn is None or d_xproj_tm.strides[2] != d_xproj_tm.itemsize:
         return None
     steps, n, units = hs.shape
@@ -187,12 +190,12 @@ def gru_backward_native(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh
     if dout_tm is not None:
         dout_tm = _row_strided(dout_tm, dt)
     d_step, d_row = _element_strides(dout_tm) if dout_tm is not None else (0, 0)
-    kernel_t = _packed(np.asarray(recurrent_kernel).T, dt)
+    kernel_t = packed_panels(np.asarray(recurrent_kernel).T, dt)
     hs, gates, aux = (np.ascontiguousarray(a) for a in (hs, gates, aux))  # saved by the forward scan: no copy
     work = np.empty((n, units), dtype=dt)
-    before = [_address(a) for a in (h0, kernel_t, mask, hs, gates, aux, dout_tm)]
-    outputs = [_address(a) for a in (dh, drec, d_xproj_tm)]
-    dx_strides, scratch = _element_strides(d_xproj_tm), _address(work)
+    before = [address(a) for a in (h0, kernel_t, mask, hs, gates, aux, dout_tm)]
+    outputs = [address(a) for a in (dh, drec, d_xproj_tm)]
+    dx_strides, scratch = _element_strides(d_xproj_tm), address(work)
     native.run_rows(n, lambda begin, end: fn(steps, n, units, begin, end, *before, d_step, d_row, *outputs,
                                              *dx_strides, scratch))
     return dh
@@ -222,78 +225,54 @@ def _pool_shape(attrs, shape, op) -> tuple[_PoolShape, bool]:
 
 @kernel("maxpool2d", backend="numpy")
 def maxpool2d_native(ctx, attrs, x):
-    fn = _function("maxpool2d", x.dtype)
+    fn = native_function("maxpool2d", x.dtype)
     if fn is None:
         return kernels_conv.maxpool2d(ctx, attrs, x)
     x = np.ascontiguousarray(x)
     geometry, _ = _pool_shape(attrs, x.shape, "maxpool2d")
     out = np.empty((x.shape[0], geometry.out_h, geometry.out_w, x.shape[3]), dtype=x.dtype)
-    shape, source, target = ctypes.byref(geometry), _address(x), _address(out)
+    shape, source, target = ctypes.byref(geometry), address(x), address(out)
     native.run_rows(x.shape[0], lambda begin, end: fn(shape, begin, end, source, target), align=1)
     return out
 
 
 @kernel("maxpool2d_grad", backend="numpy")
 def maxpool2d_grad_native(ctx, attrs, dy, x):
-    fn = _function("maxpool2d_grad", x.dtype)
+    fn = native_function("maxpool2d_grad", x.dtype)
     if fn is None:
         return kernels_conv.maxpool2d_grad(ctx, attrs, dy, x)
     x = np.ascontiguousarray(x)
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     geometry, tiled = _pool_shape(attrs, x.shape, "maxpool2d_grad")
     dx = np.empty_like(x) if tiled else np.zeros_like(x)
-    shape, pointers, relu = ctypes.byref(geometry), [_address(a) for a in (x, dy, dx)], int(bool(attrs.get("relu")))
+    shape, pointers, relu = ctypes.byref(geometry), [address(a) for a in (x, dy, dx)], int(bool(attrs.get("relu")))
     native.run_rows(x.shape[0], lambda begin, end: fn(shape, begin, end, *pointers, relu, int(tiled)), align=1)
     return dx
 
 
 # ---------------------------------------------------------------------------------------------------
-# Convolution and matmul epilogues, col2im
+# The bias and activation epilogue (the convolutions' are in kernels_native_conv)
 
 ACTIVATIONS = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3}  # the enum of nnd_native.c
 
 
-def _apply_epilogue(out, bias, activation: str):
+def apply_epilogue(out, bias, activation: str):
     """activation(out + bias) in place: one native pass over a C-contiguous product whose last axis the
     bias runs along, NumPy's two passes otherwise (an NCHW bias, float16)."""
-    fn = _function("bias_activation", out.dtype)
+    fn = native_function("bias_activation", out.dtype)
     if fn is None or not out.flags.c_contiguous or out.ndim == 0 or bias.shape != (out.shape[-1],):
         return _epilogue(np, out, bias, activation)
     bias = np.ascontiguousarray(bias, dtype=out.dtype)
     channels = out.shape[-1]
     rows = out.size // channels if channels else 0
-    target, source, code = _address(out), _address(bias), ACTIVATIONS[activation]
+    target, source, code = address(out), address(bias), ACTIVATIONS[activation]
     native.run_rows(rows, lambda begin, end: fn(channels, begin, end, target, source, code), align=64)
     return out
 
 
-@kernel("conv2d_epilogue", backend="numpy")
-def conv2d_epilogue_native(ctx, attrs, x, w, bias):
-    out = kernels_conv.conv2d(ctx, attrs, x, w)
-    return _apply_epilogue(out, channel_bias(attrs, bias), attrs.get("activation", "linear"))
-
-
 @kernel("matmul_epilogue", backend="numpy")
 def matmul_epilogue_native(ctx, attrs, a, b, bias):
-    return _apply_epilogue(_matmul(ctx, attrs, a, b), bias, attrs.get("activation", "linear"))
-
-
-class _Col2imShape(ctypes.Structure):
-    """The C struct col2im_shape of `conv_impl.h`."""
-    _fields_ = [(name, _LONG) for name in ("h", "w", "c", "out_h", "out_w", "kernel_h", "kernel_w", "stride_h",
-                                           "stride_w", "dilation_h", "dilation_w")]
-
-
-@kernel("conv2d_grad_input", backend="numpy")
-def conv2d_grad_input_native(ctx, attrs, dy, w):
-    """One GEMM dy @ w^T into [N*Ho*Wo, kh*kw*C] columns, folded back into the padded input by col2im."""
-    fn = _function("col2im", dy.dtype)
-    if fn is None:
-        return kernels_conv.conv2d_grad_input(ctx, attrs, dy, w)
-    columns, padded, geometry = kernels_conv.grad_input_columns(np, attrs, dy, w)
-    shape, source, target = ctypes.byref(_Col2imShape(*geometry)), _address(columns), _address(padded)
-    native.run_rows(padded.shape[0], lambda begin, end: fn(shape, begin, end, source, target), align=1)
-    return kernels_conv.crop_input_gradient(np, attrs, padded)
+    return apply_epilogue(_matmul(ctx, attrs, a, b), bias, attrs.get("activation", "linear"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -301,10 +280,10 @@ def conv2d_grad_input_native(ctx, attrs, dy, w):
 
 
 def adam_update_native(p, g, m, v, alpha: float, beta_1: float, beta_2: float, epsilon: float) -> bool:
-    fn = _function("adam_update", p.dtype)
+    fn = native_function("adam_update", p.dtype)
     if fn is None or not all(a.flags.c_contiguous and a.dtype == p.dtype for a in (p, g, m, v)):
         return False
-    pointers = [_address(a) for a in (p, g, m, v)]
+    pointers = [address(a) for a in (p, g, m, v)]
     native.run_rows(p.size, lambda begin, end: fn(begin, end, *pointers, alpha, beta_1, beta_2, epsilon),
                     align=1024)
     return True

@@ -3,10 +3,10 @@ with the backend's own kernels, on random data of the node's shapes at a small b
 for large images).
 
 The NCHW timing includes the transposes into and out of NCHW. Timings are the best of a few runs, kept
-per process and in a JSON file in the cache directory (keyed by backend, dtype, op, shapes and
-attributes), so a machine decides once and every later compilation picks the same layout. NND_LAYOUT
-overrides the measurement: NHWC keeps every convolution in the language's layout, NCHW moves every one
-(for tests and comparisons), `measure` (the default) times them.
+per process and in a JSON file in the cache directory (keyed by backend, kernel version, dtype, op,
+shapes and attributes), so a machine decides once and every later compilation picks the same layout.
+NND_LAYOUT overrides the measurement: NHWC keeps every convolution in the language's layout, NCHW moves
+every one (for tests and comparisons), `measure` (the default) times them.
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def cost_model(backend: str | Backend, dtype: Any) -> LayoutCosts:
 
 def _measured(node: Node, backend: Backend, dtype: np.dtype) -> dict[str, float]:
     batch = _measure_batch(node, dtype)
-    key = json.dumps([backend.name, dtype.name, node.op, [list(_concrete(v.type.shape, batch)) for v in node.inputs],
+    key = json.dumps([backend.name, _kernel_version(backend), dtype.name, node.op,
+                      [list(_concrete(v.type.shape, batch)) for v in node.inputs],
                       sorted((k, repr(v)) for k, v in node.attrs)])
     found = _MEASURED.get(key)
     if found is None:
@@ -64,6 +65,16 @@ def _measured(node: Node, backend: Backend, dtype: np.dtype) -> dict[str, float]
             _save_store(stored)
         _MEASURED[key] = found
     return found
+
+
+def _kernel_version(backend: Backend) -> str:
+    """Which kernels the timings are of: new native kernels (a new ABI version) or their absence call
+    for new measurements."""
+    from nnd.runtime import native
+
+    if backend.name == "numpy" and native.library() is not None:
+        return f"native-{native.ABI_VERSION}"
+    return "array-module"
 
 
 def _measure_batch(node: Node, dtype: np.dtype) -> int:

@@ -34,7 +34,7 @@ from nnd.compiler.diagnostics import NndError
 
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 MAIN_SOURCE = "nnd_native.c"
-ABI_VERSION = 7
+ABI_VERSION = 8
 # -fno-trapping-math lets the compiler turn the clamps of the exp into vector min/max; no -ffast-math:
 # the rounding trick of the exp and the NaN behaviour of the kernels depend on IEEE arithmetic.
 BASE_FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
@@ -216,20 +216,24 @@ def row_chunks(rows: int, threads: int, align: int = 4) -> list[tuple[int, int]]
 
 def run_rows(rows: int, work: Callable[[int, int], None], align: int = 4) -> None:
     """Run `work(begin, end)` over row ranges covering [0, rows), in parallel when there are several
-    (starts on multiples of `align`).
+    (starts on multiples of `align`)."""
+    if rows > 0:
+        run_chunks(row_chunks(rows, thread_count(), align), lambda index, begin, end: work(begin, end))
+
+
+def run_chunks(chunks: list[tuple[int, int]], work: Callable[[int, int, int], None]) -> None:
+    """Run `work(index, begin, end)` for every (begin, end) range of `chunks`, in parallel when there are
+    several; the index lets each range use buffers of its own.
 
     The native functions release the GIL (ctypes.CDLL does), so Python threads run them side by side."""
     global _pool, _pool_pid
-    if rows <= 0:
-        return
-    chunks = row_chunks(rows, thread_count(), align)
     if len(chunks) == 1:
-        work(*chunks[0])
+        work(0, *chunks[0])
         return
     if _pool is None or _pool._max_workers < len(chunks) - 1 or _pool_pid != os.getpid():
         _pool = ThreadPoolExecutor(max_workers=len(chunks) - 1, thread_name_prefix="nnd-native")
         _pool_pid = os.getpid()
-    pending = [_pool.submit(work, begin, end) for begin, end in chunks[1:]]
-    work(*chunks[0])
+    pending = [_pool.submit(work, index, begin, end) for index, (begin, end) in enumerate(chunks) if index]
+    work(0, *chunks[0])
     for future in pending:
         future.result()

@@ -1,5 +1,6 @@
 /* Native CPU kernels of nnd's NumPy backend, compiled on first use by `nnd.runtime.native`: the
- * LSTM and GRU scans, max pooling, the convolution's epilogue and col2im, and the Adam update.
+ * LSTM and GRU scans, max pooling, direct convolution, the convolution's epilogue and col2im, and the
+ * Adam update.
  *
  * NumPy runs a recurrent scan as a dozen array calls per time step, each on a few thousand elements,
  * so call overhead and NumPy's scalar float32 tanh bound it. Here a whole scan is one call: a small
@@ -61,6 +62,7 @@ enum { ACTIVATION_LINEAR, ACTIVATION_RELU, ACTIVATION_SIGMOID, ACTIVATION_TANH }
 #include "scan_impl.h"
 #include "pool_impl.h"
 #include "conv_impl.h"
+#include "direct_conv_impl.h"
 #include "optim_impl.h"
 #undef REAL
 #undef SUFFIX
@@ -73,10 +75,11 @@ enum { ACTIVATION_LINEAR, ACTIVATION_RELU, ACTIVATION_SIGMOID, ACTIVATION_TANH }
 #include "scan_impl.h"
 #include "pool_impl.h"
 #include "conv_impl.h"
+#include "direct_conv_impl.h"
 #include "optim_impl.h"
 #undef REAL
 #undef SUFFIX
 #undef EXP
 
 /* Lets the loader check that the library it found is the one it compiled. */
-int nnd_native_abi_version(void) { return 7; }
+int nnd_native_abi_version(void) { return 8; }
