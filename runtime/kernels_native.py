@@ -53,6 +53,7 @@ _SIGNATURES = {
     "conv_forward": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER, ctypes.c_int, _POINTER],
     # shape, begin, end, x, dy, dw, ldw, scratch
     "conv_grad_filter": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER, _LONG, _POINTER],
+    "conv_grad_filter_scratch": [_POINTER],
     # begin, end, p, g, m, v, alpha, beta_1, beta_2, epsilon
     "adam_update": [_LONG, _LONG] + [_POINTER] * 4 + [ctypes.c_double] * 4,
     # shape, begin, end, x, out
@@ -74,7 +75,7 @@ def native_function(base: str, dtype: Any):
     if fn is None:
         fn = getattr(lib, key[1])
         fn.argtypes = _SIGNATURES[base]
-        fn.restype = _LONG if base == "panel_width" else None
+        fn.restype = _LONG if base in ("panel_width", "conv_grad_filter_scratch") else None
         _bound[key] = fn
     return fn
 

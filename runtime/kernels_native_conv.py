@@ -1,17 +1,18 @@
 """The NumPy backend's NHWC convolutions in native code (`csrc/direct_conv_impl.h`, `csrc/conv_impl.h`).
 
 * Forward (`conv2d`, `conv2d_epilogue`): direct convolution, the GEMM's tiles reading the padded input
-  in place instead of an im2col copy of it, with the bias and activation applied to each output row while
-  it is in cache.
+  in place instead of an im2col copy of it, with the bias and activation applied to each block of output
+  pixels while it is in cache.
 * Input gradient (`conv2d_grad_input`): for stride 1, the same direct convolution of the padded output
-  gradient with the flipped, transposed kernel; for larger strides, one GEMM into columns that col2im
-  folds back in one pass.
+  gradient with the flipped, transposed kernel; otherwise one GEMM into columns that col2im folds back
+  in one pass.
 * Filter gradient (`conv2d_grad_filter`): direct, each thread summing its images into a buffer of its
   own, the buffers added at the end.
 
-The batch is split between threads. NCHW convolutions (the select-layout pass's choice where it measures
-them faster), dtypes other than float32 and float64, and machines without the native library run the
-array-module kernels of `kernels_conv`.
+Small convolutions stay with im2col and BLAS, which win there (the MIN_* constants). The batch is split
+between threads. NCHW convolutions (the select-layout pass's choice where it measures them faster),
+dtypes other than float32 and float64, and machines without the native library run the array-module
+kernels of `kernels_conv`.
 """
 from __future__ import annotations
 
@@ -40,11 +41,48 @@ class _Col2imShape(ctypes.Structure):
                                            "stride_w", "dilation_h", "dilation_w")]
 
 
+# Below these sizes the direct kernels lose to im2col and BLAS (measured on 2 cores, AVX2): with few
+# output pixels the per-call work (packing, threads) dominates, with under 4 input channels each tile
+# does too little arithmetic per load.
+MIN_DIRECT_PIXELS = 1024
+MIN_DIRECT_CHANNELS = 4
+# col2im's column matrix: from about this size on, writing and reading it costs more than the direct
+# input gradient's extra work on the padding (which it only does for windows reaching at most a quarter
+# more cells than the output has).
+MIN_COLUMN_BYTES = 4 << 20
+MAX_PADDING_WASTE = 1.25
+
+
 def uses_direct_kernels(attrs, *arrays) -> bool:
-    """Whether the direct kernels run this NHWC convolution: one float dtype they have, and the library."""
+    """Whether the direct kernels can run this NHWC convolution: one float dtype they have, the library."""
     dtype = arrays[0].dtype
     return (conv_layout(attrs) == "NHWC" and all(a.dtype == dtype for a in arrays)
             and native_function("conv_forward", dtype) is not None)
+
+
+def direct_pays(attrs, x, out_hw, *others) -> bool:
+    """The forward pass and the filter gradient: direct when it can run and the convolution is large."""
+    pixels = x.shape[0] * out_hw[0] * out_hw[1]
+    return (pixels >= MIN_DIRECT_PIXELS and x.shape[-1] >= MIN_DIRECT_CHANNELS
+            and uses_direct_kernels(attrs, x, *others))
+
+
+def input_gradient_padding(attrs, kernel_hw) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """How much to pad the output gradient for the direct input gradient, or None where it cannot run
+    (strides above 1, padding beyond the window)."""
+    p = conv_params(attrs, "conv2d_grad_input")
+    reach = [p.dilation[a] * (kernel_hw[a] - 1) for a in (0, 1)]  # a window's extent, less one
+    pads = tuple((reach[a] - p.padding[a][0], reach[a] - p.padding[a][1]) for a in (0, 1))
+    return pads if p.strides == (1, 1) and min(min(pads)) >= 0 else None
+
+
+def direct_input_gradient_pays(attrs, dy, w) -> bool:
+    kh, kw, c, _ = w.shape
+    h, wd = attrs["input_hw"]
+    _, ho, wo, _ = dy.shape
+    column_bytes = dy.shape[0] * ho * wo * kh * kw * c * dy.itemsize
+    return (input_gradient_padding(attrs, (kh, kw)) is not None and column_bytes >= MIN_COLUMN_BYTES
+            and h * wd <= MAX_PADDING_WASTE * ho * wo and uses_direct_kernels(attrs, dy, w))
 
 
 def _shape(padded: np.ndarray, kernel_hw, out_hw, strides, dilation, filters: int) -> _ConvShape:
@@ -64,47 +102,53 @@ def _convolve(padded: np.ndarray, w: np.ndarray, bias: np.ndarray | None, activa
     out = np.empty((padded.shape[0], *out_hw, f), dtype=dtype)
     shape = ctypes.byref(_shape(padded, (kh, kw), out_hw, strides, dilation, f))
     pointers, code = [address(a) for a in (padded, packed, bias)], ACTIVATIONS[activation]
-    native.run_rows(out.shape[0] * out_hw[0], lambda begin, end: fn(shape, begin, end, *pointers, code, address(out)),
-                    align=1)
+    pixels = out.shape[0] * out_hw[0] * out_hw[1]
+    native.run_rows(pixels, lambda begin, end: fn(shape, begin, end, *pointers, code, address(out)), align=6)
     return out
 
 
-def _forward(attrs, x, w, bias, activation: str) -> np.ndarray:
+def _output_hw(attrs, x, w) -> tuple[int, int]:
     p = conv_params(attrs)
-    kh, kw = w.shape[:2]
-    out_hw = kernels_conv._out_hw(x.shape[1:3], (kh, kw), p.padding, p.strides, p.dilation)
-    return _convolve(kernels_conv._pad(np, x, p.padding, 0), w, bias, activation, p.strides, p.dilation, out_hw)
+    return kernels_conv._out_hw(x.shape[1:3], w.shape[:2], p.padding, p.strides, p.dilation)
+
+
+def direct_forward(attrs, x, w, bias, activation: str) -> np.ndarray:
+    """activation(conv2d(x, w) + bias) by the direct kernel (bias None: none)."""
+    p = conv_params(attrs)
+    padded = kernels_conv._pad(np, x, p.padding, 0)
+    return _convolve(padded, w, bias, activation, p.strides, p.dilation, _output_hw(attrs, x, w))
+
+
+def direct_input_gradient(attrs, dy, w) -> np.ndarray:
+    """The input gradient of a stride-1 convolution by the direct kernel: dx[y] = sum_i dy[y + top - i d]
+    w[i] is the correlation of dy, padded by (reach - top, reach - bottom), with the kernel flipped in
+    space and its channel axes swapped."""
+    pads = input_gradient_padding(attrs, w.shape[:2])
+    flipped = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+    padded = np.pad(dy, ((0, 0), *pads, (0, 0)))
+    return _convolve(padded, flipped, None, "linear", (1, 1), conv_params(attrs).dilation, tuple(attrs["input_hw"]))
 
 
 @kernel("conv2d", backend="numpy")
 def conv2d_native(ctx, attrs, x, w):
-    if not uses_direct_kernels(attrs, x, w):
-        return kernels_conv.conv2d(ctx, attrs, x, w)
-    return _forward(attrs, x, w, None, "linear")
+    if direct_pays(attrs, x, _output_hw(attrs, x, w), w):
+        return direct_forward(attrs, x, w, None, "linear")
+    return kernels_conv.conv2d(ctx, attrs, x, w)
 
 
 @kernel("conv2d_epilogue", backend="numpy")
 def conv2d_epilogue_native(ctx, attrs, x, w, bias):
     activation = attrs.get("activation", "linear")
-    if not uses_direct_kernels(attrs, x, w, bias):
-        return apply_epilogue(kernels_conv.conv2d(ctx, attrs, x, w), channel_bias(attrs, bias), activation)
-    return _forward(attrs, x, w, bias, activation)
+    if direct_pays(attrs, x, _output_hw(attrs, x, w), w, bias):
+        return direct_forward(attrs, x, w, bias, activation)
+    return apply_epilogue(kernels_conv.conv2d(ctx, attrs, x, w), channel_bias(attrs, bias), activation)
 
 
 @kernel("conv2d_grad_input", backend="numpy")
 def conv2d_grad_input_native(ctx, attrs, dy, w):
-    p = conv_params(attrs, "conv2d_grad_input")
-    kh, kw = w.shape[:2]
-    reach_h, reach_w = p.dilation[0] * (kh - 1), p.dilation[1] * (kw - 1)  # a window's extent, less one
-    (top, bottom), (left, right) = p.padding
-    pads = ((reach_h - top, reach_h - bottom), (reach_w - left, reach_w - right))
-    if p.strides != (1, 1) or min(min(pads)) < 0 or not uses_direct_kernels(attrs, dy, w):
-        return _grad_input_col2im(ctx, attrs, dy, w)
-    # dx[y] = sum_i dy[y + top - i d] w[i] is the correlation of dy, padded by (reach - top, reach -
-    # bottom), with the kernel flipped in space and its channel axes swapped.
-    flipped = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
-    padded = np.pad(dy, ((0, 0), pads[0], pads[1], (0, 0)))
-    return _convolve(padded, flipped, None, "linear", (1, 1), p.dilation, tuple(attrs["input_hw"]))
+    if direct_input_gradient_pays(attrs, dy, w):
+        return direct_input_gradient(attrs, dy, w)
+    return _grad_input_col2im(ctx, attrs, dy, w)
 
 
 def _grad_input_col2im(ctx, attrs, dy, w):
@@ -120,8 +164,14 @@ def _grad_input_col2im(ctx, attrs, dy, w):
 
 @kernel("conv2d_grad_filter", backend="numpy")
 def conv2d_grad_filter_native(ctx, attrs, x, dy):
-    if not uses_direct_kernels(attrs, x, dy):
-        return kernels_conv.conv2d_grad_filter(ctx, attrs, x, dy)
+    if direct_pays(attrs, x, dy.shape[1:3], dy):
+        return direct_filter_gradient(attrs, x, dy)
+    return kernels_conv.conv2d_grad_filter(ctx, attrs, x, dy)
+
+
+def direct_filter_gradient(attrs, x, dy) -> np.ndarray:
+    """The kernel's gradient by the direct kernel, each thread summing its images into a buffer of its
+    own."""
     p = conv_params(attrs, "conv2d_grad_filter")
     kh, kw = attrs["kernel_hw"]
     dtype = x.dtype
@@ -131,12 +181,12 @@ def conv2d_grad_filter_native(ctx, attrs, x, dy):
     _, ho, wo, f = dy.shape
     width = native_function("panel_width", dtype)()
     columns = -(-f // width) * width
+    shape = ctypes.byref(_shape(padded, (kh, kw), (ho, wo), p.strides, p.dilation, f))
     chunks = native.row_chunks(n, native.thread_count(), align=1)
     # a buffer per thread: no two threads add into the same memory
     partial = np.zeros((len(chunks), kh * kw * c, columns), dtype=dtype)
-    scratch = np.empty((len(chunks), ho * wo * width), dtype=dtype)
+    scratch = np.empty((len(chunks), native_function("conv_grad_filter_scratch", dtype)(shape)), dtype=dtype)
     fn = native_function("conv_grad_filter", dtype)
-    shape = ctypes.byref(_shape(padded, (kh, kw), (ho, wo), p.strides, p.dilation, f))
     source, gradient = address(padded), address(dy)
     native.run_chunks(chunks, lambda k, begin, end: fn(shape, begin, end, source, gradient, address(partial[k]),
                                                        columns, address(scratch[k])))

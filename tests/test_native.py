@@ -224,7 +224,9 @@ CONVOLUTIONS = [
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("attrs, sizes", CONVOLUTIONS)
 def test_native_convolution_and_its_gradients_equal_numpy(attrs, sizes, dtype):
-    from nnd.runtime import kernels_conv, kernels_fused, kernels_native_conv
+    """The direct kernels and the kernel table's choices (direct or im2col, col2im) against NumPy's."""
+    from nnd.runtime import kernels_conv, kernels_fused
+    from nnd.runtime import kernels_native_conv as direct
 
     n, h, w_, c, f = sizes
     r = np.random.default_rng(c)
@@ -234,28 +236,52 @@ def test_native_convolution_and_its_gradients_equal_numpy(attrs, sizes, dtype):
     # sums of up to 9 * 64 products of unit normals, added in another order: float32 rounding near 1e-5
     tolerance = {"rtol": 1e-5, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
     native.set_enabled(True)
-    assert kernels_native_conv.uses_direct_kernels(attrs, x, w)
-    got = KERNELS["conv2d"](ctx, attrs, x, w)
-    np.testing.assert_allclose(got, kernels_conv.conv2d(ctx, attrs, x, w), **tolerance)
+    assert direct.uses_direct_kernels(attrs, x, w)
+    expected = kernels_conv.conv2d(ctx, attrs, x, w)
+    for got in (KERNELS["conv2d"](ctx, attrs, x, w), direct.direct_forward(attrs, x, w, None, "linear")):
+        np.testing.assert_allclose(got, expected, **tolerance)
     for activation in ("linear", "relu", "sigmoid", "tanh"):
         fused = dict(attrs, activation=activation)
-        got = KERNELS["conv2d_epilogue"](ctx, fused, x, w, bias)
-        np.testing.assert_allclose(got, kernels_fused.conv2d_epilogue(ctx, fused, x, w, bias), **tolerance)
+        expected = kernels_fused.conv2d_epilogue(ctx, fused, x, w, bias)
+        for got in (KERNELS["conv2d_epilogue"](ctx, fused, x, w, bias),
+                    direct.direct_forward(attrs, x, w, bias, activation)):
+            np.testing.assert_allclose(got, expected, **tolerance)
         a = x.reshape(-1, c)
         got = KERNELS["matmul_epilogue"](ctx, {"activation": activation}, a, w[0, 0], bias)
         expected = kernels_fused.matmul_epilogue(ctx, {"activation": activation}, a, w[0, 0], bias)
         np.testing.assert_allclose(got, expected, **tolerance)
     dy = r.normal(size=kernels_conv.conv2d(ctx, attrs, x, w).shape).astype(dtype)
     grad_attrs = dict(attrs, input_hw=(h, w_))
-    got = KERNELS["conv2d_grad_input"](ctx, grad_attrs, dy, w)
-    assert got.shape == x.shape and got.dtype == dtype
-    np.testing.assert_allclose(got, kernels_conv.conv2d_grad_input(ctx, grad_attrs, dy, w), **tolerance)
+    expected = kernels_conv.conv2d_grad_input(ctx, grad_attrs, dy, w)
+    results = [KERNELS["conv2d_grad_input"](ctx, grad_attrs, dy, w)]
+    if direct.input_gradient_padding(grad_attrs, (3, 3)) is not None:  # stride 1, padding within the window
+        results.append(direct.direct_input_gradient(grad_attrs, dy, w))
+    for got in results:
+        assert got.shape == x.shape and got.dtype == dtype
+        np.testing.assert_allclose(got, expected, **tolerance)
     filter_attrs = dict(attrs, kernel_hw=(3, 3))
-    got = KERNELS["conv2d_grad_filter"](ctx, filter_attrs, x, dy)
-    assert got.shape == w.shape and got.dtype == dtype
     expected = kernels_conv.conv2d_grad_filter(ctx, filter_attrs, x, dy)
-    np.testing.assert_allclose(got, expected, rtol=tolerance["rtol"], atol=tolerance["atol"] * 10)
+    for got in (KERNELS["conv2d_grad_filter"](ctx, filter_attrs, x, dy),
+                direct.direct_filter_gradient(filter_attrs, x, dy)):
+        assert got.shape == w.shape and got.dtype == dtype
+        np.testing.assert_allclose(got, expected, rtol=tolerance["rtol"], atol=tolerance["atol"] * 10)
     native.set_enabled(None)
+
+
+@needs_compiler
+def test_the_direct_kernels_take_large_convolutions_and_leave_small_ones_to_blas():
+    from nnd.runtime import kernels_native_conv as direct
+
+    same = {"padding": ((1, 1), (1, 1))}
+    x, w = np.zeros((64, 32, 32, 16), np.float32), np.zeros((3, 3, 16, 16), np.float32)
+    dy = np.zeros((64, 32, 32, 16), np.float32)
+    assert direct.direct_pays(same, x, (32, 32), w)
+    assert direct.direct_input_gradient_pays(dict(same, input_hw=(32, 32)), dy, w)
+    assert not direct.direct_pays(same, x[:1, :5, :5], (5, 5), w)  # 25 output pixels
+    assert not direct.direct_pays(same, x[..., :1], (32, 32), w[:, :, :1])  # one input channel
+    valid = {"input_hw": (13, 13)}  # windows reach 1.4 times the output's cells: col2im
+    assert not direct.direct_input_gradient_pays(valid, dy[:, :11, :11], w)
+    assert not direct.direct_input_gradient_pays(dict(same, strides=(2, 2), input_hw=(32, 32)), dy[:, :16, :16], w)
 
 
 @needs_compiler

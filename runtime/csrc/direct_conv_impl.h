@@ -40,24 +40,45 @@ static inline __attribute__((always_inline)) void NAME(store_tile)(const int row
     }
 }
 
-/* `rows` consecutive output pixels of one output row, one panel of filters: x points at the first
- * pixel's window origin, panel at the packed kernel ([kernel_h][kernel_w][c] rows of PANEL values). */
+/* The input cell at which each of `rows` output pixels' windows starts, from pixel `first` on (pixels
+ * numbered image by image, row by row). */
+static inline __attribute__((always_inline)) void NAME(window_origins)(const int rows, const NAME(conv_shape) *s,
+                                                                       const REAL *x, long first,
+                                                                       const REAL **origin) {
+    const long per_image = s->out_h * s->out_w;
+    long image = first / per_image, oy = first % per_image / s->out_w, ox = first % s->out_w;
+    for (int r = 0; r < rows; r++) {
+        origin[r] = x + ((image * s->h + oy * s->stride_h) * s->w + ox * s->stride_w) * s->c;
+        if (++ox == s->out_w) {  /* the next pixel starts the next output row, or the next image */
+            ox = 0;
+            if (++oy == s->out_h) {
+                oy = 0;
+                image++;
+            }
+        }
+    }
+}
+
+/* Output pixels [first, first + rows), one panel of filters: panel is the packed kernel
+ * ([kernel_h][kernel_w][c] rows of PANEL values). Pixels anywhere in the batch share a tile, so a tile
+ * is full whatever the output's width. */
 static inline __attribute__((always_inline)) void NAME(conv_tile)(const int rows, const NAME(conv_shape) *s,
-                                                                  const REAL *restrict x,
+                                                                  const REAL *x, long first,
                                                                   const REAL *restrict panel, long width,
                                                                   REAL *restrict out, long ldo) {
+    const REAL *origin[MAX_TILE_ROWS];
+    NAME(window_origins)(rows, s, x, first, origin);
     const VEC zero = {0};
     VEC acc[MAX_TILE_ROWS][2];
     for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = zero;
-    const long pixel_step = s->stride_w * s->c;
     for (long i = 0; i < s->kernel_h; i++)
         for (long j = 0; j < s->kernel_w; j++) {
-            const REAL *a = x + (i * s->dilation_h * s->w + j * s->dilation_w) * s->c;
+            const long offset = (i * s->dilation_h * s->w + j * s->dilation_w) * s->c;
             const REAL *b = panel + (i * s->kernel_w + j) * s->c * PANEL;
             for (long p = 0; p < s->c; p++) {
                 VEC b0 = *(const VEC *)(b + p * PANEL), b1 = *(const VEC *)(b + p * PANEL + LANES);
                 for (int r = 0; r < rows; r++) {
-                    REAL av = a[r * pixel_step + p];
+                    REAL av = origin[r][offset + p];
                     acc[r][0] += av * b0;
                     acc[r][1] += av * b1;
                 }
@@ -66,96 +87,132 @@ static inline __attribute__((always_inline)) void NAME(conv_tile)(const int rows
     NAME(store_tile)(rows, acc, width, out, ldo);
 }
 
-/* Output rows [begin, end) (row = image * out_h + oy) of activation(conv(x, kernel) + bias): x the padded
- * input [n][h][w][c], packed the kernel as [kernel_h * kernel_w * c][filters] packed by `pack_panels`,
- * out [n][out_h][out_w][filters]. */
+/* Pixels per block of the forward pass: a block's windows stay in L2 while each panel of the kernel,
+ * read once per block, stays in L1. */
+#define PIXEL_BLOCK 96
+
+/* Output pixels [begin, end) (numbered image by image, row by row) of activation(conv(x, kernel) +
+ * bias): x the padded input [n][h][w][c], packed the kernel [kernel_h * kernel_w * c][filters] packed by
+ * `pack_panels`, out [n][out_h][out_w][filters]. */
 void NAME(conv_forward)(const NAME(conv_shape) *s, long begin, long end, const REAL *x, const REAL *packed,
                         const REAL *bias, int activation, REAL *out) {
     const long depth = s->kernel_h * s->kernel_w * s->c, f = s->filters;
-    for (long row = begin; row < end; row++) {
-        const long image = row / s->out_h, oy = row % s->out_h;
-        const REAL *x_row = x + (image * s->h + oy * s->stride_h) * s->w * s->c;
-        REAL *out_row = out + row * s->out_w * f;
+    for (long block = begin; block < end; block += PIXEL_BLOCK) {
+        const long block_end = block + PIXEL_BLOCK < end ? block + PIXEL_BLOCK : end;
         for (long j0 = 0; j0 < f; j0 += PANEL) {
             const REAL *panel = packed + (j0 / PANEL) * depth * PANEL;
-            const long width = f - j0 < PANEL ? f - j0 : PANEL, step = s->stride_w * s->c;
-            long ox = 0;
-            for (; ox + 6 <= s->out_w; ox += 6)
-                NAME(conv_tile)(6, s, x_row + ox * step, panel, width, out_row + ox * f + j0, f);
-            if (ox + 4 <= s->out_w) {
-                NAME(conv_tile)(4, s, x_row + ox * step, panel, width, out_row + ox * f + j0, f);
-                ox += 4;
+            const long width = f - j0 < PANEL ? f - j0 : PANEL;
+            long q = block;
+            for (; q + 6 <= block_end; q += 6) NAME(conv_tile)(6, s, x, q, panel, width, out + q * f + j0, f);
+            if (q + 4 <= block_end) {
+                NAME(conv_tile)(4, s, x, q, panel, width, out + q * f + j0, f);
+                q += 4;
             }
-            if (ox + 2 <= s->out_w) {
-                NAME(conv_tile)(2, s, x_row + ox * step, panel, width, out_row + ox * f + j0, f);
-                ox += 2;
+            if (q + 2 <= block_end) {
+                NAME(conv_tile)(2, s, x, q, panel, width, out + q * f + j0, f);
+                q += 2;
             }
-            if (ox < s->out_w) NAME(conv_tile)(1, s, x_row + ox * step, panel, width, out_row + ox * f + j0, f);
+            if (q < block_end) NAME(conv_tile)(1, s, x, q, panel, width, out + q * f + j0, f);
         }
-        NAME(bias_activation)(f, 0, s->out_w, out_row, bias, activation);  /* while the row is in cache */
+        NAME(bias_activation)(f, block, block_end, out, bias, activation);  /* while the block is in cache */
     }
 }
 
-/* dw[rows][PANEL] += the sum over the pixels of one image of x[pixel][r] dy[pixel][:]: x points at the
- * first pixel's value of channel r = 0 at this kernel offset, dy is the image's output gradient packed as
- * [out_h * out_w][PANEL]. */
+/* The input offsets (from a window's origin) of the kernel rows [first, first + rows) of the filter
+ * gradient, row (i, j, channel) numbered as the HWIO kernel's. */
+static inline __attribute__((always_inline)) void NAME(kernel_offsets)(const int rows, const NAME(conv_shape) *s,
+                                                                       long first, long *offset) {
+    for (int r = 0; r < rows; r++) {
+        const long row = first + r, channel = row % s->c, ij = row / s->c;
+        offset[r] = ((ij / s->kernel_w) * s->dilation_h * s->w + (ij % s->kernel_w) * s->dilation_w) * s->c + channel;
+    }
+}
+
+/* A block of the filter gradient's pixels: output rows [oy_begin, oy_end) of `images` consecutive images.
+ * Images of fewer than PIXEL_BLOCK pixels go several to a block, larger ones a few rows at a time. */
+typedef struct {
+    long images, oy_begin, oy_end;
+} NAME(pixel_block);
+
+/* Kernel rows [first, first + rows) of dw (row stride ldw), one panel: += the sum over the block's pixels
+ * of x[window origin + offset of the row] dy[pixel][:], x the block's first image (padded), dy the
+ * block's output gradient packed as [pixels][PANEL]. */
 static inline __attribute__((always_inline)) void NAME(filter_tile)(const int rows, const NAME(conv_shape) *s,
-                                                                    const REAL *restrict x,
+                                                                    long first, const REAL *x,
+                                                                    const NAME(pixel_block) *block,
                                                                     const REAL *restrict dy,
                                                                     REAL *restrict dw, long ldw) {
+    long offset[MAX_TILE_ROWS];
+    NAME(kernel_offsets)(rows, s, first, offset);
     VEC acc[MAX_TILE_ROWS][2];
     for (int r = 0; r < rows; r++) {
         acc[r][0] = *(const VEC *)(dw + r * ldw);
         acc[r][1] = *(const VEC *)(dw + r * ldw + LANES);
     }
-    const long pixel_step = s->stride_w * s->c, row_step = s->stride_h * s->w * s->c;
-    for (long oy = 0; oy < s->out_h; oy++) {
-        const REAL *a = x + oy * row_step;
-        const REAL *d = dy + oy * s->out_w * PANEL;
-        for (long ox = 0; ox < s->out_w; ox++) {
-            VEC b0 = *(const VEC *)(d + ox * PANEL), b1 = *(const VEC *)(d + ox * PANEL + LANES);
-            for (int r = 0; r < rows; r++) {
-                REAL av = a[ox * pixel_step + r];
-                acc[r][0] += av * b0;
-                acc[r][1] += av * b1;
+    const long pixel_step = s->stride_w * s->c, row_step = s->stride_h * s->w * s->c, image = s->h * s->w * s->c;
+    for (long k = 0; k < block->images; k++)
+        for (long oy = block->oy_begin; oy < block->oy_end; oy++) {
+            const REAL *a = x + k * image + oy * row_step;
+            for (long ox = 0; ox < s->out_w; ox++, a += pixel_step, dy += PANEL) {
+                VEC b0 = *(const VEC *)dy, b1 = *(const VEC *)(dy + LANES);
+                for (int r = 0; r < rows; r++) {
+                    REAL av = a[offset[r]];
+                    acc[r][0] += av * b0;
+                    acc[r][1] += av * b1;
+                }
             }
         }
-    }
     NAME(store_tile)(rows, acc, PANEL, dw, ldw);
+}
+
+/* The scratch the filter gradient needs: one block's output gradient, one panel wide. */
+long NAME(conv_grad_filter_scratch)(const NAME(conv_shape) *s) {
+    return (s->out_w > PIXEL_BLOCK ? s->out_w : PIXEL_BLOCK) * PANEL;
+}
+
+/* Panel j0 of the block's output gradient (dy at its first image) as [pixels][PANEL], zero-padded. */
+static void NAME(pack_gradient)(const NAME(conv_shape) *s, const NAME(pixel_block) *block, const REAL *dy,
+                                long j0, REAL *out) {
+    const long f = s->filters, pixels = s->out_h * s->out_w;
+    for (long k = 0; k < block->images; k++)
+        for (long p = block->oy_begin * s->out_w; p < block->oy_end * s->out_w; p++, out += PANEL)
+            for (long j = 0; j < PANEL; j++) out[j] = j0 + j < f ? dy[(k * pixels + p) * f + j0 + j] : 0;
 }
 
 /* The kernel's gradient summed over images [begin, end), added to dw [kernel_h * kernel_w * c][ldw]
  * (ldw: filters rounded up to whole panels): x the padded input, dy the output gradient
- * [n][out_h][out_w][filters], scratch room for out_h * out_w * PANEL values. */
+ * [n][out_h][out_w][filters], scratch room for `conv_grad_filter_scratch` values. Every kernel row
+ * passes over a block's input and gradient while they are in cache. */
 void NAME(conv_grad_filter)(const NAME(conv_shape) *s, long begin, long end, const REAL *x, const REAL *dy,
                             REAL *dw, long ldw, REAL *scratch) {
-    const long pixels = s->out_h * s->out_w, f = s->filters, c = s->c;
-    for (long image = begin; image < end; image++) {
-        const REAL *x_image = x + image * s->h * s->w * c, *dy_image = dy + image * pixels * f;
-        for (long j0 = 0; j0 < f; j0 += PANEL) {
-            for (long p = 0; p < pixels; p++)
-                for (long j = 0; j < PANEL; j++) scratch[p * PANEL + j] = j0 + j < f ? dy_image[p * f + j0 + j] : 0;
-            for (long i = 0; i < s->kernel_h; i++)
-                for (long j = 0; j < s->kernel_w; j++) {
-                    const REAL *a = x_image + (i * s->dilation_h * s->w + j * s->dilation_w) * c;
-                    REAL *d = dw + (i * s->kernel_w + j) * c * ldw + j0;
-                    long r = 0;
-                    for (; r + 6 <= c; r += 6) NAME(filter_tile)(6, s, a + r, scratch, d + r * ldw, ldw);
-                    if (r + 4 <= c) {
-                        NAME(filter_tile)(4, s, a + r, scratch, d + r * ldw, ldw);
-                        r += 4;
-                    }
-                    if (r + 2 <= c) {
-                        NAME(filter_tile)(2, s, a + r, scratch, d + r * ldw, ldw);
-                        r += 2;
-                    }
-                    if (r < c) NAME(filter_tile)(1, s, a + r, scratch, d + r * ldw, ldw);
+    const long pixels = s->out_h * s->out_w, depth = s->kernel_h * s->kernel_w * s->c;
+    const long per_block = pixels < PIXEL_BLOCK ? PIXEL_BLOCK / pixels : 1;
+    const long block_rows = pixels < PIXEL_BLOCK ? s->out_h : (s->out_w < PIXEL_BLOCK ? PIXEL_BLOCK / s->out_w : 1);
+    for (long image = begin; image < end; image += per_block)
+        for (long oy = 0; oy < s->out_h; oy += block_rows) {
+            const NAME(pixel_block) block = {end - image < per_block ? end - image : per_block, oy,
+                                             oy + block_rows < s->out_h ? oy + block_rows : s->out_h};
+            const REAL *x_block = x + image * s->h * s->w * s->c;
+            for (long j0 = 0; j0 < s->filters; j0 += PANEL) {
+                NAME(pack_gradient)(s, &block, dy + image * pixels * s->filters, j0, scratch);
+                REAL *d = dw + j0;
+                long r = 0;
+                for (; r + 6 <= depth; r += 6) NAME(filter_tile)(6, s, r, x_block, &block, scratch, d + r * ldw, ldw);
+                if (r + 4 <= depth) {
+                    NAME(filter_tile)(4, s, r, x_block, &block, scratch, d + r * ldw, ldw);
+                    r += 4;
                 }
+                if (r + 2 <= depth) {
+                    NAME(filter_tile)(2, s, r, x_block, &block, scratch, d + r * ldw, ldw);
+                    r += 2;
+                }
+                if (r < depth) NAME(filter_tile)(1, s, r, x_block, &block, scratch, d + r * ldw, ldw);
+            }
         }
-    }
 }
 
 #undef LANES
 #undef PANEL
 #undef MAX_TILE_ROWS
+#undef PIXEL_BLOCK
 #undef VEC
