@@ -54,6 +54,12 @@ _SIGNATURES = {
     # shape, begin, end, x, dy, dw, ldw, scratch
     "conv_grad_filter": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER, _LONG, _POINTER],
     "conv_grad_filter_scratch": [_POINTER],
+    # channels, begin, end, x, shift, sum, square_sum
+    "channel_moments": [_LONG, _LONG, _LONG] + [_POINTER] * 4,
+    # channels, begin, end, dy, x, shift, sum_dy, sum_dy_x
+    "channel_dot": [_LONG, _LONG, _LONG] + [_POINTER] * 5,
+    # channels, begin, end, u, a, v, b, k, out
+    "channel_affine": [_LONG, _LONG, _LONG] + [_POINTER] * 6,
     # begin, end, p, g, m, v, alpha, beta_1, beta_2, epsilon
     "adam_update": [_LONG, _LONG] + [_POINTER] * 4 + [ctypes.c_double] * 4,
     # shape, begin, end, x, out

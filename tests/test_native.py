@@ -400,3 +400,33 @@ def test_a_forked_child_runs_the_threaded_kernels(monkeypatch):
             pytest.fail("the forked child hung in the native kernels")
         time.sleep(0.05)
     assert os.read(read, 1) == b"1"
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(4, 5, 6, 16), (300, 7), (2, 3, 3, 3)])
+def test_native_batchnorm_and_its_gradient_equal_numpy(shape, dtype):
+    from nnd.runtime import kernels_conv
+    from nnd.runtime.kernels_native import native_function
+
+    r = np.random.default_rng(len(shape))
+    x = (r.normal(size=shape) * 3 + 5).astype(dtype)  # a mean far from zero: the variance is centered
+    gamma, beta = r.normal(size=shape[-1]).astype(dtype), r.normal(size=shape[-1]).astype(dtype)
+    attrs = {"epsilon": 1e-3}
+    ctx = KernelContext(np, np.random.default_rng(0), dtype)
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    native.set_enabled(True)
+    assert native_function("channel_affine", dtype) is not None
+    got = KERNELS["batchnorm_train"](ctx, attrs, x, gamma, beta)
+    expected = kernels_conv.batchnorm_train(ctx, attrs, x, gamma, beta)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and g.dtype == dtype
+        np.testing.assert_allclose(g, e, **tolerance)
+    _, mean, var = expected
+    dy = r.normal(size=shape).astype(dtype)
+    got = KERNELS["batchnorm_train_grad"](ctx, attrs, dy, x, gamma, mean, var)
+    expected = kernels_conv.batchnorm_train_grad(ctx, attrs, dy, x, gamma, mean, var)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and g.dtype == dtype
+        np.testing.assert_allclose(g, e, **tolerance)
+    native.set_enabled(None)

@@ -1,0 +1,48 @@
+/* Batch normalization's passes over [rows][channels] arrays for one element type (REAL, names ending in
+ * SUFFIX): per-channel sums accumulated in double, and a per-channel affine map.
+ *
+ * NumPy reduces an NHWC batch over its leading axes a short channel row at a time and makes a temporary
+ * per step (x - mean, its square, the normalized x, ...); training batchnorm then costs more than the
+ * convolution before it. Here the statistics are two read passes (the mean, then the centered moments)
+ * and the normalization one pass that writes; the gradient is one read pass and one write pass.
+ */
+
+/* sum[c] += sum over rows [begin, end) of (x - shift[c]); square_sum[c] += the same of (x - shift[c])^2. */
+void NAME(channel_moments)(long channels, long begin, long end, const REAL *x, const REAL *shift, double *sum,
+                           double *square_sum) {
+    for (long r = begin; r < end; r++) {
+        const REAL *restrict row = x + r * channels;
+        for (long c = 0; c < channels; c++) {
+            double d = (double)(row[c] - shift[c]);
+            sum[c] += d;
+            square_sum[c] += d * d;
+        }
+    }
+}
+
+/* sum_dy[c] += sum over rows [begin, end) of dy; sum_dy_x[c] += the same of dy (x - shift[c]). */
+void NAME(channel_dot)(long channels, long begin, long end, const REAL *dy, const REAL *x, const REAL *shift,
+                       double *sum_dy, double *sum_dy_x) {
+    for (long r = begin; r < end; r++) {
+        const REAL *restrict g = dy + r * channels, *restrict row = x + r * channels;
+        for (long c = 0; c < channels; c++) {
+            sum_dy[c] += (double)g[c];
+            sum_dy_x[c] += (double)g[c] * (double)(row[c] - shift[c]);
+        }
+    }
+}
+
+/* out = u a[c] + v b[c] + k[c] over rows [begin, end); without v, out = u a[c] + k[c]. */
+void NAME(channel_affine)(long channels, long begin, long end, const REAL *u, const REAL *a, const REAL *v,
+                          const REAL *b, const REAL *k, REAL *out) {
+    for (long r = begin; r < end; r++) {
+        const REAL *restrict ur = u + r * channels;
+        REAL *restrict o = out + r * channels;
+        if (v) {
+            const REAL *restrict vr = v + r * channels;
+            for (long c = 0; c < channels; c++) o[c] = ur[c] * a[c] + vr[c] * b[c] + k[c];
+        } else {
+            for (long c = 0; c < channels; c++) o[c] = ur[c] * a[c] + k[c];
+        }
+    }
+}
