@@ -8,8 +8,8 @@
  */
 
 /* sum[c] += sum over rows [begin, end) of (x - shift[c]); square_sum[c] += the same of (x - shift[c])^2. */
-void NAME(channel_moments)(long channels, long begin, long end, const REAL *x, const REAL *shift, double *sum,
-                           double *square_sum) {
+void NAME(channel_moments)(long channels, long begin, long end, const REAL *x, const REAL *restrict shift,
+                           double *restrict sum, double *restrict square_sum) {
     for (long r = begin; r < end; r++) {
         const REAL *restrict row = x + r * channels;
         for (long c = 0; c < channels; c++) {
@@ -21,8 +21,8 @@ void NAME(channel_moments)(long channels, long begin, long end, const REAL *x, c
 }
 
 /* sum_dy[c] += sum over rows [begin, end) of dy; sum_dy_x[c] += the same of dy (x - shift[c]). */
-void NAME(channel_dot)(long channels, long begin, long end, const REAL *dy, const REAL *x, const REAL *shift,
-                       double *sum_dy, double *sum_dy_x) {
+void NAME(channel_dot)(long channels, long begin, long end, const REAL *dy, const REAL *x,
+                       const REAL *restrict shift, double *restrict sum_dy, double *restrict sum_dy_x) {
     for (long r = begin; r < end; r++) {
         const REAL *restrict g = dy + r * channels, *restrict row = x + r * channels;
         for (long c = 0; c < channels; c++) {
@@ -33,8 +33,8 @@ void NAME(channel_dot)(long channels, long begin, long end, const REAL *dy, cons
 }
 
 /* out = u a[c] + v b[c] + k[c] over rows [begin, end); without v, out = u a[c] + k[c]. */
-void NAME(channel_affine)(long channels, long begin, long end, const REAL *u, const REAL *a, const REAL *v,
-                          const REAL *b, const REAL *k, REAL *out) {
+void NAME(channel_affine)(long channels, long begin, long end, const REAL *u, const REAL *restrict a,
+                          const REAL *v, const REAL *restrict b, const REAL *restrict k, REAL *out) {
     for (long r = begin; r < end; r++) {
         const REAL *restrict ur = u + r * channels;
         REAL *restrict o = out + r * channels;
