@@ -1,4 +1,5 @@
-"""nnd next to PyTorch on the CPU: the seed CNN, the seed LSTM and the row-LSTM, training and inference.
+"""nnd next to PyTorch on the CPU: the seed CNN, the seed LSTM, the row-LSTM and the small ResNet, training
+and inference.
 
     python benchmarks/compare.py [--rounds 3] [--steps 20] [--workloads cnn-train-32 ...] [--no-torch]
 
@@ -6,7 +7,8 @@ Every (workload, system) pair runs in a fresh process, so each one's peak memory
 rounds alternate between the systems so that the machine's drift hits all of them alike. The table gives
 the median samples/s over the rounds with the min-max range, the ratio of nnd to the best PyTorch variant,
 and the peak RSS. nnd runs at -O0 and at full optimization (-O2); PyTorch in NCHW and channels_last for
-the CNN, with the same number of threads. Without PyTorch only nnd's figures are printed.
+the CNNs, with the same number of threads and the optimizer of the model's train section. Without
+PyTorch only nnd's figures are printed.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ WORKLOADS = {
     "lstm-train-32": ("lstm_classifier.nnd", 32, True),
     "lstm-infer-32": ("lstm_classifier.nnd", 32, False),
     "rowlstm-train-128": ("row_lstm_fashion.nnd", 128, True),
+    "resnet-train-64": ("tiny_resnet.nnd", 64, True),
 }
 SYSTEMS = ("nnd -O0", "nnd -O2", "torch", "torch channels_last")
 
@@ -68,6 +71,7 @@ def nnd_step(model_file: str, batch: int, training: bool, level: int):
 
 
 def torch_model(model_file: str):
+    import torch
     from torch import nn
 
     class LastStep(nn.Module):
@@ -83,6 +87,22 @@ def torch_model(model_file: str):
             nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(), nn.Linear(576, 64), nn.ReLU(), nn.Linear(64, 10)), \
             (1, 28, 28), 10
+    class Residual(nn.Module):  # relu(x + batchnorm(conv(relu(conv(x))))), as tiny_resnet's block
+        def __init__(self, channels: int):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(channels, channels, 3, padding=1), batchnorm(channels))
+
+        def forward(self, x):
+            return torch.relu(x + self.body(x))
+
+    def batchnorm(channels: int):  # Keras' defaults: momentum 0.99 (PyTorch's 0.01), epsilon 1e-3
+        return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+    if model_file == "tiny_resnet.nnd":
+        return nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), batchnorm(16), nn.ReLU(), *(Residual(16) for _ in range(3)),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(16, 10)), (3, 32, 32), 10
     if model_file == "lstm_classifier.nnd":
         return nn.Sequential(nn.LSTM(64, 64, batch_first=True), Sequence(), nn.LSTM(64, 64, batch_first=True),
                              LastStep(), nn.Linear(64, 1)), (100, 64), 1
@@ -105,7 +125,10 @@ def torch_step(model_file: str, batch: int, training: bool, channels_last: bool)
                 out = net(x)
                 return torch.sigmoid(out) if classes == 1 else out.softmax(dim=1)
         return infer
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    if model_file == "tiny_resnet.nnd":  # the optimizer of its train section
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     if classes == 1:
         loss_fn, y = nn.BCEWithLogitsLoss(), torch.randint(0, 2, (batch, 1)).float()
     else:
@@ -158,7 +181,7 @@ def run_child(workload: str, system: str, steps: int, threads: int) -> dict | No
 
 
 def applicable(workload: str, system: str) -> bool:
-    return not (system == "torch channels_last" and not workload.startswith("cnn"))
+    return not (system == "torch channels_last" and not workload.startswith(("cnn", "resnet")))
 
 
 def main() -> None:

@@ -49,8 +49,8 @@ _SIGNATURES = {
     "bias_activation": [_LONG, _LONG, _LONG, _POINTER, _POINTER, ctypes.c_int],
     # shape, begin, end, cols, dx
     "col2im": [_POINTER, _LONG, _LONG, _POINTER, _POINTER],
-    # shape, begin, end, x, packed kernel, bias, activation, out
-    "conv_forward": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER, ctypes.c_int, _POINTER],
+    # shape, begin, end, x, packed kernel, bias, activation, zeros, out
+    "conv_forward": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER, ctypes.c_int, _POINTER, _POINTER],
     # shape, begin, end, x, dy, dw, ldw, scratch
     "conv_grad_filter": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER, _LONG, _POINTER],
     "conv_grad_filter_scratch": [_POINTER],

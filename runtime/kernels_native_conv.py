@@ -1,9 +1,9 @@
 """The NumPy backend's NHWC convolutions in native code (`csrc/direct_conv_impl.h`, `csrc/conv_impl.h`).
 
-* Forward (`conv2d`, `conv2d_epilogue`): direct convolution, the GEMM's tiles reading the padded input
-  in place instead of an im2col copy of it, with the bias and activation applied to each block of output
-  pixels while it is in cache.
-* Input gradient (`conv2d_grad_input`): for stride 1, the same direct convolution of the padded output
+* Forward (`conv2d`, `conv2d_epilogue`): direct convolution, the GEMM's tiles reading the input in
+  place instead of an im2col copy of it (cells in the padding read zeros, so no padded copy either),
+  with the bias and activation applied to each block of output pixels while it is in cache.
+* Input gradient (`conv2d_grad_input`): for stride 1, the same direct convolution of the output
   gradient with the flipped, transposed kernel; otherwise one GEMM into columns that col2im folds back
   in one pass.
 * Filter gradient (`conv2d_grad_filter`): direct, each thread summing its images into a buffer of its
@@ -32,7 +32,8 @@ _LONG = ctypes.c_long
 class _ConvShape(ctypes.Structure):
     """The C struct conv_shape of `direct_conv_impl.h`."""
     _fields_ = [(name, _LONG) for name in ("h", "w", "c", "out_h", "out_w", "kernel_h", "kernel_w", "stride_h",
-                                           "stride_w", "dilation_h", "dilation_w", "filters")]
+                                           "stride_w", "dilation_h", "dilation_w", "filters", "pad_top",
+                                           "pad_left")]
 
 
 class _Col2imShape(ctypes.Structure):
@@ -67,43 +68,39 @@ def direct_pays(attrs, x, out_hw, *others) -> bool:
             and uses_direct_kernels(attrs, x, *others))
 
 
-def input_gradient_padding(attrs, kernel_hw) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """How much to pad the output gradient for the direct input gradient, or None where it cannot run
-    (strides above 1, padding beyond the window)."""
-    p = conv_params(attrs, "conv2d_grad_input")
-    reach = [p.dilation[a] * (kernel_hw[a] - 1) for a in (0, 1)]  # a window's extent, less one
-    pads = tuple((reach[a] - p.padding[a][0], reach[a] - p.padding[a][1]) for a in (0, 1))
-    return pads if p.strides == (1, 1) and min(min(pads)) >= 0 else None
-
-
 def direct_input_gradient_pays(attrs, dy, w) -> bool:
+    """Stride 1 (the input gradient is then a convolution), a column matrix that would not fit in cache,
+    and windows reaching little beyond the output's cells."""
     kh, kw, c, _ = w.shape
     h, wd = attrs["input_hw"]
     _, ho, wo, _ = dy.shape
     column_bytes = dy.shape[0] * ho * wo * kh * kw * c * dy.itemsize
-    return (input_gradient_padding(attrs, (kh, kw)) is not None and column_bytes >= MIN_COLUMN_BYTES
+    return (conv_params(attrs, "conv2d_grad_input").strides == (1, 1) and column_bytes >= MIN_COLUMN_BYTES
             and h * wd <= MAX_PADDING_WASTE * ho * wo and uses_direct_kernels(attrs, dy, w))
 
 
-def _shape(padded: np.ndarray, kernel_hw, out_hw, strides, dilation, filters: int) -> _ConvShape:
-    _, h, w, c = padded.shape
-    return _ConvShape(h, w, c, *out_hw, *kernel_hw, *strides, *dilation, filters)
+def _shape(x: np.ndarray, kernel_hw, out_hw, strides, dilation, pads, filters: int) -> _ConvShape:
+    _, h, w, c = x.shape
+    return _ConvShape(h, w, c, *out_hw, *kernel_hw, *strides, *dilation, filters, *pads)
 
 
-def _convolve(padded: np.ndarray, w: np.ndarray, bias: np.ndarray | None, activation: str, strides, dilation,
+def _convolve(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, activation: str, strides, dilation, pads,
               out_hw) -> np.ndarray:
-    """activation(conv(padded, w) + bias) for an already padded NHWC input and an HWIO kernel."""
-    dtype = padded.dtype
+    """activation(conv(x, w) + bias) for an NHWC input padded by pads = (top, left) zeros (and as many
+    after as the output's size needs) and an HWIO kernel."""
+    dtype = x.dtype
     kh, kw, c, f = w.shape
     fn = native_function("conv_forward", dtype)
-    padded = np.ascontiguousarray(padded)
+    x = np.ascontiguousarray(x)
     packed = packed_panels(w.reshape(kh * kw * c, f), dtype)
     bias = np.zeros(f, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
-    out = np.empty((padded.shape[0], *out_hw, f), dtype=dtype)
-    shape = ctypes.byref(_shape(padded, (kh, kw), out_hw, strides, dilation, f))
-    pointers, code = [address(a) for a in (padded, packed, bias)], ACTIVATIONS[activation]
+    zeros = np.zeros(c, dtype)  # what a window cell in the padding reads
+    out = np.empty((x.shape[0], *out_hw, f), dtype=dtype)
+    shape = ctypes.byref(_shape(x, (kh, kw), out_hw, strides, dilation, pads, f))
+    pointers, code = [address(a) for a in (x, packed, bias)], ACTIVATIONS[activation]
     pixels = out.shape[0] * out_hw[0] * out_hw[1]
-    native.run_rows(pixels, lambda begin, end: fn(shape, begin, end, *pointers, code, address(out)), align=6)
+    native.run_rows(pixels, lambda begin, end: fn(shape, begin, end, *pointers, code, address(zeros), address(out)),
+                    align=6)
     return out
 
 
@@ -112,21 +109,25 @@ def _output_hw(attrs, x, w) -> tuple[int, int]:
     return kernels_conv._out_hw(x.shape[1:3], w.shape[:2], p.padding, p.strides, p.dilation)
 
 
+def _leading_pads(p) -> tuple[int, int]:
+    return p.padding[0][0], p.padding[1][0]
+
+
 def direct_forward(attrs, x, w, bias, activation: str) -> np.ndarray:
     """activation(conv2d(x, w) + bias) by the direct kernel (bias None: none)."""
     p = conv_params(attrs)
-    padded = kernels_conv._pad(np, x, p.padding, 0)
-    return _convolve(padded, w, bias, activation, p.strides, p.dilation, _output_hw(attrs, x, w))
+    return _convolve(x, w, bias, activation, p.strides, p.dilation, _leading_pads(p), _output_hw(attrs, x, w))
 
 
 def direct_input_gradient(attrs, dy, w) -> np.ndarray:
     """The input gradient of a stride-1 convolution by the direct kernel: dx[y] = sum_i dy[y + top - i d]
-    w[i] is the correlation of dy, padded by (reach - top, reach - bottom), with the kernel flipped in
-    space and its channel axes swapped."""
-    pads = input_gradient_padding(attrs, w.shape[:2])
+    w[i] is the correlation of dy, padded by reach - top in front (reach: the window's extent less one),
+    with the kernel flipped in space and its channel axes swapped."""
+    p = conv_params(attrs, "conv2d_grad_input")
+    kh, kw = w.shape[:2]
+    pads = (p.dilation[0] * (kh - 1) - p.padding[0][0], p.dilation[1] * (kw - 1) - p.padding[1][0])
     flipped = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
-    padded = np.pad(dy, ((0, 0), *pads, (0, 0)))
-    return _convolve(padded, flipped, None, "linear", (1, 1), conv_params(attrs).dilation, tuple(attrs["input_hw"]))
+    return _convolve(dy, flipped, None, "linear", (1, 1), p.dilation, pads, tuple(attrs["input_hw"]))
 
 
 @kernel("conv2d", backend="numpy")
@@ -175,19 +176,18 @@ def direct_filter_gradient(attrs, x, dy) -> np.ndarray:
     p = conv_params(attrs, "conv2d_grad_filter")
     kh, kw = attrs["kernel_hw"]
     dtype = x.dtype
-    padded = np.ascontiguousarray(kernels_conv._pad(np, x, p.padding, 0))
-    dy = np.ascontiguousarray(dy)
-    n, _, _, c = padded.shape
+    x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    n, _, _, c = x.shape
     _, ho, wo, f = dy.shape
     width = native_function("panel_width", dtype)()
     columns = -(-f // width) * width
-    shape = ctypes.byref(_shape(padded, (kh, kw), (ho, wo), p.strides, p.dilation, f))
+    shape = ctypes.byref(_shape(x, (kh, kw), (ho, wo), p.strides, p.dilation, _leading_pads(p), f))
     chunks = native.row_chunks(n, native.thread_count(), align=1)
     # a buffer per thread: no two threads add into the same memory
     partial = np.zeros((len(chunks), kh * kw * c, columns), dtype=dtype)
     scratch = np.empty((len(chunks), native_function("conv_grad_filter_scratch", dtype)(shape)), dtype=dtype)
     fn = native_function("conv_grad_filter", dtype)
-    source, gradient = address(padded), address(dy)
+    source, gradient = address(x), address(dy)
     native.run_chunks(chunks, lambda k, begin, end: fn(shape, begin, end, source, gradient, address(partial[k]),
                                                        columns, address(scratch[k])))
     total = partial.sum(axis=0) if len(chunks) > 1 else partial[0]

@@ -1,16 +1,18 @@
 /* Direct convolution over NHWC arrays for one element type (REAL, names ending in SUFFIX): the forward
- * pass and the kernel's gradient, with no im2col matrix.
+ * pass and the kernel's gradient, with no im2col matrix and no padded copy of the input.
  *
  * im2col copies every input cell kernel_h x kernel_w times into a matrix that, for a 32 x 32 x 16 batch of
  * 64, is 38 MB: more time goes into writing and reading it than into the GEMM, and the GEMM's shape (65,536
  * rows by 16 columns) is one BLAS runs at half speed. Here the GEMM's tiles read the input in place: the
- * window of an output pixel at kernel offset (i, j) is `c` contiguous values, and the next pixel's is
- * `stride_w * c` further on, so a tile of output pixels is a strided row block of A for each offset.
+ * window cell of an output pixel at kernel offset (i, j) is `c` contiguous values, so for each offset a
+ * tile of output pixels is a block of rows of A, one pointer per pixel. A cell in the padding points at a
+ * row of zeros instead, so the input is never copied to pad it.
  *
- * The register tiling is gemm_impl.h's: a tile of up to 6 output rows by one panel of PANEL columns (two
- * vectors), accumulated in registers over every kernel offset and channel before it is stored once.
- * The input gradient of a stride-1 convolution is a convolution too (of the padded output gradient
- * with the flipped, transposed kernel), so the caller runs it through `conv_forward`.
+ * The register tiling is gemm_impl.h's: a tile of up to 6 output pixels by one panel of PANEL filters
+ * (two vectors), accumulated in registers over every kernel offset and channel before it is stored once.
+ * The input gradient of a stride-1 convolution is a convolution too (of the output gradient, padded by
+ * the window's reach less the forward padding, with the flipped, transposed kernel), so the caller runs
+ * it through `conv_forward`.
  */
 
 #define LANES (int)(32 / sizeof(REAL))
@@ -19,9 +21,11 @@
 typedef REAL NAME(conv_vec) __attribute__((vector_size(32), aligned(sizeof(REAL))));
 #define VEC NAME(conv_vec)
 
-/* The geometry: the input (already padded), the output grid, the kernel, strides, dilation, filters. */
+/* The geometry: the input (unpadded), the output grid, the kernel, strides, dilation, filters and the
+ * padding before the first row and column (the padding after them follows from the output's size). */
 typedef struct {
     long h, w, c, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, filters;
+    long pad_top, pad_left;
 } NAME(conv_shape);
 
 /* Stores a tile's accumulators, all PANEL columns or the first `width` of them. */
@@ -40,15 +44,23 @@ static inline __attribute__((always_inline)) void NAME(store_tile)(const int row
     }
 }
 
-/* The input cell at which each of `rows` output pixels' windows starts, from pixel `first` on (pixels
- * numbered image by image, row by row). */
-static inline __attribute__((always_inline)) void NAME(window_origins)(const int rows, const NAME(conv_shape) *s,
-                                                                       const REAL *x, long first,
-                                                                       const REAL **origin) {
+/* Where the windows of output pixels [first, first + rows) start (pixels numbered image by image, row by
+ * row): each pixel's image and the input row and column of its window's first cell, which may lie in
+ * the padding. */
+typedef struct {
+    const REAL *image[MAX_TILE_ROWS];
+    long y[MAX_TILE_ROWS], x[MAX_TILE_ROWS];
+} NAME(windows);
+
+static inline __attribute__((always_inline)) void NAME(find_windows)(const int rows, const NAME(conv_shape) *s,
+                                                                     const REAL *x, long first,
+                                                                     NAME(windows) *found) {
     const long per_image = s->out_h * s->out_w;
     long image = first / per_image, oy = first % per_image / s->out_w, ox = first % s->out_w;
     for (int r = 0; r < rows; r++) {
-        origin[r] = x + ((image * s->h + oy * s->stride_h) * s->w + ox * s->stride_w) * s->c;
+        found->image[r] = x + image * s->h * s->w * s->c;
+        found->y[r] = oy * s->stride_h - s->pad_top;
+        found->x[r] = ox * s->stride_w - s->pad_left;
         if (++ox == s->out_w) {  /* the next pixel starts the next output row, or the next image */
             ox = 0;
             if (++oy == s->out_h) {
@@ -60,25 +72,40 @@ static inline __attribute__((always_inline)) void NAME(window_origins)(const int
 }
 
 /* Output pixels [first, first + rows), one panel of filters: panel is the packed kernel
- * ([kernel_h][kernel_w][c] rows of PANEL values). Pixels anywhere in the batch share a tile, so a tile
- * is full whatever the output's width. */
+ * ([kernel_h][kernel_w][c] rows of PANEL values), zeros at least c zeros. Pixels anywhere in the batch
+ * share a tile, so a tile is full whatever the output's width. */
 static inline __attribute__((always_inline)) void NAME(conv_tile)(const int rows, const NAME(conv_shape) *s,
                                                                   const REAL *x, long first,
                                                                   const REAL *restrict panel, long width,
-                                                                  REAL *restrict out, long ldo) {
-    const REAL *origin[MAX_TILE_ROWS];
-    NAME(window_origins)(rows, s, x, first, origin);
+                                                                  const REAL *zeros, REAL *restrict out,
+                                                                  long ldo) {
+    NAME(windows) win;
+    NAME(find_windows)(rows, s, x, first, &win);
     const VEC zero = {0};
     VEC acc[MAX_TILE_ROWS][2];
     for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = zero;
+    /* Most tiles lie wholly inside the input: their cells need no bounds checks. */
+    const long reach_h = (s->kernel_h - 1) * s->dilation_h, reach_w = (s->kernel_w - 1) * s->dilation_w;
+    int interior = 1;
+    const REAL *origin[MAX_TILE_ROWS];
+    for (int r = 0; r < rows; r++) {
+        interior &= win.y[r] >= 0 && win.y[r] + reach_h < s->h && win.x[r] >= 0 && win.x[r] + reach_w < s->w;
+        origin[r] = win.image[r] + (win.y[r] * s->w + win.x[r]) * s->c;
+    }
     for (long i = 0; i < s->kernel_h; i++)
         for (long j = 0; j < s->kernel_w; j++) {
+            const REAL *a[MAX_TILE_ROWS];
             const long offset = (i * s->dilation_h * s->w + j * s->dilation_w) * s->c;
+            for (int r = 0; r < rows; r++) {
+                const long y = win.y[r] + i * s->dilation_h, x_ = win.x[r] + j * s->dilation_w;
+                const int inside = interior || (y >= 0 && y < s->h && x_ >= 0 && x_ < s->w);
+                a[r] = inside ? origin[r] + offset : zeros;
+            }
             const REAL *b = panel + (i * s->kernel_w + j) * s->c * PANEL;
             for (long p = 0; p < s->c; p++) {
                 VEC b0 = *(const VEC *)(b + p * PANEL), b1 = *(const VEC *)(b + p * PANEL + LANES);
                 for (int r = 0; r < rows; r++) {
-                    REAL av = origin[r][offset + p];
+                    REAL av = a[r][p];
                     acc[r][0] += av * b0;
                     acc[r][1] += av * b1;
                 }
@@ -87,15 +114,15 @@ static inline __attribute__((always_inline)) void NAME(conv_tile)(const int rows
     NAME(store_tile)(rows, acc, width, out, ldo);
 }
 
-/* Pixels per block of the forward pass: a block's windows stay in L2 while each panel of the kernel,
- * read once per block, stays in L1. */
+/* Pixels per block: a block's windows stay in L2 while each panel of the kernel, read once per block,
+ * stays in L1. */
 #define PIXEL_BLOCK 96
 
 /* Output pixels [begin, end) (numbered image by image, row by row) of activation(conv(x, kernel) +
- * bias): x the padded input [n][h][w][c], packed the kernel [kernel_h * kernel_w * c][filters] packed by
- * `pack_panels`, out [n][out_h][out_w][filters]. */
+ * bias): x the input [n][h][w][c], packed the kernel [kernel_h * kernel_w * c][filters] packed by
+ * `pack_panels`, zeros c zeros, out [n][out_h][out_w][filters]. */
 void NAME(conv_forward)(const NAME(conv_shape) *s, long begin, long end, const REAL *x, const REAL *packed,
-                        const REAL *bias, int activation, REAL *out) {
+                        const REAL *bias, int activation, const REAL *zeros, REAL *out) {
     const long depth = s->kernel_h * s->kernel_w * s->c, f = s->filters;
     for (long block = begin; block < end; block += PIXEL_BLOCK) {
         const long block_end = block + PIXEL_BLOCK < end ? block + PIXEL_BLOCK : end;
@@ -103,28 +130,19 @@ void NAME(conv_forward)(const NAME(conv_shape) *s, long begin, long end, const R
             const REAL *panel = packed + (j0 / PANEL) * depth * PANEL;
             const long width = f - j0 < PANEL ? f - j0 : PANEL;
             long q = block;
-            for (; q + 6 <= block_end; q += 6) NAME(conv_tile)(6, s, x, q, panel, width, out + q * f + j0, f);
+            for (; q + 6 <= block_end; q += 6)
+                NAME(conv_tile)(6, s, x, q, panel, width, zeros, out + q * f + j0, f);
             if (q + 4 <= block_end) {
-                NAME(conv_tile)(4, s, x, q, panel, width, out + q * f + j0, f);
+                NAME(conv_tile)(4, s, x, q, panel, width, zeros, out + q * f + j0, f);
                 q += 4;
             }
             if (q + 2 <= block_end) {
-                NAME(conv_tile)(2, s, x, q, panel, width, out + q * f + j0, f);
+                NAME(conv_tile)(2, s, x, q, panel, width, zeros, out + q * f + j0, f);
                 q += 2;
             }
-            if (q < block_end) NAME(conv_tile)(1, s, x, q, panel, width, out + q * f + j0, f);
+            if (q < block_end) NAME(conv_tile)(1, s, x, q, panel, width, zeros, out + q * f + j0, f);
         }
         NAME(bias_activation)(f, block, block_end, out, bias, activation);  /* while the block is in cache */
-    }
-}
-
-/* The input offsets (from a window's origin) of the kernel rows [first, first + rows) of the filter
- * gradient, row (i, j, channel) numbered as the HWIO kernel's. */
-static inline __attribute__((always_inline)) void NAME(kernel_offsets)(const int rows, const NAME(conv_shape) *s,
-                                                                       long first, long *offset) {
-    for (int r = 0; r < rows; r++) {
-        const long row = first + r, channel = row % s->c, ij = row / s->c;
-        offset[r] = ((ij / s->kernel_w) * s->dilation_h * s->w + (ij % s->kernel_w) * s->dilation_w) * s->c + channel;
     }
 }
 
@@ -134,29 +152,53 @@ typedef struct {
     long images, oy_begin, oy_end;
 } NAME(pixel_block);
 
-/* Kernel rows [first, first + rows) of dw (row stride ldw), one panel: += the sum over the block's pixels
- * of x[window origin + offset of the row] dy[pixel][:], x the block's first image (padded), dy the
- * block's output gradient packed as [pixels][PANEL]. */
+/* The output pixels whose window at kernel offset (i, j) falls inside the input, within a block:
+ * rows [oy_begin, oy_end), columns [ox_begin, ox_end); empty when a bound passes the other. */
+typedef struct {
+    long oy_begin, oy_end, ox_begin, ox_end;
+} NAME(inside);
+
+static inline long NAME(ceil_div)(long a, long b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+static NAME(inside) NAME(inside_window)(const NAME(conv_shape) *s, const NAME(pixel_block) *block, long i,
+                                        long j) {
+    const long dy = s->pad_top - i * s->dilation_h, dx = s->pad_left - j * s->dilation_w;
+    NAME(inside) in = {NAME(ceil_div)(dy, s->stride_h), NAME(ceil_div)(s->h + dy, s->stride_h),
+                       NAME(ceil_div)(dx, s->stride_w), NAME(ceil_div)(s->w + dx, s->stride_w)};
+    in.oy_begin = in.oy_begin > block->oy_begin ? in.oy_begin : block->oy_begin;
+    in.oy_end = in.oy_end < block->oy_end ? in.oy_end : block->oy_end;
+    in.ox_begin = in.ox_begin > 0 ? in.ox_begin : 0;
+    in.ox_end = in.ox_end < s->out_w ? in.ox_end : s->out_w;
+    return in;
+}
+
+/* Channels [channel, channel + rows) of kernel offset (i, j), one panel of dw (row stride ldw): += the
+ * sum over the block's pixels whose window cell is inside the input of x[cell][channel + r] dy[pixel][:],
+ * x the block's first image, dy the block's output gradient packed as [pixels][PANEL]. */
 static inline __attribute__((always_inline)) void NAME(filter_tile)(const int rows, const NAME(conv_shape) *s,
-                                                                    long first, const REAL *x,
+                                                                    long i, long j, long channel,
+                                                                    const REAL *x,
                                                                     const NAME(pixel_block) *block,
+                                                                    const NAME(inside) *in,
                                                                     const REAL *restrict dy,
                                                                     REAL *restrict dw, long ldw) {
-    long offset[MAX_TILE_ROWS];
-    NAME(kernel_offsets)(rows, s, first, offset);
     VEC acc[MAX_TILE_ROWS][2];
     for (int r = 0; r < rows; r++) {
         acc[r][0] = *(const VEC *)(dw + r * ldw);
         acc[r][1] = *(const VEC *)(dw + r * ldw + LANES);
     }
-    const long pixel_step = s->stride_w * s->c, row_step = s->stride_h * s->w * s->c, image = s->h * s->w * s->c;
+    const long pixel_step = s->stride_w * s->c, image = s->h * s->w * s->c;
+    const long block_rows = block->oy_end - block->oy_begin;
     for (long k = 0; k < block->images; k++)
-        for (long oy = block->oy_begin; oy < block->oy_end; oy++) {
-            const REAL *a = x + k * image + oy * row_step;
-            for (long ox = 0; ox < s->out_w; ox++, a += pixel_step, dy += PANEL) {
-                VEC b0 = *(const VEC *)dy, b1 = *(const VEC *)(dy + LANES);
+        for (long oy = in->oy_begin; oy < in->oy_end; oy++) {
+            const long y = oy * s->stride_h - s->pad_top + i * s->dilation_h;
+            const long x_ = in->ox_begin * s->stride_w - s->pad_left + j * s->dilation_w;
+            const REAL *a = x + k * image + (y * s->w + x_) * s->c + channel;
+            const REAL *d = dy + ((k * block_rows + oy - block->oy_begin) * s->out_w + in->ox_begin) * PANEL;
+            for (long ox = in->ox_begin; ox < in->ox_end; ox++, a += pixel_step, d += PANEL) {
+                VEC b0 = *(const VEC *)d, b1 = *(const VEC *)(d + LANES);
                 for (int r = 0; r < rows; r++) {
-                    REAL av = a[offset[r]];
+                    REAL av = a[r];
                     acc[r][0] += av * b0;
                     acc[r][1] += av * b1;
                 }
@@ -179,34 +221,44 @@ static void NAME(pack_gradient)(const NAME(conv_shape) *s, const NAME(pixel_bloc
             for (long j = 0; j < PANEL; j++) out[j] = j0 + j < f ? dy[(k * pixels + p) * f + j0 + j] : 0;
 }
 
+/* The filter gradient of one block and one panel: every kernel offset, its channels in tiles. */
+static void NAME(filter_block)(const NAME(conv_shape) *s, const NAME(pixel_block) *block, const REAL *x,
+                               const REAL *dy, REAL *dw, long ldw) {
+    for (long i = 0; i < s->kernel_h; i++)
+        for (long j = 0; j < s->kernel_w; j++) {
+            const NAME(inside) in = NAME(inside_window)(s, block, i, j);
+            if (in.oy_begin >= in.oy_end || in.ox_begin >= in.ox_end) continue;
+            REAL *d = dw + (i * s->kernel_w + j) * s->c * ldw;
+            long r = 0;
+            for (; r + 6 <= s->c; r += 6) NAME(filter_tile)(6, s, i, j, r, x, block, &in, dy, d + r * ldw, ldw);
+            if (r + 4 <= s->c) {
+                NAME(filter_tile)(4, s, i, j, r, x, block, &in, dy, d + r * ldw, ldw);
+                r += 4;
+            }
+            if (r + 2 <= s->c) {
+                NAME(filter_tile)(2, s, i, j, r, x, block, &in, dy, d + r * ldw, ldw);
+                r += 2;
+            }
+            if (r < s->c) NAME(filter_tile)(1, s, i, j, r, x, block, &in, dy, d + r * ldw, ldw);
+        }
+}
+
 /* The kernel's gradient summed over images [begin, end), added to dw [kernel_h * kernel_w * c][ldw]
- * (ldw: filters rounded up to whole panels): x the padded input, dy the output gradient
+ * (ldw: filters rounded up to whole panels): x the input, dy the output gradient
  * [n][out_h][out_w][filters], scratch room for `conv_grad_filter_scratch` values. Every kernel row
  * passes over a block's input and gradient while they are in cache. */
 void NAME(conv_grad_filter)(const NAME(conv_shape) *s, long begin, long end, const REAL *x, const REAL *dy,
                             REAL *dw, long ldw, REAL *scratch) {
-    const long pixels = s->out_h * s->out_w, depth = s->kernel_h * s->kernel_w * s->c;
+    const long pixels = s->out_h * s->out_w;
     const long per_block = pixels < PIXEL_BLOCK ? PIXEL_BLOCK / pixels : 1;
     const long block_rows = pixels < PIXEL_BLOCK ? s->out_h : (s->out_w < PIXEL_BLOCK ? PIXEL_BLOCK / s->out_w : 1);
     for (long image = begin; image < end; image += per_block)
         for (long oy = 0; oy < s->out_h; oy += block_rows) {
             const NAME(pixel_block) block = {end - image < per_block ? end - image : per_block, oy,
                                              oy + block_rows < s->out_h ? oy + block_rows : s->out_h};
-            const REAL *x_block = x + image * s->h * s->w * s->c;
             for (long j0 = 0; j0 < s->filters; j0 += PANEL) {
                 NAME(pack_gradient)(s, &block, dy + image * pixels * s->filters, j0, scratch);
-                REAL *d = dw + j0;
-                long r = 0;
-                for (; r + 6 <= depth; r += 6) NAME(filter_tile)(6, s, r, x_block, &block, scratch, d + r * ldw, ldw);
-                if (r + 4 <= depth) {
-                    NAME(filter_tile)(4, s, r, x_block, &block, scratch, d + r * ldw, ldw);
-                    r += 4;
-                }
-                if (r + 2 <= depth) {
-                    NAME(filter_tile)(2, s, r, x_block, &block, scratch, d + r * ldw, ldw);
-                    r += 2;
-                }
-                if (r < depth) NAME(filter_tile)(1, s, r, x_block, &block, scratch, d + r * ldw, ldw);
+                NAME(filter_block)(s, &block, x + image * s->h * s->w * s->c, scratch, dw + j0, ldw);
             }
         }
 }
