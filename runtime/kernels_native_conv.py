@@ -43,15 +43,20 @@ class _Col2imShape(ctypes.Structure):
 
 
 # Below these sizes the direct kernels lose to im2col and BLAS (measured on 2 cores, AVX2): with few
-# output pixels the per-call work (packing, threads) dominates, with under 4 input channels each tile
+# output pixels the per-call work (packing, threads) dominates, with under 3 input channels each tile
 # does too little arithmetic per load.
 MIN_DIRECT_PIXELS = 1024
-MIN_DIRECT_CHANNELS = 4
+MIN_DIRECT_CHANNELS = 3
 # col2im's column matrix: from about this size on, writing and reading it costs more than the direct
 # input gradient's extra work on the padding (which it only does for windows reaching at most a quarter
 # more cells than the output has).
 MIN_COLUMN_BYTES = 4 << 20
 MAX_PADDING_WASTE = 1.25
+
+
+def selection_rule() -> str:
+    """The thresholds above, for caches of timings that depend on which kernels run."""
+    return f"{MIN_DIRECT_PIXELS}/{MIN_DIRECT_CHANNELS}/{MIN_COLUMN_BYTES}/{MAX_PADDING_WASTE}"
 
 
 def uses_direct_kernels(attrs, *arrays) -> bool:

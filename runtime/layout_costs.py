@@ -68,12 +68,12 @@ def _measured(node: Node, backend: Backend, dtype: np.dtype) -> dict[str, float]
 
 
 def _kernel_version(backend: Backend) -> str:
-    """Which kernels the timings are of: new native kernels (a new ABI version) or their absence call
-    for new measurements."""
-    from nnd.runtime import native
+    """Which kernels the timings are of: new native kernels (a new ABI version), other rules for when
+    they run, or their absence call for new measurements."""
+    from nnd.runtime import kernels_native_conv, native
 
     if backend.name == "numpy" and native.library() is not None:
-        return f"native-{native.ABI_VERSION}"
+        return f"native-{native.ABI_VERSION}-{kernels_native_conv.selection_rule()}"
     return "array-module"
 
 
