@@ -7,12 +7,12 @@
   each window once, where NumPy passes over the input once per window offset.
 * Adam's update over the optimizer's flat buffers in one pass (`optim_impl.h`), where NumPy makes a
   dozen.
-* The matmul epilogue adds the bias and applies the activation in one pass (`conv_impl.h`); the
-  convolutions are in `kernels_native_conv`.
+* The matmul epilogue adds the bias and applies the activation in one pass (`conv_impl.h`).
 
-The batch is split between threads. Results, saved tensors and gradients have the same layouts and
-meaning as the NumPy versions', which run instead when the library is unavailable or the dtype is not
-float32/float64.
+This module also binds the library's functions for the other native kernel modules: the convolutions
+(`kernels_native_conv`) and training batchnorm (`kernels_native_norm`). The batch is split between
+threads. Results, saved tensors and gradients have the same layouts and meaning as the NumPy versions',
+which run instead when the library is unavailable or the dtype is not float32/float64.
 """
 from __future__ import annotations
 
