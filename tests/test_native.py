@@ -217,6 +217,7 @@ CONVOLUTIONS = [
     ({"padding": ((3, 3), (0, 0))}, (2, 6, 7, 1, 20)),
     ({"strides": (2, 1), "padding": ((1, 2), (0, 1)), "dilation": (1, 2)}, (3, 9, 9, 5, 4)),
     ({"strides": (3, 3), "padding": ((2, 2), (2, 2))}, (2, 7, 8, 3, 6)),
+    ({"padding": ((1, 1), (1, 1))}, (2, 3, 100, 3, 5)),  # rows wider than a block of the filter gradient
 ]
 
 
