@@ -283,6 +283,9 @@ def test_the_direct_kernels_take_large_convolutions_and_leave_small_ones_to_blas
     valid = {"input_hw": (13, 13)}  # windows reach 1.4 times the output's cells: col2im
     assert not direct.direct_input_gradient_pays(valid, dy[:, :11, :11], w)
     assert not direct.direct_input_gradient_pays(dict(same, strides=(2, 2), input_hw=(32, 32)), dy[:, :16, :16], w)
+    for filters, direct_wins in ((256, True), (512, False)):  # with many filters BLAS's blocking wins
+        dy_wide, w_wide = np.zeros((8, 32, 32, filters), np.float32), np.zeros((3, 3, 16, filters), np.float32)
+        assert direct.direct_input_gradient_pays(dict(same, input_hw=(32, 32)), dy_wide, w_wide) == direct_wins
 
 
 @needs_compiler
