@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from nnd.compiler.diagnostics import Diagnostic, NndError
-from nnd.compiler.training import Configured
+from nnd.compiler.training import Configured, TrainSpec
 from nnd.runtime.data_source import Dataset, fit_to_input, load_dataset
 from nnd.runtime.progress import format_logs
 
@@ -88,7 +88,7 @@ def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr
     echo(f"saved {run_dir.path / 'weights.npz'}")
 
 
-def _test_split_selection_warnings(spec) -> list[Diagnostic]:
+def _test_split_selection_warnings(spec: TrainSpec) -> list[Diagnostic]:
     """Without a validation split, `nnd train` reports the test split as val_*; a callback that monitors
     one of those figures then picks the model on the test data, and the test figures come out optimistic."""
     warnings = []
