@@ -1,5 +1,6 @@
 """Native CPU kernels: the C LSTM and GRU scans against the NumPy paths they replace (forward, backward,
-every option, odd sizes, several threads), max pooling, and the loader's build, cache and fallbacks.
+every option, odd sizes, several threads), max pooling, direct convolution (also over random geometry),
+batchnorm, and the loader's build, cache and fallbacks.
 Finite-difference and PyTorch checks of the LSTM and GRU in float64 (gradcheck_cases.py,
 test_recurrent_kernels.py, test_sequence_layers.py) run through the native path too, since it is the
 NumPy backend's default whenever a C compiler is present."""
@@ -12,6 +13,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nnd.compiler.diagnostics import NndError
 from nnd.runtime import native
@@ -434,3 +437,44 @@ def test_native_batchnorm_and_its_gradient_equal_numpy(shape, dtype):
         assert g.shape == e.shape and g.dtype == dtype
         np.testing.assert_allclose(g, e, **tolerance)
     native.set_enabled(None)
+
+
+@st.composite
+def _convolutions(draw):
+    """A random NHWC convolution: sizes, strides, dilation, padding (up to beyond the window), filters."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride, dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3))), (draw(st.integers(1, 2)),
+                                                                              draw(st.integers(1, 2)))
+    padding = tuple((draw(st.integers(0, 4)), draw(st.integers(0, 4))) for _ in range(2))
+    reach = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+    h = draw(st.integers(max(1, reach[0] - sum(padding[0])), 12))
+    w = draw(st.integers(max(1, reach[1] - sum(padding[1])), 12))
+    sizes = (draw(st.integers(1, 3)), h, w, draw(st.integers(1, 9)), draw(st.integers(1, 21)))
+    attrs = {"strides": stride, "dilation": dilation, "padding": padding}
+    return attrs, (kh, kw), sizes, draw(st.sampled_from(["1", "2", "3"]))
+
+
+@needs_compiler
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_convolutions())
+def test_direct_convolution_over_random_geometry_and_threads_equals_numpy(monkeypatch, case):
+    """Index arithmetic of the direct kernels: windows in and beyond the padding, tiles across rows and
+    images, partial panels and channel tiles, any split between threads; float64, to rounding."""
+    from nnd.runtime import kernels_conv
+    from nnd.runtime import kernels_native_conv as direct
+
+    attrs, (kh, kw), (n, h, w_, c, f), threads = case
+    monkeypatch.setenv("NND_NUM_THREADS", threads)
+    r = np.random.default_rng(n * 1000 + h * 100 + w_ * 10 + c)
+    x, w = r.normal(size=(n, h, w_, c)), r.normal(size=(kh, kw, c, f))
+    ctx = KernelContext(np, np.random.default_rng(0), np.float64)
+    expected = kernels_conv.conv2d(ctx, attrs, x, w)
+    np.testing.assert_allclose(direct.direct_forward(attrs, x, w, None, "linear"), expected, rtol=1e-12, atol=1e-12)
+    dy = r.normal(size=expected.shape)
+    filter_attrs = dict(attrs, kernel_hw=(kh, kw))
+    np.testing.assert_allclose(direct.direct_filter_gradient(filter_attrs, x, dy),
+                               kernels_conv.conv2d_grad_filter(ctx, filter_attrs, x, dy), rtol=1e-12, atol=1e-12)
+    if attrs["strides"] == (1, 1):
+        grad_attrs = dict(attrs, input_hw=(h, w_))
+        np.testing.assert_allclose(direct.direct_input_gradient(grad_attrs, dy, w),
+                                   kernels_conv.conv2d_grad_input(ctx, grad_attrs, dy, w), rtol=1e-12, atol=1e-12)
