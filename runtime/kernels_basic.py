@@ -323,30 +323,39 @@ def _matmul_tn(ctx, attrs, a, dy):
 def _reduce_sum(ctx, attrs, x):
     axes = _axes(attrs, x.ndim)
     keepdims = bool(attrs.get("keepdims", False))
-    if ctx.xp is np and _leading_prefix(axes, x) and x.flags.c_contiguous:
-        return _sum_leading_axes(x, len(axes), keepdims)
+    if ctx.xp is np and _inner_run(axes, x):
+        return _sum_run(x, axes, keepdims)
     return wide_sum(ctx.xp, x, axes, keepdims)
-
-
-def _leading_prefix(axes, x) -> bool:
-    """Whether `axes` are the first axes of a float32 or float64 array, the others kept (a bias gradient's
-    shape); two-byte floats take `wide_sum` instead."""
-    return 0 < len(axes) < x.ndim and axes == tuple(range(len(axes))) and x.dtype in (np.float32, np.float64)
-
-
-def _sum_leading_axes(x, count: int, keepdims: bool):
-    """The sum over the first `count` axes of a C-contiguous array as a vector-matrix product with ones:
-    BLAS streams the rows once with vector adds, where NumPy's sum over a non-contiguous axis is
-    several times slower (a bias gradient over a [128, 26, 26, 32] activation: 2.0 -> 0.4 ms)."""
-    rows = math.prod(x.shape[:count])
-    kept = x.shape[count:]
-    total = np.ones(rows, dtype=x.dtype) @ x.reshape(rows, -1)
-    return total.reshape((1,) * count + kept if keepdims else kept)
 
 
 @kernel("reduce_mean")
 def _reduce_mean(ctx, attrs, x):
-    return wide_mean(ctx.xp, x, _axes(attrs, x.ndim), bool(attrs.get("keepdims", False)))
+    axes = _axes(attrs, x.ndim)
+    keepdims = bool(attrs.get("keepdims", False))
+    if ctx.xp is np and _inner_run(axes, x):
+        total = _sum_run(x, axes, keepdims)
+        return total / x.dtype.type(math.prod(x.shape[a] for a in axes))
+    return wide_mean(ctx.xp, x, axes, keepdims)
+
+
+def _inner_run(axes, x) -> bool:
+    """Whether `axes` are consecutive axes of a C-contiguous float32 or float64 array, the last axis kept
+    (a bias gradient's, a global pooling's): the reductions NumPy runs slowly, one short row at a time.
+    Two-byte floats take `wide_sum` instead."""
+    return (0 < len(axes) and axes[-1] < x.ndim - 1 and axes == tuple(range(axes[0], axes[-1] + 1))
+            and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous)
+
+
+def _sum_run(x, axes, keepdims: bool):
+    """The sum over the consecutive `axes` of a C-contiguous array as products with a vector of ones:
+    BLAS streams the rows once with vector adds, where NumPy's sum over a non-contiguous axis is several
+    times slower (a bias gradient over a [128, 26, 26, 32] activation: 2.0 -> 0.4 ms; a global average
+    pooling of [64, 32, 32, 16]: 1.9 -> 0.14 ms)."""
+    first, last = axes[0], axes[-1] + 1
+    outer, run, inner = math.prod(x.shape[:first]), math.prod(x.shape[first:last]), math.prod(x.shape[last:])
+    total = np.ones(run, dtype=x.dtype) @ x.reshape(outer, run, inner)  # [outer, inner]
+    kept = x.shape[:first] + ((1,) * len(axes) if keepdims else ()) + x.shape[last:]
+    return total.reshape(kept)
 
 
 @kernel("reduce_max")

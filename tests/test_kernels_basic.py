@@ -241,6 +241,19 @@ def test_reductions_match_numpy(axes, keepdims):
         np.testing.assert_allclose(got, fn(x, axis=np_axes, keepdims=keepdims), rtol=1e-14)
 
 
+@pytest.mark.parametrize("axes", [(1, 2), (0, 1), (0, 1, 2), (2,), (1, 2, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sums_and_means_over_inner_runs_of_axes_match_numpy(axes, dtype):
+    """Consecutive axes before the last (bias gradients, global pooling) take products with ones."""
+    x = rand(3, 4, 5, 6, 2).astype(dtype)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-13
+    for keepdims in (False, True):
+        for op, fn in [("reduce_sum", np.sum), ("reduce_mean", np.mean)]:
+            got = run(op, {"axes": axes, "keepdims": keepdims}, x)
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, fn(x, axis=axes, keepdims=keepdims), rtol=tolerance)
+
+
 def test_broadcast_like_spreads_and_averages():
     x = np.zeros((2, 3, 4))
     dy = rand(2, 4)
