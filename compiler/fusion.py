@@ -6,6 +6,10 @@ product's buffer: two full-size temporaries and two passes over memory fewer per
 when the value it consumes has no other user, so every value the backward pass reads (the activation's
 output for relu_grad, the logits for the loss) stays materialized.
 
+`fuse_batchnorm_relu`: training batchnorm followed by relu (VGG- and ResNet-style blocks) becomes
+batchnorm_train[activation=relu], which writes relu(y) in its normalizing pass: one full-size pass and
+temporary fewer. relu_grad reads the relu's output, which the fused node still produces.
+
 `fuse_pool_grad`: relu_grad(maxpool2d_grad(dy, x), x), the backward pass of relu then max pooling
 (the relu often inside a conv epilogue), becomes maxpool2d_grad[relu=true](dy, x): the kernel routes
 each window's gradient to its winner and zeroes it there unless x > 0, so the full-size gradient is
@@ -49,6 +53,28 @@ def fuse_epilogues(graph: Graph) -> Graph:
         for absorbed in chain[:-1]:
             replaced[absorbed] = None
         replaced[chain[-1]] = fused
+    out = graph.copy_shallow()
+    out.nodes = [replaced.get(n, n) for n in graph.nodes if replaced.get(n, n) is not None]
+    return out
+
+
+def fuse_batchnorm_relu(graph: Graph) -> Graph:
+    graph = graph.clone()
+    users = graph.users()
+    kept_outputs = set(graph.outputs.values()) | set(graph.state_updates.values())
+    replaced: dict[Node, Node | None] = {}
+    for node in graph.nodes:
+        if node.op != "batchnorm_train" or node.attr("activation", "linear") != "linear":
+            continue
+        y = node.outputs[0]
+        found = users.get(y, [])
+        if len(found) != 1 or found[0].op != "relu" or y in kept_outputs:
+            continue
+        relu = found[0]
+        # at the batchnorm's place: users of the batch statistics may come before the relu
+        replaced[node] = Node("batchnorm_train", list(node.inputs), [relu.outputs[0], *node.outputs[1:]],
+                              dict(node.attr_dict, activation="relu"), node.span, node.layer)
+        replaced[relu] = None
     out = graph.copy_shallow()
     out.nodes = [replaced.get(n, n) for n in graph.nodes if replaced.get(n, n) is not None]
     return out

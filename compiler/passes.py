@@ -34,6 +34,12 @@ def _fuse_epilogues(graph: Graph) -> Graph:
     return fuse_epilogues(graph)
 
 
+def _fuse_batchnorm_relu(graph: Graph) -> Graph:
+    from nnd.compiler.fusion import fuse_batchnorm_relu
+
+    return fuse_batchnorm_relu(graph)
+
+
 def _select_layout(graph: Graph) -> Graph:
     from nnd.compiler.layout import select_layout
 
@@ -60,14 +66,15 @@ def _fuse_elementwise(graph: Graph) -> Graph:
 
 PASSES: dict[str, Pass] = {"fold-constants": fold_constants, "cse": eliminate_common_subexpressions,
                            "fold-batchnorm": fold_batchnorm, "dce": eliminate_dead_code,
-                           "fuse-epilogues": _fuse_epilogues, "select-layout": _select_layout,
+                           "fuse-epilogues": _fuse_epilogues, "fuse-batchnorm-relu": _fuse_batchnorm_relu,
+                           "select-layout": _select_layout,
                            "cancel-transposes": _cancel_transposes, "fuse-pool-grad": _fuse_pool_grad,
                            "fuse-elementwise": _fuse_elementwise}
 PIPELINES: dict[int, tuple[str, ...]] = {
     0: (),
     1: ("fold-constants", "cse", "dce"),
-    2: ("fold-constants", "cse", "fold-batchnorm", "dce", "fuse-epilogues", "select-layout", "cancel-transposes",
-        "fuse-pool-grad", "fuse-elementwise"),
+    2: ("fold-constants", "cse", "fold-batchnorm", "dce", "fuse-epilogues", "fuse-batchnorm-relu", "select-layout",
+        "cancel-transposes", "fuse-pool-grad", "fuse-elementwise"),
 }
 
 

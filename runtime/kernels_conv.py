@@ -327,7 +327,10 @@ def batchnorm_train(ctx, attrs, x, gamma, beta):
     centered = x - mean
     var = wide_mean(xp, centered * centered, axes)
     inv = 1 / xp.sqrt(var + x.dtype.type(attrs["epsilon"]))
-    return centered * (gamma * inv) + beta, mean, var
+    y = centered * (gamma * inv) + beta
+    if attrs.get("activation", "linear") == "relu":
+        xp.maximum(y, 0, out=y)
+    return y, mean, var
 
 
 @kernel("batchnorm_train_grad")

@@ -8,8 +8,9 @@ affine pass, and so is the input gradient: with xhat = (x - mean) inv,
     dx = gamma inv / count (count dy - dbeta - xhat dgamma) = dy A + x B + K
 
 with A = gamma inv, B = -A inv dgamma / count and K = A (mean inv dgamma - dbeta) / count per channel.
-Results have the dtypes and meaning of the array-module kernels (`kernels_conv`), which run instead for
-other dtypes or without the native library.
+A fused relu (batchnorm_train[activation=relu]) is applied in the normalizing pass. Results have the
+dtypes and meaning of the array-module kernels (`kernels_conv`), which run instead for other dtypes or
+without the native library.
 """
 from __future__ import annotations
 
@@ -45,15 +46,16 @@ def _channel_sums(name: str, arrays: list[np.ndarray], shift: np.ndarray) -> tup
 
 
 def _affine(u: np.ndarray, a: np.ndarray, k: np.ndarray, v: np.ndarray | None = None,
-            b: np.ndarray | None = None) -> np.ndarray:
-    """u a + v b + k per channel (without v: u a + k), the per-channel values rounded to u's dtype."""
+            b: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+    """u a + v b + k per channel (without v: u a + k; with relu, max(u a + k, 0)), the per-channel values
+    rounded to u's dtype."""
     rows, channels = u.shape
     dtype = u.dtype
     fn = native_function("channel_affine", dtype)
     out = np.empty_like(u)
     a, b, k = (None if p is None else np.ascontiguousarray(p, dtype=dtype) for p in (a, b, k))
-    pointers = [address(p) for p in (u, a, v, b, k, out)]
-    native.run_rows(rows, lambda begin, end: fn(channels, begin, end, *pointers), align=64)
+    inputs, target = [address(p) for p in (u, a, v, b, k)], address(out)
+    native.run_rows(rows, lambda begin, end: fn(channels, begin, end, *inputs, int(relu), target), align=64)
     return out
 
 
@@ -69,7 +71,7 @@ def batchnorm_train_native(ctx, attrs, x, gamma, beta):
     var = (square - centered * centered / count) / count
     inv = 1 / np.sqrt(var + attrs["epsilon"])
     scale = gamma * inv
-    y = _affine(rows, scale, beta - mean * scale)
+    y = _affine(rows, scale, beta - mean * scale, relu=attrs.get("activation", "linear") == "relu")
     return y.reshape(x.shape), mean, var.astype(x.dtype)
 
 

@@ -424,11 +424,14 @@ def test_native_batchnorm_and_its_gradient_equal_numpy(shape, dtype):
     tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
     native.set_enabled(True)
     assert native_function("channel_affine", dtype) is not None
-    got = KERNELS["batchnorm_train"](ctx, attrs, x, gamma, beta)
-    expected = kernels_conv.batchnorm_train(ctx, attrs, x, gamma, beta)
-    for g, e in zip(got, expected):
-        assert g.shape == e.shape and g.dtype == dtype
-        np.testing.assert_allclose(g, e, **tolerance)
+    for activation in ("linear", "relu"):  # relu: fuse-batchnorm-relu's
+        fused = dict(attrs, activation=activation)
+        got = KERNELS["batchnorm_train"](ctx, fused, x, gamma, beta)
+        expected = kernels_conv.batchnorm_train(ctx, fused, x, gamma, beta)
+        for g, e in zip(got, expected):
+            assert g.shape == e.shape and g.dtype == dtype
+            np.testing.assert_allclose(g, e, **tolerance)
+    assert np.all(got[0] >= 0) and np.any(got[0] == 0)
     _, mean, var = expected
     dy = r.normal(size=shape).astype(dtype)
     got = KERNELS["batchnorm_train_grad"](ctx, attrs, dy, x, gamma, mean, var)

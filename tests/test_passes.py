@@ -384,6 +384,57 @@ def test_fused_pool_grad_equals_the_pair_it_replaces():
     assert np.all(got[0, :2, :2, 0] == 0) and np.count_nonzero(got) > 0
 
 
+@pytest.mark.parametrize("path, fused", [(TINY_RESNET, 1), (VGG, 4)], ids=["tiny_resnet", "vgg_blocks"])
+def test_fuse_batchnorm_relu_takes_the_relu_after_each_training_batchnorm(path, fused):
+    name = next(iter(program(path).graphs))
+    graph = build_training_graph(program(path), name).graph
+    optimized = PassManager.for_level(2).run(graph)
+    verify_graph(optimized)
+    norms = [n for n in optimized.nodes if n.op == "batchnorm_train"]
+    assert sum(n.attr("activation") == "relu" for n in norms) == fused
+    off = PassManager.for_level(2, disabled=("fuse-batchnorm-relu",)).run(graph)
+    assert all(n.attr("activation") is None for n in off.nodes if n.op == "batchnorm_train")
+
+    def relus_after_batchnorm(g: Graph) -> int:
+        producers = [n.inputs[0].producer for n in g.nodes if n.op == "relu"]
+        return sum(1 for m in producers if m is not None and m.op == "batchnorm_train")
+
+    assert (relus_after_batchnorm(off), relus_after_batchnorm(optimized)) == (fused, 0)
+
+
+def batchnorm_then_relu(extra_user: bool) -> Graph:
+    """batchnorm_train, a user of its batch mean placed before the relu, then the relu."""
+    graph = Graph("batchnorm_relu")
+    builder = GraphBuilder(graph)
+    x = builder.add_input("x", TensorType(("N", 3, 3, 4), "f32"))
+    gamma, beta = (builder.add_param(Parameter(n, TensorType((4,), "f32"), Initializer("ones")))
+                   for n in ("gamma", "beta"))
+    y, mean, _ = builder.emit("batchnorm_train", [x, gamma, beta], {"epsilon": 0.001})
+    graph.outputs = {"mean": builder.emit1("neg", [mean]), "z": builder.emit1("relu", [y])}
+    if extra_user:
+        graph.outputs["y"] = y
+    return graph
+
+
+def test_fuse_batchnorm_relu_needs_a_sole_relu_user():
+    assert ops(PASSES["fuse-batchnorm-relu"](batchnorm_then_relu(extra_user=True))) == ["batchnorm_train", "neg",
+                                                                                       "relu"]
+
+
+def test_fused_batchnorm_relu_equals_the_pair_it_replaces():
+    graph = batchnorm_then_relu(extra_user=False)
+    fused = PASSES["fuse-batchnorm-relu"](graph)
+    verify_graph(fused)  # the fused node stays before the user of the batch mean
+    assert ops(fused) == ["batchnorm_train", "neg"] and fused.nodes[0].attr("activation") == "relu"
+    feeds = {"x": np.random.default_rng(0).normal(size=(5, 3, 3, 4))}
+    params = {"gamma": np.linspace(-1, 2, 4), "beta": np.linspace(0.5, -0.5, 4)}
+    expected = Executor(graph, dtype=np.float64).run(feeds, params)
+    got = Executor(fused, dtype=np.float64).run(feeds, params)
+    for key in ("z", "mean"):
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-12, atol=1e-12)
+    assert 0 < np.count_nonzero(got["z"]) < got["z"].size
+
+
 # -------------------------------------------------------------------------------------- the report
 
 def test_report_names_the_source_lines_of_fused_and_folded_kernels():

@@ -11,7 +11,8 @@ Ops and attributes:
 * `conv2d_grad_filter[strides, padding, dilation, kernel_hw](x, dy) -> dw`
 * `maxpool2d[pool, strides, padding](x)`, `maxpool2d_grad[pool, strides, padding](dy, x)`
 * `avgpool2d[pool, strides, padding, count_pad](x)`, `avgpool2d_grad[..., input_hw](dy)`
-* `batchnorm_train[epsilon](x, gamma, beta) -> (y, batch_mean, batch_var)`,
+* `batchnorm_train[epsilon, activation](x, gamma, beta) -> (y, batch_mean, batch_var)` (activation: linear,
+  or relu where fuse-batchnorm-relu absorbed the relu after it),
   `batchnorm_train_grad[epsilon](dy, x, gamma, mean, var) -> (dx, dgamma, dbeta)`
 * `batchnorm_infer[epsilon](x, gamma, beta, moving_mean, moving_var) -> y`,
   `batchnorm_infer_grad[epsilon](dy, x, gamma, moving_mean, moving_var) -> (dx, dgamma, dbeta)`
@@ -346,9 +347,15 @@ def _check_channel_vectors(op: str, x: TensorType, named: Sequence[tuple[str, Te
                              f"{format_shape(x.shape)}, got {format_shape(t.shape)}")
 
 
+BATCHNORM_ACTIVATIONS = ("linear", "relu")  # fuse-batchnorm-relu's
+
+
 def _infer_batchnorm_train(attrs, types):
     op = "batchnorm_train"
     _epsilon(op, attrs)
+    if attrs.get("activation", "linear") not in BATCHNORM_ACTIVATIONS:
+        raise ShapeError(f"{op}: attribute 'activation' must be one of {', '.join(BATCHNORM_ACTIVATIONS)}, "
+                         f"got {attrs.get('activation')!r}")
     x, gamma, beta = types
     dtype = _check_float(op, x, gamma, beta)
     _check_channel_vectors(op, x, (("gamma", gamma), ("beta", beta)))
@@ -373,6 +380,8 @@ def _grad_batchnorm_train(g, node, dys):
     dy = dys[0]
     if dy is None:
         return [None, None, None]
+    if node.attr("activation", "linear") != "linear":
+        raise ValueError("batchnorm_train with an activation is made by fusion, after differentiation")
     x, gamma, _ = node.inputs
     _, mean, var = node.outputs
     dx, dgamma, dbeta = g.emit("batchnorm_train_grad", [dy, x, gamma, mean, var],
@@ -402,7 +411,8 @@ def _grad_batchnorm_infer(g, node, dys):
 
 
 register("batchnorm_train", infer=_infer_batchnorm_train, fusion=Fusion.OPAQUE, grad=_grad_batchnorm_train,
-         arity=3, doc="batch normalization with batch statistics; returns (y, batch_mean, batch_var)")
+         arity=3, doc="batch normalization with batch statistics; returns (y, batch_mean, batch_var); "
+                      "activation=relu (from fusion) returns relu(y) in place of y")
 register("batchnorm_train_grad", infer=lambda a, t: _infer_batchnorm_grad("batchnorm_train_grad", a, t),
          fusion=Fusion.OPAQUE, grad=NOT_DIFFERENTIABLE, arity=5,
          doc="gradient of batchnorm_train's y: (dx, dgamma, dbeta)")
