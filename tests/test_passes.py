@@ -318,6 +318,13 @@ def test_fold_batchnorm_removes_every_batchnorm_after_a_conv_in_tiny_resnet():
     assert "conv2d" not in ops(optimized)  # every conv2d, folded or not, joined its bias and activation
 
 
+def test_a_conv1d_joins_its_bias_and_activation():
+    graph = program(os.path.join(ROOT, "examples", "forecast.nnd")).graphs["forecast"]
+    optimized = PassManager.for_level(2).run(graph)
+    assert "conv2d" not in ops(optimized)
+    assert [n.attr("activation") for n in optimized.nodes if n.op == "conv2d_epilogue"] == ["relu"]
+
+
 def test_fold_batchnorm_leaves_a_conv_whose_output_has_another_user():
     graph = Graph("shared_conv")
     builder = GraphBuilder(graph)

@@ -109,11 +109,11 @@ def _conv1d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Val
     y = ctx.emit("conv2d", [_as_image(ctx, x), kernel2d], strides=(1, stride), padding=pads,
                  dilation=(1, dilation))
     ctx.count(2 * out_steps * filters * k * channels)
-    y = _as_sequence(ctx, y)
+    # the bias and activation before the reshape back to steps: fuse-epilogues joins them to the conv2d
     if args["use_bias"]:
         bias = ctx.param("bias", (filters,), args["bias_initializer"], regularizer=args["bias_regularizer"])
         y = ctx.emit("add", [y, bias])
-    return apply_activation(ctx, y, args["activation"])
+    return _as_sequence(ctx, apply_activation(ctx, y, args["activation"]))
 
 
 def _pool1d(kind: str, op: str) -> None:
