@@ -92,14 +92,30 @@ static inline __attribute__((always_inline)) void NAME(conv_tile)(const int rows
         interior &= win.y[r] >= 0 && win.y[r] + reach_h < s->h && win.x[r] >= 0 && win.x[r] + reach_w < s->w;
         origin[r] = win.image[r] + (win.y[r] * s->w + win.x[r]) * s->c;
     }
+    if (interior) {  /* each cell straight from its pixel's window origin: no per-offset pointer work */
+        const REAL *b = panel;
+        for (long i = 0; i < s->kernel_h; i++)
+            for (long j = 0; j < s->kernel_w; j++) {
+                const long offset = (i * s->dilation_h * s->w + j * s->dilation_w) * s->c;
+                for (long p = 0; p < s->c; p++, b += PANEL) {
+                    VEC b0 = *(const VEC *)b, b1 = *(const VEC *)(b + LANES);
+                    for (int r = 0; r < rows; r++) {
+                        REAL av = origin[r][offset + p];
+                        acc[r][0] += av * b0;
+                        acc[r][1] += av * b1;
+                    }
+                }
+            }
+        NAME(store_tile)(rows, acc, width, out, ldo);
+        return;
+    }
     for (long i = 0; i < s->kernel_h; i++)
         for (long j = 0; j < s->kernel_w; j++) {
             const REAL *a[MAX_TILE_ROWS];
             const long offset = (i * s->dilation_h * s->w + j * s->dilation_w) * s->c;
             for (int r = 0; r < rows; r++) {
                 const long y = win.y[r] + i * s->dilation_h, x_ = win.x[r] + j * s->dilation_w;
-                const int inside = interior || (y >= 0 && y < s->h && x_ >= 0 && x_ < s->w);
-                a[r] = inside ? origin[r] + offset : zeros;
+                a[r] = y >= 0 && y < s->h && x_ >= 0 && x_ < s->w ? origin[r] + offset : zeros;
             }
             const REAL *b = panel + (i * s->kernel_w + j) * s->c * PANEL;
             for (long p = 0; p < s->c; p++) {
