@@ -1,6 +1,6 @@
 """Native CPU kernels: the C LSTM and GRU scans against the NumPy paths they replace (forward, backward,
 every option, odd sizes, several threads), max pooling, direct convolution (also over random geometry),
-batchnorm, and the loader's build, cache and fallbacks.
+batchnorm, whole training steps of the CNN examples, and the loader's build, cache and fallbacks.
 Finite-difference and PyTorch checks of the LSTM and GRU in float64 (gradcheck_cases.py,
 test_recurrent_kernels.py, test_sequence_layers.py) run through the native path too, since it is the
 NumPy backend's default whenever a C compiler is present."""
@@ -481,3 +481,32 @@ def test_direct_convolution_over_random_geometry_and_threads_equals_numpy(monkey
         grad_attrs = dict(attrs, input_hw=(h, w_))
         np.testing.assert_allclose(direct.direct_input_gradient(grad_attrs, dy, w),
                                    kernels_conv.conv2d_grad_input(ctx, grad_attrs, dy, w), rtol=1e-12, atol=1e-12)
+
+
+@needs_compiler
+@pytest.mark.parametrize("name, batch", [("mnist_cnn", 12), ("tiny_resnet", 8), ("vgg_blocks", 16)])
+def test_cnn_examples_take_the_same_gradients_with_and_without_native_kernels(name, batch):
+    """Whole training steps (direct convolutions, native batchnorm with its fused relu, pooling, Adam)
+    against the array-module kernels, in float64; batches large enough for the direct kernels."""
+    import nnd
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", f"{name}.nnd")
+    results = []
+    for enabled in (True, False):
+        native.set_enabled(enabled)
+        try:
+            model = nnd.load(path, dtype="float64", seed=0)
+            rng = np.random.default_rng(5)
+            x = rng.standard_normal((batch, *model.graph.inputs[0].type.shape[1:]))
+            y = rng.integers(0, 10, batch)
+            loss, grads = model.loss_and_gradients(x, y)
+            model.fit(x, y, epochs=1, batch_size=batch, shuffle=False, verbose=0, validation_data=(x, y))
+            results.append((loss, grads, model.parameters()))
+        finally:
+            native.set_enabled(None)
+    (loss_native, grads_native, after_native), (loss_numpy, grads_numpy, after_numpy) = results
+    assert loss_native == pytest.approx(loss_numpy, rel=1e-12)
+    for key in grads_numpy:
+        np.testing.assert_allclose(grads_native[key], grads_numpy[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    for key in after_numpy:
+        np.testing.assert_allclose(after_native[key], after_numpy[key], rtol=1e-9, atol=1e-12, err_msg=key)
