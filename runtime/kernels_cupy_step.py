@@ -1,11 +1,11 @@
 """CuPy kernels for the ends of a training step: the sparse softmax cross-entropy (forward and gradient)
-and Adam's update, one launch each where the array-module code makes several.
+and the Adam and momentum-SGD updates, one launch each where the array-module code makes several.
 
 * `sparse_softmax_cross_entropy[_grad]`: one thread per row of logits (the classes are few: the row's
   maximum, the sum of exponentials and the picked logit in one pass over it, the gradient
   softmax - one_hot in a second);
-* Adam: one thread per parameter over the optimizer's flat buffers (`optimizers.ADAM_UPDATES`), the
-  four scalars passed as a small device array.
+* Adam and SGD with momentum: one thread per parameter over the optimizer's flat buffers
+  (`optimizers.ADAM_UPDATES`, `SGD_MOMENTUM_UPDATES`), the scalars passed as a small device array.
 
 Both sources also build as host C++ for the tests, and CI compiles them with nvcc.
 """
@@ -62,6 +62,18 @@ __device__ void adam_update(T* p, const T* g, T* m, T* v, const T* scalars, nnd_
     }
 }
 
+template <typename T>
+__device__ void sgd_momentum_update(T* p, const T* g, T* m, const T* scalars, nnd_size nesterov, nnd_size n) {
+    const T lr = scalars[0], mu = scalars[1];
+    for (nnd_size i = blockIdx.x * (nnd_size)blockDim.x + threadIdx.x; i < n;
+         i += (nnd_size)blockDim.x * gridDim.x) {
+        T step = lr * g[i];
+        T mi = mu * m[i] - step;
+        m[i] = mi;
+        p[i] += nesterov ? mu * mi - step : mi;
+    }
+}
+
 #define NND_STEP_KERNELS(T)                                                                                 \
 extern "C" __global__ void nnd_sparse_softmax_ce_##T(const T* logits, const long long* labels, T* loss,     \
         nnd_size rows, nnd_size classes) {                                                                  \
@@ -73,6 +85,10 @@ extern "C" __global__ void nnd_sparse_softmax_ce_grad_##T(const T* dloss, const 
 }                                                                                                           \
 extern "C" __global__ void nnd_adam_update_##T(T* p, const T* g, T* m, T* v, const T* scalars, nnd_size n) { \
     adam_update<T>(p, g, m, v, scalars, n);                                                                 \
+}                                                                                                           \
+extern "C" __global__ void nnd_sgd_momentum_update_##T(T* p, const T* g, T* m, const T* scalars,            \
+        nnd_size nesterov, nnd_size n) {                                                                    \
+    sgd_momentum_update<T>(p, g, m, scalars, nesterov, n);                                                  \
 }
 
 NND_STEP_KERNELS(float)
@@ -127,10 +143,23 @@ def adam_update_cuda(p, g, m, v, alpha: float, beta_1: float, beta_2: float, eps
     return True
 
 
+def sgd_momentum_update_cuda(p, g, m, lr: float, momentum: float, nesterov: bool) -> bool:
+    """`optimizers.SGD_MOMENTUM_UPDATES` for cupy: the whole update in one launch."""
+    import cupy as xp
+
+    fn = _step_kernel("sgd_momentum_update", p.dtype)
+    if fn is None:
+        return False
+    scalars = xp.asarray(np.array([lr, momentum], dtype=p.dtype))
+    launch_over(fn, p.size, [p, g, m, scalars, int(nesterov), p.size])
+    return True
+
+
 def _register() -> None:
-    from nnd.runtime.optimizers import ADAM_UPDATES
+    from nnd.runtime.optimizers import ADAM_UPDATES, SGD_MOMENTUM_UPDATES
 
     ADAM_UPDATES["cupy"] = adam_update_cuda
+    SGD_MOMENTUM_UPDATES["cupy"] = sgd_momentum_update_cuda
 
 
 _register()

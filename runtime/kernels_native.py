@@ -5,8 +5,8 @@
   reset_after): one C call per scan instead of a dozen NumPy calls per step.
 * Max pooling and its gradient (`pool_impl.h`, numpy overrides of `maxpool2d` / `maxpool2d_grad`) read
   each window once, where NumPy passes over the input once per window offset.
-* Adam's update over the optimizer's flat buffers in one pass (`optim_impl.h`), where NumPy makes a
-  dozen.
+* Adam's and momentum SGD's updates over the optimizer's flat buffers in one pass (`optim_impl.h`),
+  where NumPy makes a dozen and six.
 * The matmul epilogue adds the bias and applies the activation in one pass (`conv_impl.h`).
 
 This module also binds the library's functions for the other native kernel modules: the convolutions
@@ -27,7 +27,7 @@ from nnd.runtime.kernels_basic import _matmul
 from nnd.runtime.kernels_fused import _epilogue
 from nnd.runtime.kernels_recurrent import (GRU_DEFAULT_PATHS, LSTM_DEFAULT_PATHS, _lstm_backward_default,
                                             _lstm_forward_default)
-from nnd.runtime.optimizers import ADAM_UPDATES
+from nnd.runtime.optimizers import ADAM_UPDATES, SGD_MOMENTUM_UPDATES
 
 _SUFFIXES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _LONG, _POINTER = ctypes.c_long, ctypes.c_void_p
@@ -62,6 +62,8 @@ _SIGNATURES = {
     "channel_affine": [_LONG, _LONG, _LONG] + [_POINTER] * 5 + [ctypes.c_int, _POINTER],
     # begin, end, p, g, m, v, alpha, beta_1, beta_2, epsilon
     "adam_update": [_LONG, _LONG] + [_POINTER] * 4 + [ctypes.c_double] * 4,
+    # begin, end, p, g, m, lr, momentum, nesterov
+    "sgd_momentum_update": [_LONG, _LONG] + [_POINTER] * 3 + [ctypes.c_double] * 2 + [ctypes.c_int],
     # shape, begin, end, x, out
     "maxpool2d": [_POINTER, _LONG, _LONG, _POINTER, _POINTER],
     # shape, begin, end, x, dy, dx, relu, tiled
@@ -297,3 +299,15 @@ def adam_update_native(p, g, m, v, alpha: float, beta_1: float, beta_2: float, e
 
 
 ADAM_UPDATES["numpy"] = adam_update_native
+
+
+def sgd_momentum_update_native(p, g, m, lr: float, momentum: float, nesterov: bool) -> bool:
+    fn = native_function("sgd_momentum_update", p.dtype)
+    if fn is None or not all(a.flags.c_contiguous and a.dtype == p.dtype for a in (p, g, m)):
+        return False
+    pointers = [address(a) for a in (p, g, m)]
+    native.run_rows(p.size, lambda begin, end: fn(begin, end, *pointers, lr, momentum, int(nesterov)), align=1024)
+    return True
+
+
+SGD_MOMENTUM_UPDATES["numpy"] = sgd_momentum_update_native

@@ -35,9 +35,12 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "make_opti
 
 _CLIP_OPTIONS = ("clipnorm", "global_clipnorm", "clipvalue")
 
-# One-pass Adam updates by array module name (the native kernels register one for numpy):
-# fn(p, g, m, v, alpha, beta_1, beta_2, epsilon) -> True when it updated p, m and v in place.
+# One-pass updates by array module name (the native kernels register them for numpy, the CUDA ones for
+# cupy); each returns True when it updated the buffers in place, False to leave it to the array ops.
+# Adam: fn(p, g, m, v, alpha, beta_1, beta_2, epsilon); SGD with momentum: fn(p, g, m, lr, momentum,
+# nesterov).
 ADAM_UPDATES: dict[str, Callable[..., bool]] = {}
+SGD_MOMENTUM_UPDATES: dict[str, Callable[..., bool]] = {}
 
 
 def _to_numpy(a: Any) -> np.ndarray:
@@ -338,6 +341,9 @@ class SGD(Optimizer):
             xp.subtract(p, tmp, out=p)
             return
         m = self._slot["momentum"]
+        fused = SGD_MOMENTUM_UPDATES.get(xp.__name__)
+        if fused is not None and fused(p, g, m, lr, self.momentum, self.nesterov):
+            return
         xp.multiply(g, lr, out=tmp)
         xp.multiply(m, self.momentum, out=m)
         xp.subtract(m, tmp, out=m)

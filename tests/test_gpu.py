@@ -402,8 +402,9 @@ def test_the_cuda_gru_kernels_on_a_host_stand_in(cupy_stand_in, monkeypatch, att
     assert names == {f"nnd_{kernel.format(d)}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
 
 
-def test_the_cupy_loss_and_adam_kernels_on_a_host_stand_in(cupy_stand_in):
-    """The sparse softmax cross-entropy (forward, gradient) and Adam kernels built by g++ against NumPy."""
+def test_the_cupy_loss_and_optimizer_kernels_on_a_host_stand_in(cupy_stand_in):
+    """The sparse softmax cross-entropy (forward, gradient), Adam and momentum-SGD kernels built by g++
+    against NumPy."""
     from nnd.runtime.optimizers import make_optimizer
 
     fake = cupy_stand_in
@@ -418,19 +419,20 @@ def test_the_cupy_loss_and_adam_kernels_on_a_host_stand_in(cupy_stand_in):
                          ("sparse_softmax_cross_entropy_grad", (dloss, logits, labels))):
             np.testing.assert_allclose(cuda[op](ctx, {}, *args), generic[op](ctx, {}, *args), rtol=tolerance,
                                        atol=tolerance, err_msg=op)
-        results = []
         start = rng.normal(size=(30, 7)).astype(dtype)
-        for xp in (np, fake):
-            params = {"w": start.copy()}
-            optimizer = make_optimizer("adam", lr=0.01, xp=xp)
-            bound = optimizer.bind(params)
-            for step in range(3):
-                optimizer.step({"w": (np.arange(210).reshape(30, 7) % 7 - 3.0 + step).astype(dtype)})
-            results.append(np.array(bound["w"]))
-        np.testing.assert_allclose(results[1], results[0], rtol=tolerance, atol=tolerance)
+        for name, options in (("adam", {}), ("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.8, "nesterov": True})):
+            results = []
+            for xp in (np, fake):
+                params = {"w": start.copy()}
+                optimizer = make_optimizer(name, lr=0.01, xp=xp, **options)
+                bound = optimizer.bind(params)
+                for step in range(3):
+                    optimizer.step({"w": (np.arange(210).reshape(30, 7) % 7 - 3.0 + step).astype(dtype)})
+                results.append(np.array(bound["w"]))
+            np.testing.assert_allclose(results[1], results[0], rtol=tolerance, atol=tolerance, err_msg=name)
     names = {k.fn.__name__ for k in fake.kernels if k.launches}
-    assert names == {f"nnd_{n}_{t}" for n in ("sparse_softmax_ce", "sparse_softmax_ce_grad", "adam_update")
-                     for t in ("float", "double")}
+    assert names == {f"nnd_{n}_{t}" for n in ("sparse_softmax_ce", "sparse_softmax_ce_grad", "adam_update",
+                                              "sgd_momentum_update") for t in ("float", "double")}
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -293,7 +293,9 @@ def test_the_direct_kernels_take_large_convolutions_and_leave_small_ones_to_blas
 
 @needs_compiler
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_native_adam_update_equals_numpy(dtype):
+@pytest.mark.parametrize("name, options", [("adamw", {}), ("sgd", {"momentum": 0.9}),
+                                           ("sgd", {"momentum": 0.8, "nesterov": True})])
+def test_native_optimizer_updates_equal_numpy(dtype, name, options):
     from nnd.runtime.optimizers import make_optimizer
 
     r = np.random.default_rng(0)
@@ -303,7 +305,7 @@ def test_native_adam_update_equals_numpy(dtype):
     for enabled in (True, False):
         native.set_enabled(enabled)
         try:
-            optimizer = make_optimizer("adamw", lr=0.01)
+            optimizer = make_optimizer(name, lr=0.01, **options)
             bound = optimizer.bind({k: v.copy() for k, v in params.items()})
             for step in grads:
                 optimizer.step(step)

@@ -17,3 +17,18 @@ void NAME(adam_update)(long begin, long end, REAL *p, const REAL *g, REAL *m, RE
         params[i] -= a * mi / (sqrt(vi) + eps);
     }
 }
+
+/* SGD with momentum in Keras' form: m = momentum m - lr g; p += m, or with Nesterov's correction
+ * p += momentum m - lr g. */
+void NAME(sgd_momentum_update)(long begin, long end, REAL *p, const REAL *g, REAL *m, double lr, double momentum,
+                               int nesterov) {
+    const REAL rate = (REAL)lr, mu = (REAL)momentum;
+    REAL *restrict params = p, *restrict velocity = m;
+    const REAL *restrict grad = g;
+    for (long i = begin; i < end; i++) {
+        REAL step = rate * grad[i];
+        REAL mi = mu * velocity[i] - step;
+        velocity[i] = mi;
+        params[i] += nesterov ? mu * mi - step : mi;
+    }
+}
