@@ -1,11 +1,13 @@
 """CuPy kernels for the ends of a training step: the sparse softmax cross-entropy (forward and gradient)
-and the Adam and momentum-SGD updates, one launch each where the array-module code makes several.
+and the Adam, momentum-SGD and RMSprop updates, one launch each where the array-module code makes
+several.
 
 * `sparse_softmax_cross_entropy[_grad]`: one thread per row of logits (the classes are few: the row's
   maximum, the sum of exponentials and the picked logit in one pass over it, the gradient
   softmax - one_hot in a second);
-* Adam and SGD with momentum: one thread per parameter over the optimizer's flat buffers
-  (`optimizers.ADAM_UPDATES`, `SGD_MOMENTUM_UPDATES`), the scalars passed as a small device array.
+* Adam, SGD with momentum and RMSprop (not centered): one thread per parameter over the optimizer's flat
+  buffers (`optimizers.ADAM_UPDATES`, `SGD_MOMENTUM_UPDATES`, `RMSPROP_UPDATES`), the scalars passed as
+  a small device array.
 
 Both sources also build as host C++ for the tests, and CI compiles them with nvcc.
 """
@@ -74,6 +76,22 @@ __device__ void sgd_momentum_update(T* p, const T* g, T* m, const T* scalars, nn
     }
 }
 
+template <typename T>
+__device__ void rmsprop_update(T* p, const T* g, T* v, T* m, const T* scalars, nnd_size has_momentum, nnd_size n) {
+    const T lr = scalars[0], rho = scalars[1], eps = scalars[2], mu = scalars[3];
+    for (nnd_size i = blockIdx.x * (nnd_size)blockDim.x + threadIdx.x; i < n;
+         i += (nnd_size)blockDim.x * gridDim.x) {
+        T vi = rho * v[i] + ((T)1 - rho) * g[i] * g[i];
+        v[i] = vi;
+        T step = lr * g[i] / sqrt(vi + eps);
+        if (has_momentum) {
+            m[i] = mu * m[i] + step;
+            step = m[i];
+        }
+        p[i] -= step;
+    }
+}
+
 #define NND_STEP_KERNELS(T)                                                                                 \
 extern "C" __global__ void nnd_sparse_softmax_ce_##T(const T* logits, const long long* labels, T* loss,     \
         nnd_size rows, nnd_size classes) {                                                                  \
@@ -89,6 +107,10 @@ extern "C" __global__ void nnd_adam_update_##T(T* p, const T* g, T* m, T* v, con
 extern "C" __global__ void nnd_sgd_momentum_update_##T(T* p, const T* g, T* m, const T* scalars,            \
         nnd_size nesterov, nnd_size n) {                                                                    \
     sgd_momentum_update<T>(p, g, m, scalars, nesterov, n);                                                  \
+}                                                                                           \
+extern "C" __global__ void nnd_rmsprop_update_##T(T* p, const T* g, T* v, T* m, const T* scalars,           \
+        nnd_size has_momentum, nnd_size n) {                                                                \
+    rmsprop_update<T>(p, g, v, m, scalars, has_momentum, n);                                                \
 }
 
 NND_STEP_KERNELS(float)
@@ -155,11 +177,25 @@ def sgd_momentum_update_cuda(p, g, m, lr: float, momentum: float, nesterov: bool
     return True
 
 
+def rmsprop_update_cuda(p, g, v, m, lr: float, rho: float, epsilon: float, momentum: float) -> bool:
+    """`optimizers.RMSPROP_UPDATES` for cupy: the whole update in one launch (without momentum, the
+    kernel's momentum buffer is v, never written)."""
+    import cupy as xp
+
+    fn = _step_kernel("rmsprop_update", p.dtype)
+    if fn is None:
+        return False
+    scalars = xp.asarray(np.array([lr, rho, epsilon, momentum], dtype=p.dtype))
+    launch_over(fn, p.size, [p, g, v, v if m is None else m, scalars, int(m is not None), p.size])
+    return True
+
+
 def _register() -> None:
-    from nnd.runtime.optimizers import ADAM_UPDATES, SGD_MOMENTUM_UPDATES
+    from nnd.runtime.optimizers import ADAM_UPDATES, RMSPROP_UPDATES, SGD_MOMENTUM_UPDATES
 
     ADAM_UPDATES["cupy"] = adam_update_cuda
     SGD_MOMENTUM_UPDATES["cupy"] = sgd_momentum_update_cuda
+    RMSPROP_UPDATES["cupy"] = rmsprop_update_cuda
 
 
 _register()

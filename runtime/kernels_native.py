@@ -5,8 +5,8 @@
   reset_after): one C call per scan instead of a dozen NumPy calls per step.
 * Max pooling and its gradient (`pool_impl.h`, numpy overrides of `maxpool2d` / `maxpool2d_grad`) read
   each window once, where NumPy passes over the input once per window offset.
-* Adam's and momentum SGD's updates over the optimizer's flat buffers in one pass (`optim_impl.h`),
-  where NumPy makes a dozen and six.
+* Adam's, momentum SGD's and RMSprop's updates over the optimizer's flat buffers in one pass
+  (`optim_impl.h`), where NumPy makes six to a dozen.
 * The matmul epilogue adds the bias and applies the activation in one pass (`conv_impl.h`).
 
 This module also binds the library's functions for the other native kernel modules: the convolutions
@@ -27,7 +27,7 @@ from nnd.runtime.kernels_basic import _matmul
 from nnd.runtime.kernels_fused import _epilogue
 from nnd.runtime.kernels_recurrent import (GRU_DEFAULT_PATHS, LSTM_DEFAULT_PATHS, _lstm_backward_default,
                                             _lstm_forward_default)
-from nnd.runtime.optimizers import ADAM_UPDATES, SGD_MOMENTUM_UPDATES
+from nnd.runtime.optimizers import ADAM_UPDATES, RMSPROP_UPDATES, SGD_MOMENTUM_UPDATES
 
 _SUFFIXES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _LONG, _POINTER = ctypes.c_long, ctypes.c_void_p
@@ -64,6 +64,8 @@ _SIGNATURES = {
     "adam_update": [_LONG, _LONG] + [_POINTER] * 4 + [ctypes.c_double] * 4,
     # begin, end, p, g, m, lr, momentum, nesterov
     "sgd_momentum_update": [_LONG, _LONG] + [_POINTER] * 3 + [ctypes.c_double] * 2 + [ctypes.c_int],
+    # begin, end, p, g, v, m, lr, rho, epsilon, momentum
+    "rmsprop_update": [_LONG, _LONG] + [_POINTER] * 4 + [ctypes.c_double] * 4,
     # shape, begin, end, x, out
     "maxpool2d": [_POINTER, _LONG, _LONG, _POINTER, _POINTER],
     # shape, begin, end, x, dy, dx, relu, tiled
@@ -311,3 +313,16 @@ def sgd_momentum_update_native(p, g, m, lr: float, momentum: float, nesterov: bo
 
 
 SGD_MOMENTUM_UPDATES["numpy"] = sgd_momentum_update_native
+
+
+def rmsprop_update_native(p, g, v, m, lr: float, rho: float, epsilon: float, momentum: float) -> bool:
+    fn = native_function("rmsprop_update", p.dtype)
+    buffers = [a for a in (p, g, v, m) if a is not None]
+    if fn is None or not all(a.flags.c_contiguous and a.dtype == p.dtype for a in buffers):
+        return False
+    pointers = [address(a) for a in (p, g, v, m)]
+    native.run_rows(p.size, lambda begin, end: fn(begin, end, *pointers, lr, rho, epsilon, momentum), align=1024)
+    return True
+
+
+RMSPROP_UPDATES["numpy"] = rmsprop_update_native

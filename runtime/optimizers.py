@@ -38,9 +38,10 @@ _CLIP_OPTIONS = ("clipnorm", "global_clipnorm", "clipvalue")
 # One-pass updates by array module name (the native kernels register them for numpy, the CUDA ones for
 # cupy); each returns True when it updated the buffers in place, False to leave it to the array ops.
 # Adam: fn(p, g, m, v, alpha, beta_1, beta_2, epsilon); SGD with momentum: fn(p, g, m, lr, momentum,
-# nesterov).
+# nesterov); RMSprop, not centered: fn(p, g, v, m or None, lr, rho, epsilon, momentum).
 ADAM_UPDATES: dict[str, Callable[..., bool]] = {}
 SGD_MOMENTUM_UPDATES: dict[str, Callable[..., bool]] = {}
+RMSPROP_UPDATES: dict[str, Callable[..., bool]] = {}
 
 
 def _to_numpy(a: Any) -> np.ndarray:
@@ -428,6 +429,11 @@ class RMSprop(Optimizer):
     def _update(self, lr, t):
         xp, p, g, tmp = self.xp, self._flat, self._grad, self._tmp
         v, rho = self._slot["velocity"], self.rho
+        fused = RMSPROP_UPDATES.get(xp.__name__)
+        momentum = self._slot["momentum"] if self.momentum > 0 else None
+        if not self.centered and fused is not None and fused(p, g, v, momentum, lr, rho, self.epsilon,
+                                                             self.momentum):
+            return
         xp.multiply(g, g, out=tmp)                  # v = rho*v + (1-rho)*g^2
         xp.multiply(tmp, 1.0 - rho, out=tmp)
         xp.multiply(v, rho, out=v)

@@ -403,8 +403,8 @@ def test_the_cuda_gru_kernels_on_a_host_stand_in(cupy_stand_in, monkeypatch, att
 
 
 def test_the_cupy_loss_and_optimizer_kernels_on_a_host_stand_in(cupy_stand_in):
-    """The sparse softmax cross-entropy (forward, gradient), Adam and momentum-SGD kernels built by g++
-    against NumPy."""
+    """The sparse softmax cross-entropy (forward, gradient), Adam, momentum-SGD and RMSprop kernels built by
+    g++ against NumPy."""
     from nnd.runtime.optimizers import make_optimizer
 
     fake = cupy_stand_in
@@ -420,7 +420,8 @@ def test_the_cupy_loss_and_optimizer_kernels_on_a_host_stand_in(cupy_stand_in):
             np.testing.assert_allclose(cuda[op](ctx, {}, *args), generic[op](ctx, {}, *args), rtol=tolerance,
                                        atol=tolerance, err_msg=op)
         start = rng.normal(size=(30, 7)).astype(dtype)
-        for name, options in (("adam", {}), ("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.8, "nesterov": True})):
+        for name, options in (("adam", {}), ("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.8, "nesterov": True}),
+                              ("rmsprop", {}), ("rmsprop", {"momentum": 0.5})):
             results = []
             for xp in (np, fake):
                 params = {"w": start.copy()}
@@ -432,7 +433,7 @@ def test_the_cupy_loss_and_optimizer_kernels_on_a_host_stand_in(cupy_stand_in):
             np.testing.assert_allclose(results[1], results[0], rtol=tolerance, atol=tolerance, err_msg=name)
     names = {k.fn.__name__ for k in fake.kernels if k.launches}
     assert names == {f"nnd_{n}_{t}" for n in ("sparse_softmax_ce", "sparse_softmax_ce_grad", "adam_update",
-                                              "sgd_momentum_update") for t in ("float", "double")}
+                                              "sgd_momentum_update", "rmsprop_update") for t in ("float", "double")}
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -294,7 +294,8 @@ def test_the_direct_kernels_take_large_convolutions_and_leave_small_ones_to_blas
 @needs_compiler
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name, options", [("adamw", {}), ("sgd", {"momentum": 0.9}),
-                                           ("sgd", {"momentum": 0.8, "nesterov": True})])
+                                           ("sgd", {"momentum": 0.8, "nesterov": True}), ("rmsprop", {}),
+                                           ("rmsprop", {"momentum": 0.5})])
 def test_native_optimizer_updates_equal_numpy(dtype, name, options):
     from nnd.runtime.optimizers import make_optimizer
 

@@ -32,3 +32,23 @@ void NAME(sgd_momentum_update)(long begin, long end, REAL *p, const REAL *g, REA
         params[i] += nesterov ? mu * mi - step : mi;
     }
 }
+
+/* RMSprop in Keras' form, not centered: v = rho v + (1 - rho) g^2; step = lr g / sqrt(v + epsilon);
+ * p -= step, or with momentum m = momentum m + step; p -= m (m NULL: no momentum). */
+void NAME(rmsprop_update)(long begin, long end, REAL *p, const REAL *g, REAL *v, REAL *m, double lr, double rho,
+                          double epsilon, double momentum) {
+    const REAL rate = (REAL)lr, keep = (REAL)rho, fresh = (REAL)(1.0 - rho), eps = (REAL)epsilon;
+    const REAL mu = (REAL)momentum;
+    REAL *restrict params = p, *restrict second = v;
+    const REAL *restrict grad = g;
+    for (long i = begin; i < end; i++) {
+        REAL vi = keep * second[i] + fresh * grad[i] * grad[i];
+        second[i] = vi;
+        REAL step = rate * grad[i] / sqrt(vi + eps);
+        if (m) {
+            m[i] = mu * m[i] + step;
+            step = m[i];
+        }
+        params[i] -= step;
+    }
+}
