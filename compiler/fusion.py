@@ -23,10 +23,22 @@ from nnd.compiler.ops.fused import EPILOGUE_ACTIVATIONS
 _PRODUCTS = {"conv2d": "conv2d_epilogue", "matmul": "matmul_epilogue"}
 
 
+def _kept_outputs(graph: Graph) -> set[Value]:
+    """Values a fusion must keep materialized whatever their users: the outputs and the state updates."""
+    return set(graph.outputs.values()) | set(graph.state_updates.values())
+
+
+def _with_replacements(graph: Graph, replaced: dict[Node, Node | None]) -> Graph:
+    """`graph` with each node in `replaced` swapped for its fused node, or dropped where that is None."""
+    out = graph.copy_shallow()
+    out.nodes = [replaced.get(n, n) for n in graph.nodes if replaced.get(n, n) is not None]
+    return out
+
+
 def fuse_epilogues(graph: Graph) -> Graph:
     graph = graph.clone()  # the fused nodes take over values: keep the input graph's values untouched
     users = graph.users()
-    kept_outputs = set(graph.outputs.values()) | set(graph.state_updates.values())
+    kept_outputs = _kept_outputs(graph)
 
     def sole_user(value: Value) -> Node | None:
         found = users.get(value, [])
@@ -53,15 +65,13 @@ def fuse_epilogues(graph: Graph) -> Graph:
         for absorbed in chain[:-1]:
             replaced[absorbed] = None
         replaced[chain[-1]] = fused
-    out = graph.copy_shallow()
-    out.nodes = [replaced.get(n, n) for n in graph.nodes if replaced.get(n, n) is not None]
-    return out
+    return _with_replacements(graph, replaced)
 
 
 def fuse_batchnorm_relu(graph: Graph) -> Graph:
     graph = graph.clone()
     users = graph.users()
-    kept_outputs = set(graph.outputs.values()) | set(graph.state_updates.values())
+    kept_outputs = _kept_outputs(graph)
     replaced: dict[Node, Node | None] = {}
     for node in graph.nodes:
         if node.op != "batchnorm_train" or node.attr("activation", "linear") != "linear":
@@ -75,15 +85,13 @@ def fuse_batchnorm_relu(graph: Graph) -> Graph:
         replaced[node] = Node("batchnorm_train", list(node.inputs), [relu.outputs[0], *node.outputs[1:]],
                               dict(node.attr_dict, activation="relu"), node.span, node.layer)
         replaced[relu] = None
-    out = graph.copy_shallow()
-    out.nodes = [replaced.get(n, n) for n in graph.nodes if replaced.get(n, n) is not None]
-    return out
+    return _with_replacements(graph, replaced)
 
 
 def fuse_pool_grad(graph: Graph) -> Graph:
     graph = graph.clone()
     users = graph.users()
-    kept_outputs = set(graph.outputs.values()) | set(graph.state_updates.values())
+    kept_outputs = _kept_outputs(graph)
     replaced: dict[Node, Node | None] = {}
     for node in graph.nodes:
         if node.op != "relu_grad":
@@ -97,6 +105,4 @@ def fuse_pool_grad(graph: Graph) -> Graph:
                      pool.span, pool.layer)
         replaced[pool] = None
         replaced[node] = fused
-    out = graph.copy_shallow()
-    out.nodes = [replaced.get(n, n) for n in graph.nodes if replaced.get(n, n) is not None]
-    return out
+    return _with_replacements(graph, replaced)

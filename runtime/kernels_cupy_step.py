@@ -153,41 +153,34 @@ def sparse_softmax_ce_grad_cuda(ctx, attrs, dloss, logits, labels):
     return grad
 
 
-def adam_update_cuda(p, g, m, v, alpha: float, beta_1: float, beta_2: float, epsilon: float) -> bool:
-    """`optimizers.ADAM_UPDATES` for cupy: the whole update in one launch."""
+def _flat_update(name: str, buffers: list, scalars: list[float], flags: tuple[int, ...] = ()) -> bool:
+    """Launch the update kernel `name` once over the optimizer's flat buffers: the float scalars go as a
+    small device array (in the buffers' dtype), the flags and the size as integers."""
     import cupy as xp
 
-    fn = _step_kernel("adam_update", p.dtype)
+    p = buffers[0]
+    fn = _step_kernel(name, p.dtype)
     if fn is None:
         return False
-    scalars = xp.asarray(np.array([alpha, beta_1, beta_2, epsilon], dtype=p.dtype))
-    launch_over(fn, p.size, [p, g, m, v, scalars, p.size])
+    launch_over(fn, p.size, [*buffers, xp.asarray(np.array(scalars, dtype=p.dtype)), *flags, p.size])
     return True
+
+
+def adam_update_cuda(p, g, m, v, alpha: float, beta_1: float, beta_2: float, epsilon: float) -> bool:
+    """`optimizers.ADAM_UPDATES` for cupy."""
+    return _flat_update("adam_update", [p, g, m, v], [alpha, beta_1, beta_2, epsilon])
 
 
 def sgd_momentum_update_cuda(p, g, m, lr: float, momentum: float, nesterov: bool) -> bool:
-    """`optimizers.SGD_MOMENTUM_UPDATES` for cupy: the whole update in one launch."""
-    import cupy as xp
-
-    fn = _step_kernel("sgd_momentum_update", p.dtype)
-    if fn is None:
-        return False
-    scalars = xp.asarray(np.array([lr, momentum], dtype=p.dtype))
-    launch_over(fn, p.size, [p, g, m, scalars, int(nesterov), p.size])
-    return True
+    """`optimizers.SGD_MOMENTUM_UPDATES` for cupy."""
+    return _flat_update("sgd_momentum_update", [p, g, m], [lr, momentum], (int(nesterov),))
 
 
 def rmsprop_update_cuda(p, g, v, m, lr: float, rho: float, epsilon: float, momentum: float) -> bool:
-    """`optimizers.RMSPROP_UPDATES` for cupy: the whole update in one launch (without momentum, the
-    kernel's momentum buffer is v, never written)."""
-    import cupy as xp
-
-    fn = _step_kernel("rmsprop_update", p.dtype)
-    if fn is None:
-        return False
-    scalars = xp.asarray(np.array([lr, rho, epsilon, momentum], dtype=p.dtype))
-    launch_over(fn, p.size, [p, g, v, v if m is None else m, scalars, int(m is not None), p.size])
-    return True
+    """`optimizers.RMSPROP_UPDATES` for cupy (without momentum, the kernel's momentum buffer is v, never
+    written)."""
+    return _flat_update("rmsprop_update", [p, g, v, v if m is None else m], [lr, rho, epsilon, momentum],
+                        (int(m is not None),))
 
 
 def _register() -> None:

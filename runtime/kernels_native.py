@@ -290,39 +290,31 @@ def matmul_epilogue_native(ctx, attrs, a, b, bias):
 # Optimizer updates
 
 
-def adam_update_native(p, g, m, v, alpha: float, beta_1: float, beta_2: float, epsilon: float) -> bool:
-    fn = native_function("adam_update", p.dtype)
-    if fn is None or not all(a.flags.c_contiguous and a.dtype == p.dtype for a in (p, g, m, v)):
+def _flat_update(name: str, buffers: list, *scalars) -> bool:
+    """Run the native update `name` over the optimizer's flat buffers (None: an absent one, passed as
+    NULL) with `scalars` after them; False, leaving the update to the array ops, when it cannot."""
+    p = buffers[0]
+    fn = native_function(name, p.dtype)
+    present = [a for a in buffers if a is not None]
+    if fn is None or not all(a.flags.c_contiguous and a.dtype == p.dtype for a in present):
         return False
-    pointers = [address(a) for a in (p, g, m, v)]
-    native.run_rows(p.size, lambda begin, end: fn(begin, end, *pointers, alpha, beta_1, beta_2, epsilon),
-                    align=1024)
+    pointers = [address(a) for a in buffers]
+    native.run_rows(p.size, lambda begin, end: fn(begin, end, *pointers, *scalars), align=1024)
     return True
 
 
-ADAM_UPDATES["numpy"] = adam_update_native
+def adam_update_native(p, g, m, v, alpha: float, beta_1: float, beta_2: float, epsilon: float) -> bool:
+    return _flat_update("adam_update", [p, g, m, v], alpha, beta_1, beta_2, epsilon)
 
 
 def sgd_momentum_update_native(p, g, m, lr: float, momentum: float, nesterov: bool) -> bool:
-    fn = native_function("sgd_momentum_update", p.dtype)
-    if fn is None or not all(a.flags.c_contiguous and a.dtype == p.dtype for a in (p, g, m)):
-        return False
-    pointers = [address(a) for a in (p, g, m)]
-    native.run_rows(p.size, lambda begin, end: fn(begin, end, *pointers, lr, momentum, int(nesterov)), align=1024)
-    return True
-
-
-SGD_MOMENTUM_UPDATES["numpy"] = sgd_momentum_update_native
+    return _flat_update("sgd_momentum_update", [p, g, m], lr, momentum, int(nesterov))
 
 
 def rmsprop_update_native(p, g, v, m, lr: float, rho: float, epsilon: float, momentum: float) -> bool:
-    fn = native_function("rmsprop_update", p.dtype)
-    buffers = [a for a in (p, g, v, m) if a is not None]
-    if fn is None or not all(a.flags.c_contiguous and a.dtype == p.dtype for a in buffers):
-        return False
-    pointers = [address(a) for a in (p, g, v, m)]
-    native.run_rows(p.size, lambda begin, end: fn(begin, end, *pointers, lr, rho, epsilon, momentum), align=1024)
-    return True
+    return _flat_update("rmsprop_update", [p, g, v, m], lr, rho, epsilon, momentum)
 
 
+ADAM_UPDATES["numpy"] = adam_update_native
+SGD_MOMENTUM_UPDATES["numpy"] = sgd_momentum_update_native
 RMSPROP_UPDATES["numpy"] = rmsprop_update_native
