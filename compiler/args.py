@@ -31,6 +31,10 @@ class CallValue:
     args: tuple[Any, ...]
     kwargs: tuple[tuple[str, Any], ...]
     span: Span | None = field(default=None, compare=False)
+    kwarg_spans: tuple[Span | None, ...] = field(default=(), compare=False)  # where each `key=value` is
+
+    def kwarg_span(self, index: int) -> Span | None:
+        return self.kwarg_spans[index] if index < len(self.kwarg_spans) else self.span
 
 
 @dataclass

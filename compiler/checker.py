@@ -403,7 +403,8 @@ class ModelLowering:
         if any(v is POISON for v, _ in positional) or any(v is POISON for v, _ in keywords.values()):
             return POISON
         return CallValue(call.callee, tuple(v for v, _ in positional),
-                         tuple((k, v) for k, (v, _) in keywords.items()), call.span)
+                         tuple((k, v) for k, (v, _) in keywords.items()), call.span,
+                         tuple(arg.span for _, arg in keywords.values()))
 
     def _names_a_layer(self, expr: S.Expr) -> bool:
         return isinstance(expr, S.Call) and (expr.callee in LAYERS or expr.callee in self.defs.blocks)

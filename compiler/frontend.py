@@ -12,7 +12,7 @@ from nnd.compiler.imports import Program, load_program, load_program_text
 from nnd.compiler.ir import Graph
 from nnd.compiler.layers import INFER, LAYERS, TRAIN
 from nnd.compiler.source import Span
-from nnd.compiler.training import TrainSpec, check_train
+from nnd.compiler.training import TrainSpec, check_monitors, check_train
 
 
 @dataclass
@@ -70,7 +70,9 @@ def check_program(program: Program) -> CheckedProgram:
     for name, model in defs.models.items():
         checked.graphs[name] = ModelLowering(defs, bag, INFER).lower(model)
     for name, section in defs.trains.items():
-        checked.trains[name] = _check_train_section(section, defs, bag)
+        spec = checked.trains[name] = _check_train_section(section, defs, bag)
+        if name in checked.graphs:
+            check_monitors(spec, list(checked.graphs[name].outputs), bag)
     if bag:
         raise NndError(_unique(bag.diagnostics), program.sources)
     return checked

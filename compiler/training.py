@@ -7,7 +7,7 @@ the objects from the `Configured` entries.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from nnd.compiler import syntax as S
 from nnd.compiler.args import (BOOL, FLOAT, INT, NAME, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RATE,
@@ -79,6 +79,10 @@ class Configured:
     name: str
     args: dict[str, Any] = field(default_factory=dict, hash=False)
     span: Span | None = field(default=None, compare=False)
+    arg_spans: dict[str, Span | None] = field(default_factory=dict, compare=False, hash=False)
+
+    def arg_span(self, key: str) -> Span | None:
+        return self.arg_spans.get(key) or self.span
 
 
 @dataclass
@@ -106,6 +110,10 @@ class _SettingError(Exception):
         self.message, self.span, self.notes = message, span, notes
 
 
+# Keras' longer spellings of two arguments.
+_KEYWORD_ALIASES = {"learning_rate": "lr", "restore_best_weights": "restore_best"}
+
+
 def _configured(value: Any, table: dict[str, dict[str, ArgKind]], what: str, span: Span | None,
                 aliases: dict[str, str] | None = None) -> Configured:
     if isinstance(value, Symbol):
@@ -123,23 +131,23 @@ def _configured(value: Any, table: dict[str, dict[str, ArgKind]], what: str, spa
     keys = list(schema)
     if len(positional) > len(keys):
         raise _SettingError(f"{name} takes at most {len(keys)} positional arguments", span)
-    raw = dict(zip(keys, positional))
-    for key, arg in keywords:
-        key = "lr" if key == "learning_rate" else key
-        key = "restore_best" if key == "restore_best_weights" else key
+    raw = {key: (arg, span) for key, arg in zip(keys, positional)}
+    for index, (key, arg) in enumerate(keywords):
+        key = _KEYWORD_ALIASES.get(key, key)
+        arg_span = value.kwarg_span(index) if isinstance(value, CallValue) else span
         if key not in schema:
             hint = did_you_mean(key, keys)
             raise _SettingError(f"{name} has no argument '{key}'" + (f"; did you mean '{hint}'?" if hint else ""),
-                                span, (f"valid: {', '.join(keys) or 'none'}",))
-        raw[key] = arg
+                                arg_span, (f"valid: {', '.join(keys) or 'none'}",))
+        raw[key] = (arg, arg_span)
     args = {}
-    for key, arg in raw.items():
+    for key, (arg, arg_span) in raw.items():
         try:
             args[key] = schema[key].convert(arg)
         except ArgError as err:
-            _undefined_word(arg, schema[key], f"{name} argument '{key}'", span)
-            raise _SettingError(f"{name} argument '{key}': {err.message}", span, err.notes) from None
-    return Configured(name, args, span)
+            _undefined_word(arg, schema[key], f"{name} argument '{key}'", arg_span)
+            raise _SettingError(f"{name} argument '{key}': {err.message}", arg_span, err.notes) from None
+    return Configured(name, args, span, {key: arg_span for key, (_, arg_span) in raw.items()})
 
 
 def _undefined_word(value: Any, kind: ArgKind, what: str, span: Span | None) -> None:
@@ -183,6 +191,31 @@ def _data(value: Any, span: Span | None) -> str:
                                        'in quotes, such as "data.npz"',))
         return value.name
     raise _SettingError(f"data: expected a dataset name or a file path, got {describe(value)}", span)
+
+
+def metric_log_name(metric: str, output: str, outputs: Sequence[str]) -> str:
+    """A metric's name in the epoch logs: prefixed by its output when the model has several."""
+    return metric if len(outputs) == 1 else f"{output}_{metric}"
+
+
+def epoch_log_names(spec: TrainSpec, outputs: Sequence[str]) -> list[str]:
+    """Every figure an epoch of training logs: the loss and the metrics, the same measured on the
+    validation data (val_), and the learning rate."""
+    measured = ["loss"] + [metric_log_name(m.name, output, outputs) for output in outputs for m in spec.metrics]
+    return measured + [f"val_{name}" for name in measured] + ["lr"]
+
+
+def check_monitors(spec: TrainSpec, outputs: Sequence[str], bag: DiagnosticBag) -> None:
+    """A callback watching a figure that no epoch logs would fail after the first epoch; say so now."""
+    logged = epoch_log_names(spec, outputs)
+    for callback in spec.callbacks:
+        monitor = callback.args.get("monitor", "val_loss")
+        if monitor in logged:
+            continue
+        hint = did_you_mean(monitor, logged)
+        bag.error(f"{callback.name} monitors '{monitor}', which training does not log"
+                  + (f"; did you mean '{hint}'?" if hint else ""), callback.arg_span("monitor"),
+                  [f"logged: {', '.join(logged)}"])
 
 
 SETTINGS = ("data", "optimizer", "loss", "metrics", "epochs", "batch_size", "validation_split", "seed",

@@ -24,7 +24,8 @@ import numpy as np
 from nnd.compiler.diagnostics import NndError, did_you_mean
 from nnd.runtime.named import build
 
-__all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau", "BestCheckpoint", "make_callback", "CALLBACKS"]
+__all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau", "BestCheckpoint", "make_callback", "CALLBACKS",
+           "check_logged"]
 
 _MAXIMIZE_HINTS = ("acc", "auc", "precision", "recall", "f1")
 
@@ -41,15 +42,21 @@ def _direction(owner: str, monitor: str, mode: str) -> str:
 
 
 def _monitored(owner: str, monitor: str, logs: Mapping[str, Any]) -> float:
-    if monitor not in logs:
-        hint = did_you_mean(monitor, list(logs))
-        extra = ""
-        if monitor.startswith("val_") and not any(k.startswith("val_") for k in logs):
-            extra = " (there is no validation data; set validation_split or monitor a training figure)"
-        raise NndError(f"{owner} monitors '{monitor}', which is not in the epoch logs"
-                       + (f"; did you mean '{hint}'?" if hint else "") + extra
-                       + f" (logged: {', '.join(logs) or 'nothing'})")
+    check_logged(owner, monitor, list(logs))
     return float(logs[monitor])
+
+
+def check_logged(owner: str, monitor: str, logged: list[str]) -> None:
+    """Raise the error a callback gives when the figure it watches is not among those logged."""
+    if monitor in logged:
+        return
+    hint = did_you_mean(monitor, logged)
+    extra = ""
+    if monitor.startswith("val_") and not any(k.startswith("val_") for k in logged):
+        extra = " (there is no validation data; set validation_split or monitor a training figure)"
+    raise NndError(f"{owner} monitors '{monitor}', which is not in the epoch logs"
+                   + (f"; did you mean '{hint}'?" if hint else "") + extra
+                   + f" (logged: {', '.join(logged) or 'nothing'})")
 
 
 def _check_number(owner: str, key: str, value: Any, lo: float = -math.inf, hi: float = math.inf,

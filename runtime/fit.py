@@ -10,9 +10,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from nnd.compiler.diagnostics import NndError
+from nnd.compiler.training import epoch_log_names
 from nnd.runtime import checkpoint as ckpt
 from nnd.runtime.augment import Augmenter, make_augmentation
-from nnd.runtime.callbacks import BestCheckpoint, make_callback
+from nnd.runtime.callbacks import BestCheckpoint, EarlyStopping, ReduceLROnPlateau, check_logged, make_callback
 from nnd.runtime.progress import Progress
 from nnd.runtime.saved_model import write_model_files
 from nnd.runtime.trainer import Trainer, TrainingState
@@ -121,6 +122,7 @@ def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.
     spec = trainer.spec
     data_rng = model.data_rng  # shuffling and augmentation; checkpointed so --resume continues the sequence
     callbacks = _spec_callbacks(spec, run_dir, model, trainer) + callbacks
+    _check_monitors(callbacks, spec, model.output_names, validating=val_feeds is not None)
     augmenter = Augmenter([make_augmentation(a.name, **a.args) for a in spec.augment]) if spec.augment else None
     n = len(next(iter(feeds.values())))
     progress = Progress(epochs, math.ceil(n / batch_size), verbose=verbose)
@@ -159,6 +161,14 @@ def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.
         callback.on_train_end(state)
     if run_dir is not None:
         run_dir.finish(model)
+
+
+def _check_monitors(callbacks: list[Any], spec, outputs: list[str], validating: bool) -> None:
+    """Fail before the first epoch, not after it, when a callback watches a figure that is never logged."""
+    logged = [name for name in epoch_log_names(spec, outputs) if validating or not name.startswith("val_")]
+    for callback in callbacks:
+        if isinstance(callback, (EarlyStopping, ReduceLROnPlateau, BestCheckpoint)):
+            check_logged(callback.name, callback.monitor, logged)
 
 
 def _spec_callbacks(spec, run_dir: RunDirectory | None, model, trainer: Trainer) -> list[Any]:

@@ -18,7 +18,7 @@ from nnd.compiler.diagnostics import NndError
 from nnd.compiler.layers import INFER
 from nnd.compiler.passes import PassManager
 from nnd.compiler.summary import summarize
-from nnd.compiler.training import Configured, TrainSpec
+from nnd.compiler.training import Configured, TrainSpec, metric_log_name
 from nnd.compiler.training_graph import LOSS, LOSS_SCALE, MASK_PREFIX, build_loss_graph, build_training_graph
 from nnd.runtime.executor import Executor
 from nnd.runtime.layout_costs import cost_model
@@ -185,8 +185,7 @@ class Trainer:
         result = {}
         for output in outputs:
             for metric in self.spec.metrics:
-                key = metric.name if len(outputs) == 1 else f"{output}_{metric.name}"
-                result[key] = (output, make_metric(metric.name, **metric.args))
+                result[metric_log_name(metric.name, output, outputs)] = (output, make_metric(metric.name, **metric.args))
         return result
 
     def run_epoch(self, batches, outputs: list[str], training: bool,

@@ -11,6 +11,7 @@ import nnd
 from nnd import NndError
 from nnd.compiler.summary import summarize
 from nnd.model import CACHE_BYTES, MIN_SLICE
+from nnd.runtime.callbacks import EarlyStopping, ReduceLROnPlateau
 from nnd.runtime.fit import RunDirectory, resume
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -569,6 +570,21 @@ def test_reduce_lr_on_plateau_lowers_the_logged_lr():
     # each epoch logs the lr it trained with; no epoch after the first improves by 100, so from the
     # second epoch on each one halves the lr for the next
     assert history["lr"] == pytest.approx([0.02, 0.02, 0.01, 0.005])
+
+
+def test_a_monitor_that_is_never_logged_fails_before_the_first_epoch():
+    x, y = _separable(64)
+    model = nnd.loads(CLASSIFIER)
+    before = model.parameters()
+    with pytest.raises(NndError, match="early_stopping monitors 'val_loss'.*no validation data"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[EarlyStopping(monitor="val_loss")])
+    with pytest.raises(NndError, match="did you mean 'accuracy'"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[ReduceLROnPlateau(monitor="acuracy")])
+    assert all(np.array_equal(before[k], v) for k, v in model.parameters().items())  # nothing trained
+    assert model.history.history == {}
+    history = model.fit(x, y, epochs=1, verbose=0, validation_split=0.25,
+                        callbacks=[EarlyStopping(monitor="val_accuracy")]).history
+    assert len(history["val_accuracy"]) == 1
 
 
 def test_lr_schedule_sets_the_lr_per_step():
