@@ -410,7 +410,7 @@ def _sources(nodes: Sequence[Node]) -> str:
         layers = places.setdefault(place, [])
         if node.layer and node.layer not in layers:
             layers.append(node.layer)
-    return ", ".join(f"{p} ({', '.join(l)})" if l else p for p, l in places.items())
+    return ", ".join(f"{place} ({', '.join(layers)})" if layers else place for place, layers in places.items())
 
 
 def _names(graph: Graph):

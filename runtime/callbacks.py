@@ -65,7 +65,10 @@ def _check_number(owner: str, key: str, value: Any, lo: float = -math.inf, hi: f
     ok = ok and math.isfinite(value) and lo <= value and (value < hi if hi_open else value <= hi)
     ok = ok and (not integer or float(value) == int(value))
     if not ok:
-        rng = f" in [{lo:g}, {hi:g}{')' if hi_open else ']'}" if hi != math.inf else (f" >= {lo:g}" if lo != -math.inf else "")
+        if hi != math.inf:
+            rng = f" in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        else:
+            rng = f" >= {lo:g}" if lo != -math.inf else ""
         raise NndError(f"{owner}: {key} must be {'an integer' if integer else 'a number'}{rng}, got {value!r}")
     return int(value) if integer else float(value)
 

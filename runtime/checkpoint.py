@@ -1,11 +1,11 @@
 """Checkpoints and weight files.
 
 A checkpoint is one uncompressed `.npz` holding `param/<name>` arrays, `opt/<key>` optimizer-state arrays,
-`extra/<key>` arrays of whatever else the run keeps (callback state), an optional `rng` byte array, and `meta`: a 0-d unicode array with a JSON object (format, version, epoch,
-rng state, extra metadata). It is written atomically: a temporary file in the same directory is written,
-fsynced and renamed over the target with os.replace, so a crash or error never leaves a half-written file
-at the target path, and a failed save leaves the previous checkpoint untouched. Loading never pickles
-(allow_pickle=False) and never writes.
+`extra/<key>` arrays of whatever else the run keeps (callback state), an optional `rng` byte array, and
+`meta`: a 0-d unicode array with a JSON object (format, version, epoch, rng state, extra metadata). It is
+written atomically: a temporary file in the same directory is written, fsynced and renamed over the target
+with os.replace, so a crash or error never leaves a half-written file at the target path, and a failed save
+leaves the previous checkpoint untouched. Loading never pickles (allow_pickle=False) and never writes.
 
 Weights files are `.npz` (one array per parameter name) or `.safetensors` (read and written here by hand:
 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, raw little-endian
@@ -325,5 +325,26 @@ def check_compatible(expected: Mapping[str, tuple], loaded: Mapping[str, Any], s
             hint = did_you_mean(name, missing)
             problems.append(Diagnostic(f"{source} has unexpected parameter '{name}' (shape {shapes[name]})"
                                        + (f"; did you mean '{hint}'?" if hint else "")))
+    if len(problems) > MAX_LISTED_PROBLEMS:
+        raise NndError(_summarized(problems, source, len(want), missing if strict else [],
+                                   unexpected if strict else [], sum(name in shapes for name in want)))
     if problems:
         raise NndError(problems)
+
+
+# Weights of another model disagree about nearly every parameter; past this many problems the error
+# becomes one summary line with the first few as notes.
+MAX_LISTED_PROBLEMS = 8
+
+
+def _summarized(problems: list[Diagnostic], source: str, parameter_count: int, missing: list[str],
+                unexpected: list[str], shared: int) -> Diagnostic:
+    reshaped = len(problems) - len(missing) - len(unexpected)
+    counts = [f"{len(missing)} of the model's {parameter_count} parameters are missing" if missing else "",
+              f"{reshaped} {'has another shape' if reshaped == 1 else 'have other shapes'}" if reshaped else "",
+              f"{len(unexpected)} {'is' if len(unexpected) == 1 else 'are'} not the model's" if unexpected else ""]
+    shown = MAX_LISTED_PROBLEMS // 2
+    notes = [p.message for p in problems[:shown]] + [f"... and {len(problems) - shown} more"]
+    if shared - reshaped < parameter_count // 2:
+        notes.append("most parameters disagree: are these the weights of another model?")
+    return Diagnostic(f"{source} does not fit the model: " + "; ".join(c for c in counts if c), None, notes)

@@ -168,7 +168,8 @@ def _constant(w: _Writer, a: list[str], attrs: dict[str, Any], v: str) -> str:
 EMITTERS: dict[str, Emitter] = {
     "neg": lambda w, a, at, v: f"-{a[0]}",
     "relu": lambda w, a, at, v: f"({a[0]} < {w.lit(0.0)} ? {w.lit(0.0)} : {a[0]})",
-    "leaky_relu": lambda w, a, at, v: f"({a[0]} > {w.lit(0.0)} ? {a[0]} : {a[0]} * {w.lit(_attr('leaky_relu', at, 'alpha'))})",
+    "leaky_relu": lambda w, a, at, v: (f"({a[0]} > {w.lit(0.0)} ? {a[0]} : "
+                                       f"{a[0]} * {w.lit(_attr('leaky_relu', at, 'alpha'))})"),
     "elu": lambda w, a, at, v: (f"({a[0]} > {w.lit(0.0)} ? {a[0]} : {w.lit(_attr('elu', at, 'alpha'))} * "
                                 f"{w.fn('expm1')}({w.fn('fmin')}({a[0]}, {w.lit(0.0)})))"),
     "gelu": _gelu,
@@ -186,7 +187,8 @@ EMITTERS: dict[str, Emitter] = {
     "relu_grad": lambda w, a, at, v: f"{a[0]} * ({w.T})({a[1]} > {w.lit(0.0)})",
     "leaky_relu_grad": lambda w, a, at, v: (f"({a[1]} > {w.lit(0.0)} ? {a[0]} : "
                                             f"{a[0]} * {w.lit(_attr('leaky_relu_grad', at, 'alpha'))})"),
-    "elu_grad": lambda w, a, at, v: (f"({a[1]} > {w.lit(0.0)} ? {a[0]} : {a[0]} * ({w.lit(_attr('elu_grad', at, 'alpha'))}"
+    "elu_grad": lambda w, a, at, v: (f"({a[1]} > {w.lit(0.0)} ? {a[0]} : "
+                                     f"{a[0]} * ({w.lit(_attr('elu_grad', at, 'alpha'))}"
                                      f" * {w.fn('exp')}({w.fn('fmin')}({a[1]}, {w.lit(0.0)}))))"),
     "gelu_grad": _gelu_grad,
     "sigmoid_grad": lambda w, a, at, v: f"{a[0]} * {a[1]} * ({w.lit(1.0)} - {a[1]})",

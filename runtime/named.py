@@ -34,7 +34,8 @@ def check_arguments(factory: Callable[..., Any], args: Mapping[str, Any], what: 
     for name in args:
         if name not in parameters:
             hint = did_you_mean(name, valid)
-            raise NndError(f"unknown argument '{name}' for {what} '{key}'" + (f"; did you mean '{hint}'?" if hint else "")
+            raise NndError(f"unknown argument '{name}' for {what} '{key}'"
+                           + (f"; did you mean '{hint}'?" if hint else "")
                            + (f" (valid: {', '.join(valid)})" if valid else " (it takes no arguments)"))
     missing = [name for name, p in parameters.items() if p.default is inspect.Parameter.empty and name not in args]
     if missing:

@@ -4,8 +4,8 @@ Formulas follow Keras (`keras.optimizers.schedules`):
   step_decay(initial, drop, every)                      initial * drop ** floor(step / every)
   exponential_decay(initial, decay_rate, decay_steps,   initial * decay_rate ** (step / decay_steps)
                     staircase=False)                    (exponent floored when staircase)
-  cosine_decay(initial, decay_steps, alpha=0.0)         initial * ((1 - alpha) * 0.5 * (1 + cos(pi * s / decay_steps)) + alpha),
-                                                        s = min(step, decay_steps)
+  cosine_decay(initial, decay_steps, alpha=0.0)         initial * ((1 - alpha) * c + alpha), with
+                                                        c = 0.5 * (1 + cos(pi * min(step, decay_steps) / decay_steps))
   warmup(warmup_steps, ...)                             linear from `start` at step 0 to the peak at step
                                                         `warmup_steps`, then the wrapped schedule (shifted by
                                                         warmup_steps), a constant, or a cosine decay

@@ -185,7 +185,8 @@ class Trainer:
         result = {}
         for output in outputs:
             for metric in self.spec.metrics:
-                result[metric_log_name(metric.name, output, outputs)] = (output, make_metric(metric.name, **metric.args))
+                key = metric_log_name(metric.name, output, outputs)
+                result[key] = (output, make_metric(metric.name, **metric.args))
         return result
 
     def run_epoch(self, batches, outputs: list[str], training: bool,

@@ -122,7 +122,8 @@ GRADCHECK_CASES: dict[str, list[GradCase]] = {
                             GradCase([("N", 3), ("N", 1)], gen=unit_interval, wrt=(0,))],
     "categorical_crossentropy": [GradCase([("N", 4), ("N", 4)], gen=per_input(positive, probabilities), wrt=(0,))],
     "sparse_categorical_crossentropy": [
-        GradCase([("N", 4), TensorType(("N",), "i64")], gen=per_input(unit_interval, lambda r, s, i: r.integers(0, 4, s)))],
+        GradCase([("N", 4), TensorType(("N",), "i64")],
+                 gen=per_input(unit_interval, lambda r, s, i: r.integers(0, 4, s)))],
     "huber": [GradCase([("N", 4), ("N", 4)], {"delta": 1.0}, gen=huber_gen, wrt=(0,)),
               GradCase([(2, 4), (2, 4)], {"delta": 0.5}, gen=huber_gen, wrt=(0,))],
 }

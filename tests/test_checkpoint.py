@@ -182,6 +182,22 @@ def test_check_compatible_messages():
         check_compatible(expected, {"dense.b": (32,)}, strict=False)
 
 
+def test_weights_of_another_model_are_summarized_in_one_error():
+    expected = {f"layer{i}.w": (8, 8) for i in range(12)}
+    other = {f"block{i}.w": (4, 4) for i in range(10)} | {"layer0.w": (2, 8), "layer1.w": (8, 8)}
+    with pytest.raises(NndError) as e:
+        check_compatible(expected, other, source="weights file w.npz")
+    assert len(e.value.diagnostics) == 1
+    diagnostic = e.value.diagnostics[0]
+    assert diagnostic.message == ("weights file w.npz does not fit the model: 10 of the model's 12 parameters are "
+                                  "missing; 1 has another shape; 10 are not the model's")
+    assert diagnostic.notes[0] == ("parameter 'layer0.w' has shape (2, 8) in weights file w.npz but the model "
+                                   "expects (8, 8)")
+    assert list(diagnostic.notes[-2:]) == ["... and 17 more",
+                                          "most parameters disagree: are these the weights of another model?"]
+    assert len(diagnostic.notes) == 6
+
+
 def test_safetensors_interop_with_reference_library(tmp_path):
     sn = pytest.importorskip("safetensors.numpy")
     params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], np.int64),

@@ -75,7 +75,8 @@ def test_mae_mse_weight_by_element():
 def test_errors():
     with pytest.raises(NndError, match="unknown metric 'acuracy'; did you mean 'accuracy'"):
         make_metric("acuracy")
-    with pytest.raises(NndError, match="unknown argument 'kk' for metric 'top_k_accuracy'; did you mean 'k'\\? \\(valid: k\\)"):
+    with pytest.raises(NndError,
+                       match="unknown argument 'kk' for metric 'top_k_accuracy'; did you mean 'k'\\? \\(valid: k\\)"):
         make_metric("top_k_accuracy", kk=3)
     m = make_metric("sparse_categorical_accuracy")
     with pytest.raises(NndError, match="label 7 at index 1 is out of range for 3 classes"):

@@ -673,7 +673,8 @@ def _two_heads(activation: str, units: int) -> str:
 
 
 def _loss_case(output: str, loss: str) -> str:
-    return f"model l {{\n    input x: [4]\n{output}\n}}\ntrain l {{\n    optimizer = sgd(lr=0.1)\n    loss = {loss}\n}}\n"
+    return (f"model l {{\n    input x: [4]\n{output}\n}}\n"
+            f"train l {{\n    optimizer = sgd(lr=0.1)\n    loss = {loss}\n}}\n")
 
 
 def _clip(p):

@@ -49,7 +49,8 @@ TORCH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,hyper,tname,tkw", TORCH_CASES, ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(TORCH_CASES)])
+@pytest.mark.parametrize("name,hyper,tname,tkw", TORCH_CASES,
+                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(TORCH_CASES)])
 def test_matches_torch(name, hyper, tname, tkw):
     torch = pytest.importorskip("torch")
     grads = _grads()
@@ -135,7 +136,8 @@ def _keras_sgd(p, grads, lr=0.01, momentum=0.0, nesterov=False, wd=0.0):
 
 KERAS_CASES = [
     ("adam", {}, lambda p, g: _keras_adam(p, g)),
-    ("adam", dict(lr=0.01, amsgrad=True, epsilon=1e-3), lambda p, g: _keras_adam(p, g, lr=0.01, amsgrad=True, eps=1e-3)),
+    ("adam", dict(lr=0.01, amsgrad=True, epsilon=1e-3),
+     lambda p, g: _keras_adam(p, g, lr=0.01, amsgrad=True, eps=1e-3)),
     ("adamw", {}, lambda p, g: _keras_adam(p, g, wd=0.004)),
     ("rmsprop", {}, lambda p, g: _keras_rmsprop(p, g)),
     ("rmsprop", dict(momentum=0.9, centered=True, epsilon=1e-2),

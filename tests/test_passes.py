@@ -452,7 +452,8 @@ def test_report_names_the_source_lines_of_fused_and_folded_kernels():
     assert re.search(r"%\d+ = conv2d_epilogue\[activation=relu\]: f32\[N,32,32,16\]\n"
                      r" +replaces conv2d, add, batchnorm_infer, relu from tiny_resnet\.nnd:13 "
                      r"\(conv2d, batchnorm, relu\)", text), text
-    assert "replaces conv2d, add, batchnorm_infer from tiny_resnet.nnd:6 (conv2d_2), tiny_resnet.nnd:7 (batchnorm_1)" in text
+    assert ("replaces conv2d, add, batchnorm_infer from tiny_resnet.nnd:6 (conv2d_2), tiny_resnet.nnd:7 (batchnorm_1)"
+            in text)
     for name in PIPELINES[2]:
         assert re.search(rf"^  {re.escape(name)} +\d+ -> \d+", text, re.M), name
     assert "activations no longer materialized: " in text
