@@ -266,8 +266,10 @@ def evaluate(file: str, model_name: str | None, weights: str, data: str | None, 
 @click.argument("file", type=click.Path(dir_okay=False))
 @MODEL_OPTION
 @click.option("--weights", type=click.Path(), required=True, help="weights.npz, or a run directory.")
-@click.option("--input", "input_path", type=click.Path(dir_okay=False), required=True, help="A .npy or .npz of inputs.")
-@click.option("--output", "output_path", type=click.Path(dir_okay=False), required=True, help="Where to write .npy.")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), required=True,
+              help="A .npy or .npz of inputs, or a .csv read as training read its data.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False), required=True,
+              help="Where to write the outputs: .npy, .npz (one array per output) or .csv.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @BACKEND_OPTION
 @CUDA_GRAPHS_OPTION

@@ -9,7 +9,7 @@ import numpy as np
 
 from nnd.compiler.diagnostics import Diagnostic, NndError
 from nnd.compiler.training import Configured, TrainSpec
-from nnd.runtime.data_source import Dataset, fit_to_input, load_dataset
+from nnd.runtime.data_source import VOCABULARY_FILE, Dataset, load_dataset, load_prediction_inputs
 from nnd.runtime.progress import format_logs
 
 
@@ -32,15 +32,18 @@ def _weights_path(weights: str) -> Path:
     return path
 
 
-def _dataset(model, source: str | None, data_dir: str | None, limit: int | None) -> Dataset:
-    """The data for a model with one input and one output, shaped for them (see runtime.data_source)."""
+def _dataset(model, source: str | None, data_dir: str | None, limit: int | None,
+             run_dir: Path | None = None) -> Dataset:
+    """The data for a model with one input and one output, shaped for them (see runtime.data_source);
+    `run_dir` holds what a training run saved to prepare its data (statistics, vocabulary)."""
     if len(model.input_names) != 1 or len(model.output_names) != 1:
         raise NndError(f"model '{model.name}' has {len(model.input_names)} inputs and {len(model.output_names)} "
                        "outputs; the command line trains one-input, one-output models: use the Python API "
                        "with dicts of arrays (nnd.load(...).fit({...}, {...}))")
     output = next(iter(model.graph.outputs.values()))
     base_dir = Path(model.program.program.root.file).resolve().parent
-    dataset = load_dataset(source, data_dir, model.spec, model.graph.inputs[0].type, output.type, base_dir)
+    dataset = load_dataset(source, data_dir, model.spec, model.graph.inputs[0].type, output.type, base_dir,
+                           run_dir)
     if limit is not None:
         dataset.x_train = dataset.x_train[:limit]
         dataset.y_train = None if dataset.y_train is None else dataset.y_train[:limit]
@@ -130,9 +133,10 @@ def run_parity(file, model_name, data, data_dir, limit, batch_size, seed, level,
 
 def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend, cuda_graphs=False) -> None:
     model = _model(file, model_name, backend, cuda_graphs=cuda_graphs)
-    model.load_weights(_weights_path(weights))
+    weights_path = _weights_path(weights)
+    model.load_weights(weights_path)
     source = data or model.spec.data
-    dataset = _dataset(model, source, data_dir, None)
+    dataset = _dataset(model, source, data_dir, None, weights_path.parent)
     x, y = (dataset.x_test, dataset.y_test) if dataset.x_test is not None else (dataset.x_train, dataset.y_train)
     if y is None:
         raise NndError(f"--data {source}: no targets to evaluate against")
@@ -144,21 +148,61 @@ def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size,
 
 def run_prediction(file, model_name, weights, input_path, output_path, batch_size, backend,
                    cuda_graphs=False) -> None:
-    from nnd.runtime.datasets import load_arrays
-
     model = _model(file, model_name, backend, cuda_graphs=cuda_graphs)
-    model.load_weights(_weights_path(weights))
-    arrays = load_arrays(input_path)
-    x = arrays.get("x", arrays.get("x_test", arrays.get("x_train")))
-    dims = tuple(model.graph.inputs[0].type.shape[1:])
-    outputs = model.predict(fit_to_input(x, dims), batch_size=batch_size)
-    if isinstance(outputs, dict):
-        if not output_path.endswith(".npz"):
-            raise NndError(f"--output {output_path}: the model has several outputs; write a .npz")
-        _atomic_save(output_path, lambda f: np.savez(f, **outputs))
+    _check_output(output_path, model.output_names)
+    weights_path = _weights_path(weights)
+    model.load_weights(weights_path)
+    if len(model.input_names) != 1:
+        raise NndError(f"model '{model.name}' has {len(model.input_names)} inputs; the command line feeds "
+                       "one: use the Python API with a dict of arrays (model.predict({...}))")
+    inputs = load_prediction_inputs(Path(input_path), model.spec, model.graph.inputs[0].type, weights_path.parent)
+    predicted = model.predict(inputs.x, batch_size=batch_size)
+    if not isinstance(predicted, dict):
+        predicted = {model.output_names[0]: predicted}
+    outputs = {name: inputs.to_units(values) for name, values in predicted.items()}
+    _write_outputs(output_path, outputs)
+    report = f"wrote {output_path}: {len(inputs.x):,} {inputs.noun}"
+    if inputs.forecasts and len(outputs) == 1:
+        last = next(iter(outputs.values()))[-1]
+        report += f"; the last, past the end of {Path(input_path).name}: {_numbers(last)}"
+    click.echo(report)
+
+
+def _numbers(values: np.ndarray) -> str:
+    return ", ".join(f"{float(v):.6g}" for v in np.ravel(values))
+
+
+def _check_output(path: str, output_names: list[str]) -> None:
+    """Refuse an --output the outputs cannot be written to before any work is done."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".npy", ".npz", ".csv"):
+        raise NndError(f"--output {path}: write a .npy, .npz or .csv file")
+    if len(output_names) > 1 and suffix != ".npz":
+        raise NndError(f"--output {path}: the model has {len(output_names)} outputs ({', '.join(output_names)}); "
+                       "write a .npz")
+
+
+def _write_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
+    """.npy for one output, .npz for any number (one array per output name), .csv for one output of at
+    most two dimensions (a column per output unit)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npz":
+        _atomic_save(path, lambda f: np.savez(f, **outputs))
+    elif suffix == ".csv":
+        text = _csv_text(*next(iter(outputs.items())))
+        _atomic_save(path, lambda f: f.write(text.encode()))
     else:
-        _atomic_save(output_path, lambda f: np.save(f, outputs))
-    click.echo(f"wrote {output_path}: {len(x):,} predictions")
+        _atomic_save(path, lambda f: np.save(f, next(iter(outputs.values()))))
+
+
+def _csv_text(name: str, values: np.ndarray) -> str:
+    if values.ndim > 2:
+        raise NndError(f"--output: output '{name}' has shape {values.shape}; a CSV holds one row per sample "
+                       "of at most one axis of values: write a .npy or .npz")
+    rows = values.reshape(len(values), -1)
+    header = [name] if rows.shape[1] == 1 else [f"{name}_{k}" for k in range(rows.shape[1])]
+    lines = [",".join(header)] + [",".join(f"{float(v):.9g}" for v in row) for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def run_generation(file, model_name, weights, vocab, prompt, length, temperature, seed) -> str:
@@ -167,7 +211,7 @@ def run_generation(file, model_name, weights, vocab, prompt, length, temperature
 
     model = _model(file, model_name, "numpy")
     model.load_weights(_weights_path(weights))
-    vocab_path = Path(vocab) if vocab else _weights_path(weights).parent / "vocabulary.json"
+    vocab_path = Path(vocab) if vocab else _weights_path(weights).parent / VOCABULARY_FILE
     if not vocab_path.is_file():
         raise NndError(f"no vocabulary at {vocab_path}: give --vocab, or --weights a run directory of "
                        "`nnd train` on a text")

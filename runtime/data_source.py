@@ -5,6 +5,9 @@ a `.csv` table, or a `.txt` text. How a file is cut into samples follows the mod
 sequence input [steps, features] becomes sliding windows over its rows (forecasting the `target` column),
 a text feeding an integer sequence input becomes character windows (the next character as the label), and
 grey images gain or lose their channel axis to match the input.
+
+Given the directory of a training run, the standardization statistics or the vocabulary saved there
+prepare the data exactly as they prepared the training data, whatever file is read now.
 """
 from __future__ import annotations
 
@@ -17,12 +20,14 @@ import numpy as np
 from nnd.compiler.diagnostics import NndError
 from nnd.compiler.tensor_type import TensorType
 from nnd.compiler.training import NAMED_DATASETS, TrainSpec
-from nnd.runtime.datasets import load_arrays, load_csv, load_named
-from nnd.runtime.sequence_data import (chronological_split, load_moving_fashion_mnist, load_text_windows,
-                                       load_time_series_csv)
+from nnd.runtime.datasets import load_arrays, load_csv, load_named, read_csv_rows
+from nnd.runtime.sequence_data import (STATS_FILE, chronological_split, load_moving_fashion_mnist,
+                                       load_text_windows, load_time_series_csv)
 
 MOVING_TRAIN, MOVING_TEST = 5000, 1000
 TEXT_VALIDATION = 0.1
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+VOCABULARY_FILE = "vocabulary.json"
 
 
 @dataclass
@@ -36,8 +41,9 @@ class Dataset:
 
 
 def load_dataset(source: str | None, data_dir: str | None, spec: TrainSpec, input_type: TensorType,
-                 output_type: TensorType, base_dir: Path | None = None) -> Dataset:
-    """Load `source` shaped for a model with one input of `input_type` and one output of `output_type`."""
+                 output_type: TensorType, base_dir: Path | None = None, run_dir: Path | None = None) -> Dataset:
+    """Load `source` shaped for a model with one input of `input_type` and one output of `output_type`;
+    `run_dir`, a trained run's directory, supplies the statistics or vocabulary saved by its training."""
     if source is None:
         raise NndError("no training data: give --data NAME|PATH or set `data = ...` in the train section")
     dims = tuple(input_type.shape[1:])
@@ -50,9 +56,9 @@ def load_dataset(source: str | None, data_dir: str | None, spec: TrainSpec, inpu
     path = _resolve(source, base_dir)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return _csv(path, spec, dims, output_type)
-    if suffix in (".txt", ".md", ".text"):
-        return _text(path, input_type, output_type)
+        return _csv(path, spec, dims, output_type, run_dir)
+    if suffix in TEXT_SUFFIXES:
+        return _text(path, input_type, output_type, run_dir)
     if suffix in (".npz", ".npy"):
         arrays = load_arrays(path)
         if "x_train" in arrays:
@@ -72,41 +78,57 @@ def _resolve(source: str, base_dir: Path | None) -> Path:
     return path
 
 
-def _csv(path: Path, spec: TrainSpec, dims: tuple, output_type: TensorType) -> Dataset:
+def _csv(path: Path, spec: TrainSpec, dims: tuple, output_type: TensorType, run_dir: Path | None) -> Dataset:
     if len(dims) != 2:
         x, y = load_csv(path, target=spec.target if spec.target is not None else -1)
         return Dataset(fit_to_input(x, dims), y)
+    columns = series_columns(path, spec, dims)
+    horizon = int(output_type.shape[-1])
+    saved = _saved(run_dir, STATS_FILE)
+    if saved is not None:
+        x, y, stats = load_time_series_csv(path, columns, spec.target, window=int(dims[0]), horizon=horizon,
+                                           stats=saved)
+    else:
+        x, y, stats = load_time_series_csv(path, columns, spec.target, window=int(dims[0]), horizon=horizon,
+                                           standardize=True, validation_fraction=TEXT_VALIDATION)
+    x_train, y_train, x_test, y_test = chronological_split(x, y, TEXT_VALIDATION)
+    return Dataset(x_train, y_train, x_test, y_test, {STATS_FILE: stats.save})
+
+
+def series_columns(path: Path, spec: TrainSpec, dims: tuple) -> list[str]:
+    """The CSV columns a sequence input of (steps, features) reads at each step: the train section's
+    `columns`, or its `target` alone."""
     if spec.target is None:
         raise NndError(f"{path}: a sequence model forecasts one column; name it with `target = COLUMN` "
                        "in the train section")
-    steps, features = dims
+    features = dims[1]
     columns = list(spec.columns) if spec.columns else [spec.target]
     if len(columns) != features:
         raise NndError(f"the model's input has {features} features per step but the train section reads "
-                       f"{len(columns)} column{'s' if len(columns) != 1 else ''} ({', '.join(map(str, columns))})",
-                       )
-    horizon = int(output_type.shape[-1])
-    x, y, stats = load_time_series_csv(path, columns, spec.target, window=int(steps), horizon=horizon,
-                                       standardize=True, validation_fraction=TEXT_VALIDATION)
-    x_train, y_train, x_test, y_test = chronological_split(x, y, TEXT_VALIDATION)
-    return Dataset(x_train, y_train, x_test, y_test, {"series_stats.json": stats.save})
+                       f"{len(columns)} column{'s' if len(columns) != 1 else ''} ({', '.join(map(str, columns))})")
+    return columns
 
 
-def _text(path: Path, input_type: TensorType, output_type: TensorType) -> Dataset:
+def _saved(run_dir: Path | None, name: str) -> Path | None:
+    """A file a training run saved for preparing data, when `run_dir` has it."""
+    return run_dir / name if run_dir is not None and (run_dir / name).is_file() else None
+
+
+def _text(path: Path, input_type: TensorType, output_type: TensorType, run_dir: Path | None) -> Dataset:
     if input_type.rank != 2 or input_type.dtype not in ("i32", "i64"):
         raise NndError(f"{path} is text: the model's input must be character ids, such as "
                        f"`input chars: int32[100]`, not {input_type}")
     steps = int(input_type.shape[1])
     targets = "all" if output_type.rank == 3 else "last"
     x, y, vocabulary = load_text_windows(path, steps, step=max(1, steps // 4) if targets == "all" else 1,
-                                         targets=targets)
+                                         vocabulary=_saved(run_dir, VOCABULARY_FILE), targets=targets)
     classes = int(output_type.shape[-1])
     if vocabulary.size > classes:
         raise NndError(f"{path} has {vocabulary.size - 1} distinct characters ({vocabulary.size} ids with "
                        f"padding), more than the model's {classes} output classes; raise the embedding's "
                        f"input_dim and the output layer's units to at least {vocabulary.size}")
     cut = len(x) - max(1, int(len(x) * TEXT_VALIDATION))
-    return Dataset(x[:cut], y[:cut], x[cut:], y[cut:], {"vocabulary.json": vocabulary.save})
+    return Dataset(x[:cut], y[:cut], x[cut:], y[cut:], {VOCABULARY_FILE: vocabulary.save})
 
 
 def _moving(dims: tuple, spec: TrainSpec, data_dir: str | None) -> Dataset:
@@ -117,6 +139,55 @@ def _moving(dims: tuple, spec: TrainSpec, data_dir: str | None) -> Dataset:
     x_train, y_train, x_test, y_test = load_moving_fashion_mnist(MOVING_TRAIN, MOVING_TEST, frames=frames,
                                                                  canvas=canvas, seed=spec.seed, data_dir=data_dir)
     return Dataset(x_train, y_train, x_test, y_test)
+
+
+@dataclass
+class PredictionInputs:
+    """Inputs for `nnd predict`, and how to bring the model's outputs back to the data's units."""
+
+    x: np.ndarray
+    noun: str = "predictions"  # what one output row is, for the report
+    to_units: Callable[[np.ndarray], np.ndarray] = lambda outputs: outputs
+    forecasts: bool = False  # windows over a series: the last output looks past its end
+
+
+def load_prediction_inputs(path: Path, spec: TrainSpec, input_type: TensorType,
+                           run_dir: Path | None) -> PredictionInputs:
+    """The inputs in `path` (.npz/.npy arrays, or a CSV prepared as training prepared its data) for a
+    model with one input of `input_type`."""
+    if not path.is_file():
+        raise NndError(f"--input {path}: no such file")
+    dims = tuple(input_type.shape[1:])
+    suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        raise NndError(f"--input {path}: to continue a text with a character model, use `nnd generate`")
+    if suffix != ".csv":
+        arrays = load_arrays(path)
+        return PredictionInputs(fit_to_input(arrays.get("x", arrays.get("x_test", arrays.get("x_train"))), dims))
+    if len(dims) != 2:
+        return PredictionInputs(fit_to_input(_csv_features(path, spec.target, int(np.prod(dims))), dims))
+    saved = _saved(run_dir, STATS_FILE)
+    if saved is None:
+        raise NndError(f"--input {path}: a sequence model reads its CSV standardized with the statistics its "
+                       f"training saved ({STATS_FILE}); give --weights the run directory that holds them")
+    # horizon 0: windows up to the last row, so the last output forecasts past the end of the file
+    x, _, stats = load_time_series_csv(path, series_columns(path, spec, dims), spec.target, window=int(dims[0]),
+                                       horizon=0, stats=saved)
+    return PredictionInputs(x, f"forecasts of {stats.target}", stats.inverse_target, forecasts=True)
+
+
+def _csv_features(path: Path, target: str | None, features: int) -> np.ndarray:
+    """A table's feature columns: every column, or all but the target when the file also has it (the
+    named `target`, else the last column, as training reads it)."""
+    rows, has_header = read_csv_rows(path, "auto", "predict")
+    width = len(rows[0][1])
+    if width == features:
+        return load_csv(path)[0]
+    if width == features + 1:
+        names = [c.strip() for c in rows[0][1]] if has_header else []
+        return load_csv(path, target=target if target in names else -1)[0]
+    raise NndError(f"--input {path} has {width} columns; the model reads {features} features per sample "
+                   f"(and training read a target column beside them)")
 
 
 def fit_to_input(x: np.ndarray, input_dims: tuple) -> np.ndarray:

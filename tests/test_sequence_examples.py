@@ -19,7 +19,7 @@ from nnd.cli import main
 from nnd.compiler.diagnostics import NndError
 from nnd.runtime.data_source import fit_to_input
 from nnd.runtime.datasets import load_named
-from nnd.runtime.sequence_data import CharVocabulary, moving_images
+from nnd.runtime.sequence_data import CharVocabulary, load_text_windows, moving_images
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -83,6 +83,44 @@ def test_forecast_trains_from_the_csv_and_saves_its_statistics(workdir):
     assert stats["target_std"] > 0
 
 
+def _last_loss(output: str) -> float:
+    return float(output.split("loss ")[-1].split()[0])
+
+
+def test_forecast_predicts_and_evaluates_with_the_statistics_of_its_training(workdir):
+    series = np.loadtxt(EXAMPLES / "data" / "series.csv", delimiter=",", skiprows=1)[:, 1]
+    trained = succeeded(nnd_cli("train", EXAMPLES / "forecast.nnd", "--epochs", 2, "--out", "run"))
+    result = succeeded(nnd_cli("predict", EXAMPLES / "forecast.nnd", "--weights", "run", "--input",
+                               EXAMPLES / "data" / "series.csv", "--output", "forecast.csv"))
+    forecast = np.loadtxt("forecast.csv", delimiter=",", skiprows=1)
+    # one window per row from the 30th on; window i forecasts row i + 30, the last one the day after the file
+    assert forecast.shape == (len(series) - 29,)
+    assert result.output.startswith(f"wrote forecast.csv: {len(series) - 29:,} forecasts of temperature; the "
+                                    f"last, past the end of series.csv: {forecast[-1]:.6g}")
+    # in degrees, not standardized units: the series has mean 12.9 and std 6.9
+    error = np.sqrt(np.mean((forecast[:-1] - series[30:]) ** 2))
+    assert error < 0.5 * series.std(), error  # measured 1.4 after two epochs
+    # evaluate reads the file as training did: the same test split, the same figures
+    evaluated = succeeded(nnd_cli("evaluate", EXAMPLES / "forecast.nnd", "--weights", "run"))
+    assert _last_loss(evaluated.output) == pytest.approx(_last_loss(trained.output.split("test:")[1]), rel=1e-5)
+    # Swings twice as wide are standardized with the training statistics, not their own (which would give
+    # the same figures as the original series), so the errors in training units double too.
+    wider = np.column_stack([np.arange(len(series)), 2 * series])
+    np.savetxt("wider.csv", wider, delimiter=",", header="day,temperature", comments="", fmt="%g")
+    scaled = succeeded(nnd_cli("evaluate", EXAMPLES / "forecast.nnd", "--weights", "run", "--data", "wider.csv"))
+    assert _last_loss(scaled.output) > 2 * _last_loss(evaluated.output)
+
+
+def test_forecasting_without_the_statistics_of_training_is_refused(workdir):
+    nnd.load(EXAMPLES / "forecast.nnd").save("fresh")  # weights alone, no series_stats.json
+    shutil.copy(EXAMPLES / "data" / "series.csv", workdir / "series.csv")
+    assert failed(nnd_cli("predict", EXAMPLES / "forecast.nnd", "--weights", "fresh", "--input", "series.csv",
+                          "--output", "p.npy")) == (
+        "error: --input series.csv: a sequence model reads its CSV standardized with the statistics its training "
+        "saved (series_stats.json); give --weights the run directory that holds them")
+    assert not (workdir / "p.npy").exists()
+
+
 def test_char_lm_trains_on_a_text_and_generates_from_its_vocabulary(workdir):
     (workdir / "text.txt").write_text(sample_text())
     succeeded(nnd_cli("train", EXAMPLES / "char_lm.nnd", "--data", "text.txt", "--epochs", 1, "--limit", 500,
@@ -94,6 +132,21 @@ def test_char_lm_trains_on_a_text_and_generates_from_its_vocabulary(workdir):
     text = result.output[:-1]  # echo ends the text with a newline of its own
     assert text.startswith("the ") and len(text) == 24
     assert set(text[4:]) <= set(vocabulary.chars)
+
+
+def test_evaluating_a_character_model_on_another_text_keeps_the_vocabulary_of_its_training(workdir):
+    (workdir / "text.txt").write_text(sample_text())
+    succeeded(nnd_cli("train", EXAMPLES / "char_lm.nnd", "--data", "text.txt", "--epochs", 1, "--limit", 200,
+                      "--out", "lm"))
+    other = "zebras quietly graze by the river. " * 40  # other letters: a vocabulary of its own would differ
+    (workdir / "other.txt").write_text(other)
+    result = succeeded(nnd_cli("evaluate", EXAMPLES / "char_lm.nnd", "--weights", "lm", "--data", "other.txt"))
+    model = nnd.load(EXAMPLES / "char_lm.nnd").load_weights(workdir / "lm")
+    steps = model.graph.inputs[0].type.shape[1]
+    x, y, _ = load_text_windows(workdir / "other.txt", steps, vocabulary=workdir / "lm" / "vocabulary.json")
+    cut = len(x) - max(1, int(len(x) * 0.1))
+    assert _last_loss(result.output) == pytest.approx(model.evaluate(x[cut:], y[cut:])["loss"], rel=1e-4)
+    assert CharVocabulary.from_text(other).chars != CharVocabulary.load(workdir / "lm" / "vocabulary.json").chars
 
 
 def test_generate_from_an_untrained_model_stays_in_the_vocabulary(workdir):

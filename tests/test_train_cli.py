@@ -190,6 +190,45 @@ def test_predict_writes_outputs_of_the_right_shape(project):
     assert not (project / "out.npy").exists()
 
 
+def test_predict_reads_a_csv_table_with_or_without_the_target_column_and_writes_csv_or_npz(project):
+    nnd.load("tiny.nnd", seed=0).save("run")
+    x = np.load(project / "x.npy")
+    expected = nnd.load("tiny.nnd", weights="run/weights.npz").predict(x)
+    np.savetxt(project / "features.csv", x, delimiter=",", header="a,b,c,d", comments="")
+    np.savetxt(project / "labelled.csv", np.column_stack([x, np.arange(7)]), delimiter=",")
+    for source in ("features.csv", "labelled.csv"):
+        result = nnd_cli("predict", "tiny.nnd", "--weights", "run", "--input", source, "--output", "y.csv")
+        assert result.exit_code == 0, result.output
+        assert result.stdout == "wrote y.csv: 7 predictions\n"
+        lines = (project / "y.csv").read_text().splitlines()
+        assert lines[0] == "output_0,output_1,output_2"
+        np.testing.assert_allclose(np.loadtxt(project / "y.csv", delimiter=",", skiprows=1), expected, rtol=1e-6)
+    label_inside = np.column_stack([x[:, :2], np.arange(7), x[:, 2:]])  # training reads the last column unless named
+    np.savetxt(project / "named.csv", label_inside, delimiter=",", header="a,b,label,c,d", comments="")
+    (project / "tiny.nnd").write_text(MODEL.replace("epochs     = 2", "epochs     = 2\n    target = label"))
+    result = nnd_cli("predict", "tiny.nnd", "--weights", "run", "--input", "named.csv", "--output", "y.npz")
+    assert result.exit_code == 0, result.output
+    with np.load(project / "y.npz") as saved:
+        np.testing.assert_allclose(saved["output"], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (("--input", "x.npy", "--output", "y.txt"), "error: --output y.txt: write a .npy, .npz or .csv file"),
+    (("--input", "absent.csv", "--output", "y.npy"), "error: --input absent.csv: no such file"),
+    (("--input", "notes.txt", "--output", "y.npy"),
+     "error: --input notes.txt: to continue a text with a character model, use `nnd generate`"),
+    (("--input", "wide.csv", "--output", "y.npy"),
+     "error: --input wide.csv has 7 columns; the model reads 4 features per sample (and training read a target "
+     "column beside them)"),
+])
+def test_predict_refuses_inputs_and_outputs_it_cannot_handle(project, arguments, message):
+    nnd.load("tiny.nnd", seed=0).save("run")
+    (project / "notes.txt").write_text("some text")
+    np.savetxt(project / "wide.csv", np.zeros((3, 7)), delimiter=",")
+    assert _clean_failure(nnd_cli("predict", "tiny.nnd", "--weights", "run", *arguments)).strip() == message
+    assert not (project / "y.npy").exists()
+
+
 def test_missing_data_file(project):
     message = _clean_failure(nnd_cli("train", "tiny.nnd", "--data", "missing.npz"))
     assert "missing.npz" in message and "not found" in message
