@@ -74,6 +74,13 @@ class Model:
 
     # ------------------------------------------------------------------------------ introspection
 
+    def __repr__(self) -> str:
+        count = sum(int(np.prod(p.type.shape)) for p in self.graph.param_info.values())
+        inputs = ", ".join(f"{v.name}: {v.type}" for v in self.graph.inputs)
+        outputs = ", ".join(f"{name}: {v.type}" for name, v in self.graph.outputs.items())
+        return (f"<nnd.Model '{self.name}' ({inputs}) -> ({outputs}), {count:,} parameters, "
+                f"{self.backend} {np.dtype(self.dtype).name}>")
+
     @property
     def compute_dtype(self) -> Any:
         """What the graphs run in: float16 or bfloat16 under mixed precision, else the parameters' dtype."""

@@ -859,3 +859,8 @@ def test_batches_with_batchnorm_or_a_gpu_run_whole():
     assert bn._get_trainer().slice_target is None
     plain = nnd.loads("model m { input x: [4] dense(3) dense(2, activation=softmax) }")
     assert plain._get_trainer().slice_target >= 16
+
+
+def test_repr_names_the_model_its_signature_size_and_backend():
+    assert repr(nnd.loads(CLASSIFIER)) == ("<nnd.Model 'clf' (x: f32[N,4]) -> (output: f32[N,3]), 131 parameters, "
+                                           "numpy float32>")
