@@ -13,7 +13,8 @@ from nnd.runtime import (kernels_basic, kernels_conv, kernels_fused, kernels_rec
 from nnd.runtime import (kernels_cupy, kernels_cupy_conv, kernels_cupy_recurrent, kernels_cupy_step,  # noqa: F401,E402
                           kernels_elementwise)
 # the native kernels override some of those on NumPy (the C library is built on first use)
-from nnd.runtime import kernels_native, kernels_native_conv, kernels_native_norm  # noqa: F401,E402
+from nnd.runtime import (kernels_native, kernels_native_conv, kernels_native_elementwise,  # noqa: F401,E402
+                         kernels_native_norm)
 from nnd.runtime.kernel_table import Kernel, kernels_for
 
 BACKENDS = ("numpy", "cupy")

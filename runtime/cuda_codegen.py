@@ -26,6 +26,7 @@ from nnd.runtime.elementwise_codegen import CUDA, EMITTERS, c_type, check_identi
 __all__ = ["EMITTERS", "batched_source", "c_type", "elementwise_kernel_source", "generated_kernels_for",
            "kernel_name", "node_kernel_source"]
 
+
 def elementwise_kernel_source(body: Graph, name: str, dtype: Any = "float32") -> str:
     """The CUDA source of one kernel computing `body` per element, in `dtype` (float32 or float64)."""
     T = c_type(dtype)

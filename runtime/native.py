@@ -19,6 +19,7 @@ split the batch; default: the CPUs this process may run on).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -113,7 +114,7 @@ def _load_or_build() -> ctypes.CDLL:
     flags = _flags(compiler)
     target = cache_dir() / f"nnd_native_{_build_key(compiler, flags)}.so"
     if not target.exists():
-        _build(compiler, flags, target)
+        _build(compiler, flags, target, SOURCE_DIR / MAIN_SOURCE)
     try:
         lib = ctypes.CDLL(str(target))
     except OSError as error:
@@ -123,6 +124,7 @@ def _load_or_build() -> ctypes.CDLL:
     return lib
 
 
+@functools.cache
 def _flags(compiler: str) -> tuple[str, ...]:
     """The base flags plus -march=native where the compiler accepts it (GCC and Clang on x86 and Arm
     Linux; Apple's Clang on Arm does not)."""
@@ -135,11 +137,17 @@ def _build_key(compiler: str, flags: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
     for source in sorted(SOURCE_DIR.glob("*.[ch]")):
         digest.update(source.name.encode() + source.read_bytes())
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                             timeout=COMPILE_TIMEOUT_S).stdout.splitlines()[:1]
-    for part in (compiler, *version, *flags, platform.machine(), _cpu_signature()):
+    for part in _toolchain_identity(compiler, flags):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:20]
+
+
+@functools.cache
+def _toolchain_identity(compiler: str, flags: tuple[str, ...]) -> tuple[str, ...]:
+    """What besides the sources decides the binary: the compiler and its version, the flags, the CPU."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             timeout=COMPILE_TIMEOUT_S).stdout.splitlines()[:1]
+    return (compiler, *version, *flags, platform.machine(), _cpu_signature())
 
 
 def _cpu_signature() -> str:
@@ -172,10 +180,10 @@ def cache_dir() -> Path:
     return fallback
 
 
-def _build(compiler: str, flags: tuple[str, ...], target: Path) -> None:
+def _build(compiler: str, flags: tuple[str, ...], target: Path, source: Path) -> None:
     handle, partial = tempfile.mkstemp(suffix=".so", prefix=".build-", dir=target.parent)
     os.close(handle)
-    command = [compiler, *flags, "-o", partial, str(SOURCE_DIR / MAIN_SOURCE), "-lm"]
+    command = [compiler, *flags, "-o", partial, str(source), "-lm"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         if result.returncode != 0:
@@ -187,6 +195,44 @@ def _build(compiler: str, flags: tuple[str, ...], target: Path) -> None:
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
+
+
+# ------------------------------------------------------------------------------------ generated sources
+
+# Generated elementwise code must round as NumPy's one-op-at-a-time kernels do: no a * b + c contracted
+# into one fused multiply-add.
+GENERATED_FLAGS = ("-ffp-contract=off",)
+_generated: dict[str, ctypes.CDLL] = {}
+
+
+def generated_library(source: str) -> ctypes.CDLL | None:
+    """`source`, C text written by a code generator, built into a shared library that is cached like the
+    main one (keyed by the text, the compiler, its flags and the CPU); None when the native kernels are
+    off or the build fails, and the callers run their NumPy versions."""
+    if library() is None:  # off, or no working compiler: the reason is in status()
+        return None
+    found = _generated.get(source)
+    if found is not None:
+        return found
+    with _loading:
+        try:
+            compiler = _compiler()
+            flags = _flags(compiler) + GENERATED_FLAGS
+            digest = hashlib.sha256(source.encode())
+            for part in _toolchain_identity(compiler, flags):
+                digest.update(part.encode() + b"\0")
+            target = cache_dir() / f"nnd_generated_{digest.hexdigest()[:20]}.so"
+            if not target.exists():
+                with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+                    path = Path(scratch) / "generated.c"
+                    path.write_text(source)
+                    _build(compiler, flags, target, path)
+            found = _generated[source] = ctypes.CDLL(str(target))
+        except (_Unavailable, OSError) as why:
+            if _mode() == "1":
+                raise NndError(f"generated native code required by NND_NATIVE=1 cannot be built: {why}") from None
+            return None
+    return found
 
 
 # ------------------------------------------------------------------------------------------------ threads
