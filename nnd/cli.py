@@ -29,8 +29,8 @@ def user_errors(fn: Callable) -> Callable:
             # The reader went away (`nnd compile ... | head`); stay quiet like other Unix tools.
             sys.stderr = open(os.devnull, "w")
             sys.exit(0)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+        except KeyboardInterrupt as interrupt:
+            click.echo(str(interrupt) or "interrupted", err=True)  # training says what it saved
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise

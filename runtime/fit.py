@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,6 +53,22 @@ class RunDirectory:
 
     def finish(self, model) -> None:
         ckpt.save_weights(self.path / "weights.npz", model.parameters())
+
+    def interrupted(self, model, state: TrainingState, progress: Progress) -> "TrainingInterrupted":
+        """Save the weights as they are when training is stopped by hand, and say what the run holds."""
+        self.finish(model)
+        where = f"epoch {state.epoch + 1}/{progress.epochs}, after {progress.steps_done:,} of {progress.steps:,} steps"
+        lines = [f"interrupted in {where}", f"  saved the weights as they were to {self.path / 'weights.npz'}"]
+        if self.checkpoint.exists():
+            lines.append(f"  {self.checkpoint} holds the end of epoch {state.epoch}: --resume {self.checkpoint} "
+                         f"continues from there")
+        else:
+            lines.append("  no epoch had finished, so there is no checkpoint to resume from")
+        return TrainingInterrupted("\n".join(lines))
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped `fit` with a run directory; the message says what was saved."""
 
 
 def save_checkpoint(path: Path, model, trainer: Trainer, epochs_done: int) -> None:
@@ -116,18 +133,32 @@ def _resumed_callback_states(values: dict[str, dict[str, Any]], arrays: dict[str
     return states
 
 
+@dataclass
+class _EpochPlan:
+    """What every epoch of a fit reads."""
+
+    feeds: dict[str, np.ndarray]
+    val_feeds: dict[str, np.ndarray] | None
+    epochs: int
+    batch_size: int
+    shuffle: bool
+    callbacks: list[Any]
+    progress: Progress
+    augmenter: Augmenter | None
+    image_inputs: list[str]  # inputs the augmentations apply to
+
+
 def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.ndarray],
              val_feeds: dict[str, np.ndarray] | None, epochs: int, batch_size: int, shuffle: bool,
              callbacks: list[Any], verbose: int, run_dir: RunDirectory | None) -> None:
     spec = trainer.spec
-    data_rng = model.data_rng  # shuffling and augmentation; checkpointed so --resume continues the sequence
     callbacks = _spec_callbacks(spec, run_dir, model, trainer) + callbacks
     _check_monitors(callbacks, spec, model.output_names, validating=val_feeds is not None)
     augmenter = Augmenter([make_augmentation(a.name, **a.args) for a in spec.augment]) if spec.augment else None
     n = len(next(iter(feeds.values())))
     progress = Progress(epochs, math.ceil(n / batch_size), verbose=verbose)
-    outputs = model.output_names
     image_inputs = [v.name for v in model.graph.inputs if v.type.rank == 4 and v.type.dtype in ("f32", "f64")]
+    plan = _EpochPlan(feeds, val_feeds, epochs, batch_size, shuffle, callbacks, progress, augmenter, image_inputs)
     if run_dir is not None:
         run_dir.start(model)
     for callback in callbacks:
@@ -137,30 +168,43 @@ def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.
         if resumed and key in resumed and hasattr(callback, "load_state_dict"):
             callback.load_state_dict(resumed[key])  # what it had seen before the run was interrupted
     trainer.callbacks = callbacks  # checkpoints carry their state
-    for epoch in range(state.epoch, epochs):
-        state.epoch = epoch
-        progress.epoch_begin(epoch)
-        batches = _training_batches(feeds, batch_size, data_rng if shuffle else None, augmenter, image_inputs,
-                                    data_rng)
-        logs = trainer.run_epoch(batches, outputs, training=True, on_batch=progress.batch_end)
-        if val_feeds is not None:
-            val_batches = plain_batches(val_feeds, model._slice_size(VALIDATION_BATCH))
-            val_logs = trainer.run_epoch(val_batches, outputs, training=False)
-            logs.update({f"val_{k}": v for k, v in val_logs.items()})
-        logs["lr"] = float(trainer.optimizer.lr)
-        model.history.append(logs)
-        progress.epoch_end(logs, n)
-        for callback in callbacks:
-            callback.on_epoch_end(state, logs)
-        if run_dir is not None:
-            run_dir.end_epoch(model, trainer, state)
-        if state.stop_training:
-            progress.message(f"stopped early after epoch {epoch + 1}")
-            break
+    try:
+        _train_epochs(model, trainer, state, plan, run_dir)
+    except KeyboardInterrupt:
+        progress.interrupted()
+        if run_dir is None:
+            raise
+        raise run_dir.interrupted(model, state, progress) from None
     for callback in callbacks:
         callback.on_train_end(state)
     if run_dir is not None:
         run_dir.finish(model)
+
+
+def _train_epochs(model, trainer: Trainer, state: TrainingState, plan: _EpochPlan,
+                  run_dir: RunDirectory | None) -> None:
+    n = len(next(iter(plan.feeds.values())))
+    data_rng = model.data_rng  # shuffling and augmentation; checkpointed so --resume continues the sequence
+    for epoch in range(state.epoch, plan.epochs):
+        state.epoch = epoch
+        plan.progress.epoch_begin(epoch)
+        batches = _training_batches(plan.feeds, plan.batch_size, data_rng if plan.shuffle else None,
+                                    plan.augmenter, plan.image_inputs, data_rng)
+        logs = trainer.run_epoch(batches, model.output_names, training=True, on_batch=plan.progress.batch_end)
+        if plan.val_feeds is not None:
+            val_batches = plain_batches(plan.val_feeds, model._slice_size(VALIDATION_BATCH))
+            val_logs = trainer.run_epoch(val_batches, model.output_names, training=False)
+            logs.update({f"val_{k}": v for k, v in val_logs.items()})
+        logs["lr"] = float(trainer.optimizer.lr)
+        model.history.append(logs)
+        plan.progress.epoch_end(logs, n)
+        for callback in plan.callbacks:
+            callback.on_epoch_end(state, logs)
+        if run_dir is not None:
+            run_dir.end_epoch(model, trainer, state)
+        if state.stop_training:
+            plan.progress.message(f"stopped early after epoch {epoch + 1}")
+            break
 
 
 def _check_monitors(callbacks: list[Any], spec, outputs: list[str], validating: bool) -> None:

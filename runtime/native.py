@@ -280,6 +280,10 @@ def run_chunks(chunks: list[tuple[int, int]], work: Callable[[int, int, int], No
         _pool = ThreadPoolExecutor(max_workers=len(chunks) - 1, thread_name_prefix="nnd-native")
         _pool_pid = os.getpid()
     pending = [_pool.submit(work, index, begin, end) for index, (begin, end) in enumerate(chunks) if index]
-    work(0, *chunks[0])
-    for future in pending:
-        future.result()
+    try:
+        work(0, *chunks[0])
+    finally:
+        # Even when this thread's part raised (Ctrl-C lands here), no worker may still be writing into the
+        # buffers once the caller moves on.
+        for future in pending:
+            future.result()

@@ -19,12 +19,15 @@ class Progress:
         self.live = verbose > 0 and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.started = time.perf_counter()
         self.last_draw = 0.0
+        self.epoch, self.steps_done = 0, 0
 
     def epoch_begin(self, epoch: int) -> None:
         self.epoch = epoch
+        self.steps_done = 0
         self.started = time.perf_counter()
 
     def batch_end(self, index: int, logs: dict[str, float]) -> None:
+        self.steps_done = index + 1
         if not self.live:
             return
         now = time.perf_counter()
@@ -50,6 +53,12 @@ class Progress:
                           f"epoch {self.epoch + 1}/{self.epochs}: {format_logs(logs)} - "
                           f"{seconds:.1f}s ({rate:,.0f} samples/s)\n")
         self.stream.flush()
+
+    def interrupted(self) -> None:
+        """End the live bar's line, so that what is printed next starts on a line of its own."""
+        if self.live:
+            self.stream.write("\n")
+            self.stream.flush()
 
     def message(self, text: str) -> None:
         if self.verbose > 0:

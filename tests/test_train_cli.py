@@ -9,6 +9,8 @@ from click.testing import CliRunner
 
 import nnd
 from nnd.cli import main
+from nnd.runtime.checkpoint import load_checkpoint, load_weights
+from nnd.runtime.trainer import Trainer
 
 MODEL = """# a tiny classifier
 model tiny {
@@ -227,6 +229,44 @@ def test_predict_refuses_inputs_and_outputs_it_cannot_handle(project, arguments,
     np.savetxt(project / "wide.csv", np.zeros((3, 7)), delimiter=",")
     assert _clean_failure(nnd_cli("predict", "tiny.nnd", "--weights", "run", *arguments)).strip() == message
     assert not (project / "y.npy").exists()
+
+
+def _interrupt_at_step(monkeypatch, step: int) -> None:
+    """Ctrl-C during the `step`-th training step (counted from 1)."""
+    real, calls = Trainer.step, []
+
+    def interrupted(self, feeds):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt
+        return real(self, feeds)
+    monkeypatch.setattr(Trainer, "step", interrupted)
+
+
+def test_ctrl_c_saves_the_weights_and_says_how_to_resume(project, monkeypatch):
+    with monkeypatch.context() as patched:
+        _interrupt_at_step(patched, 10)  # 100 samples at batch 16: 7 steps per epoch, so epoch 2's third
+        result = train("--out", "run", "--epochs", 3)
+    assert result.exit_code == 130, result.output
+    assert result.stderr == ("interrupted in epoch 2/3, after 2 of 7 steps\n"
+                             "  saved the weights as they were to run/weights.npz\n"
+                             "  run/checkpoint.npz holds the end of epoch 1: --resume run/checkpoint.npz continues "
+                             "from there\n")
+    saved = load_weights(project / "run" / "weights.npz")
+    epoch_one = load_checkpoint(project / "run" / "checkpoint.npz")
+    assert epoch_one.epoch == 1
+    assert any(not np.array_equal(saved[name], epoch_one.params[name]) for name in saved)  # two steps further
+    resumed = train("--out", "run", "--epochs", 3, "--resume", "run/checkpoint.npz")
+    assert resumed.exit_code == 0, resumed.output
+    assert "epoch 2/3" in resumed.stdout and "epoch 3/3" in resumed.stdout
+
+
+def test_ctrl_c_in_the_first_epoch_says_there_is_no_checkpoint(project, monkeypatch):
+    _interrupt_at_step(monkeypatch, 3)
+    result = train("--out", "run")
+    assert result.exit_code == 130
+    assert result.stderr.splitlines()[-1] == "  no epoch had finished, so there is no checkpoint to resume from"
+    assert (project / "run" / "weights.npz").exists() and not (project / "run" / "checkpoint.npz").exists()
 
 
 def test_missing_data_file(project):
