@@ -5,7 +5,6 @@ The trainer owns the executors of the training graph (forward + backward) and of
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -98,12 +97,12 @@ class Trainer:
         """One optimizer step on one batch; returns the training graph's outputs (loss, predictions)."""
         if self.schedule is not None:
             self._apply_schedule()
-        quiet = contextlib.nullcontext()
         if self.scaler is not None:
             feeds = {**feeds, LOSS_SCALE: np.asarray(self.scaler.scale, dtype=np.float32)}
-            quiet = np.errstate(over="ignore", invalid="ignore")  # overflow is the scaler's signal, not an error
         self._graph_gradients_into_optimizer()
-        with quiet:
+        # Overflow is the loss scaler's signal, and a diverging run is reported below in one line, not by
+        # NumPy's warnings from whichever op met the first infinity.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             result = self._forward_backward(feeds)
         loss = float(result[LOSS])
         if not np.isfinite(loss):

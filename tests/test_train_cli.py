@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -267,6 +268,22 @@ def test_ctrl_c_in_the_first_epoch_says_there_is_no_checkpoint(project, monkeypa
     assert result.exit_code == 130
     assert result.stderr.splitlines()[-1] == "  no epoch had finished, so there is no checkpoint to resume from"
     assert (project / "run" / "weights.npz").exists() and not (project / "run" / "checkpoint.npz").exists()
+
+
+def test_a_diverging_run_stops_with_one_line_and_no_numpy_warnings(project):
+    (project / "reg.nnd").write_text(
+        "model reg {\n    input x: [4]\n    dense(8, activation=relu)\n    dense(1)\n}\n"
+        "train reg {\n    optimizer = sgd(lr=5.0)\n    loss = mse\n    batch_size = 8\n}\n")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32) * 10
+    np.savez(project / "reg.npz", x=x, y=x.sum(axis=1, keepdims=True) * 100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = nnd_cli("train", "reg.nnd", "--data", "reg.npz", "--epochs", 3, "-q")
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    assert result.exit_code == 1
+    assert result.stderr == ("error: the loss became inf at step 3; lower the learning rate (--lr) or check the "
+                             "data for extreme values\n")
 
 
 def test_missing_data_file(project):
