@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nnd.compiler.diagnostics import NndError
+from nnd.compiler.diagnostics import NndError, did_you_mean
 from nnd.compiler.frontend import CheckedProgram
 from nnd.compiler.summary import summarize
 from nnd.compiler.training import LOSS_ALIASES, LOSSES, OPTIMIZERS, Configured, TrainSpec, check_configured
@@ -284,9 +284,13 @@ def _by_name(values: Arrays, names: list[str], what: str) -> dict[str, np.ndarra
     if isinstance(values, Mapping):
         missing = [n for n in names if n not in values]
         unknown = [k for k in values if k not in names]
-        if missing or unknown:
-            raise NndError(f"the {what}s are {', '.join(names)}; "
-                           + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}"))
+        listed = f" (its {what}s: {', '.join(names)})"
+        if unknown:
+            hint = did_you_mean(str(unknown[0]), missing or names)
+            raise NndError(f"the model has no {what} named {unknown[0]!r}"
+                           + (f"; did you mean '{hint}'?" if hint else "") + listed)
+        if missing:
+            raise NndError(f"no array given for {what} {', '.join(map(repr, missing))}" + listed)
         return {n: values[n] for n in names}
     if isinstance(values, (list, tuple)) and len(names) > 1:
         if len(values) != len(names):

@@ -496,15 +496,15 @@ def check_inputs(x: Any, expected_shape_without_batch: tuple, name: str = "x", a
     and only finite values. Returns x unchanged."""
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise NndError(f"input '{name}' must be an array, got {type(x).__name__}")
+    expected = tuple(expected_shape_without_batch)
+    got = tuple(int(d) for d in x.shape)
+    if len(got) != len(expected) + 1 or any(e is not None and e != g for e, g in zip(expected, got[1:])):
+        raise NndError(f"input '{name}' has shape {got} but the model expects {_fmt_shape((None,) + expected)}")
     kinds = "fiu" if allow_int else "f"
     if x.dtype.kind not in kinds:
         want = "a floating-point or integer" if allow_int else "a floating-point"
         hint = " (scale integer images with x.astype('float32') / 255)" if x.dtype.kind in "iu" else ""
         raise NndError(f"input '{name}' has dtype {x.dtype} but {want} array is needed{hint}")
-    expected = tuple(expected_shape_without_batch)
-    got = tuple(int(d) for d in x.shape)
-    if len(got) != len(expected) + 1 or any(e is not None and e != g for e, g in zip(expected, got[1:])):
-        raise NndError(f"input '{name}' has shape {got} but the model expects {_fmt_shape((None,) + expected)}")
     if x.dtype.kind == "f":
         finite = np.isfinite(x)
         if not bool(finite.all()):

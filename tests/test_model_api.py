@@ -864,3 +864,23 @@ def test_batches_with_batchnorm_or_a_gpu_run_whole():
 def test_repr_names_the_model_its_signature_size_and_backend():
     assert repr(nnd.loads(CLASSIFIER)) == ("<nnd.Model 'clf' (x: f32[N,4]) -> (output: f32[N,3]), 131 parameters, "
                                            "numpy float32>")
+
+
+def test_inputs_and_targets_given_by_name_are_checked_by_name():
+    model = nnd.loads(TWO_WAY)
+    image, meta = np.zeros((2, 6, 6, 1), np.float32), np.zeros((2, 3), np.float32)
+    with pytest.raises(NndError, match=r"the model has no input named 'img'; did you mean 'image'\? "
+                                       r"\(its inputs: image, meta\)"):
+        model.predict({"img": image, "meta": meta})
+    with pytest.raises(NndError, match=r"no array given for input 'meta' \(its inputs: image, meta\)"):
+        model.predict({"image": image})
+    with pytest.raises(NndError, match=r"the model has no target named 'scores'; did you mean 'score'\?"):
+        model.fit({"image": image, "meta": meta}, {"label": np.zeros((2, 3)), "scores": np.zeros((2, 1))},
+                  verbose=0)
+
+
+def test_a_wrong_shape_is_reported_before_a_wrong_dtype():
+    with pytest.raises(NndError, match=r"input 'x' has shape \(3,\) but the model expects \(batch, 4\)"):
+        nnd.loads(CLASSIFIER).predict([1, 2, 3])
+    with pytest.raises(NndError, match=r"input 'x' has dtype int64 but a floating-point array is needed"):
+        nnd.loads(CLASSIFIER).predict(np.ones((2, 4), np.int64))
