@@ -218,33 +218,62 @@ def analyze(before: Graph, after: Graph) -> Analysis:
     source = expand(before)
     spelled = expand(after)
     pairing = pair_graphs(source.graph, spelled.graph)
-    image, matched = pairing.image, pairing.matched
     originals = pairing.originals()
-    owner, back = spelled.owner, spelled.back
-    before_nodes = source.graph.nodes
+    saved = _unmaterialized(source, spelled, pairing.image)
+    added = [v for n in after.nodes for v in n.outputs
+             if spelled.twin[v] not in originals and per_sample_bytes(v)]
+    parts: dict[Node, list[Node]] = {}
+    for part, node in spelled.owner.items():
+        parts.setdefault(node, []).append(part)
+    by_part: dict[Node, list[Node]] = {}
+    for original, part in pairing.matched.items():
+        by_part.setdefault(part, []).append(original)
+    clusters = _notable_clusters(after, parts, pairing.matched, spelled, originals)
+    groups = [_group(nodes, parts, by_part, pairing.matched, originals, source.graph.nodes, set(saved))
+              for nodes in clusters]
+    in_groups = {n for nodes in clusters for n in nodes}
+    merged = []  # nodes that stand for several equal original ones
+    for node in after.nodes:
+        stood_for = [o for p in parts[node] for o in by_part.get(p, [])]
+        if node not in in_groups and len(stood_for) > 1:
+            merged.append((node, stood_for))
+    claimed = {n for group in groups for n in group.replaced}
+    rewritten, removed = [], []
+    for node in source.graph.nodes:
+        if node in pairing.matched or node in claimed:
+            continue
+        twins = [pairing.image[v] for v in node.outputs if v in pairing.image]
+        if twins:
+            rewritten.append((node, spelled.back.get(twins[0], twins[0])))
+        else:
+            removed.append(node)
+    return Analysis(before, after, groups, merged, rewritten, removed, saved, added)
 
-    # Original values no longer materialized: without a partner the optimized graph keeps, or a second
-    # name for a value already counted.
+
+def _unmaterialized(source: Expanded, spelled: Expanded, image: dict[Value, Value]) -> list[Value]:
+    """Original activations the optimized graph no longer keeps: without a partner it materializes, or a
+    second name for a value already counted."""
+    graph = source.graph
     saved: list[Value] = []
-    counted: set[Value] = {image[v] for v in [*source.graph.inputs, *source.graph.params.values()] if v in image}
-    for node in before_nodes:
+    counted: set[Value] = {image[v] for v in [*graph.inputs, *graph.params.values()] if v in image}
+    for node in graph.nodes:
         for value in node.outputs:
             if value not in source.back:
                 continue
             twin = image.get(value)
-            if twin is None or twin not in back or twin in counted:
+            if twin is None or twin not in spelled.back or twin in counted:
                 if per_sample_bytes(value):
                     saved.append(value)
             else:
                 counted.add(twin)
-    added = [v for n in after.nodes for v in n.outputs
-             if spelled.twin[v] not in originals and per_sample_bytes(v)]
+    return saved
 
-    # Optimized nodes worth reporting: fused ones, and those no original node pairs with.
+
+def _notable_clusters(after: Graph, parts: dict[Node, list[Node]], matched: dict[Node, Node], spelled: Expanded,
+                      originals: dict[Value, list[Value]]) -> list[list[Node]]:
+    """Optimized nodes worth reporting (fused ones, and those no original node pairs with), joined into
+    clusters by the values they pass each other that stand for no original value."""
     taken = set(matched.values())
-    parts: dict[Node, list[Node]] = {}
-    for part, node in owner.items():
-        parts.setdefault(node, []).append(part)
     notable = [n for n in after.nodes if len(parts[n]) > 1 or n.body is not None
                or any(p not in taken for p in parts[n])]
     parent: dict[Node, Node] = {n: n for n in notable}
@@ -255,56 +284,36 @@ def analyze(before: Graph, after: Graph) -> Analysis:
             n = parent[n]
         return n
 
-    for node in notable:  # a value that stands for an original one separates two groups
+    for node in notable:  # a value that stands for an original one separates two clusters
         for value in node.inputs:
             if value.producer in parent and spelled.twin[value] not in originals:
                 parent[find(node)] = find(value.producer)
     members: dict[Node, list[Node]] = {}
     for node in notable:
         members.setdefault(find(node), []).append(node)
+    return list(members.values())
 
-    by_part: dict[Node, list[Node]] = {}
-    for original, part in matched.items():
-        by_part.setdefault(part, []).append(original)
+
+def _group(nodes: list[Node], parts: dict[Node, list[Node]], by_part: dict[Node, list[Node]],
+           matched: dict[Node, Node], originals: dict[Value, list[Value]], before_nodes: list[Node],
+           saved: set[Value]) -> Group:
+    """The original nodes a cluster replaces: those its parts pair with, and every unpaired producer
+    behind the originals of the values it makes, back to the originals of the values it reads."""
+    inner = [p for n in nodes for p in parts[n]]
+    produced = {v for p in inner for v in p.outputs}
+    stops = {o for p in inner for v in p.inputs if v not in produced for o in originals.get(v, [])}
+    replaced = {o for p in inner for o in by_part.get(p, [])}
+    stack = [o for v in produced for o in originals.get(v, [])]
+    while stack:
+        value = stack.pop()
+        producer = value.producer
+        if value in stops or producer is None or producer in matched or producer in replaced:
+            continue
+        replaced.add(producer)
+        stack.extend(producer.inputs)
     order = {n: i for i, n in enumerate(before_nodes)}
-    claimed: set[Node] = set()
-    saved_set = set(saved)
-    groups: list[Group] = []
-    for nodes in members.values():
-        inner = [p for n in nodes for p in parts[n]]
-        produced = {v for p in inner for v in p.outputs}
-        stops = {o for p in inner for v in p.inputs if v not in produced for o in originals.get(v, [])}
-        replaced = {o for p in inner for o in by_part.get(p, [])}
-        stack = [o for v in produced for o in originals.get(v, [])]
-        while stack:
-            value = stack.pop()
-            producer = value.producer
-            if value in stops or producer is None or producer in matched or producer in replaced:
-                continue
-            replaced.add(producer)
-            stack.extend(producer.inputs)
-        ordered = sorted(replaced, key=order.__getitem__)
-        claimed.update(ordered)
-        groups.append(Group(nodes, ordered, [v for n in ordered for v in n.outputs if v in saved_set]))
-
-    merged = []
-    for node in after.nodes:
-        if node in parent:
-            continue
-        originals_of_node = [o for p in parts[node] for o in by_part.get(p, [])]
-        if len(originals_of_node) > 1:
-            merged.append((node, originals_of_node))
-
-    rewritten, removed = [], []
-    for node in before_nodes:
-        if node in matched or node in claimed:
-            continue
-        twins = [image[v] for v in node.outputs if v in image]
-        if twins:
-            rewritten.append((node, back.get(twins[0], twins[0])))
-        else:
-            removed.append(node)
-    return Analysis(before, after, groups, merged, rewritten, removed, saved, added)
+    ordered = sorted(replaced, key=order.__getitem__)
+    return Group(nodes, ordered, [v for n in ordered for v in n.outputs if v in saved])
 
 
 # -------------------------------------------------------------------------------------------- report
