@@ -36,13 +36,16 @@ def _register(name: str, source: str, pointers: int) -> None:
 
 
 def _function(name: str):
-    """The built function `name`, building everything pending first; None when it cannot be built."""
+    """The built function `name`, building everything pending first; None when it cannot be built (and
+    then never tried again: the array ops run)."""
     found = _functions.get(name)
     if found is not None or name not in _pending:
         return found
     batch = dict(_pending)
     library = native.generated_library(library_source({built: source for built, (source, _) in batch.items()}))
     if library is None:
+        for built in batch:
+            _pending.pop(built, None)
         return None
     for built, (_, pointers) in batch.items():
         function = getattr(library, built)

@@ -186,3 +186,19 @@ def test_an_executor_builds_all_its_groups_in_one_library(monkeypatch):
     got = Executor(fused, dtype=np.float64).run(feeds)["out"]
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
     assert len(built) == 1 and all(f"nnd_ew_{key}_f64" in built[0] for key in keys)
+
+
+def test_a_library_that_cannot_be_built_is_tried_once_and_the_array_ops_run(monkeypatch):
+    attempts = []
+    monkeypatch.setattr(native, "generated_library", lambda source: attempts.append(source))
+    graph = Graph("softplus")
+    b = GraphBuilder(graph)
+    x = b.add_input("x", TensorType(("N", 77, 53), "f64"))
+    graph.outputs["y"] = b.emit1("exp", [b.emit1("softplus", [x])])
+    fused = fuse_elementwise(graph)
+    feeds = {"x": np.random.default_rng(4).normal(size=(2, 77, 53))}
+    executor = Executor(fused, dtype=np.float64)
+    want = Executor(graph, dtype=np.float64).run(feeds)["y"]
+    for _ in range(3):
+        np.testing.assert_array_equal(executor.run(feeds)["y"], want)
+    assert len(attempts) == 1
