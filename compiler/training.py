@@ -42,6 +42,7 @@ METRICS: dict[str, dict[str, ArgKind]] = {
     "accuracy": {}, "sparse_categorical_accuracy": {}, "categorical_accuracy": {},
     "binary_accuracy": {"threshold": UNIT_FLOAT}, "top_k_accuracy": {"k": POSITIVE_INT},
     "mae": {}, "mse": {},
+    "precision": {"threshold": UNIT_FLOAT}, "recall": {"threshold": UNIT_FLOAT}, "auc": {},
 }
 
 _MONITOR = {"monitor": NAME}
@@ -136,9 +137,11 @@ def _configured(value: Any, table: dict[str, dict[str, ArgKind]], what: str, spa
         key = _KEYWORD_ALIASES.get(key, key)
         arg_span = value.kwarg_span(index) if isinstance(value, CallValue) else span
         if key not in schema:
+            if not keys:
+                raise _SettingError(f"{name} takes no arguments, got '{key}'", arg_span)
             hint = did_you_mean(key, keys)
             raise _SettingError(f"{name} has no argument '{key}'" + (f"; did you mean '{hint}'?" if hint else ""),
-                                arg_span, (f"valid: {', '.join(keys) or 'none'}",))
+                                arg_span, (f"valid: {', '.join(keys)}",))
         raw[key] = (arg, arg_span)
     args = {}
     for key, (arg, arg_span) in raw.items():

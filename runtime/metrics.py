@@ -7,6 +7,9 @@ steps) counts the real steps only, as Keras' metrics do with a masked output: ea
 its step's mask entry. Metrics work on NumPy arrays; CuPy arrays are accepted (the per-batch counts are
 moved to the host).
 
+`precision`, `recall` and `auc` read every element as a binary decision (a prediction above the threshold,
+a non-zero target), as Keras' do; `auc` is the exact area under the ROC curve of the epoch's predictions.
+
 `accuracy` picks its form from the shapes like Keras' 'accuracy' string:
   pred last dim 1                                      -> binary_accuracy (threshold 0.5)
   target rank < pred rank, or target last dim 1 < pred -> sparse_categorical_accuracy
@@ -22,7 +25,8 @@ from nnd.compiler.diagnostics import NndError
 from nnd.runtime.named import build
 
 __all__ = ["Metric", "Accuracy", "SparseCategoricalAccuracy", "CategoricalAccuracy", "BinaryAccuracy",
-           "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError", "make_metric", "METRICS"]
+           "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError", "Precision", "Recall", "AUC", "make_metric",
+           "METRICS"]
 
 
 def _module(a: Any):
@@ -37,8 +41,7 @@ class Metric:
     name = "metric"
 
     def __init__(self) -> None:
-        self.total = 0.0
-        self.count = 0
+        self.reset()
 
     def reset(self) -> None:
         self.total = 0.0
@@ -215,6 +218,96 @@ class MeanSquaredError(Metric):
         return d * d
 
 
+def _binary_pairs(metric: str, pred, target, mask):
+    """Host arrays of every element's prediction, whether its target is positive (non-zero, as Keras
+    reads it) and its weight (the padding mask, else 1)."""
+    if target.size != pred.size:
+        hint = ("; it counts binary decisions element by element: give one-hot targets for a multi-class "
+                "output" if target.size * pred.shape[-1] == pred.size and pred.shape[-1] > 1 else "")
+        raise NndError(f"metric '{metric}': targets of shape {tuple(target.shape)} do not match predictions of "
+                       f"shape {tuple(pred.shape)}{hint}")
+    target = target.reshape(pred.shape)
+    weights = _step_weights(mask, pred)
+    weights = np.ones(pred.size) if weights is None else _host(weights).reshape(-1)
+    return _host(pred).reshape(-1).astype(np.float64), _host(target).reshape(-1) != 0, weights
+
+
+class _Confusion(Metric):
+    """Weighted counts of true positives, false positives and false negatives over every element, a
+    prediction above `threshold` counting as positive."""
+
+    def __init__(self, threshold: float = 0.5):
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
+            raise NndError(f"metric '{self.name}': threshold must be a number in [0, 1], got {threshold!r}")
+        self.threshold = float(threshold)
+        super().__init__()
+
+    def reset(self) -> None:
+        super().reset()
+        self.true_positives = self.false_positives = self.false_negatives = 0.0
+
+    def update(self, pred: Any, target: Any, mask: Any = None) -> None:
+        pred, target = self._check(pred, target)
+        scores, positive, weights = _binary_pairs(self.name, pred, target, mask)
+        predicted = scores > self.threshold
+        self.true_positives += float(weights[predicted & positive].sum())
+        self.false_positives += float(weights[predicted & ~positive].sum())
+        self.false_negatives += float(weights[~predicted & positive].sum())
+        self.count += int(weights.size)
+
+    def _ratio(self, part: float, other: float) -> float:
+        return part / (part + other) if part + other > 0 else 0.0
+
+
+class Precision(_Confusion):
+    """Of the elements predicted positive, the share that are: TP / (TP + FP)."""
+
+    name = "precision"
+
+    def result(self) -> float:
+        return self._ratio(self.true_positives, self.false_positives)
+
+
+class Recall(_Confusion):
+    """Of the positive elements, the share predicted positive: TP / (TP + FN)."""
+
+    name = "recall"
+
+    def result(self) -> float:
+        return self._ratio(self.true_positives, self.false_negatives)
+
+
+class AUC(Metric):
+    """The area under the ROC curve, exactly: the probability that a positive element scores above a
+    negative one, ties counting half. The epoch's predictions are kept and ranked at `result()` (Keras
+    approximates the curve with 200 thresholds; this is the value it approaches). 0.0 until both classes
+    have been seen."""
+
+    name = "auc"
+
+    def reset(self) -> None:
+        super().reset()
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def update(self, pred: Any, target: Any, mask: Any = None) -> None:
+        pred, target = self._check(pred, target)
+        self._parts.append(_binary_pairs(self.name, pred, target, mask))
+        self.count += int(pred.size)
+
+    def result(self) -> float:
+        if not self._parts:
+            return 0.0
+        scores, positive, weights = (np.concatenate(column) for column in zip(*self._parts))
+        levels, level = np.unique(scores, return_inverse=True)
+        positives = np.bincount(level, weights * positive, len(levels))
+        negatives = np.bincount(level, weights * ~positive, len(levels))
+        total_positive, total_negative = positives.sum(), negatives.sum()
+        if total_positive <= 0 or total_negative <= 0:
+            return 0.0
+        below = np.cumsum(negatives) - negatives  # negative weight scoring strictly lower, per score level
+        return float((positives * (below + 0.5 * negatives)).sum() / (total_positive * total_negative))
+
+
 def _broadcast_target(metric, pred, target):
     if tuple(target.shape) == tuple(pred.shape):
         return target
@@ -232,6 +325,9 @@ METRICS: dict[str, type[Metric]] = {
     "top_k_accuracy": TopKAccuracy,
     "mae": MeanAbsoluteError,
     "mse": MeanSquaredError,
+    "precision": Precision,
+    "recall": Recall,
+    "auc": AUC,
 }
 _ALIASES = {
     "acc": "accuracy",

@@ -417,7 +417,7 @@ CASES = [
            valid(LOSSES))),
     ("train_unknown_metric",
      train("metrics = [accuracy, precison]"),
-     lines("bad.nnd:6:26: error: unknown metric 'precison'",
+     lines("bad.nnd:6:26: error: unknown metric 'precison'; did you mean 'precision'?",
            "        metrics = [accuracy, precison]",
            "                             ^~~~~~~~",
            valid(METRICS))),

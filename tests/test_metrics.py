@@ -88,3 +88,65 @@ def test_errors():
         make_metric("accuracy").update(PRED, np.zeros((4, 2)))
     with pytest.raises(NndError, match="k must be a positive integer"):
         make_metric("top_k_accuracy", k=0)
+
+
+# ------------------------------------------------------------------------------------------ binary decisions
+
+def _stream(metric, pred, target, mask=None, cut=7):
+    """Feed the metric in two batches; with a mask, each batch gets its rows of it."""
+    parts = [slice(0, cut), slice(cut, None)]
+    for part in parts:
+        metric.update(pred[part], target[part], None if mask is None else mask[part])
+    return metric.result()
+
+
+def test_precision_and_recall_of_the_keras_documentation():
+    # keras.metrics.Precision / Recall, update_state([0, 1, 1, 1], [1, 0, 1, 1]) -> 0.6667 each
+    target, pred = np.array([[0], [1], [1], [1]]), np.array([[1.0], [0.0], [1.0], [1.0]])
+    assert _stream(make_metric("precision"), pred, target, cut=2) == pytest.approx(2 / 3)
+    assert _stream(make_metric("recall"), pred, target, cut=2) == pytest.approx(2 / 3)
+
+
+def test_precision_and_recall_count_every_element_with_the_threshold_and_the_mask():
+    rng = np.random.default_rng(0)
+    pred, target = rng.random((20, 6, 3)), (rng.random((20, 6, 3)) < 0.4).astype(np.float32)
+    mask = (rng.random((20, 6)) < 0.7).astype(np.float32)  # a padding mask over (batch, steps)
+    weight = np.broadcast_to(mask[..., None], pred.shape)
+    predicted, positive = pred > 0.3, target != 0
+    tp = (weight * (predicted & positive)).sum()
+    assert _stream(make_metric("precision", threshold=0.3), pred, target, mask) == pytest.approx(
+        tp / (weight * predicted).sum())
+    assert _stream(make_metric("recall", threshold=0.3), pred, target, mask) == pytest.approx(
+        tp / (weight * positive).sum())
+    assert make_metric("precision").result() == 0.0  # nothing predicted positive yet
+
+
+def _pairwise_auc(scores, positive, weights):
+    """The probability that a positive outscores a negative (ties half), by comparing every pair."""
+    p, n = positive, ~positive
+    wins = (scores[p][:, None] > scores[n][None, :]) + 0.5 * (scores[p][:, None] == scores[n][None, :])
+    pair_weights = weights[p][:, None] * weights[n][None, :]
+    return (wins * pair_weights).sum() / pair_weights.sum()
+
+
+def test_auc_is_the_exact_area_under_the_roc_curve():
+    # keras.metrics.AUC(), update_state([0, 0, 1, 1], [0, 0.5, 0.3, 0.9]) -> 0.75
+    assert _stream(make_metric("auc"), np.array([0, 0.5, 0.3, 0.9]), np.array([0, 0, 1, 1]), cut=1) == 0.75
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.random((40, 5)), 1)  # many ties
+    target = (rng.random((40, 5)) < scores).astype(np.int64)
+    mask = (rng.random(40) < 0.8).astype(np.float32)
+    weights = np.broadcast_to(mask[:, None], scores.shape).reshape(-1)
+    want = _pairwise_auc(scores.reshape(-1), target.reshape(-1) != 0, weights)
+    assert _stream(make_metric("auc"), scores, target, mask, cut=13) == pytest.approx(want, rel=1e-12)
+    one_class = make_metric("auc")
+    one_class.update(np.array([[0.2], [0.9]]), np.array([[1], [1]]))
+    assert one_class.result() == 0.0
+
+
+def test_binary_metrics_explain_class_id_targets_of_a_multi_class_output():
+    with pytest.raises(NndError, match=r"metric 'auc': targets of shape \(4,\) do not match predictions of shape "
+                                       r"\(4, 3\); it counts binary decisions element by element: give one-hot"):
+        make_metric("auc").update(np.full((4, 3), 1 / 3), np.array([0, 1, 2, 1]))
+    with pytest.raises(NndError, match=r"metric 'precision': threshold must be a number in \[0, 1\], got 2"):
+        make_metric("precision", threshold=2)

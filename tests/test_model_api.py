@@ -884,3 +884,24 @@ def test_a_wrong_shape_is_reported_before_a_wrong_dtype():
         nnd.loads(CLASSIFIER).predict([1, 2, 3])
     with pytest.raises(NndError, match=r"input 'x' has dtype int64 but a floating-point array is needed"):
         nnd.loads(CLASSIFIER).predict(np.ones((2, 4), np.int64))
+
+
+def test_a_binary_classifier_logs_auc_precision_and_recall_and_early_stopping_maximizes_auc():
+    source = BINARY_MODEL.replace("train bin { loss = binary_crossentropy }", """train bin {
+    optimizer = adam(lr=0.05)
+    loss      = binary_crossentropy
+    metrics   = [accuracy, auc, precision(threshold=0.5), recall]
+    callbacks = [early_stopping(monitor=val_auc, patience=2)]
+}""")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * rng.normal(size=200) > 0).astype(np.float32)[:, None]
+    model = nnd.loads(source, seed=0)
+    history = model.fit(x, y, epochs=4, batch_size=32, validation_split=0.25, verbose=0).history
+    assert {"auc", "precision", "recall", "val_auc", "val_precision", "val_recall"} <= set(history)
+    assert history["val_auc"][-1] > 0.8  # the first feature decides the label, up to noise
+    logs = model.evaluate(x[150:], y[150:])
+    scores = model.predict(x[150:])[:, 0]
+    positive = y[150:, 0] != 0
+    wins = (scores[positive][:, None] > scores[~positive][None, :]).mean()
+    assert logs["auc"] == pytest.approx(wins, abs=1e-6)  # no ties among float scores
