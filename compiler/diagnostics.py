@@ -57,6 +57,11 @@ class NndError(Exception):
         return self.render()
 
 
+class NndWarning(UserWarning):
+    """Something legal that is most likely a mistake (a loss that does not fit its output); the text is
+    the rendered diagnostic."""
+
+
 @dataclass
 class DiagnosticBag:
     """Collects every error of a run so a file's mistakes are all reported together."""

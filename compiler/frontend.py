@@ -7,10 +7,11 @@ from pathlib import Path
 from nnd.compiler import syntax as S
 from nnd.compiler.args import CallValue
 from nnd.compiler.checker import POISON, Definitions, Frame, ModelLowering, Tensor
-from nnd.compiler.diagnostics import DiagnosticBag, NndError, did_you_mean
+from nnd.compiler.diagnostics import Diagnostic, DiagnosticBag, NndError, did_you_mean
 from nnd.compiler.imports import Program, load_program, load_program_text
 from nnd.compiler.ir import Graph
 from nnd.compiler.layers import INFER, LAYERS, TRAIN
+from nnd.compiler.loss_checks import check_losses
 from nnd.compiler.source import Span
 from nnd.compiler.training import TrainSpec, check_monitors, check_train
 
@@ -21,6 +22,8 @@ class CheckedProgram:
     defs: Definitions
     graphs: dict[str, Graph] = field(default_factory=dict)  # inference graphs, one per model
     trains: dict[str, TrainSpec] = field(default_factory=dict)
+    # per model: what its train section makes legal but most likely a mistake
+    warnings: dict[str, list[Diagnostic]] = field(default_factory=dict)
 
     @property
     def sources(self):
@@ -73,6 +76,9 @@ def check_program(program: Program) -> CheckedProgram:
         spec = checked.trains[name] = _check_train_section(section, defs, bag)
         if name in checked.graphs:
             check_monitors(spec, list(checked.graphs[name].outputs), bag)
+            errors, warnings = check_losses(spec, checked.graphs[name])
+            bag.diagnostics.extend(errors)
+            checked.warnings[name] = warnings
     if bag:
         raise NndError(_unique(bag.diagnostics), program.sources)
     return checked

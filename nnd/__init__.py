@@ -17,7 +17,7 @@ from pathlib import Path
 # wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
 
-from nnd.compiler.diagnostics import NndError
+from nnd.compiler.diagnostics import NndError, NndWarning
 
 __version__ = "0.1.0"
 
@@ -71,4 +71,4 @@ def _saved_model(directory: Path, weights: str | Path | None) -> tuple[Path, Pat
 
 from nnd.model import Model  # noqa: E402  (after the functions, which are the facade's entry points)
 
-__all__ = ["Model", "NndError", "load", "loads", "__version__"]
+__all__ = ["Model", "NndError", "NndWarning", "load", "loads", "__version__"]

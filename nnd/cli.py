@@ -87,6 +87,8 @@ def check(files: tuple[str, ...]) -> None:
             continue
         models = ", ".join(program.graphs) or "no models"
         click.echo(f"{path}: ok ({models})")
+        for warning in (w for warnings in program.warnings.values() for w in warnings):
+            click.echo(warning.render(program.sources), err=True)
     if failed:
         sys.exit(1)
 

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import time
+import warnings as warnings_module
 from pathlib import Path
 
 import click
 import numpy as np
 
-from nnd.compiler.diagnostics import Diagnostic, NndError
+from nnd.compiler.diagnostics import Diagnostic, NndError, NndWarning
 from nnd.compiler.training import Configured, TrainSpec
 from nnd.runtime.data_source import VOCABULARY_FILE, Dataset, load_dataset, load_prediction_inputs
 from nnd.runtime.progress import format_logs
@@ -79,12 +80,16 @@ def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr
          f"{batch_size or spec.batch_size}, {epochs} epoch{'s' if epochs != 1 else ''}{precision}; "
          f"run directory {run_dir.path}")
     validation = None
+    warnings = list(model.program.warnings.get(model.name, []))
     if not spec.validation_split and dataset.x_test is not None:
         validation = (dataset.x_test, dataset.y_test)
-        for warning in _test_split_selection_warnings(spec):
-            click.echo(warning.render(model.program.sources), err=True)
-    model.fit(dataset.x_train, dataset.y_train, epochs, batch_size, validation_data=validation,
-              verbose=0 if quiet else 1, initial_epoch=initial_epoch, run_dir=run_dir)
+        warnings += _test_split_selection_warnings(spec)
+    for warning in warnings:
+        click.echo(warning.render(model.program.sources), err=True)
+    with warnings_module.catch_warnings():  # said above, in the command line's format
+        warnings_module.simplefilter("ignore", NndWarning)
+        model.fit(dataset.x_train, dataset.y_train, epochs, batch_size, validation_data=validation,
+                  verbose=0 if quiet else 1, initial_epoch=initial_epoch, run_dir=run_dir)
     if dataset.x_test is not None and dataset.y_test is not None:
         logs = model.evaluate(dataset.x_test, dataset.y_test)
         echo(f"test: {format_logs(logs)}")

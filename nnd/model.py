@@ -8,13 +8,15 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nnd.compiler.diagnostics import NndError, did_you_mean
+from nnd.compiler.diagnostics import NndError, NndWarning, did_you_mean
 from nnd.compiler.frontend import CheckedProgram
+from nnd.compiler.loss_checks import check_losses
 from nnd.compiler.summary import summarize
 from nnd.compiler.training import LOSS_ALIASES, LOSSES, OPTIMIZERS, Configured, TrainSpec, check_configured
 from nnd.compiler.training_graph import LOSS, TARGET_PREFIX, loss_for, target_type
@@ -136,6 +138,15 @@ class Model:
         self._trainer = None
         return self
 
+    def _check_loss(self) -> None:
+        """Refuse a loss that cannot learn on this model's outputs; warn about one that most likely
+        does not fit them (the file's train section, or what compile() set)."""
+        errors, mismatches = check_losses(self.spec, self.graph)
+        if errors:
+            raise NndError(errors, self.program.sources)
+        for mismatch in mismatches:
+            warnings.warn(NndWarning(mismatch.render(self.program.sources)), stacklevel=3)
+
     def _get_trainer(self) -> Trainer:
         if self._trainer is None:
             self._trainer = Trainer(self.program, self.name, self.spec, self.params, backend=self.backend,
@@ -204,6 +215,7 @@ class Model:
         from nnd.runtime.fit import fit_loop
 
         spec = self.spec
+        self._check_loss()
         epochs = spec.epochs if epochs is None else epochs
         batch_size = spec.batch_size if batch_size is None else batch_size
         for flag, value in (("epochs", epochs), ("batch_size", batch_size)):
