@@ -11,7 +11,7 @@ from nnd.compiler.diagnostics import Diagnostic, DiagnosticBag, NndError, did_yo
 from nnd.compiler.imports import Program, load_program, load_program_text
 from nnd.compiler.ir import Graph
 from nnd.compiler.layers import INFER, LAYERS, TRAIN
-from nnd.compiler.loss_checks import check_losses
+from nnd.compiler.output_checks import check_outputs
 from nnd.compiler.source import Span
 from nnd.compiler.training import TrainSpec, check_monitors, check_train
 
@@ -76,11 +76,12 @@ def check_program(program: Program) -> CheckedProgram:
         spec = checked.trains[name] = _check_train_section(section, defs, bag)
         if name in checked.graphs:
             check_monitors(spec, list(checked.graphs[name].outputs), bag)
-            errors, warnings = check_losses(spec, checked.graphs[name])
+            errors, warnings = check_outputs(spec, checked.graphs[name])
             bag.diagnostics.extend(errors)
             checked.warnings[name] = warnings
-    if bag:
-        raise NndError(_unique(bag.diagnostics), program.sources)
+    if bag:  # the warnings too: one run tells everything
+        warnings = [w for found in checked.warnings.values() for w in found]
+        raise NndError(_unique(bag.diagnostics) + warnings, program.sources)
     return checked
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from nnd.compiler.diagnostics import NndError, NndWarning, did_you_mean
 from nnd.compiler.frontend import CheckedProgram
-from nnd.compiler.loss_checks import check_losses
+from nnd.compiler.output_checks import check_outputs
 from nnd.compiler.summary import summarize
 from nnd.compiler.training import LOSS_ALIASES, LOSSES, OPTIMIZERS, Configured, TrainSpec, check_configured
 from nnd.compiler.training_graph import LOSS, TARGET_PREFIX, loss_for, target_type
@@ -141,7 +141,7 @@ class Model:
     def _check_loss(self) -> None:
         """Refuse a loss that cannot learn on this model's outputs; warn about one that most likely
         does not fit them (the file's train section, or what compile() set)."""
-        errors, mismatches = check_losses(self.spec, self.graph)
+        errors, mismatches = check_outputs(self.spec, self.graph)
         if errors:
             raise NndError(errors, self.program.sources)
         for mismatch in mismatches:

@@ -1,10 +1,12 @@
-"""What the compiler can tell about a train section's loss from the outputs it applies to.
+"""What the compiler can tell about a train section's loss and metrics from the outputs they apply to.
 
 Keras accepts a crossentropy on any output; the classic mistakes then train silently and badly: a
 probability loss on raw scores (`dense(10)` with sparse_categorical_crossentropy: the negative scores are
 clipped and give no gradient), `from_logits=true` on an output that already ends in its softmax (applied
 twice, the gradients shrink), binary crossentropy on a softmax (its units compete), a class loss over a
 single unit (a softmax of one unit is always 1). The first three are warnings, the last an error.
+Among the metrics: precision, recall and auc count binary decisions, which class-id targets are not (an
+error), and top_k_accuracy with k at least the number of classes is always 1 (a warning).
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ from nnd.compiler.args import ACTIVATIONS
 from nnd.compiler.diagnostics import Diagnostic
 from nnd.compiler.ir import Graph, Value
 from nnd.compiler.training import TrainSpec
+from nnd.compiler.training_graph import loss_for
+
+BINARY_METRICS = ("precision", "recall", "auc")
 
 CLASS_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy")
 # ops whose result is a layer's raw product (its bias add is recognized by the parameter it adds)
@@ -21,8 +26,37 @@ EXPECTED = {"sparse_categorical_crossentropy": "softmax", "categorical_crossentr
             "binary_crossentropy": "sigmoid"}
 
 
-def check_losses(spec: TrainSpec, graph: Graph) -> tuple[list[Diagnostic], list[Diagnostic]]:
-    """(errors, warnings) about the train section's loss on each output of `graph`."""
+def check_outputs(spec: TrainSpec, graph: Graph) -> tuple[list[Diagnostic], list[Diagnostic]]:
+    """(errors, warnings) about the train section's loss and metrics on each output of `graph`."""
+    errors, warnings = _check_loss(spec, graph)
+    metric_errors, metric_warnings = _check_metrics(spec, graph)
+    return errors + metric_errors, warnings + metric_warnings
+
+
+def _check_metrics(spec: TrainSpec, graph: Graph) -> tuple[list[Diagnostic], list[Diagnostic]]:
+    errors: list[Diagnostic] = []
+    warnings: list[Diagnostic] = []
+    for metric in spec.metrics:
+        for name, output in graph.outputs.items():
+            loss = loss_for(spec, output).name
+            if metric.name in BINARY_METRICS and loss == "sparse_categorical_crossentropy":
+                errors.append(Diagnostic(
+                    f"{metric.name} counts binary decisions element by element, but the targets of output "
+                    f"'{name}' are class ids ({loss})", metric.span,
+                    ("for two classes use dense(1, activation=sigmoid) with binary_crossentropy; for more, "
+                     "one-hot targets with categorical_crossentropy",)))
+                break
+            classes = output.type.shape[-1] if output.type.rank >= 2 else 1
+            k = metric.args.get("k", 5)
+            if metric.name == "top_k_accuracy" and isinstance(classes, int) and k >= classes:
+                warnings.append(Diagnostic(
+                    f"top_k_accuracy with k={k} over the {classes} classes of output '{name}' is always 1",
+                    metric.span, (f"choose k below {classes}",), severity="warning"))
+                break
+    return errors, warnings
+
+
+def _check_loss(spec: TrainSpec, graph: Graph) -> tuple[list[Diagnostic], list[Diagnostic]]:
     loss = spec.loss
     if loss is None or loss.name not in EXPECTED:
         return [], []  # no loss named (each output gets the one its activation implies), or a regression loss

@@ -126,3 +126,29 @@ def test_an_output_that_is_not_a_layer_product_is_given_the_benefit_of_the_doubt
     assert len(warnings_of(model("dense(3, use_bias=false)", "sparse_categorical_crossentropy"))) == 1
     assert len(warnings_of(model("reshape([5, 1])\n    conv1d(4, 5)\n    flatten()",
                                  "categorical_crossentropy"))) == 0  # a reshape of scores: not told
+
+
+def test_binary_metrics_on_class_ids_are_an_error_and_a_top_k_over_k_classes_a_warning():
+    source = model("dense(3, activation=softmax)", "sparse_categorical_crossentropy").replace(
+        "    loss =", "    metrics = [accuracy, auc, top_k_accuracy]\n    loss =")
+    with pytest.raises(nnd.NndError) as error:
+        compile_text(source, name="m.nnd")
+    assert error.value.render() == (
+        "m.nnd:6:26: error: auc counts binary decisions element by element, but the targets of output 'output' "
+        "are class ids (sparse_categorical_crossentropy)\n"
+        "        metrics = [accuracy, auc, top_k_accuracy]\n"
+        "                             ^~~\n"
+        "  note: for two classes use dense(1, activation=sigmoid) with binary_crossentropy; for more, one-hot "
+        "targets with categorical_crossentropy\n"
+        "m.nnd:6:31: warning: top_k_accuracy with k=5 over the 3 classes of output 'output' is always 1\n"
+        "        metrics = [accuracy, auc, top_k_accuracy]\n"
+        "                                  ^~~~~~~~~~~~~~\n"
+        "  note: choose k below 3")
+    assert warnings_of(source.replace("auc, top_k_accuracy", "top_k_accuracy(k=2)")) == []
+    binary = model("dense(1, activation=sigmoid)", "binary_crossentropy").replace(
+        "    loss =", "    metrics = [auc, precision, recall]\n    loss =")
+    assert warnings_of(binary) == []
+    x, y = np.random.default_rng(1).normal(size=(8, 5)).astype(np.float32), np.arange(8) % 3
+    with pytest.raises(nnd.NndError, match="precision counts binary decisions"):
+        nnd.loads(model("dense(3, activation=softmax)", "sparse_categorical_crossentropy")).compile(
+            metrics=["precision"]).fit(x, y, epochs=1, verbose=0)
