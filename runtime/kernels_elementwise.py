@@ -1,4 +1,5 @@
-"""The array-module kernel of `fused_elementwise` (NumPy, and CuPy when no generated kernel is wanted).
+"""The array-module kernel of `fused_elementwise`: on NumPy for the groups the generated C does not take
+(`kernels_native_elementwise`: small groups, no compiler), on CuPy when no generated kernel is wanted.
 
 The body runs op by op with the backend's own kernels, so results equal the unfused graph's. What fusion
 saves here is memory: a body value that dies at a step whose op has an in-place form is overwritten by
