@@ -272,17 +272,7 @@ def load_time_series_csv(path: str | os.PathLike, columns: Sequence[str | int] |
     window = _positive_int(window, "window")
     horizon = _non_negative_int(horizon, "horizon")
     stride = _positive_int(stride, "stride")
-    if stats is not None and standardize:
-        raise NndError("pass either standardize=True (compute new statistics) or stats= (apply saved ones), "
-                       "not both")
-    if validation_fraction is not None:
-        if not standardize:
-            raise NndError("validation_fraction only chooses the rows standardization statistics come from; it "
-                           "needs standardize=True (split the windows with chronological_split)")
-        if (not isinstance(validation_fraction, (int, float)) or isinstance(validation_fraction, bool)
-                or not 0.0 < validation_fraction < 1.0):
-            raise NndError(f"validation fraction must be a number strictly between 0 and 1, "
-                           f"got {validation_fraction!r}")
+    _check_statistics_options(standardize, validation_fraction, stats)
     names, tname, feats, tgt = _read_columns(path, columns, target, header)
     rows = len(tgt)
     need = window + horizon
@@ -297,21 +287,9 @@ def load_time_series_csv(path: str | os.PathLike, columns: Sequence[str | int] |
     if isinstance(stats, (str, os.PathLike)):
         stats = load_stats(stats)
     if stats is not None:
-        if not isinstance(stats, SeriesStats):
-            raise NndError(f"stats must be a SeriesStats or the directory it was saved in, got "
-                           f"{type(stats).__name__}")
-        if list(stats.columns) != names or stats.target != tname:
-            raise NndError(f"the statistics were computed for input columns [{', '.join(stats.columns)}] with "
-                           f"target '{stats.target}', but {path} is being loaded with input columns "
-                           f"[{', '.join(names)}] and target '{tname}'")
+        _check_saved_statistics(stats, path, names, tname)
     elif standardize:
-        n_train = n
-        if validation_fraction is not None:
-            n_val = int(round(n * validation_fraction))
-            if n_val < 1 or n_val >= n:
-                raise NndError(f"validation fraction {validation_fraction} of {n} windows leaves {n_val} for "
-                               f"validation and {n - n_val} for training; both need at least one")
-            n_train = n - n_val
+        n_train = n - _validation_windows(n, validation_fraction)
         end = int(starts[n_train - 1]) + need
         stats = SeriesStats(columns=names, mean=feats[:end].mean(axis=0), std=feats[:end].std(axis=0),
                             target=tname, target_mean=float(tgt[:end].mean()), target_std=float(tgt[:end].std()),
@@ -319,6 +297,40 @@ def load_time_series_csv(path: str | os.PathLike, columns: Sequence[str | int] |
     if stats is None:
         return feats.astype(np.float32)[x_idx], tgt.astype(np.float32)[y_idx]
     return stats.transform(feats)[x_idx], stats.transform_target(tgt)[y_idx], stats
+
+
+def _check_statistics_options(standardize: bool, validation_fraction: float | None, stats: Any) -> None:
+    if stats is not None and standardize:
+        raise NndError("pass either standardize=True (compute new statistics) or stats= (apply saved ones), "
+                       "not both")
+    if validation_fraction is None:
+        return
+    if not standardize:
+        raise NndError("validation_fraction only chooses the rows standardization statistics come from; it "
+                       "needs standardize=True (split the windows with chronological_split)")
+    if (not isinstance(validation_fraction, (int, float)) or isinstance(validation_fraction, bool)
+            or not 0.0 < validation_fraction < 1.0):
+        raise NndError(f"validation fraction must be a number strictly between 0 and 1, got {validation_fraction!r}")
+
+
+def _check_saved_statistics(stats: Any, path: Path, names: list[str], target: str) -> None:
+    if not isinstance(stats, SeriesStats):
+        raise NndError(f"stats must be a SeriesStats or the directory it was saved in, got {type(stats).__name__}")
+    if list(stats.columns) != names or stats.target != target:
+        raise NndError(f"the statistics were computed for input columns [{', '.join(stats.columns)}] with "
+                       f"target '{stats.target}', but {path} is being loaded with input columns "
+                       f"[{', '.join(names)}] and target '{target}'")
+
+
+def _validation_windows(n: int, fraction: float | None) -> int:
+    """How many of the n windows the validation part takes (none without a fraction)."""
+    if fraction is None:
+        return 0
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n_val >= n:
+        raise NndError(f"validation fraction {fraction} of {n} windows leaves {n_val} for validation and "
+                       f"{n - n_val} for training; both need at least one")
+    return n_val
 
 
 def chronological_split(x: np.ndarray, y: np.ndarray | None, fraction: float):
