@@ -1,8 +1,9 @@
 """The NumPy backend's training batch normalization in native code (`csrc/norm_impl.h`).
 
 The statistics are sums per channel over every row of the [rows, channels] view of the input, in
-double: the mean, then the centered moments (the variance corrected by the centered sum, which is zero
-up to rounding), each thread summing its rows into buffers of its own. Normalizing is one per-channel
+double and in one pass: the moments of x - shift, the shift being the first row (near the data, so the
+variance, the second moment corrected by the square of the first, loses nothing to cancellation), each
+thread summing its rows into buffers of its own. Normalizing is one per-channel
 affine pass, and so is the input gradient: with xhat = (x - mean) inv,
 
     dx = gamma inv / count (count dy - dbeta - xhat dgamma) = dy A + x B + K
@@ -65,9 +66,11 @@ def batchnorm_train_native(ctx, attrs, x, gamma, beta):
         return kernels_conv.batchnorm_train(ctx, attrs, x, gamma, beta)
     rows = _rows(x)
     count = rows.shape[0]
-    total, _ = _channel_sums("channel_moments", [rows], np.zeros(rows.shape[1], x.dtype))
-    mean = (total / count).astype(x.dtype)
-    centered, square = _channel_sums("channel_moments", [rows], mean)
+    # One pass: sums of x - shift for a shift near the data (the first row), in double, lose nothing
+    # to cancellation however far the mean lies from zero.
+    shift = rows[0].copy()
+    centered, square = _channel_sums("channel_moments", [rows], shift)
+    mean = (shift + centered / count).astype(x.dtype)
     var = (square - centered * centered / count) / count
     inv = 1 / np.sqrt(var + attrs["epsilon"])
     scale = gamma * inv

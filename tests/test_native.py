@@ -413,6 +413,25 @@ def test_a_forked_child_runs_the_threaded_kernels(monkeypatch):
 
 
 @needs_compiler
+def test_native_batchnorm_statistics_survive_a_far_mean_and_an_outlying_first_row():
+    """The one-pass moments are taken around the first row; an outlier there and a mean of 10,000 at a
+    standard deviation of 1 leave the float32 batch statistics as exact as float32 allows."""
+    r = np.random.default_rng(3)
+    x = (r.normal(size=(64, 8, 8, 4)) + 1e4).astype(np.float32)
+    x[0, 0, 0] += 300.0  # the shift lies 300 standard deviations from the mean
+    native.set_enabled(True)
+    try:
+        ctx = KernelContext(np, np.random.default_rng(0), np.float32)
+        _, mean, var = KERNELS["batchnorm_train"](ctx, {"epsilon": 1e-3}, x, np.ones(4, np.float32),
+                                                  np.zeros(4, np.float32))
+    finally:
+        native.set_enabled(None)
+    exact = x.astype(np.float64).reshape(-1, 4)
+    np.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
+    np.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-5)
+
+
+@needs_compiler
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(4, 5, 6, 16), (300, 7), (2, 3, 3, 3)])
 def test_native_batchnorm_and_its_gradient_equal_numpy(shape, dtype):
