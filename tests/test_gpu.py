@@ -534,3 +534,35 @@ def test_a_graph_captured_on_unpadded_sequences_masks_padded_ones():
     assert model._predictor.graphs.captures == 1
     with pytest.raises(NndError, match="is out of range for an embedding of 9 rows"):
         model.predict(np.array([[1, 2, 3, 0, 0], [5, 4, 12, 0, 0]], dtype=np.int32))
+
+
+def test_the_gpu_benchmark_times_its_nnd_systems_on_a_host_stand_in(cupy_stand_in, monkeypatch, capsys):
+    """benchmarks/gpu_bench.py end to end (its steps, rounds, failures and table) on the stand-in, so that
+    the device run spends its minutes measuring, not finding the script's own mistakes."""
+    import importlib.util
+
+    class Pool:
+        def total_bytes(self) -> int:
+            return 3 << 20
+
+    cupy_stand_in.cuda = types.SimpleNamespace(
+        Device=lambda: types.SimpleNamespace(synchronize=lambda: None),
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda index: {"name": b"host stand-in"}))
+    cupy_stand_in.get_default_memory_pool = Pool
+    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench_dir))
+    spec = importlib.util.spec_from_file_location("gpu_bench", bench_dir / "gpu_bench.py")
+    gpu_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_bench)
+    monkeypatch.setattr(sys, "argv", ["gpu_bench.py", "--rounds", "2", "--steps", "1", "--warmup", "1",
+                                      "--workloads", "cnn-train-32", "lstm-infer-32",
+                                      "--systems", "nnd cupy -O2", "nnd cupy -O0", "nnd cupy -O2 scan",
+                                      "torch cuda"])
+    gpu_bench.main()
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("cnn-", "lstm-"))]
+    assert "GPU: host stand-in; fp32, TF32 off" in out and "failed" not in out, out
+    assert [(row[:17].strip(), row[17:44].strip()) for row in rows] == [
+        ("cnn-train-32", "nnd cupy -O2"), ("cnn-train-32", "nnd cupy -O0"),
+        ("lstm-infer-32", "nnd cupy -O2"), ("lstm-infer-32", "nnd cupy -O0"), ("lstm-infer-32", "nnd cupy -O2 scan")]
+    assert all(row.split()[-1] == "3" for row in rows)  # the pool's megabytes
