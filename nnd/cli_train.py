@@ -79,6 +79,8 @@ def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr
     echo(f"training {model.name} on {source}: {len(dataset.x_train):,} samples, batch "
          f"{batch_size or spec.batch_size}, {epochs} epoch{'s' if epochs != 1 else ''}{precision}; "
          f"run directory {run_dir.path}")
+    for note in dataset.notes:
+        echo(f"note: {note}")
     validation = None
     warnings = list(model.program.warnings.get(model.name, []))
     if not spec.validation_split and dataset.x_test is not None:
@@ -148,6 +150,8 @@ def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size,
     if limit is not None:
         x, y = x[:limit], y[:limit]
     logs = model.evaluate(x, y, batch_size=batch_size)
+    for note in dataset.notes:
+        click.echo(f"note: {note}")
     click.echo(f"{model.name} on {source} ({len(x):,} samples): {format_logs(logs)}")
 
 
@@ -166,6 +170,8 @@ def run_prediction(file, model_name, weights, input_path, output_path, batch_siz
         predicted = {model.output_names[0]: predicted}
     outputs = {name: inputs.to_units(values) for name, values in predicted.items()}
     _write_outputs(output_path, outputs)
+    for note in inputs.notes:
+        click.echo(f"note: {note}")
     report = f"wrote {output_path}: {len(inputs.x):,} {inputs.noun}"
     if inputs.forecasts and len(outputs) == 1:
         last = next(iter(outputs.values()))[-1]

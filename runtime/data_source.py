@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from nnd.compiler.diagnostics import NndError
-from nnd.compiler.tensor_type import TensorType
+from nnd.compiler.tensor_type import FLOAT_DTYPES, TensorType
 from nnd.compiler.training import NAMED_DATASETS, TrainSpec
 from nnd.runtime.datasets import load_arrays, load_csv, load_named, read_csv_rows
 from nnd.runtime.sequence_data import (STATS_FILE, chronological_split, load_moving_fashion_mnist,
@@ -38,6 +38,7 @@ class Dataset:
     y_test: np.ndarray | None = None
     # What prediction needs later (a vocabulary, standardization statistics): name -> writer(run_dir).
     artifacts: dict[str, Callable[[Path], Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # how the data was prepared, for the user to read
 
 
 def load_dataset(source: str | None, data_dir: str | None, spec: TrainSpec, input_type: TensorType,
@@ -61,11 +62,15 @@ def load_dataset(source: str | None, data_dir: str | None, spec: TrainSpec, inpu
         return _text(path, input_type, output_type, run_dir)
     if suffix in (".npz", ".npy"):
         arrays = load_arrays(path)
-        if "x_train" in arrays:
-            x_test = arrays.get("x_test")
-            return Dataset(fit_to_input(arrays["x_train"], dims), arrays["y_train"],
-                           None if x_test is None else fit_to_input(x_test, dims), arrays.get("y_test"))
-        return Dataset(fit_to_input(arrays["x"], dims), arrays.get("y"))
+        split = "x_train" in arrays
+        x_train = arrays["x_train"] if split else arrays["x"]
+        y_train = arrays["y_train"] if split else arrays.get("y")
+        x_test = arrays.get("x_test") if split else None
+        dataset = Dataset(_as_input(x_train, input_type), y_train, _as_input(x_test, input_type),
+                          arrays.get("y_test"))
+        if _byte_images(x_train, input_type):
+            dataset.notes.append(f"{path.name}: uint8 images scaled to [0, 1] (divided by 255)")
+        return dataset
     raise NndError(f"--data {source}: not a named dataset ({', '.join(NAMED_DATASETS)}) "
                    "nor a .npz, .npy, .csv or .txt file")
 
@@ -149,6 +154,7 @@ class PredictionInputs:
     noun: str = "predictions"  # what one output row is, for the report
     to_units: Callable[[np.ndarray], np.ndarray] = lambda outputs: outputs
     forecasts: bool = False  # windows over a series: the last output looks past its end
+    notes: list[str] = field(default_factory=list)  # how the inputs were prepared
 
 
 def load_prediction_inputs(path: Path, spec: TrainSpec, input_type: TensorType,
@@ -163,7 +169,9 @@ def load_prediction_inputs(path: Path, spec: TrainSpec, input_type: TensorType,
         raise NndError(f"--input {path}: to continue a text with a character model, use `nnd generate`")
     if suffix != ".csv":
         arrays = load_arrays(path)
-        return PredictionInputs(fit_to_input(arrays.get("x", arrays.get("x_test", arrays.get("x_train"))), dims))
+        x = arrays.get("x", arrays.get("x_test", arrays.get("x_train")))
+        notes = [f"{path.name}: uint8 images scaled to [0, 1] (divided by 255)"] if _byte_images(x, input_type) else []
+        return PredictionInputs(_as_input(x, input_type), notes=notes)
     if len(dims) != 2:
         return PredictionInputs(fit_to_input(_csv_features(path, spec.target, int(np.prod(dims))), dims))
     saved = _saved(run_dir, STATS_FILE)
@@ -188,6 +196,21 @@ def _csv_features(path: Path, target: str | None, features: int) -> np.ndarray:
         return load_csv(path, target=target if target in names else -1)[0]
     raise NndError(f"--input {path} has {width} columns; the model reads {features} features per sample "
                    f"(and training read a target column beside them)")
+
+
+def _byte_images(x: np.ndarray | None, input_type: TensorType) -> bool:
+    return x is not None and x.dtype == np.uint8 and input_type.dtype in FLOAT_DTYPES
+
+
+def _as_input(x: np.ndarray | None, input_type: TensorType) -> np.ndarray | None:
+    """`x` shaped for the input (`fit_to_input`); uint8 images feeding a float input scaled to [0, 1], as
+    the named datasets are and as every Keras example does by hand."""
+    if x is None:
+        return None
+    if _byte_images(x, input_type):
+        x = x.astype(np.float32)
+        x *= np.float32(1.0 / 255.0)
+    return fit_to_input(x, tuple(input_type.shape[1:]))
 
 
 def fit_to_input(x: np.ndarray, input_dims: tuple) -> np.ndarray:

@@ -329,3 +329,41 @@ def test_named_dataset_missing_offline_lists_the_places_searched(project, monkey
     assert str(project / "bogus") in message and str(project / "system") in message
     assert "NND_OFFLINE" in message and "--data-dir" in message
     assert not (project / "run").exists()
+
+
+IMAGES = """model img {
+    input image: [6, 6, 1]
+    conv2d(2, 3, activation=relu)
+    flatten()
+    dense(3, activation=softmax)
+}
+train img { batch_size = 8 }
+"""
+
+
+def test_uint8_images_are_scaled_to_the_unit_range_in_train_evaluate_and_predict(project):
+    (project / "img.nnd").write_text(IMAGES)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (24, 6, 6), dtype=np.uint8)  # grey images as Keras datasets ship them
+    np.savez(project / "img.npz", x=pixels, y=rng.integers(0, 3, 24))
+    trained = nnd_cli("train", "img.nnd", "--data", "img.npz", "--epochs", 1, "--out", "run")
+    assert trained.exit_code == 0, trained.output
+    assert "note: img.npz: uint8 images scaled to [0, 1] (divided by 255)" in trained.stdout
+    np.save(project / "pixels.npy", pixels[:5])
+    predicted = nnd_cli("predict", "img.nnd", "--weights", "run", "--input", "pixels.npy", "--output", "p.npy")
+    assert predicted.exit_code == 0 and predicted.stdout.startswith("note: pixels.npy: uint8 images scaled")
+    model = nnd.load("img.nnd", weights="run/weights.npz")
+    expected = model.predict((pixels[:5, :, :, None].astype(np.float32) * np.float32(1 / 255)))
+    np.testing.assert_allclose(np.load(project / "p.npy"), expected, rtol=1e-6)
+    evaluated = nnd_cli("evaluate", "img.nnd", "--weights", "run", "--data", "img.npz")
+    assert evaluated.exit_code == 0 and "note: img.npz: uint8 images scaled" in evaluated.stdout
+
+
+def test_uint8_ids_for_an_integer_input_are_not_scaled(project):
+    (project / "ids.nnd").write_text("model ids {\n    input tokens: int32[5]\n    embedding(300, 4)\n"
+                                     "    flatten()\n    dense(2, activation=softmax)\n}\n")
+    rng = np.random.default_rng(1)
+    np.savez(project / "ids.npz", x=rng.integers(0, 256, (16, 5), dtype=np.uint8), y=rng.integers(0, 2, 16))
+    result = nnd_cli("train", "ids.nnd", "--data", "ids.npz", "--epochs", 1, "--out", "run")
+    assert result.exit_code == 0, result.output
+    assert "scaled" not in result.stdout
