@@ -216,6 +216,7 @@ def data_options(fn: Callable) -> Callable:
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="Continue from a checkpoint.npz written by an earlier run.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Start from saved weights.")
+@click.option("--overwrite", is_flag=True, help="Let --out replace the run a directory already holds.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--mixed-precision", type=click.Choice(["float16", "bfloat16"]), is_flag=False, flag_value="float16",
               default=None, help="Compute in float16 (the default, with dynamic loss scaling) or bfloat16 on "
@@ -228,10 +229,10 @@ def data_options(fn: Callable) -> Callable:
 @user_errors
 def train(file: str, model_name: str | None, data: str | None, data_dir: str | None, limit: int | None,
           epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None, backend: str,
-          level: int, out: str | None, resume: str | None, weights: str | None, quiet: bool,
+          level: int, out: str | None, resume: str | None, weights: str | None, overwrite: bool, quiet: bool,
           mixed_precision: str | None, tf32: bool, cuda_graphs: bool, compare: str | None) -> None:
     """Train a model on a dataset; then report the test figures when the dataset has a test split."""
-    from nnd.cli_train import run_parity, run_training
+    from nnd.cli_train import TrainOptions, run_parity, run_training
 
     if compare is not None:
         pair = tuple(name.strip() for name in compare.split(","))
@@ -243,8 +244,8 @@ def train(file: str, model_name: str | None, data: str | None, data_dir: str | N
     if resume and weights:
         raise click.UsageError("--resume and --weights are exclusive: --resume continues a run (weights, optimizer "
                                "state, epoch), --weights only starts from saved weights")
-    run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level, out,
-                 resume, weights, quiet, mixed_precision, tf32, cuda_graphs)
+    run_training(file, TrainOptions(model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level,
+                                    out, resume, weights, overwrite, quiet, mixed_precision, tf32, cuda_graphs))
 
 
 @main.command()

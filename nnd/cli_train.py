@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 import warnings as warnings_module
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -51,33 +52,57 @@ def _dataset(model, source: str | None, data_dir: str | None, limit: int | None,
     return dataset
 
 
-def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level, out,
-                 resume, weights, quiet, mixed_precision=None, tf32=False, cuda_graphs=False) -> None:
-    from nnd.runtime.fit import RunDirectory, resume as resume_run
+@dataclass
+class TrainOptions:
+    """The flags of `nnd train` (None: the train section decides)."""
 
-    model = _model(file, model_name, backend, seed, level, mixed_precision, tf32, cuda_graphs)
+    model: str | None = None
+    data: str | None = None
+    data_dir: str | None = None
+    limit: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    backend: str = "numpy"
+    level: int = 2
+    out: str | None = None
+    resume: str | None = None
+    weights: str | None = None
+    overwrite: bool = False
+    quiet: bool = False
+    mixed_precision: str | None = None
+    tf32: bool = False
+    cuda_graphs: bool = False
+
+
+def run_training(file: str, options: TrainOptions) -> None:
+    from nnd.runtime.fit import resume as resume_run
+
+    model = _model(file, options.model, options.backend, options.seed, options.level, options.mixed_precision,
+                   options.tf32, options.cuda_graphs)
     spec = model.spec
-    if lr is not None:
-        spec.optimizer = Configured(spec.optimizer.name, {**spec.optimizer.args, "lr": lr}, spec.optimizer.span)
-    if weights is not None:
-        model.load_weights(_weights_path(weights))
-    source = data or spec.data
-    dataset = _dataset(model, source, data_dir, limit)
+    if options.lr is not None:
+        spec.optimizer = Configured(spec.optimizer.name, {**spec.optimizer.args, "lr": options.lr},
+                                    spec.optimizer.span)
+    if options.weights is not None:
+        model.load_weights(_weights_path(options.weights))
+    source = options.data or spec.data
+    dataset = _dataset(model, source, options.data_dir, options.limit)
     if dataset.y_train is None:
         raise NndError(f"--data {source}: the file holds inputs but no targets (y)")
-    run_dir = RunDirectory(out or Path("runs") / f"{model.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                           dataset.artifacts)
-    epochs = epochs or spec.epochs
+    run_dir = _run_directory(model.name, options, dataset)
+    epochs = options.epochs or spec.epochs
     initial_epoch = 0
-    if resume is not None:
-        initial_epoch = resume_run(model, model._get_trainer(), resume)
+    if options.resume is not None:
+        initial_epoch = resume_run(model, model._get_trainer(), options.resume)
         if initial_epoch >= epochs:
-            raise NndError(f"--resume {resume}: the run already did {initial_epoch} epochs; "
+            raise NndError(f"--resume {options.resume}: the run already did {initial_epoch} epochs; "
                            f"ask for more with --epochs")
-    echo = (lambda text: None) if quiet else click.echo
+    echo = (lambda text: None) if options.quiet else click.echo
     precision = f", mixed precision ({model.mixed_precision})" if model.mixed_precision else ""
     echo(f"training {model.name} on {source}: {len(dataset.x_train):,} samples, batch "
-         f"{batch_size or spec.batch_size}, {epochs} epoch{'s' if epochs != 1 else ''}{precision}; "
+         f"{options.batch_size or spec.batch_size}, {epochs} epoch{'s' if epochs != 1 else ''}{precision}; "
          f"run directory {run_dir.path}")
     for note in dataset.notes:
         echo(f"note: {note}")
@@ -90,12 +115,37 @@ def run_training(file, model_name, data, data_dir, limit, epochs, batch_size, lr
         click.echo(warning.render(model.program.sources), err=True)
     with warnings_module.catch_warnings():  # said above, in the command line's format
         warnings_module.simplefilter("ignore", NndWarning)
-        model.fit(dataset.x_train, dataset.y_train, epochs, batch_size, validation_data=validation,
-                  verbose=0 if quiet else 1, initial_epoch=initial_epoch, run_dir=run_dir)
+        model.fit(dataset.x_train, dataset.y_train, epochs, options.batch_size, validation_data=validation,
+                  verbose=0 if options.quiet else 1, initial_epoch=initial_epoch, run_dir=run_dir)
     if dataset.x_test is not None and dataset.y_test is not None:
         logs = model.evaluate(dataset.x_test, dataset.y_test)
         echo(f"test: {format_logs(logs)}")
     echo(f"saved {run_dir.path / 'weights.npz'}")
+
+
+# What a run directory holds that another run would overwrite.
+RUN_FILES = ("weights.npz", "checkpoint.npz", "best.npz")
+
+
+def _run_directory(model_name: str, options: TrainOptions, dataset: Dataset):
+    """--out, or a fresh runs/MODEL-TIME. A directory that holds another run is refused (its weights
+    would be lost) unless the run continues there (--resume from it) or --overwrite says so."""
+    from nnd.runtime.fit import RunDirectory
+
+    if options.out is None:
+        base = Path("runs") / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path, count = base, 1
+        while path.exists():  # two runs started in the same second
+            count += 1
+            path = base.with_name(f"{base.name}-{count}")
+        return RunDirectory(path, dataset.artifacts)
+    path = Path(options.out)
+    held = [name for name in RUN_FILES if (path / name).exists()]
+    resumed_here = options.resume is not None and Path(options.resume).resolve().parent == path.resolve()
+    if held and not resumed_here and not options.overwrite:
+        raise NndError(f"--out {options.out} already holds a run ({', '.join(held)}); continue it with --resume "
+                       f"{path / 'checkpoint.npz'}, choose another --out, or add --overwrite")
+    return RunDirectory(path, dataset.artifacts)
 
 
 def _test_split_selection_warnings(spec: TrainSpec) -> list[Diagnostic]:
@@ -265,4 +315,4 @@ def _atomic_save(path: str, write) -> None:
         raise NndError(f"cannot write --output {path}: {err.strerror}") from None
 
 
-__all__ = ["run_training", "run_evaluation", "run_prediction"]
+__all__ = ["TrainOptions", "run_training", "run_evaluation", "run_prediction"]

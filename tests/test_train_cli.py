@@ -367,3 +367,21 @@ def test_uint8_ids_for_an_integer_input_are_not_scaled(project):
     result = nnd_cli("train", "ids.nnd", "--data", "ids.npz", "--epochs", 1, "--out", "run")
     assert result.exit_code == 0, result.output
     assert "scaled" not in result.stdout
+
+
+def test_a_run_directory_holding_a_run_is_not_overwritten_without_asking(project):
+    assert train("--out", "run", "-q").exit_code == 0
+    before = _bytes(project / "run" / "weights.npz")
+    message = _clean_failure(train("--out", "run", "-q", "--seed", 7))
+    assert message.strip() == ("error: --out run already holds a run (weights.npz, checkpoint.npz); continue it "
+                               "with --resume run/checkpoint.npz, choose another --out, or add --overwrite")
+    assert _bytes(project / "run" / "weights.npz") == before
+    assert train("--out", "run", "-q", "--seed", 7, "--overwrite").exit_code == 0
+    assert _bytes(project / "run" / "weights.npz") != before
+
+
+def test_default_run_directories_never_collide(project, monkeypatch):
+    monkeypatch.setattr("time.strftime", lambda pattern: "20260101-000000")  # both runs in the same second
+    assert train("-q").exit_code == 0 and train("-q").exit_code == 0
+    assert sorted(p.name for p in (project / "runs").iterdir()) == ["tiny-20260101-000000",
+                                                                     "tiny-20260101-000000-2"]
