@@ -71,7 +71,10 @@ def _report(name: str, executor, times: list[float], batch: int, train: bool) ->
     if executor.backend.name == "numpy":
         from nnd.runtime import native
 
-        lines.append(f"native kernels: {native.status()}")
+        status, threads = native.status(), native.thread_count()
+        if status.startswith("on"):
+            status += f", {threads} thread{'s' if threads != 1 else ''}"
+        lines.append(f"native kernels: {status}")
     lines.append("")
     total = sum(executor.step_seconds) or 1.0
     by_layer: dict[str, float] = {}

@@ -40,7 +40,7 @@ def test_bench_times_the_model_and_breaks_it_down(path, args, what):
     lines = result.stdout.splitlines()
     assert re.match(rf"^\w+: {what}, median [\d.]+ ms over 2 runs \(min [\d.]+, max [\d.]+\) = [\d,]+ samples/s$",
                     lines[0]), lines[0]
-    assert lines[1].startswith("native kernels: ")
+    assert re.match(r"^native kernels: (on \(.+\), \d+ threads?|off: .+)$", lines[1]), lines[1]
     found = tables(result.stdout)
     assert set(found) == {"layer", "op"}
     if path == MNIST:
