@@ -202,3 +202,26 @@ def test_a_library_that_cannot_be_built_is_tried_once_and_the_array_ops_run(monk
     for _ in range(3):
         np.testing.assert_array_equal(executor.run(feeds)["y"], want)
     assert len(attempts) == 1
+
+
+def test_a_group_with_several_outputs_writes_each_of_them(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kernels_native_elementwise, "_function",
+                        _spy(kernels_native_elementwise._function, calls))
+    graph = Graph("two_outputs")
+    b = GraphBuilder(graph)
+    x = b.add_input("x", TensorType(("N", 64, 65), "f32"))
+    bias = b.add_input("bias", TensorType((65,), "f32"))
+    shifted = b.emit1("add", [x, bias])
+    graph.outputs["shifted"] = shifted  # read outside the group: a second output of the fused node
+    graph.outputs["squashed"] = b.emit1("tanh", [b.emit1("relu", [shifted])])
+    fused = fuse_elementwise(graph)
+    (node,) = [n for n in fused.nodes if n.op == FUSED_OP]
+    assert len(node.outputs) == 2
+    rng = np.random.default_rng(5)
+    feeds = {"x": rng.normal(size=(3, 64, 65)).astype(np.float32), "bias": rng.normal(size=65).astype(np.float32)}
+    want = Executor(graph, dtype=np.float32).run(feeds)
+    got = Executor(fused, dtype=np.float32).run(feeds)
+    np.testing.assert_array_equal(got["shifted"], want["shifted"])
+    np.testing.assert_allclose(got["squashed"], want["squashed"], **TOLERANCE[np.float32])
+    assert calls == [node_function_source(node, np.float32)[0]]
