@@ -86,7 +86,7 @@ def _resolve(source: str, base_dir: Path | None) -> Path:
 def _csv(path: Path, spec: TrainSpec, dims: tuple, output_type: TensorType, run_dir: Path | None) -> Dataset:
     if len(dims) != 2:
         x, y = load_csv(path, target=spec.target if spec.target is not None else -1)
-        return Dataset(fit_to_input(x, dims), y)
+        return Dataset(_table_rows(x, dims), y)
     columns = series_columns(path, spec, dims)
     horizon = int(output_type.shape[-1])
     saved = _saved(run_dir, STATS_FILE)
@@ -173,7 +173,7 @@ def load_prediction_inputs(path: Path, spec: TrainSpec, input_type: TensorType,
         notes = [f"{path.name}: uint8 images scaled to [0, 1] (divided by 255)"] if _byte_images(x, input_type) else []
         return PredictionInputs(_as_input(x, input_type), notes=notes)
     if len(dims) != 2:
-        return PredictionInputs(fit_to_input(_csv_features(path, spec.target, int(np.prod(dims))), dims))
+        return PredictionInputs(_table_rows(_csv_features(path, spec.target, int(np.prod(dims))), dims))
     saved = _saved(run_dir, STATS_FILE)
     if saved is None:
         raise NndError(f"--input {path}: a sequence model reads its CSV standardized with the statistics its "
@@ -182,6 +182,14 @@ def load_prediction_inputs(path: Path, spec: TrainSpec, input_type: TensorType,
     x, _, stats = load_time_series_csv(path, series_columns(path, spec, dims), spec.target, window=int(dims[0]),
                                        horizon=0, stats=saved)
     return PredictionInputs(x, f"forecasts of {stats.target}", stats.inverse_target, forecasts=True)
+
+
+def _table_rows(x: np.ndarray, dims: tuple) -> np.ndarray:
+    """A table's rows as inputs: a row of h*w*c values is an image of the input's shape (the flattened
+    images of a CSV such as Kaggle's MNIST), in row-major order."""
+    if len(dims) > 1 and x.ndim == 2 and x.shape[1] == int(np.prod(dims)):
+        return x.reshape((len(x), *dims))
+    return fit_to_input(x, dims)
 
 
 def _csv_features(path: Path, target: str | None, features: int) -> np.ndarray:

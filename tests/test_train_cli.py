@@ -385,3 +385,18 @@ def test_default_run_directories_never_collide(project, monkeypatch):
     assert train("-q").exit_code == 0 and train("-q").exit_code == 0
     assert sorted(p.name for p in (project / "runs").iterdir()) == ["tiny-20260101-000000",
                                                                      "tiny-20260101-000000-2"]
+
+
+def test_a_csv_of_flattened_images_trains_and_predicts_an_image_model(project):
+    (project / "img.nnd").write_text(IMAGES)
+    rng = np.random.default_rng(2)
+    pixels, labels = rng.random((24, 36)).astype(np.float32), rng.integers(0, 3, 24)
+    header = ",".join([f"p{i}" for i in range(36)] + ["label"])
+    np.savetxt(project / "flat.csv", np.column_stack([pixels, labels]), delimiter=",", header=header, comments="")
+    assert nnd_cli("train", "img.nnd", "--data", "flat.csv", "--epochs", 1, "--out", "run", "-q").exit_code == 0
+    np.savetxt(project / "rows.csv", pixels[:4], delimiter=",")
+    result = nnd_cli("predict", "img.nnd", "--weights", "run", "--input", "rows.csv", "--output", "p.npy")
+    assert result.exit_code == 0, result.output
+    model = nnd.load("img.nnd", weights="run/weights.npz")
+    np.testing.assert_allclose(np.load(project / "p.npy"), model.predict(pixels[:4].reshape(4, 6, 6, 1)),
+                               rtol=1e-5)
