@@ -19,7 +19,7 @@ model rings {
 train rings {
     optimizer  = adam(lr=0.01)
     loss       = binary_crossentropy
-    metrics    = [accuracy]
+    metrics    = [accuracy, auc]
     epochs     = 30
     batch_size = 32
     seed       = 7
@@ -44,7 +44,7 @@ def main() -> float:
     model = nnd.loads(MODEL)
     model.fit(x_train, y_train, verbose=0)
     scores = model.evaluate(x_test, y_test)
-    print(f"test loss {scores['loss']:.4f}, accuracy {scores['accuracy']:.3f}")
+    print(f"test loss {scores['loss']:.4f}, accuracy {scores['accuracy']:.3f}, auc {scores['auc']:.3f}")
 
     # Custom use of the trained weights: classify a few points by hand.
     probe = np.array([[0.0, 0.0], [1.8, 0.0], [0.0, -1.6]], dtype=np.float32)
