@@ -46,10 +46,21 @@ def _dataset(model, source: str | None, data_dir: str | None, limit: int | None,
     base_dir = Path(model.program.program.root.file).resolve().parent
     dataset = load_dataset(source, data_dir, model.spec, model.graph.inputs[0].type, output.type, base_dir,
                            run_dir)
+    _check_sample_shape(model, source, dataset.x_train)
     if limit is not None:
         dataset.x_train = dataset.x_train[:limit]
         dataset.y_train = None if dataset.y_train is None else dataset.y_train[:limit]
     return dataset
+
+
+def _check_sample_shape(model, source: str | None, x: np.ndarray) -> None:
+    """Data made for another model is named as such, before any array check deeper down."""
+    value = model.graph.inputs[0]
+    dims = tuple(value.type.shape[1:])
+    shape = tuple(x.shape[1:])
+    if len(shape) != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims, shape)):
+        raise NndError(f"--data {source} holds {len(x):,} samples of shape {shape}, but input '{value.name}' of "
+                       f"model '{model.name}' takes {dims}")
 
 
 @dataclass
