@@ -134,14 +134,10 @@ def run_training(file: str, options: TrainOptions) -> None:
     echo(f"saved {run_dir.path / 'weights.npz'}")
 
 
-# What a run directory holds that another run would overwrite.
-RUN_FILES = ("weights.npz", "checkpoint.npz", "best.npz")
-
-
 def _run_directory(model_name: str, options: TrainOptions, dataset: Dataset):
     """--out, or a fresh runs/MODEL-TIME. A directory that holds another run is refused (its weights
     would be lost) unless the run continues there (--resume from it) or --overwrite says so."""
-    from nnd.runtime.fit import RunDirectory
+    from nnd.runtime.fit import RUN_FILES, RunDirectory
 
     if options.out is None:
         base = Path("runs") / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -151,12 +147,12 @@ def _run_directory(model_name: str, options: TrainOptions, dataset: Dataset):
             path = base.with_name(f"{base.name}-{count}")
         return RunDirectory(path, dataset.artifacts)
     path = Path(options.out)
-    held = [name for name in RUN_FILES if (path / name).exists()]
+    held = [name for name in RUN_FILES if name.endswith(".npz") and (path / name).exists()]
     resumed_here = options.resume is not None and Path(options.resume).resolve().parent == path.resolve()
     if held and not resumed_here and not options.overwrite:
         raise NndError(f"--out {options.out} already holds a run ({', '.join(held)}); continue it with --resume "
                        f"{path / 'checkpoint.npz'}, choose another --out, or add --overwrite")
-    return RunDirectory(path, dataset.artifacts)
+    return RunDirectory(path, dataset.artifacts, replace=bool(held) and not resumed_here)
 
 
 def _test_split_selection_warnings(spec: TrainSpec) -> list[Diagnostic]:

@@ -22,16 +22,21 @@ from nnd.runtime.trainer import Trainer, TrainingState
 VALIDATION_BATCH = 256
 
 
+# What a run writes into its directory besides the model files and the data's artifacts.
+RUN_FILES = ("weights.npz", "checkpoint.npz", "best.npz", "metrics.json", "metrics.csv")
+
+
 class RunDirectory:
     """`--out DIR`: checkpoint.npz (every epoch), best.npz, weights.npz, metrics.json/.csv, source/.
 
     The directory is made when training starts, after the data has been checked, so a refused run leaves
     no empty run directory behind."""
 
-    def __init__(self, path: str | Path, artifacts: dict | None = None):
+    def __init__(self, path: str | Path, artifacts: dict | None = None, replace: bool = False):
         self.path = Path(path)
         # Files prediction needs later, from the data loader (vocabulary.json, series_stats.json).
         self.artifacts = dict(artifacts or {})
+        self.replace = replace  # the directory holds an earlier run, which this one replaces
 
     @property
     def checkpoint(self) -> Path:
@@ -42,6 +47,9 @@ class RunDirectory:
         return self.path / "best.npz"
 
     def start(self, model) -> None:
+        if self.replace:  # nothing of the earlier run may pass for this one's (a best.npz it never wrote)
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
         write_model_files(self.path, model.program, model.name, model.input_names, model.output_names)
         for name, write in self.artifacts.items():
             write(self.path / name)

@@ -377,8 +377,10 @@ def test_a_run_directory_holding_a_run_is_not_overwritten_without_asking(project
     assert message.strip() == ("error: --out run already holds a run (weights.npz, checkpoint.npz); continue it "
                                "with --resume run/checkpoint.npz, choose another --out, or add --overwrite")
     assert _bytes(project / "run" / "weights.npz") == before
+    (project / "run" / "best.npz").write_bytes(b"an earlier run's best checkpoint")
     assert train("--out", "run", "-q", "--seed", 7, "--overwrite").exit_code == 0
     assert _bytes(project / "run" / "weights.npz") != before
+    assert not (project / "run" / "best.npz").exists()  # this run keeps no best checkpoint: none is left
 
 
 def test_default_run_directories_never_collide(project, monkeypatch):
