@@ -45,9 +45,11 @@ def load_dataset(source: str | None, data_dir: str | None, spec: TrainSpec, inpu
                  output_type: TensorType, base_dir: Path | None = None, run_dir: Path | None = None) -> Dataset:
     """Load `source` shaped for a model with one input of `input_type` and one output of `output_type`;
     `run_dir`, a trained run's directory, supplies the statistics or vocabulary saved by its training."""
-    if source is None:
-        raise NndError("no training data: give --data NAME|PATH or set `data = ...` in the train section")
     dims = tuple(input_type.shape[1:])
+    if source is None:
+        shape = ", ".join(["n", *map(str, dims)])
+        raise NndError("no training data: give --data NAME|PATH or set `data = ...` in the train section (this "
+                       f"model reads samples of shape {dims}: a .npz with x of shape ({shape}) and y would do)")
     name = source.replace("-", "_")
     if name == "moving_fashion_mnist":
         return _moving(dims, spec, data_dir)

@@ -403,3 +403,10 @@ def test_a_csv_of_flattened_images_trains_and_predicts_an_image_model(project):
     model = nnd.load("img.nnd", weights="run/weights.npz")
     np.testing.assert_allclose(np.load(project / "p.npy"), model.predict(pixels[:4].reshape(4, 6, 6, 1)),
                                rtol=1e-5)
+
+
+def test_training_without_data_says_what_data_the_model_reads(project):
+    (project / "img.nnd").write_text(IMAGES)
+    assert _clean_failure(nnd_cli("train", "img.nnd")).strip() == (
+        "error: no training data: give --data NAME|PATH or set `data = ...` in the train section (this model "
+        "reads samples of shape (6, 6, 1): a .npz with x of shape (n, 6, 6, 1) and y would do)")
