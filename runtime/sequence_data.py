@@ -191,61 +191,71 @@ def _read_columns(path: Path, columns: Sequence[str | int] | None, target: str |
     body = rows[1:] if has_header else rows
 
     def resolve(ref: Any, role: str) -> int:
-        if isinstance(ref, str):
-            if names is None:
-                raise NndError(f"{path} has no header row, so the {role} column '{ref}' cannot be found by name; "
-                               f"give its index instead (0..{width - 1})")
-            if ref not in names:
-                hint = did_you_mean(ref, names)
-                raise NndError(f"{role} column '{ref}' not found in {path}"
-                               + (f"; did you mean '{hint}'?" if hint else "")
-                               + f" (available columns: {', '.join(names)})")
-            return names.index(ref)
-        if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
-            if not -width <= int(ref) < width:
-                raise NndError(f"{role} column index {ref} is out of range for {path}, which has {width} columns"
-                               + (f" ({', '.join(names)})" if names else ""))
-            return int(ref) % width
-        raise NndError(f"{role} column must be a name or an index, got {ref!r}")
+        return _column_index(ref, role, path, names, width)
 
     t_col = resolve(target, "target")
-    if columns is None:
-        f_cols = list(range(width))
-    else:
-        if isinstance(columns, np.ndarray) and columns.ndim == 1:
-            columns = columns.tolist()
-        if isinstance(columns, (str, int)) or not isinstance(columns, Sequence):
-            raise NndError(f"columns must be a list of column names or indices (or None for all), got {columns!r}")
-        if len(columns) == 0:
-            raise NndError("columns is empty; name at least one input column (or pass None for all columns)")
-        f_cols = [resolve(c, "input") for c in columns]
-        seen: dict[int, Any] = {}
-        for ref, c in zip(columns, f_cols):
-            if c in seen:
-                raise NndError(f"input column {display[c]!r} is listed twice in columns ({seen[c]!r} and {ref!r})")
-            seen[c] = ref
+    f_cols = list(range(width)) if columns is None else _input_columns(columns, resolve, display)
     if not body:
         raise NndError(f"CSV file {path} has a header but no data rows")
-    needed = sorted(set(f_cols) | {t_col})
     values = np.empty((len(body), width), dtype=np.float64)
+    needed = sorted(set(f_cols) | {t_col})
     for r, (line, cells) in enumerate(body):
         if len(cells) != width:
             raise NndError(f"{path} line {line} has {len(cells)} fields but the "
                            f"{'header' if has_header else 'first row'} has {width}")
         for c in needed:
-            cell = cells[c]
-            try:
-                v = float(cell)
-            except ValueError:
-                what = "an empty value" if not cell.strip() else f"'{cell.strip()}', which is not a number"
-                hint = (" (choose numeric input columns with columns=[...])"
-                        if columns is None and c != t_col else "")
-                raise NndError(f"{path} line {line}, column {c} ('{display[c]}'): {what}{hint}") from None
-            if not math.isfinite(v):
-                raise NndError(f"{path} line {line}, column {c} ('{display[c]}'): '{cell.strip()}' is not a "
-                               f"finite number; fill or drop missing values before windowing")
-            values[r, c] = v
+            hint = " (choose numeric input columns with columns=[...])" if columns is None and c != t_col else ""
+            values[r, c] = _number(cells[c], f"{path} line {line}, column {c} ('{display[c]}')", hint)
     return [display[c] for c in f_cols], display[t_col], values[:, f_cols], values[:, t_col]
+
+
+def _column_index(ref: Any, role: str, path: Path, names: list[str] | None, width: int) -> int:
+    """The index of the column `ref` (a header name or an index, negative from the end) names."""
+    if isinstance(ref, str):
+        if names is None:
+            raise NndError(f"{path} has no header row, so the {role} column '{ref}' cannot be found by name; "
+                           f"give its index instead (0..{width - 1})")
+        if ref not in names:
+            hint = did_you_mean(ref, names)
+            raise NndError(f"{role} column '{ref}' not found in {path}" + (f"; did you mean '{hint}'?" if hint else "")
+                           + f" (available columns: {', '.join(names)})")
+        return names.index(ref)
+    if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
+        if not -width <= int(ref) < width:
+            raise NndError(f"{role} column index {ref} is out of range for {path}, which has {width} columns"
+                           + (f" ({', '.join(names)})" if names else ""))
+        return int(ref) % width
+    raise NndError(f"{role} column must be a name or an index, got {ref!r}")
+
+
+def _input_columns(columns: Any, resolve, display: list[str]) -> list[int]:
+    """The indices of the input columns the caller listed, each at most once."""
+    if isinstance(columns, np.ndarray) and columns.ndim == 1:
+        columns = columns.tolist()
+    if isinstance(columns, (str, int)) or not isinstance(columns, Sequence):
+        raise NndError(f"columns must be a list of column names or indices (or None for all), got {columns!r}")
+    if len(columns) == 0:
+        raise NndError("columns is empty; name at least one input column (or pass None for all columns)")
+    indices = [resolve(c, "input") for c in columns]
+    seen: dict[int, Any] = {}
+    for ref, c in zip(columns, indices):
+        if c in seen:
+            raise NndError(f"input column {display[c]!r} is listed twice in columns ({seen[c]!r} and {ref!r})")
+        seen[c] = ref
+    return indices
+
+
+def _number(cell: str, where: str, hint: str) -> float:
+    """A cell's finite number, or an error saying where the cell is and what it holds."""
+    try:
+        value = float(cell)
+    except ValueError:
+        what = "an empty value" if not cell.strip() else f"'{cell.strip()}', which is not a number"
+        raise NndError(f"{where}: {what}{hint}") from None
+    if not math.isfinite(value):
+        raise NndError(f"{where}: '{cell.strip()}' is not a finite number; fill or drop missing values before "
+                       "windowing")
+    return value
 
 
 def load_time_series_csv(path: str | os.PathLike, columns: Sequence[str | int] | None, target: str | int,
