@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from nnd.compiler.diagnostics import NndError
+from nnd.compiler.diagnostics import Diagnostic, NndError
 from nnd.compiler.training import epoch_log_names
 from nnd.runtime import checkpoint as ckpt
 from nnd.runtime.augment import Augmenter, make_augmentation
@@ -183,6 +183,13 @@ def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.
         if run_dir is None:
             raise
         raise run_dir.interrupted(model, state, progress) from None
+    except NndError as error:  # a diverging loss, bad data in a later batch: say what the run kept
+        progress.interrupted()
+        if run_dir is None or not run_dir.checkpoint.exists():
+            raise
+        kept = Diagnostic(f"{run_dir.checkpoint} holds the end of epoch {state.epoch}: --resume it once this "
+                          "is fixed", severity="note")
+        raise NndError([*error.diagnostics, kept], error.sources) from None
     for callback in callbacks:
         callback.on_train_end(state)
     if run_dir is not None:

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 import nnd
 from nnd.cli import main
+from nnd.compiler.diagnostics import NndError
 from nnd.runtime.checkpoint import load_checkpoint, load_weights
 from nnd.runtime.trainer import Trainer
 
@@ -410,3 +411,17 @@ def test_training_without_data_says_what_data_the_model_reads(project):
     assert _clean_failure(nnd_cli("train", "img.nnd")).strip() == (
         "error: no training data: give --data NAME|PATH or set `data = ...` in the train section (this model "
         "reads samples of shape (6, 6, 1): a .npz with x of shape (n, 6, 6, 1) and y would do)")
+
+
+def test_an_error_in_a_later_epoch_names_the_checkpoint_that_survives_it(project, monkeypatch):
+    real, calls = Trainer.step, []
+
+    def failing(self, feeds):
+        calls.append(1)
+        if len(calls) == 10:  # epoch 2's third step
+            raise NndError("the loss became nan at step 10; lower the learning rate (--lr)")
+        return real(self, feeds)
+    monkeypatch.setattr(Trainer, "step", failing)
+    message = _clean_failure(train("--out", "run", "--epochs", 3, "-q"))
+    assert message == ("error: the loss became nan at step 10; lower the learning rate (--lr)\n"
+                       "note: run/checkpoint.npz holds the end of epoch 1: --resume it once this is fixed\n")
