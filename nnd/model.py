@@ -138,9 +138,9 @@ class Model:
         self._trainer = None
         return self
 
-    def _check_loss(self) -> None:
-        """Refuse a loss that cannot learn on this model's outputs; warn about one that most likely
-        does not fit them (the file's train section, or what compile() set)."""
+    def _check_outputs(self) -> None:
+        """Refuse a loss or metric that cannot work on this model's outputs; warn about one that most
+        likely does not fit them (the file's train section, or what compile() set)."""
         errors, mismatches = check_outputs(self.spec, self.graph)
         if errors:
             raise NndError(errors, self.program.sources)
@@ -215,7 +215,7 @@ class Model:
         from nnd.runtime.fit import fit_loop
 
         spec = self.spec
-        self._check_loss()
+        self._check_outputs()
         epochs = spec.epochs if epochs is None else epochs
         batch_size = spec.batch_size if batch_size is None else batch_size
         for flag, value in (("epochs", epochs), ("batch_size", batch_size)):
