@@ -74,9 +74,10 @@ def main() -> None:
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--strict", is_flag=True, help="Fail on warnings too (for CI).")
 @user_errors
-def check(files: tuple[str, ...]) -> None:
-    """Check model files and report every error found."""
+def check(files: tuple[str, ...], strict: bool) -> None:
+    """Check model files and report every error and warning found."""
     failed = False
     for path in files:
         try:
@@ -85,10 +86,12 @@ def check(files: tuple[str, ...]) -> None:
             click.echo(err.render(), err=True)
             failed = True
             continue
-        models = ", ".join(program.graphs) or "no models"
-        click.echo(f"{path}: ok ({models})")
-        for warning in (w for warnings in program.warnings.values() for w in warnings):
+        warnings = [w for found in program.warnings.values() for w in found]
+        if not (strict and warnings):
+            click.echo(f"{path}: ok ({', '.join(program.graphs) or 'no models'})")
+        for warning in warnings:
             click.echo(warning.render(program.sources), err=True)
+        failed = failed or (strict and bool(warnings))
     if failed:
         sys.exit(1)
 

@@ -86,13 +86,18 @@ def test_a_class_loss_over_one_unit_is_an_error():
         "dense(2, activation=softmax)")
 
 
-def test_check_prints_warnings_and_succeeds(tmp_path):
+def test_check_prints_warnings_and_succeeds_unless_strict(tmp_path):
     path = tmp_path / "m.nnd"
     path.write_text(model("dense(10)", "sparse_categorical_crossentropy"))
     result = CliRunner().invoke(main, ["check", str(path)])
     assert result.exit_code == 0
     assert result.stdout == f"{path}: ok (m)\n"
     assert "warning: sparse_categorical_crossentropy reads probabilities" in result.stderr
+    strict = CliRunner().invoke(main, ["check", "--strict", str(path)])
+    assert strict.exit_code == 1 and strict.stdout == "" and strict.stderr == result.stderr
+    clean = tmp_path / "clean.nnd"
+    clean.write_text(model("dense(10, activation=softmax)", "sparse_categorical_crossentropy"))
+    assert CliRunner().invoke(main, ["check", "--strict", str(clean)]).exit_code == 0
 
 
 def test_fit_warns_in_python_and_train_says_it_once(tmp_path, monkeypatch):
