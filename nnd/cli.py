@@ -211,6 +211,8 @@ def data_options(fn: Callable) -> Callable:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the train section.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the train section.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate.")
+@click.option("--validation-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Hold out this fraction of the training data for the val_ figures.")
 @click.option("--seed", type=int, default=None, help="Seed for initialization, shuffling and dropout.")
 @BACKEND_OPTION
 @click.option("-O", "level", type=click.IntRange(0, 2), default=2, show_default=True, help="Optimization level.")
@@ -231,9 +233,10 @@ def data_options(fn: Callable) -> Callable:
               "numpy,cupy) and print each op's largest difference.")
 @user_errors
 def train(file: str, model_name: str | None, data: str | None, data_dir: str | None, limit: int | None,
-          epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None, backend: str,
-          level: int, out: str | None, resume: str | None, weights: str | None, overwrite: bool, quiet: bool,
-          mixed_precision: str | None, tf32: bool, cuda_graphs: bool, compare: str | None) -> None:
+          epochs: int | None, batch_size: int | None, lr: float | None, validation_split: float | None,
+          seed: int | None, backend: str, level: int, out: str | None, resume: str | None, weights: str | None,
+          overwrite: bool, quiet: bool, mixed_precision: str | None, tf32: bool, cuda_graphs: bool,
+          compare: str | None) -> None:
     """Train a model on a dataset; then report the test figures when the dataset has a test split."""
     from nnd.cli_train import TrainOptions, run_parity, run_training
 
@@ -247,8 +250,11 @@ def train(file: str, model_name: str | None, data: str | None, data_dir: str | N
     if resume and weights:
         raise click.UsageError("--resume and --weights are exclusive: --resume continues a run (weights, optimizer "
                                "state, epoch), --weights only starts from saved weights")
-    run_training(file, TrainOptions(model_name, data, data_dir, limit, epochs, batch_size, lr, seed, backend, level,
-                                    out, resume, weights, overwrite, quiet, mixed_precision, tf32, cuda_graphs))
+    run_training(file, TrainOptions(
+        model=model_name, data=data, data_dir=data_dir, limit=limit, epochs=epochs, batch_size=batch_size, lr=lr,
+        validation_split=validation_split, seed=seed, backend=backend, level=level, out=out, resume=resume,
+        weights=weights, overwrite=overwrite, quiet=quiet, mixed_precision=mixed_precision, tf32=tf32,
+        cuda_graphs=cuda_graphs))
 
 
 @main.command()

@@ -1,6 +1,7 @@
 """What `nnd train`, `nnd evaluate` and `nnd predict` do, apart from parsing their flags."""
 from __future__ import annotations
 
+import math
 import time
 import warnings as warnings_module
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ class TrainOptions:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    validation_split: float | None = None
     seed: int | None = None
     backend: str = "numpy"
     level: int = 2
@@ -96,6 +98,8 @@ def run_training(file: str, options: TrainOptions) -> None:
     if options.lr is not None:
         spec.optimizer = Configured(spec.optimizer.name, {**spec.optimizer.args, "lr": options.lr},
                                     spec.optimizer.span)
+    if options.validation_split is not None:
+        spec.validation_split = options.validation_split
     if options.weights is not None:
         model.load_weights(_weights_path(options.weights))
     source = options.data or spec.data
@@ -112,7 +116,10 @@ def run_training(file: str, options: TrainOptions) -> None:
                            f"ask for more with --epochs")
     echo = (lambda text: None) if options.quiet else click.echo
     precision = f", mixed precision ({model.mixed_precision})" if model.mixed_precision else ""
-    echo(f"training {model.name} on {source}: {len(dataset.x_train):,} samples, batch "
+    samples = f"{len(dataset.x_train):,} samples"
+    if spec.validation_split:
+        samples += f" ({math.floor(len(dataset.x_train) * spec.validation_split):,} held out for validation)"
+    echo(f"training {model.name} on {source}: {samples}, batch "
          f"{options.batch_size or spec.batch_size}, {epochs} epoch{'s' if epochs != 1 else ''}{precision}; "
          f"run directory {run_dir.path}")
     for note in dataset.notes:
@@ -165,7 +172,8 @@ def _test_split_selection_warnings(spec: TrainSpec) -> list[Diagnostic]:
             warnings.append(Diagnostic(
                 f"{callback.name} monitors {monitor}, which is measured on the test split because the recipe "
                 "has no validation_split", callback.span,
-                ("set validation_split (e.g. 0.1) to keep the test split out of model selection",),
+                ("set validation_split (e.g. 0.1, or --validation-split 0.1) to keep the test split out of model "
+                 "selection",),
                 severity="warning"))
     return warnings
 

@@ -425,3 +425,14 @@ def test_an_error_in_a_later_epoch_names_the_checkpoint_that_survives_it(project
     message = _clean_failure(train("--out", "run", "--epochs", 3, "-q"))
     assert message == ("error: the loss became nan at step 10; lower the learning rate (--lr)\n"
                        "note: run/checkpoint.npz holds the end of epoch 1: --resume it once this is fixed\n")
+
+
+def test_validation_split_flag_holds_out_training_data_instead_of_the_test_split(project):
+    callbacks = "    callbacks = [early_stopping(patience=3)]\n"
+    (project / "tiny.nnd").write_text(MODEL.replace("    epochs", callbacks + "    epochs"))
+    result = train("--epochs", 1, "--out", "run", "--validation-split", 0.25)
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr  # the callback no longer selects on the test split
+    assert "training tiny on data.npz: 100 samples (25 held out for validation), batch 16" in result.stdout
+    bad = train("--validation-split", 1.5)
+    assert bad.exit_code == 2 and "--validation-split" in bad.stderr
