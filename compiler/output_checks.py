@@ -83,7 +83,7 @@ def _mismatch(loss: str, from_logits: bool, name: str, output: Value, params: se
               ) -> tuple[str, str] | None:
     """(message, advice) when `loss` does not fit how `output` ends, else None."""
     expected = EXPECTED[loss]
-    final = _final_activation(output, params)
+    final = final_activation(output, params)
     if final is None:
         return None
     if from_logits:
@@ -103,7 +103,7 @@ def _mismatch(loss: str, from_logits: bool, name: str, output: Value, params: se
             f"end the model with activation={expected}, or set from_logits=true for raw scores")
 
 
-def _final_activation(output: Value, params: set[Value]) -> str | None:
+def final_activation(output: Value, params: set[Value]) -> str | None:
     """The activation the output ends in: an activation op's name, "linear" for a layer's own product
     (a matmul or convolution, with or without its bias), None when it cannot be told (an average of two
     softmax heads is a distribution too)."""

@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from nnd.compiler.diagnostics import Diagnostic, NndError, NndWarning
+from nnd.compiler.output_checks import final_activation
 from nnd.compiler.training import Configured, TrainSpec
 from nnd.runtime.data_source import VOCABULARY_FILE, Dataset, load_dataset, load_prediction_inputs
 from nnd.runtime.progress import format_logs
@@ -234,7 +235,7 @@ def run_prediction(file, model_name, weights, input_path, output_path, batch_siz
     if not isinstance(predicted, dict):
         predicted = {model.output_names[0]: predicted}
     outputs = {name: inputs.to_units(values) for name, values in predicted.items()}
-    _write_outputs(output_path, outputs)
+    _write_outputs(output_path, outputs, _classifier_outputs(model))
     for note in inputs.notes:
         click.echo(f"note: {note}")
     report = f"wrote {output_path}: {len(inputs.x):,} {inputs.noun}"
@@ -258,27 +259,39 @@ def _check_output(path: str, output_names: list[str]) -> None:
                        "write a .npz")
 
 
-def _write_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
+def _classifier_outputs(model) -> dict[str, str]:
+    """Output name -> its final softmax or sigmoid, for the outputs that give class probabilities."""
+    params = set(model.graph.params.values())
+    endings = {name: final_activation(value, params) for name, value in model.graph.outputs.items()}
+    return {name: ending for name, ending in endings.items() if ending in ("softmax", "sigmoid")}
+
+
+def _write_outputs(path: str, outputs: dict[str, np.ndarray], classifiers: dict[str, str]) -> None:
     """.npy for one output, .npz for any number (one array per output name), .csv for one output of at
-    most two dimensions (a column per output unit)."""
+    most two dimensions (a column per output unit, after the predicted class for a classifier)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".npz":
         _atomic_save(path, lambda f: np.savez(f, **outputs))
     elif suffix == ".csv":
-        text = _csv_text(*next(iter(outputs.items())))
+        name, values = next(iter(outputs.items()))
+        text = _csv_text(name, values, classifiers.get(name))
         _atomic_save(path, lambda f: f.write(text.encode()))
     else:
         _atomic_save(path, lambda f: np.save(f, next(iter(outputs.values()))))
 
 
-def _csv_text(name: str, values: np.ndarray) -> str:
+def _csv_text(name: str, values: np.ndarray, classifier: str | None) -> str:
     if values.ndim > 2:
         raise NndError(f"--output: output '{name}' has shape {values.shape}; a CSV holds one row per sample "
                        "of at most one axis of values: write a .npy or .npz")
     rows = values.reshape(len(values), -1)
     header = [name] if rows.shape[1] == 1 else [f"{name}_{k}" for k in range(rows.shape[1])]
-    lines = [",".join(header)] + [",".join(f"{float(v):.9g}" for v in row) for row in rows]
-    return "\n".join(lines) + "\n"
+    cells = [[f"{float(v):.9g}" for v in row] for row in rows]
+    if (classifier == "softmax" and rows.shape[1] > 1) or (classifier == "sigmoid" and rows.shape[1] == 1):
+        classes = rows.argmax(axis=1) if rows.shape[1] > 1 else (rows[:, 0] > 0.5).astype(int)
+        header = ["class", *header]
+        cells = [[str(int(c)), *row] for c, row in zip(classes, cells)]
+    return "\n".join([",".join(header)] + [",".join(row) for row in cells]) + "\n"
 
 
 def run_generation(file, model_name, weights, vocab, prompt, length, temperature, seed) -> str:

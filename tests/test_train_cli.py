@@ -205,8 +205,10 @@ def test_predict_reads_a_csv_table_with_or_without_the_target_column_and_writes_
         assert result.exit_code == 0, result.output
         assert result.stdout == "wrote y.csv: 7 predictions\n"
         lines = (project / "y.csv").read_text().splitlines()
-        assert lines[0] == "output_0,output_1,output_2"
-        np.testing.assert_allclose(np.loadtxt(project / "y.csv", delimiter=",", skiprows=1), expected, rtol=1e-6)
+        assert lines[0] == "class,output_0,output_1,output_2"  # a softmax output: the predicted class first
+        written = np.loadtxt(project / "y.csv", delimiter=",", skiprows=1)
+        np.testing.assert_array_equal(written[:, 0], expected.argmax(axis=1))
+        np.testing.assert_allclose(written[:, 1:], expected, rtol=1e-6)
     label_inside = np.column_stack([x[:, :2], np.arange(7), x[:, 2:]])  # training reads the last column unless named
     np.savetxt(project / "named.csv", label_inside, delimiter=",", header="a,b,label,c,d", comments="")
     (project / "tiny.nnd").write_text(MODEL.replace("epochs     = 2", "epochs     = 2\n    target = label"))
@@ -436,3 +438,20 @@ def test_validation_split_flag_holds_out_training_data_instead_of_the_test_split
     assert "training tiny on data.npz: 100 samples (25 held out for validation), batch 16" in result.stdout
     bad = train("--validation-split", 1.5)
     assert bad.exit_code == 2 and "--validation-split" in bad.stderr
+
+
+def test_a_sigmoid_output_in_csv_gets_its_class_and_a_regression_output_none(project):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 4)).astype(np.float32)
+    np.save(project / "x.npy", x)
+    for last, header in (("dense(1, activation=sigmoid)", "class,output"), ("dense(2)", "output_0,output_1")):
+        (project / "m.nnd").write_text(f"model m {{\n    input x: [4]\n    {last}\n}}\n")
+        nnd.load("m.nnd", seed=0).save("run")
+        assert nnd_cli("predict", "m.nnd", "--weights", "run", "--input", "x.npy", "--output", "p.csv",
+                       ).exit_code == 0
+        lines = (project / "p.csv").read_text().splitlines()
+        assert lines[0] == header
+        if header.startswith("class"):
+            written = np.loadtxt(project / "p.csv", delimiter=",", skiprows=1)
+            probabilities = nnd.load("m.nnd", weights="run/weights.npz").predict(x)[:, 0]
+            np.testing.assert_array_equal(written[:, 0], probabilities > 0.5)
