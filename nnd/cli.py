@@ -263,15 +263,16 @@ def train(file: str, model_name: str | None, data: str | None, data_dir: str | N
 @click.option("--weights", type=click.Path(), required=True, help="weights.npz, or a run directory.")
 @data_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--confusion", is_flag=True, help="Also print a classifier's confusion matrix and per-class recall.")
 @BACKEND_OPTION
 @CUDA_GRAPHS_OPTION
 @user_errors
 def evaluate(file: str, model_name: str | None, weights: str, data: str | None, data_dir: str | None,
-             limit: int | None, batch_size: int, backend: str, cuda_graphs: bool) -> None:
+             limit: int | None, batch_size: int, confusion: bool, backend: str, cuda_graphs: bool) -> None:
     """Loss and metrics of trained weights on a dataset's test split (or on a whole file)."""
     from nnd.cli_train import run_evaluation
 
-    run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend, cuda_graphs)
+    run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend, cuda_graphs, confusion)
 
 
 @main.command()

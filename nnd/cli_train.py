@@ -204,7 +204,8 @@ def run_parity(file, model_name, data, data_dir, limit, batch_size, seed, level,
     return first_divergence(differences, model.dtype) is None
 
 
-def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend, cuda_graphs=False) -> None:
+def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend, cuda_graphs=False,
+                   confusion=False) -> None:
     model = _model(file, model_name, backend, cuda_graphs=cuda_graphs)
     weights_path = _weights_path(weights)
     model.load_weights(weights_path)
@@ -213,12 +214,46 @@ def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size,
     x, y = (dataset.x_test, dataset.y_test) if dataset.x_test is not None else (dataset.x_train, dataset.y_train)
     if y is None:
         raise NndError(f"--data {source}: no targets to evaluate against")
+    ending = _classifier_ending(model) if confusion else None
     if limit is not None:
         x, y = x[:limit], y[:limit]
     logs = model.evaluate(x, y, batch_size=batch_size)
     for note in dataset.notes:
         click.echo(f"note: {note}")
     click.echo(f"{model.name} on {source} ({len(x):,} samples): {format_logs(logs)}")
+    if ending is not None:
+        click.echo(_confusion_table(model, ending, x, y, batch_size))
+
+
+def _classifier_ending(model) -> str:
+    """The softmax or sigmoid the model's output ends in; an error for any other model."""
+    name, output = next(iter(model.graph.outputs.items()))
+    ending = _classifier_outputs(model).get(name)
+    if ending is None or output.type.rank != 2:
+        raise NndError(f"--confusion needs a classifier: output '{name}' ({output.type}) of model '{model.name}' "
+                       "does not end in a softmax or sigmoid over a batch of samples")
+    return ending
+
+
+def _confusion_table(model, ending: str, x: np.ndarray, y: np.ndarray, batch_size: int) -> str:
+    """Rows: the true classes; columns: the predicted ones; then each class's recall."""
+    from nnd.runtime.metrics import confusion_matrix
+
+    probabilities = model.predict(x, batch_size=batch_size)
+    y = np.asarray(y)
+    if ending == "sigmoid":
+        classes, predicted, labels = 2, (probabilities[:, 0] > 0.5).astype(int), (y.reshape(len(y)) > 0.5)
+    else:
+        classes = probabilities.shape[1]
+        predicted = probabilities.argmax(axis=1)
+        labels = y.argmax(axis=1) if y.ndim == 2 and y.shape[1] == classes else y.reshape(len(y))
+    counts = confusion_matrix(labels.astype(np.int64), predicted, classes)
+    width = max(6, len(f"{counts.max():,}") + 1)
+    lines = ["true \\ predicted" + "".join(f"{k:>{width}}" for k in range(classes)) + "   recall"]
+    for k, row in enumerate(counts):
+        recall = row[k] / row.sum() if row.sum() else float("nan")
+        lines.append(f"{k:>17}" + "".join(f"{v:>{width},}" for v in row) + f"   {recall:.3f}")
+    return "\n".join(lines)
 
 
 def run_prediction(file, model_name, weights, input_path, output_path, batch_size, backend,

@@ -26,7 +26,7 @@ from nnd.runtime.named import build
 
 __all__ = ["Metric", "Accuracy", "SparseCategoricalAccuracy", "CategoricalAccuracy", "BinaryAccuracy",
            "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError", "Precision", "Recall", "AUC", "make_metric",
-           "METRICS"]
+           "METRICS", "confusion_matrix"]
 
 
 def _module(a: Any):
@@ -315,6 +315,19 @@ def _broadcast_target(metric, pred, target):
         return target.reshape(pred.shape)
     raise NndError(f"metric '{metric}': targets of shape {tuple(target.shape)} do not match predictions of shape "
                    f"{tuple(pred.shape)}")
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """counts[i, j]: the samples of class i predicted as class j (int64, classes x classes)."""
+    labels, predicted = np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    if labels.shape != predicted.shape:
+        raise NndError(f"confusion matrix: {labels.shape[0]} labels for {predicted.shape[0]} predictions")
+    bad = (labels < 0) | (labels >= classes)
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise NndError(f"confusion matrix: label {int(labels[index])} at index {index} is outside the {classes} "
+                       f"classes (0 to {classes - 1})")
+    return np.bincount(labels * classes + predicted, minlength=classes * classes).reshape(classes, classes)
 
 
 METRICS: dict[str, type[Metric]] = {

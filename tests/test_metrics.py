@@ -150,3 +150,12 @@ def test_binary_metrics_explain_class_id_targets_of_a_multi_class_output():
         make_metric("auc").update(np.full((4, 3), 1 / 3), np.array([0, 1, 2, 1]))
     with pytest.raises(NndError, match=r"metric 'precision': threshold must be a number in \[0, 1\], got 2"):
         make_metric("precision", threshold=2)
+
+
+def test_confusion_matrix_counts_true_classes_by_row():
+    from nnd.runtime.metrics import confusion_matrix
+
+    counts = confusion_matrix(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2]), 3)
+    assert counts.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    with pytest.raises(NndError, match=r"label 3 at index 1 is outside the 3 classes \(0 to 2\)"):
+        confusion_matrix(np.array([0, 3]), np.array([0, 1]), 3)

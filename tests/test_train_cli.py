@@ -455,3 +455,24 @@ def test_a_sigmoid_output_in_csv_gets_its_class_and_a_regression_output_none(pro
             written = np.loadtxt(project / "p.csv", delimiter=",", skiprows=1)
             probabilities = nnd.load("m.nnd", weights="run/weights.npz").predict(x)[:, 0]
             np.testing.assert_array_equal(written[:, 0], probabilities > 0.5)
+
+
+def test_evaluate_prints_a_confusion_matrix_for_a_classifier(project):
+    assert train("--out", "run", "-q").exit_code == 0
+    result = nnd_cli("evaluate", "tiny.nnd", "--weights", "run", "--data", "data.npz", "--confusion")
+    assert result.exit_code == 0, result.output
+    data = np.load(project / "data.npz")
+    predicted = nnd.load("tiny.nnd", weights="run/weights.npz").predict(data["x_test"]).argmax(axis=1)
+    table = result.stdout.splitlines()[1:]
+    assert table[0].split() == ["true", "\\", "predicted", "0", "1", "2", "recall"]
+    for k, line in enumerate(table[1:]):
+        cells = line.split()
+        counts = [int(np.sum((data["y_test"] == k) & (predicted == j))) for j in range(3)]
+        assert [int(c) for c in cells[1:4]] == counts
+        assert float(cells[4]) == pytest.approx(counts[k] / sum(counts), abs=5e-4)
+    (project / "reg.nnd").write_text("model reg {\n    input x: [4]\n    dense(2)\n}\ntrain reg { loss = mse }\n")
+    nnd.load("reg.nnd").save("reg_run")
+    np.savez(project / "reg.npz", x=data["x_test"], y=np.zeros((30, 2)))
+    refused = nnd_cli("evaluate", "reg.nnd", "--weights", "reg_run", "--data", "reg.npz", "--confusion")
+    assert _clean_failure(refused).startswith("error: --confusion needs a classifier: output 'output'")
+    assert refused.stdout == ""  # refused before any figure is computed
