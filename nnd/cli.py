@@ -270,7 +270,7 @@ def train(file: str, model_name: str | None, data: str | None, data_dir: str | N
 def evaluate(file: str, model_name: str | None, weights: str, data: str | None, data_dir: str | None,
              limit: int | None, batch_size: int, confusion: bool, backend: str, cuda_graphs: bool) -> None:
     """Loss and metrics of trained weights on a dataset's test split (or on a whole file)."""
-    from nnd.cli_train import run_evaluation
+    from nnd.cli_inference import run_evaluation
 
     run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend, cuda_graphs, confusion)
 
@@ -290,7 +290,7 @@ def evaluate(file: str, model_name: str | None, weights: str, data: str | None, 
 def predict(file: str, model_name: str | None, weights: str, input_path: str, output_path: str, batch_size: int,
             backend: str, cuda_graphs: bool) -> None:
     """Run trained weights on inputs from a file and write the outputs."""
-    from nnd.cli_train import run_prediction
+    from nnd.cli_inference import run_prediction
 
     run_prediction(file, model_name, weights, input_path, output_path, batch_size, backend, cuda_graphs)
 
@@ -310,7 +310,7 @@ def predict(file: str, model_name: str | None, weights: str, input_path: str, ou
 def generate(file: str, model_name: str | None, weights: str, vocab: str | None, prompt: str, length: int,
              temperature: float, seed: int) -> None:
     """Sample text from a trained character-level language model."""
-    from nnd.cli_train import run_generation
+    from nnd.cli_inference import run_generation
 
     click.echo(run_generation(file, model_name, weights, vocab, prompt, length, temperature, seed))
 
