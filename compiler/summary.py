@@ -100,3 +100,35 @@ def _bytes(value: float) -> str:
         if value >= scale:
             return f"{value / scale:.2f} {unit}"
     return f"{int(value)} B"
+
+
+def training_recipe(spec, graph: Graph) -> str:
+    """The train section as it will run, defaults included: what `nnd summary` prints after the table."""
+    from nnd.compiler.training_graph import loss_for  # the training graph's module imports this one's users
+
+    losses = {name: _configured_text(loss_for(spec, output)) for name, output in graph.outputs.items()}
+    loss = next(iter(losses.values())) if len(set(losses.values())) == 1 else ", ".join(
+        f"{name}: {text}" for name, text in losses.items())
+    parts = [f"optimizer {_configured_text(spec.optimizer)}", f"loss {loss}"]
+    if spec.metrics:
+        parts.append("metrics " + ", ".join(_configured_text(m) for m in spec.metrics))
+    run = [f"{spec.epochs} epoch{'s' if spec.epochs != 1 else ''}", f"batch {spec.batch_size}",
+           f"data {spec.data or '(none: give --data)'}"]
+    if spec.validation_split:
+        run.append(f"validation split {spec.validation_split:g}")
+    if spec.lr_schedule is not None:
+        run.append(f"schedule {_configured_text(spec.lr_schedule)}")
+    if spec.callbacks:
+        run.append("callbacks " + ", ".join(_configured_text(c) for c in spec.callbacks))
+    return "Training: " + "; ".join(parts) + "\n          " + "; ".join(run)
+
+
+def _configured_text(configured) -> str:
+    args = ", ".join(f"{key}={_value_text(value)}" for key, value in configured.args.items())
+    return f"{configured.name}({args})" if args else configured.name
+
+
+def _value_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -103,12 +103,15 @@ def check(files: tuple[str, ...], strict: bool) -> None:
               help="Batch size for the activation-memory figure.")
 @user_errors
 def summary(file: str, model_name: str | None, batch_size: int) -> None:
-    """Print layers, output shapes, parameter counts, FLOPs and activation memory."""
-    from nnd.compiler.summary import summarize
+    """Print layers, output shapes, parameter counts, FLOPs and activation memory, then the training
+    recipe as the train section (with its defaults) sets it."""
+    from nnd.compiler.summary import summarize, training_recipe
 
     program = _compile(file)
-    graph = program.graphs[program.model_name(model_name)]
+    name = program.model_name(model_name)
+    graph = program.graphs[name]
     click.echo(summarize(graph).render(batch_size))
+    click.echo(training_recipe(program.train_spec(name), graph))
 
 
 @main.command("compile")

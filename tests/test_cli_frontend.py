@@ -77,6 +77,16 @@ def test_batch_size_must_be_positive():
     assert "Traceback" not in result.output
 
 
+def test_summary_ends_with_the_training_recipe_defaults_included():
+    assert run("summary", MNIST).stdout.splitlines()[-2:] == [
+        "Training: optimizer adam(lr=0.001); loss sparse_categorical_crossentropy; metrics accuracy",
+        "          10 epochs; batch 32; data fashion_mnist"]
+    two = str(Path(MNIST).parent / "two_inputs.nnd")  # no loss named: each output gets its activation's
+    assert run("summary", two).stdout.splitlines()[-2:] == [
+        "Training: optimizer adam; loss label: sparse_categorical_crossentropy, score: mse",
+        "          1 epoch; batch 32; data (none: give --data)"]
+
+
 def test_summary_of_an_unknown_model():
     result = run("summary", MNIST, "--model", "mnist")
     assert result.exit_code == 1
