@@ -39,9 +39,10 @@ def _classifier_ending(model) -> str:
     """The softmax or sigmoid the model's output ends in; an error for any other model."""
     name, output = next(iter(model.graph.outputs.items()))
     ending = _classifier_outputs(model).get(name)
-    if ending is None or output.type.rank != 2:
+    single_choice = ending == "softmax" or output.type.shape[-1] == 1  # not several independent labels
+    if ending is None or output.type.rank != 2 or not single_choice:
         raise NndError(f"--confusion needs a classifier: output '{name}' ({output.type}) of model '{model.name}' "
-                       "does not end in a softmax or sigmoid over a batch of samples")
+                       "does not end in a softmax, or a sigmoid of one unit, over a batch of samples")
     return ending
 
 

@@ -476,3 +476,8 @@ def test_evaluate_prints_a_confusion_matrix_for_a_classifier(project):
     refused = nnd_cli("evaluate", "reg.nnd", "--weights", "reg_run", "--data", "reg.npz", "--confusion")
     assert _clean_failure(refused).startswith("error: --confusion needs a classifier: output 'output'")
     assert refused.stdout == ""  # refused before any figure is computed
+    (project / "reg.nnd").write_text("model reg {\n    input x: [4]\n    dense(2, activation=sigmoid)\n}\n"
+                                     "train reg { loss = binary_crossentropy }\n")  # two independent labels
+    message = _clean_failure(nnd_cli("evaluate", "reg.nnd", "--weights", "reg_run", "--data", "reg.npz",
+                                     "--confusion"))
+    assert "does not end in a softmax, or a sigmoid of one unit" in message
