@@ -229,8 +229,9 @@ def analyze(before: Graph, after: Graph) -> Analysis:
     for original, part in pairing.matched.items():
         by_part.setdefault(part, []).append(original)
     clusters = _notable_clusters(after, parts, pairing.matched, spelled, originals)
-    groups = [_group(nodes, parts, by_part, pairing.matched, originals, source.graph.nodes, set(saved))
-              for nodes in clusters]
+    order = {n: i for i, n in enumerate(source.graph.nodes)}
+    saved_set = set(saved)
+    groups = [_group(nodes, parts, by_part, pairing.matched, originals, order, saved_set) for nodes in clusters]
     in_groups = {n for nodes in clusters for n in nodes}
     merged = []  # nodes that stand for several equal original ones
     for node in after.nodes:
@@ -295,7 +296,7 @@ def _notable_clusters(after: Graph, parts: dict[Node, list[Node]], matched: dict
 
 
 def _group(nodes: list[Node], parts: dict[Node, list[Node]], by_part: dict[Node, list[Node]],
-           matched: dict[Node, Node], originals: dict[Value, list[Value]], before_nodes: list[Node],
+           matched: dict[Node, Node], originals: dict[Value, list[Value]], order: dict[Node, int],
            saved: set[Value]) -> Group:
     """The original nodes a cluster replaces: those its parts pair with, and every unpaired producer
     behind the originals of the values it makes, back to the originals of the values it reads."""
@@ -311,8 +312,7 @@ def _group(nodes: list[Node], parts: dict[Node, list[Node]], by_part: dict[Node,
             continue
         replaced.add(producer)
         stack.extend(producer.inputs)
-    order = {n: i for i, n in enumerate(before_nodes)}
-    ordered = sorted(replaced, key=order.__getitem__)
+    ordered = sorted(replaced, key=order.__getitem__)  # in the original graph's order
     return Group(nodes, ordered, [v for n in ordered for v in n.outputs if v in saved])
 
 

@@ -77,7 +77,7 @@ class Model:
     # ------------------------------------------------------------------------------ introspection
 
     def __repr__(self) -> str:
-        count = sum(int(np.prod(p.type.shape)) for p in self.graph.param_info.values())
+        count = summarize(self.graph).total_params
         inputs = ", ".join(f"{v.name}: {v.type}" for v in self.graph.inputs)
         outputs = ", ".join(f"{name}: {v.type}" for name, v in self.graph.outputs.items())
         return (f"<nnd.Model '{self.name}' ({inputs}) -> ({outputs}), {count:,} parameters, "

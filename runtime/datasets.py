@@ -29,7 +29,8 @@ import numpy as np
 from nnd.compiler.diagnostics import NndError, did_you_mean
 
 __all__ = ["read_idx", "write_idx", "load_named", "search_dirs", "load_arrays", "load_csv",
-           "train_validation_split", "batches", "check_inputs", "check_labels", "NAMED_DATASETS", "IDX_FILES"]
+           "train_validation_split", "batches", "check_inputs", "check_labels", "column_index", "NAMED_DATASETS",
+           "IDX_FILES"]
 
 # ----------------------------------------------------------------------------------------------------- IDX
 
@@ -379,6 +380,25 @@ def read_csv_rows(path: Path, header: bool | str, caller: str, delimiter: str = 
     raise NndError(f"{caller}: header must be 'auto', true or false, got {header!r}")
 
 
+def column_index(ref: Any, role: str, path: Path, names: list[str] | None, width: int) -> int:
+    """The index of the column `ref` (a header name or an index, negative from the end) names."""
+    if isinstance(ref, str):
+        if names is None:
+            raise NndError(f"{path} has no header row, so the {role} column '{ref}' cannot be found by name; "
+                           f"give its index instead (0..{width - 1})")
+        if ref not in names:
+            hint = did_you_mean(ref, names)
+            raise NndError(f"{role} column '{ref}' not found in {path}" + (f"; did you mean '{hint}'?" if hint else "")
+                           + f" (available columns: {', '.join(names)})")
+        return names.index(ref)
+    if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
+        if not -width <= int(ref) < width:
+            raise NndError(f"{role} column index {ref} is out of range for {path}, which has {width} columns"
+                           + (f" ({', '.join(names)})" if names else ""))
+        return int(ref) % width
+    raise NndError(f"{role} column must be a name or an index, got {ref!r}")
+
+
 def load_csv(path: str | os.PathLike, target: str | int | None = None, header: bool | str = "auto",
              delimiter: str = ",") -> tuple[np.ndarray, np.ndarray | None]:
     """Load a numeric CSV as (x float32 of shape (n, features), y) with y the `target` column (name or index).
@@ -393,22 +413,7 @@ def load_csv(path: str | os.PathLike, target: str | int | None = None, header: b
     if not body:
         raise NndError(f"CSV file {path} has a header but no data rows")
     width = len(rows[0][1])
-    col: int | None = None  # None: no target column
-    if isinstance(target, str):
-        if names is None:
-            raise NndError(f"{path} has no header row, so the target column '{target}' cannot be found by name; "
-                           f"give its index instead (0..{width - 1})")
-        if target not in names:
-            hint = did_you_mean(target, names)
-            raise NndError(f"column '{target}' not found in {path}" + (f"; did you mean '{hint}'?" if hint else "")
-                           + f" (available columns: {', '.join(names)})")
-        col = names.index(target)
-    elif isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-        if not -width <= int(target) < width:
-            raise NndError(f"target column index {target} is out of range for {path}, which has {width} columns")
-        col = int(target) % width
-    elif target is not None:
-        raise NndError(f"load_csv: target must be a column name or index, got {target!r}")
+    col = None if target is None else column_index(target, "target", path, names, width)
     values = np.empty((len(body), width), dtype=np.float64)
     for r, (line, cells) in enumerate(body):
         if len(cells) != width:

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nnd.compiler.diagnostics import NndError, did_you_mean
-from nnd.runtime.datasets import _rng, load_named, read_csv_rows, train_validation_split
+from nnd.compiler.diagnostics import NndError
+from nnd.runtime.datasets import _rng, column_index, load_named, read_csv_rows, train_validation_split
 
 __all__ = ["load_time_series_csv", "chronological_split", "SeriesStats", "save_stats", "load_stats",
            "STATS_FILE", "CharVocabulary", "load_text_windows", "pad_sequences", "mask_from_padding",
@@ -191,7 +191,7 @@ def _read_columns(path: Path, columns: Sequence[str | int] | None, target: str |
     body = rows[1:] if has_header else rows
 
     def resolve(ref: Any, role: str) -> int:
-        return _column_index(ref, role, path, names, width)
+        return column_index(ref, role, path, names, width)
 
     t_col = resolve(target, "target")
     f_cols = list(range(width)) if columns is None else _input_columns(columns, resolve, display)
@@ -207,25 +207,6 @@ def _read_columns(path: Path, columns: Sequence[str | int] | None, target: str |
             hint = " (choose numeric input columns with columns=[...])" if columns is None and c != t_col else ""
             values[r, c] = _number(cells[c], f"{path} line {line}, column {c} ('{display[c]}')", hint)
     return [display[c] for c in f_cols], display[t_col], values[:, f_cols], values[:, t_col]
-
-
-def _column_index(ref: Any, role: str, path: Path, names: list[str] | None, width: int) -> int:
-    """The index of the column `ref` (a header name or an index, negative from the end) names."""
-    if isinstance(ref, str):
-        if names is None:
-            raise NndError(f"{path} has no header row, so the {role} column '{ref}' cannot be found by name; "
-                           f"give its index instead (0..{width - 1})")
-        if ref not in names:
-            hint = did_you_mean(ref, names)
-            raise NndError(f"{role} column '{ref}' not found in {path}" + (f"; did you mean '{hint}'?" if hint else "")
-                           + f" (available columns: {', '.join(names)})")
-        return names.index(ref)
-    if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
-        if not -width <= int(ref) < width:
-            raise NndError(f"{role} column index {ref} is out of range for {path}, which has {width} columns"
-                           + (f" ({', '.join(names)})" if names else ""))
-        return int(ref) % width
-    raise NndError(f"{role} column must be a name or an index, got {ref!r}")
 
 
 def _input_columns(columns: Any, resolve, display: list[str]) -> list[int]:
