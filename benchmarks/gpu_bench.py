@@ -36,9 +36,10 @@ WORKLOADS = {
     "lstm-train-32": ("lstm_classifier.nnd", 32, True),
     "lstm-infer-32": ("lstm_classifier.nnd", 32, False),
 }
-# nnd systems: "nnd cupy -O<level>" and options: scan (the one-launch LSTM scan kernels), graphs (each
+# nnd systems: "nnd cupy -O<level>" and options: steps (the per-step LSTM kernels, where the default is one
+# launch per scan), graphs (each
 # step replayed as one captured CUDA graph), fp16 / bf16 (mixed precision in float16 / bfloat16)
-SYSTEMS = ("nnd cupy -O2", "nnd cupy -O0", "nnd cupy -O2 scan", "nnd cupy -O2 graphs", "nnd cupy -O2 scan graphs",
+SYSTEMS = ("nnd cupy -O2", "nnd cupy -O0", "nnd cupy -O2 steps", "nnd cupy -O2 graphs", "nnd cupy -O2 steps graphs",
            "nnd cupy -O2 fp16", "nnd cupy -O2 bf16", "torch cuda", "torch cuda channels_last")
 # Measured only when --systems names them: the mixed-precision runs.
 OPTIONAL_SYSTEMS = ("nnd cupy -O2 fp16", "nnd cupy -O2 bf16")
@@ -123,20 +124,20 @@ def make_step(workload: str, system: str):
     level, options = int(words[2][-1]), set(words[3:])
     precision = next((PRECISIONS[o] for o in options if o in PRECISIONS), None)
     step = nnd_step(model_file, batch, training, level, mixed_precision=precision, cuda_graphs="graphs" in options)
-    if "scan" not in options:
+    if "steps" not in options:
         return step
 
-    def scanned():  # the scan mode is read when a kernel runs (or is captured)
-        os.environ["NND_CUDA_SCAN"] = "scan"
+    def per_step():  # the scan mode is read when a kernel runs (or is captured)
+        os.environ["NND_CUDA_SCAN"] = "steps"
         try:
             step()
         finally:
             os.environ.pop("NND_CUDA_SCAN")
-    return scanned
+    return per_step
 
 
 def applicable(workload: str, system: str) -> bool:
-    if "scan" in system.split():
+    if "steps" in system.split():
         return workload.startswith("lstm")
     return not (system.endswith("channels_last") and not workload.startswith("cnn"))
 

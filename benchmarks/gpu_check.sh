@@ -8,16 +8,19 @@
 #    Python), and nnd from a symlink farm mapping the package layout of pyproject.toml (nnd/ with
 #    nnd/compiler, nnd/runtime, nnd/grammar) onto this checkout; every Python here runs from a scratch
 #    directory, so the checkout's own nnd/ folder (which lacks the subpackages) never shadows the farm;
-# 2. runs the `gpu` tests of tests/test_gpu.py in parts (generated fused kernels against their NumPy
-#    bodies, two training steps of every example (float32 and mixed precision), every op forward and
-#    backward, captured CUDA graphs against eager runs, the LSTM and GRU examples again with the one-launch
-#    scan kernels), each under its own time limit, so that a slow part cannot starve the others;
+# 2. runs the `gpu` tests of tests/test_gpu.py and tests/test_cuda_blas.py in parts (generated fused
+#    kernels against their NumPy bodies, nnd's cuBLAS products against CuPy's, two training steps of every
+#    example (float32 and mixed precision), every op forward and backward, captured CUDA graphs against
+#    eager runs, the LSTM and GRU examples again with the per-step kernels), each under its own time
+#    limit, so that a slow part cannot starve the others;
 # 3. runs `nnd train --compare-backends` (numpy against cupy, every op of one training step) on the
 #    seed CNN with random images;
-# 4. times the seed CNN and the seed LSTM against PyTorch CUDA (benchmarks/gpu_bench.py).
+# 4. breaks a training step of the seed CNN (batch 128 and 512) and the seed LSTM (batch 32) down per op
+#    (`nnd bench --backend cupy`);
+# 5. times the seed CNN and the seed LSTM against PyTorch CUDA (benchmarks/gpu_bench.py).
 #
-# Logs go to $OUT when it is set (else ./gpu_check_out): env.txt, tests_*.log, parity.txt, bench.txt,
-# bench.log.
+# Logs go to $OUT when it is set (else ./gpu_check_out): env.txt, tests.log, parity.txt, profile.txt,
+# bench.txt, bench.log.
 # The whole run is sized to about five minutes; GPU_CHECK_BENCH_ARGS overrides the benchmark's arguments.
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -77,20 +80,21 @@ EOF
 run_tests() {  # name, time limit in seconds, pytest arguments...
     local name=$1 limit=$2
     shift 2
-    echo "== tests: $name (limit ${limit}s)"
+    echo "== tests: $name (limit ${limit}s)" | tee -a "$OUT/tests.log"
     # SIGINT first: pytest then stops where it is and still prints its summary of what ran
     timeout -s INT -k 15 "$limit" "$PY" -m pytest -c "$ROOT/pyproject.toml" --rootdir "$ROOT" -p no:cacheprovider -q -rfE \
-        --durations=5 "$@" 2>&1 | tee "$OUT/tests_$name.log" | tail -n 25
+        --durations=5 "$@" 2>&1 | tee -a "$OUT/tests.log" | tail -n 25
     local status=${PIPESTATUS[0]}
     echo "== tests: $name exit $status after $((SECONDS - START))s"
 }
 TEST_FILE="$ROOT/tests/test_gpu.py"
 run_tests fused 50 -m gpu "$TEST_FILE" -k "generated_kernel"
+run_tests blas 40 -m gpu "$ROOT/tests/test_cuda_blas.py"
 run_tests training 75 -m gpu "$TEST_FILE" -k "training_steps and not captured"
 run_tests ops 90 -m gpu "$TEST_FILE" -k "every_op"
 run_tests graphs 75 -m gpu "$TEST_FILE" -k "captured"
-export NND_CUDA_SCAN=scan  # the one-launch LSTM and GRU scan kernels, opt-in until timed here
-run_tests scan 50 -m gpu "$TEST_FILE" -k "training_steps and (lstm or forecast)"
+export NND_CUDA_SCAN=steps  # the per-step LSTM and GRU kernels, where the default is one launch per scan
+run_tests steps 50 -m gpu "$TEST_FILE" -k "training_steps and (lstm or forecast)"
 unset NND_CUDA_SCAN
 
 # ---------------------------------------------------------------------------------- parity
@@ -100,6 +104,16 @@ timeout -s INT -k 10 40 "$PY" -c "from nnd.cli import main; main()" train "$ROOT
     --data parity.npz --compare-backends numpy,cupy > "$OUT/parity.txt" 2>&1
 echo "== parity exit $? after $((SECONDS - START))s"
 tail -n 2 "$OUT/parity.txt"
+
+# ---------------------------------------------------------------------------------- profile
+echo "== profile (limit 90s)"
+for spec in "mnist_cnn 128" "mnist_cnn 512" "lstm_classifier 32"; do
+    set -- $spec
+    timeout -s INT -k 10 30 "$PY" -c "from nnd.cli import main; main()" bench "$ROOT/examples/$1.nnd" \
+        --backend cupy -b "$2" --steps 10 >> "$OUT/profile.txt" 2>&1
+    echo >> "$OUT/profile.txt"
+done
+echo "== profile done after $((SECONDS - START))s"
 
 # ---------------------------------------------------------------------------------- benchmark
 echo "== benchmark (limit 120s)"

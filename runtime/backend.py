@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from nnd.compiler.diagnostics import NndError
+from nnd.runtime.cuda_blas import DeviceArrayModule
 from nnd.runtime import (kernels_basic, kernels_conv, kernels_fused, kernels_recurrent,  # noqa: F401
                          kernels_sequence)  # importing fills the kernel tables
 # cupy is imported lazily by these: they register their kernels on any machine
@@ -67,7 +68,7 @@ def get_backend(name: str = "numpy") -> Backend:
         if not available:
             raise NndError("no CUDA device is available for the cupy backend "
                            "(check the driver and CUDA_VISIBLE_DEVICES, or use --backend numpy)")
-        backend = Backend("cupy", cupy)
+        backend = Backend("cupy", DeviceArrayModule(cupy))
     else:
         raise NndError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
     _CACHE[name] = backend

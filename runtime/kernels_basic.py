@@ -304,17 +304,18 @@ def _log_softmax_grad(ctx, attrs, dy, y):
 
 @kernel("matmul")
 def _matmul(ctx, attrs, a, b):
-    a, b = _align(ctx.xp, a, b)
+    xp = ctx.xp
+    a, b = _align(xp, a, b)
     if a.ndim == 2:
-        return a @ b
+        return xp.matmul(a, b)
     k = a.shape[-1]
-    return (a.reshape(-1, k) @ b).reshape(a.shape[:-1] + (b.shape[1],))
+    return xp.matmul(a.reshape(-1, k), b).reshape(a.shape[:-1] + (b.shape[1],))
 
 
 @kernel("matmul_tn")
 def _matmul_tn(ctx, attrs, a, dy):
     a, dy = _align(ctx.xp, a, dy)
-    return a.reshape(-1, a.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])
+    return ctx.xp.matmul(a.reshape(-1, a.shape[-1]).T, dy.reshape(-1, dy.shape[-1]))
 
 
 # --------------------------------------------------------------------------------------- reductions

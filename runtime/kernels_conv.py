@@ -169,13 +169,18 @@ def crop_input_gradient(xp, attrs, padded):
 @kernel("conv2d_grad_filter")
 def conv2d_grad_filter(ctx, attrs, x, dy):
     xp = ctx.xp
-    p = conv_params(attrs, "conv2d_grad_filter")
     kh, kw = attrs["kernel_hw"]
     n, _, _, c = x.shape
     _, ho, wo, f = dy.shape
-    cols = _columns(xp, _pad(xp, x, p.padding, 0), (ho, wo), (kh, kw), p.strides, p.dilation)
+    cols = filter_gradient_columns(xp, attrs, x, (ho, wo))
     dw = xp.matmul(cols.T, dy.reshape(n * ho * wo, f))
     return dw.reshape(kh, kw, c, f)
+
+
+def filter_gradient_columns(xp, attrs, x, out_hw):
+    """The im2col matrix [N*Ho*Wo, kh*kw*C] of the input, for the filter gradient's product with dy."""
+    p = conv_params(attrs, "conv2d_grad_filter")
+    return _columns(xp, _pad(xp, x, p.padding, 0), out_hw, tuple(attrs["kernel_hw"]), p.strides, p.dilation)
 
 
 # ---------------------------------------------------------------------------------------------------

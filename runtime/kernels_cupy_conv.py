@@ -13,6 +13,11 @@ block per kernel offset. Here each is one launch with one thread per output elem
   gathering: each padded input cell sums the column entries of the windows that read it, so no two
   threads write the same cell and no atomics are needed.
 
+The filter gradient is a product with a small output (kh*kw*C by F) and a long inner axis (every output
+position of the batch). cuBLAS parallelizes over tiles of the output, so as one GEMM it keeps a few of
+the GPU's multiprocessors busy for the whole sum; `conv2d_grad_filter` splits the batch into groups of
+about SPLIT_ROWS positions, one batched GEMM gives each group's product, and a sum adds them.
+
 Sizes go as unsigned 64-bit integers and signed positions are computed in long long. The same source
 builds as host C++ for the tests (tests/host_cuda.py), and CI compiles it with nvcc.
 """
@@ -139,6 +144,9 @@ NND_CONV_KERNELS(float)
 NND_CONV_KERNELS(double)
 """
 
+SPLIT_ROWS = 2048  # positions per group of the filter gradient's split product
+
+
 def _conv_kernel(name: str, dtype):
     return fixed_kernel(CONV_KERNELS_SOURCE, name, dtype)
 
@@ -187,3 +195,30 @@ def conv2d_grad_input_cuda(ctx, attrs, dy, w):
     columns, padded, geometry = kernels_conv.grad_input_columns(xp, attrs, dy, w)
     launch_over(fn, padded.size, [columns, padded, padded.size, *geometry])
     return kernels_conv.crop_input_gradient(xp, attrs, padded)
+
+
+@kernel("conv2d_grad_filter", backend="cupy")
+def conv2d_grad_filter_cuda(ctx, attrs, x, dy):
+    n, ho, wo, f = dy.shape
+    groups = split_groups(n, ho * wo)
+    # float16 and bfloat16 partial products would round before the sum: one GEMM keeps float32 sums
+    if groups == 1 or dy.dtype.itemsize < 4:
+        return kernels_conv.conv2d_grad_filter(ctx, attrs, x, dy)
+    xp = ctx.xp
+    kh, kw = attrs["kernel_hw"]
+    columns = kernels_conv.filter_gradient_columns(xp, attrs, x, (ho, wo))  # [N*Ho*Wo, kh*kw*C]
+    depth = columns.shape[1]
+    rows = columns.shape[0] // groups
+    # [groups, kh*kw*C, rows] as a view of the columns, whichever of their axes is contiguous
+    lhs = columns.T.reshape(depth, groups, rows).transpose(1, 0, 2)
+    partial = xp.matmul(lhs, xp.ascontiguousarray(dy).reshape(groups, rows, f))
+    return partial.sum(axis=0).reshape(kh, kw, x.shape[3], f)
+
+
+def split_groups(images: int, positions: int) -> int:
+    """Into how many equal groups of images the filter gradient splits a batch: the most groups that each
+    still hold SPLIT_ROWS output positions (1: no split)."""
+    for per_group in range(1, images + 1):
+        if images % per_group == 0 and per_group * positions >= SPLIT_ROWS:
+            return images // per_group
+    return 1

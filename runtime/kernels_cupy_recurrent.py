@@ -1,7 +1,7 @@
-"""The recurrent scans' default paths on CuPy (Keras' default activations, no padding mask): per time step
-one cuBLAS GEMM for the recurrent projection and one kernel for all of the step's gate math, where the
-generic loop launches about a dozen elementwise kernels a step; or, with `NND_CUDA_SCAN=scan`, the whole
-scan in one launch (`nnd.runtime.kernels_cupy_scan`). One thread per (sample, unit): the gates of a unit
+"""The recurrent scans' default paths on CuPy (Keras' default activations, no padding mask): the whole scan
+in one launch (`nnd.runtime.kernels_cupy_scan`); or, with `NND_CUDA_SCAN=steps`, per time step one cuBLAS
+GEMM for the recurrent projection and one kernel for all of the step's gate math, where the generic loop
+launches about a dozen elementwise kernels a step. One thread per (sample, unit): the gates of a unit
 sit u apart in a row of 4u (LSTM) or 3u (GRU). float16 and bfloat16 take the generic loop.
 
 These fill the cupy entries of `LSTM_DEFAULT_PATHS` and `GRU_DEFAULT_PATHS` (`nnd.runtime.kernels_recurrent`).

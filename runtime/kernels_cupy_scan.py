@@ -1,4 +1,4 @@
-"""A whole LSTM or GRU scan in one CUDA launch per direction (`NND_CUDA_SCAN=scan`).
+"""A whole LSTM or GRU scan in one CUDA launch per direction (the default; `NND_CUDA_SCAN=steps` opts out).
 
 The per-step path of `kernels_cupy` launches a cuBLAS GEMM and a gate kernel for every time step, so a
 100-step scan is 200 launches whose latency, not arithmetic, sets its speed. Batch rows are independent
@@ -10,9 +10,10 @@ way, dh_{t-1} = dgates_t U^T inside the block. The GRU (reset_after, Keras' defa
 two phases: the recurrent projection h_{t-1} U + b, then the gates and the new state.
 
 Loops over a row's elements stride by the block size and loops over rows by the grid size, so the same
-source also runs correctly on one thread (the host build of the tests). Until this path has been timed
-on a device it is opt-in; `NND_CUDA_SCAN=steps` (the default) keeps the per-step LSTM kernels and the
-GRU's array-op loop.
+source also runs correctly on one thread (the host build of the tests). On an H200 it trained the seed
+LSTM at batch 32 5.4 times as fast as the per-step path (5,689 against 1,054 samples/s, inference 30,209
+against 2,204), so it is the default; `NND_CUDA_SCAN=steps` keeps the per-step LSTM kernels and the GRU's
+array-op loop.
 """
 from __future__ import annotations
 
@@ -202,7 +203,7 @@ NND_GRU_SCAN_KERNELS(double)
 
 
 def scan_mode() -> str:
-    mode = os.environ.get("NND_CUDA_SCAN", "steps").strip() or "steps"
+    mode = os.environ.get("NND_CUDA_SCAN", "scan").strip() or "scan"
     if mode not in MODES:
         raise NndError(f"NND_CUDA_SCAN must be one of {', '.join(MODES)}, not {mode!r}")
     return mode

@@ -108,15 +108,15 @@ def _outputs(xp, hs, h0, seq: bool):
     return h_last.copy(), h_last
 
 
-def _h_prev_gemm(h0, hs, d, rmask=None):
+def _h_prev_gemm(xp, h0, hs, d, rmask=None):
     """sum over steps of (h_{t-1} * rmask)^T d_t, with h_{-1} = h0: one GEMM over every later step (the
     recurrent mask, when there is one, applied to all the saved states in one multiplication)."""
     u, width = hs.shape[2], d.shape[2]
     first = h0 if rmask is None else h0 * rmask
-    result = first.T @ d[0]
+    result = xp.matmul(first.T, d[0])
     if hs.shape[0] > 1:
         prev = hs[:-1] if rmask is None else hs[:-1] * rmask
-        result += prev.reshape(-1, u).T @ d[1:].reshape(-1, width)
+        result += xp.matmul(prev.reshape(-1, u).T, d[1:].reshape(-1, width))
     return result
 
 
@@ -172,7 +172,7 @@ def _lstm_scan(ctx, attrs, xproj, h0, c0, recurrent_kernel, mask, recurrent_mask
         return outputs, h_last, (cs[-1] if steps else c0).copy(), hs, cs, gates
     h, c = h0, c0
     for s in range(steps):
-        z = _masked(h, rmask) @ recurrent_kernel
+        z = xp.matmul(_masked(h, rmask), recurrent_kernel)
         z += xt[s]
         g = gates[s]
         g[:, :2 * u] = _activate(xp, ract, z[:, :2 * u])
@@ -211,7 +211,7 @@ def _lstm_scan_grad(ctx, attrs, h0, c0, recurrent_kernel, mask, recurrent_mask, 
         d_xproj = xp.empty((n, steps, 4 * u), dtype=dt)
         dh, dc = backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm if seq else None, dh, dc, dgates,
                           _time_major(d_xproj, a["go_backwards"]))
-        return d_xproj, dh, dc, _h_prev_gemm(h0, hs, dgates, rmask)
+        return d_xproj, dh, dc, _h_prev_gemm(xp, h0, hs, dgates, rmask)
     for s in range(steps - 1, -1, -1):
         if seq:
             dh = dh + _step_grad(d_out, dout_tm, s)
@@ -230,13 +230,13 @@ def _lstm_scan_grad(ctx, attrs, h0, c0, recurrent_kernel, mask, recurrent_mask, 
         dg[:, u:2 * u] = _backprop(xp, ract, dc * c_prev, f)
         dg[:, 2 * u:3 * u] = _backprop(xp, act, dc * i, cand)
         dc = dc * f
-        dh = dg @ kernel_t
+        dh = xp.matmul(dg, kernel_t)
         if rmask is not None:
             dh *= rmask
         if valid is not None:
             dh += dh_kept
             dc += dc_kept
-    d_kernel = _h_prev_gemm(h0, hs, dgates, rmask)
+    d_kernel = _h_prev_gemm(xp, h0, hs, dgates, rmask)
     d_xproj = _batch_major(xp, [dgates], n, steps, a["go_backwards"], dt)
     return d_xproj, dh, dc, d_kernel
 
@@ -384,19 +384,19 @@ def _gru_scan(ctx, attrs, xproj, h0, recurrent_kernel, recurrent_bias, mask, rec
         g = gates[s]
         hm = _masked(h, rmask)  # h as the recurrent projection sees it; the carry z*h keeps h
         if reset_after:
-            rec = hm @ recurrent_kernel
+            rec = xp.matmul(hm, recurrent_kernel)
             rec += recurrent_bias
             pre = x[:, :2 * u] + rec[:, :2 * u]
             g[:, :2 * u] = _activate(xp, ract, pre)
             aux[s] = rec[:, 2 * u:]
             g[:, 2 * u:] = _activate(xp, act, x[:, 2 * u:] + g[:, u:2 * u] * aux[s])
         else:
-            pre = hm @ kernel_zr
+            pre = xp.matmul(hm, kernel_zr)
             pre += x[:, :2 * u]
             pre += recurrent_bias[:2 * u]
             g[:, :2 * u] = _activate(xp, ract, pre)
             aux[s] = g[:, u:2 * u] * hm
-            cand = aux[s] @ kernel_h
+            cand = xp.matmul(aux[s], kernel_h)
             cand += x[:, 2 * u:]
             cand += recurrent_bias[2 * u:]
             g[:, 2 * u:] = _activate(xp, act, cand)
@@ -430,7 +430,7 @@ def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, g
         d_h0 = fast[1](h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, drec,
                        _time_major(d_xproj, a["go_backwards"]))
         if d_h0 is not None:
-            return d_xproj, d_h0, _h_prev_gemm(h0, hs, drec, rmask), wide_sum(xp, drec, (0, 1))
+            return d_xproj, d_h0, _h_prev_gemm(xp, h0, hs, drec, rmask), wide_sum(xp, drec, (0, 1))
     # reset_after: d of (h U + b) per step, all three gates; otherwise d of the z and r pre-activations.
     drec = xp.empty((steps, n, 3 * u if reset_after else 2 * u), dtype=dt)
     dcand = xp.empty((steps, n, u), dtype=dt)      # d of the candidate's pre-activation
@@ -456,11 +456,11 @@ def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, g
         if reset_after:
             dr[:, u:2 * u] = _backprop(xp, ract, da_h * aux[s], r)
             dr[:, 2 * u:] = da_h * r
-            dh_prev = dr @ kernel_t
+            dh_prev = xp.matmul(dr, kernel_t)
         else:
-            drh = da_h @ kernel_h_t
+            drh = xp.matmul(da_h, kernel_h_t)
             dr[:, u:] = _backprop(xp, ract, drh * _masked(h_prev, rmask), r)
-            dh_prev = dr @ kernel_zr_t
+            dh_prev = xp.matmul(dr, kernel_zr_t)
             dh_prev += drh * r
         if rmask is not None:
             dh_prev *= rmask
@@ -469,11 +469,11 @@ def _gru_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, g
             dh_prev += dh_kept
         dh = dh_prev
     if reset_after:
-        d_kernel = _h_prev_gemm(h0, hs, drec, rmask)
+        d_kernel = _h_prev_gemm(xp, h0, hs, drec, rmask)
         d_bias = wide_sum(xp, drec, (0, 1))
     else:
         d_kernel = xp.concatenate(
-            [_h_prev_gemm(h0, hs, drec, rmask), aux.reshape(-1, u).T @ dcand.reshape(-1, u)], axis=1)
+            [_h_prev_gemm(xp, h0, hs, drec, rmask), xp.matmul(aux.reshape(-1, u).T, dcand.reshape(-1, u))], axis=1)
         d_bias = xp.concatenate([wide_sum(xp, drec, (0, 1)), wide_sum(xp, dcand, (0, 1))])
     d_xproj = _batch_major(xp, [drec[:, :, :2 * u], dcand], n, steps, a["go_backwards"], dt)
     return d_xproj, dh, d_kernel, d_bias
@@ -494,7 +494,7 @@ def _rnn_scan(ctx, attrs, xproj, h0, recurrent_kernel, mask, recurrent_mask):
     hs = xp.empty((steps, n, u), dtype=xproj.dtype)
     h = h0
     for s in range(steps):
-        pre = _masked(h, rmask) @ recurrent_kernel
+        pre = xp.matmul(_masked(h, rmask), recurrent_kernel)
         pre += xt[s]
         h_new = _activate(xp, act, pre)
         if valid is not None:
@@ -525,11 +525,11 @@ def _rnn_scan_grad(ctx, attrs, h0, recurrent_kernel, mask, recurrent_mask, hs, d
             dh_kept = xp.where(m, 0, dh)
             dh = xp.where(m, dh, 0)
         dpre[s] = _backprop(xp, act, dh, hs[s])
-        dh = dpre[s] @ kernel_t
+        dh = xp.matmul(dpre[s], kernel_t)
         if rmask is not None:
             dh *= rmask
         if valid is not None:
             dh += dh_kept
-    d_kernel = _h_prev_gemm(h0, hs, dpre, rmask)
+    d_kernel = _h_prev_gemm(xp, h0, hs, dpre, rmask)
     d_xproj = _batch_major(xp, [dpre], n, steps, a["go_backwards"], dt)
     return d_xproj, dh, d_kernel

@@ -187,6 +187,28 @@ def test_conv2d_gradients_match_finite_differences(case):
     assert_rel_close(dw, numeric_grad(forward, [x, w], 1, dy))
 
 
+@pytest.mark.parametrize("channels", [1, 6])  # im2col built transposed (few channels) or as a window view
+def test_the_gpu_filter_gradient_split_over_image_groups_matches_one_product(channels):
+    from nnd.runtime import kernels_cupy_conv
+
+    case = (32, 13, 13, channels, 3, 3, 4, (1, 1), ((1, 1), (1, 1)), (1, 1))
+    x, w, attrs = conv_case(case, seed=4)
+    dy = rng(5).standard_normal(run("conv2d", attrs, x, w).shape)
+    attrs = {**attrs, "kernel_hw": w.shape[:2]}
+    assert kernels_cupy_conv.split_groups(32, 13 * 13) == 2
+    split = kernels_cupy_conv.conv2d_grad_filter_cuda(CTX, attrs, x, dy)
+    np.testing.assert_allclose(split, run("conv2d_grad_filter", attrs, x, dy), rtol=1e-12, atol=1e-12)
+
+
+def test_the_filter_gradient_split_keeps_groups_of_whole_images():
+    from nnd.runtime.kernels_cupy_conv import SPLIT_ROWS, split_groups
+
+    assert split_groups(128, 26 * 26) == 32  # 4 images of 676 positions: 2,704 >= SPLIT_ROWS
+    assert split_groups(512, 11 * 11) == 16  # 32 images (17 do not divide 512)
+    assert split_groups(32, 11 * 11) == 1  # the whole batch is the first group large enough
+    assert split_groups(7, SPLIT_ROWS) == 7 and split_groups(3, 1) == 1
+
+
 def test_conv2d_unused_input_rows_get_zero_gradient():
     # H=6, kernel 3, stride 2, no padding: rows 0..4 are read, row 5 never is.
     x, w, attrs = conv_case((1, 6, 6, 2, 3, 3, 2, (2, 2), ((0, 0), (0, 0)), (1, 1)))

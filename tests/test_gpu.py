@@ -471,8 +471,12 @@ def test_mixed_precision_training_steps_match_numpy(path, precision):
         params[backend] = model.parameters()
         assert all(value.dtype == np.float32 for value in params[backend].values())
     np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=2e-2)
+    # Adam moves a weight by up to about lr per step whatever the gradient's size, so a gradient near zero
+    # that rounds to opposite signs on the two backends (bfloat16 keeps 8 bits) ends up to 2 * lr * steps
+    # apart: 0.004 after two steps at lr=0.001
+    atol = 4e-3 if precision == "bfloat16" else 2e-3
     for name, want in params["numpy"].items():
-        np.testing.assert_allclose(params["cupy"][name], want, rtol=2e-2, atol=2e-3, err_msg=name)
+        np.testing.assert_allclose(params["cupy"][name], want, rtol=2e-2, atol=atol, err_msg=name)
 
 
 # ------------------------------------------------------------------------------------------ CUDA graphs
@@ -556,7 +560,7 @@ def test_the_gpu_benchmark_times_its_nnd_systems_on_a_host_stand_in(cupy_stand_i
     spec.loader.exec_module(gpu_bench)
     monkeypatch.setattr(sys, "argv", ["gpu_bench.py", "--rounds", "2", "--steps", "1", "--warmup", "1",
                                       "--workloads", "cnn-train-32", "lstm-infer-32",
-                                      "--systems", "nnd cupy -O2", "nnd cupy -O0", "nnd cupy -O2 scan",
+                                      "--systems", "nnd cupy -O2", "nnd cupy -O0", "nnd cupy -O2 steps",
                                       "torch cuda"])
     gpu_bench.main()
     out = capsys.readouterr().out
@@ -564,5 +568,5 @@ def test_the_gpu_benchmark_times_its_nnd_systems_on_a_host_stand_in(cupy_stand_i
     assert "GPU: host stand-in; fp32, TF32 off" in out and "failed" not in out, out
     assert [(row[:17].strip(), row[17:44].strip()) for row in rows] == [
         ("cnn-train-32", "nnd cupy -O2"), ("cnn-train-32", "nnd cupy -O0"),
-        ("lstm-infer-32", "nnd cupy -O2"), ("lstm-infer-32", "nnd cupy -O0"), ("lstm-infer-32", "nnd cupy -O2 scan")]
+        ("lstm-infer-32", "nnd cupy -O2"), ("lstm-infer-32", "nnd cupy -O0"), ("lstm-infer-32", "nnd cupy -O2 steps")]
     assert all(row.split()[-1] == "3" for row in rows)  # the pool's megabytes
