@@ -6,8 +6,9 @@ through a whole scan, so here one thread block owns one row for all the steps: i
 row's 4u gate pre-activations (x_t + h_{t-1} U, the recurrent kernel read from global memory, where it
 stays cached), synchronize, update c and h, synchronize, and go on to the next step. No block ever
 waits for another, and the scan is one launch. The backward kernel walks the steps in reverse the same
-way, dh_{t-1} = dgates_t U^T inside the block. The GRU (reset_after, Keras' default) has the same
-two phases: the recurrent projection h_{t-1} U + b, then the gates and the new state.
+way, dh_{t-1} = dgates_t U^T inside the block; it reads U^T, transposed once per call, so that the threads
+of a warp (one per unit) load neighbouring elements, in four running sums. The GRU (reset_after, Keras'
+default) has the same two phases: the recurrent projection h_{t-1} U + b, then the gates and the new state.
 
 Loops over a row's elements stride by the block size and loops over rows by the grid size, so the same
 source also runs correctly on one thread (the host build of the tests). On an H200 it trained the seed
@@ -32,6 +33,21 @@ typedef unsigned long long nnd_size;
 template <typename T> __device__ T nnd_scan_sigmoid(T v) {
     T e = exp(-fabs(v));
     return v >= (T)0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);
+}
+
+// sum over j < n of a[j] * b[j * stride], in four running sums so that neighbouring terms' loads and
+// multiply-adds overlap instead of waiting on one chain
+template <typename T> __device__ T nnd_scan_dot(const T* a, const T* b, nnd_size n, nnd_size stride) {
+    T s0 = (T)0, s1 = (T)0, s2 = (T)0, s3 = (T)0;
+    nnd_size j = 0;
+    for (; j + 4 <= n; j += 4) {
+        s0 += a[j] * b[j * stride];
+        s1 += a[j + 1] * b[(j + 1) * stride];
+        s2 += a[j + 2] * b[(j + 2) * stride];
+        s3 += a[j + 3] * b[(j + 3) * stride];
+    }
+    for (; j < n; j++) s0 += a[j] * b[j * stride];
+    return (s0 + s1) + (s2 + s3);
 }
 
 template <typename T>
@@ -65,7 +81,7 @@ __device__ void lstm_scan_forward(const T* x, const T* h0, const T* c0, const T*
 }
 
 template <typename T>
-__device__ void lstm_scan_backward(const T* c0, const T* kernel, const T* rmask, const T* cs, const T* gates,
+__device__ void lstm_scan_backward(const T* c0, const T* kernel_t, const T* rmask, const T* cs, const T* gates,
                                    const T* dout, T* dh, T* dc, T* dgates, nnd_size steps, nnd_size n,
                                    nnd_size u, nnd_size has_rmask, nnd_size has_dout) {
     const nnd_size width = 4 * u;
@@ -87,9 +103,8 @@ __device__ void lstm_scan_backward(const T* c0, const T* kernel, const T* rmask,
                 dc[row * u + j] = c_grad * f;
             }
             __syncthreads();
-            for (nnd_size k = threadIdx.x; k < u; k += blockDim.x) {
-                T sum = (T)0;
-                for (nnd_size j = 0; j < width; j++) sum += dg[j] * kernel[k * width + j];
+            for (nnd_size k = threadIdx.x; k < u; k += blockDim.x) {  // kernel_t: neighbouring k, neighbouring loads
+                T sum = nnd_scan_dot(dg, kernel_t + k, width, u);
                 dh[row * u + k] = has_rmask ? sum * rmask[row * u + k] : sum;
             }
             __syncthreads();
@@ -102,10 +117,10 @@ extern "C" __global__ void nnd_lstm_scan_forward_##T(const T* x, const T* h0, co
         const T* rmask, T* hs, T* cs, T* gates, nnd_size steps, nnd_size n, nnd_size u, nnd_size has_rmask) {\
     lstm_scan_forward<T>(x, h0, c0, kernel, rmask, hs, cs, gates, steps, n, u, has_rmask);                   \
 }                                                                                                           \
-extern "C" __global__ void nnd_lstm_scan_backward_##T(const T* c0, const T* kernel, const T* rmask,        \
+extern "C" __global__ void nnd_lstm_scan_backward_##T(const T* c0, const T* kernel_t, const T* rmask,      \
         const T* cs, const T* gates, const T* dout, T* dh, T* dc, T* dgates, nnd_size steps, nnd_size n,    \
         nnd_size u, nnd_size has_rmask, nnd_size has_dout) {                                                \
-    lstm_scan_backward<T>(c0, kernel, rmask, cs, gates, dout, dh, dc, dgates, steps, n, u, has_rmask,       \
+    lstm_scan_backward<T>(c0, kernel_t, rmask, cs, gates, dout, dh, dc, dgates, steps, n, u, has_rmask,       \
                           has_dout);                                                                        \
 }
 
@@ -148,7 +163,7 @@ __device__ void gru_scan_forward(const T* x, const T* h0, const T* kernel, const
 }
 
 template <typename T>
-__device__ void gru_scan_backward(const T* h0, const T* kernel, const T* rmask, const T* hs, const T* gates,
+__device__ void gru_scan_backward(const T* h0, const T* kernel_t, const T* rmask, const T* hs, const T* gates,
                                   const T* aux, const T* dout, T* dh, T* drec, T* dx, T* carry, nnd_size steps,
                                   nnd_size n, nnd_size u, nnd_size has_rmask, nnd_size has_dout) {
     const nnd_size width = 3 * u;
@@ -175,8 +190,7 @@ __device__ void gru_scan_backward(const T* h0, const T* kernel, const T* rmask, 
             }
             __syncthreads();
             for (nnd_size k = threadIdx.x; k < u; k += blockDim.x) {
-                T sum = (T)0;
-                for (nnd_size j = 0; j < width; j++) sum += dr[j] * kernel[k * width + j];
+                T sum = nnd_scan_dot(dr, kernel_t + k, width, u);
                 dh[row * u + k] = (has_rmask ? sum * rmask[row * u + k] : sum) + carry[row * u + k];
             }
             __syncthreads();
@@ -190,10 +204,10 @@ extern "C" __global__ void nnd_gru_scan_forward_##T(const T* x, const T* h0, con
         nnd_size has_rmask) {                                                                               \
     gru_scan_forward<T>(x, h0, kernel, bias, rmask, hs, gates, aux, rec, steps, n, u, has_rmask);            \
 }                                                                                                           \
-extern "C" __global__ void nnd_gru_scan_backward_##T(const T* h0, const T* kernel, const T* rmask,          \
+extern "C" __global__ void nnd_gru_scan_backward_##T(const T* h0, const T* kernel_t, const T* rmask,        \
         const T* hs, const T* gates, const T* aux, const T* dout, T* dh, T* drec, T* dx, T* carry,          \
         nnd_size steps, nnd_size n, nnd_size u, nnd_size has_rmask, nnd_size has_dout) {                    \
-    gru_scan_backward<T>(h0, kernel, rmask, hs, gates, aux, dout, dh, drec, dx, carry, steps, n, u,         \
+    gru_scan_backward<T>(h0, kernel_t, rmask, hs, gates, aux, dout, dh, drec, dx, carry, steps, n, u,         \
                          has_rmask, has_dout);                                                              \
 }
 
@@ -253,7 +267,7 @@ def lstm_scan_backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, 
     dh, dc = xp.ascontiguousarray(dh, dtype=dt), xp.ascontiguousarray(dc, dtype=dt)
     if steps and n:
         dout = xp.ones((1,), dtype=dt) if dout_tm is None else xp.ascontiguousarray(dout_tm, dtype=dt)
-        arrays = (xp.ascontiguousarray(c0, dtype=dt), xp.ascontiguousarray(recurrent_kernel, dtype=dt),
+        arrays = (xp.ascontiguousarray(c0, dtype=dt), xp.ascontiguousarray(recurrent_kernel.T, dtype=dt),
                   _mask(xp, rmask, n, u, dt), xp.ascontiguousarray(cs), xp.ascontiguousarray(gates), dout, dh, dc,
                   dgates)
         flags = (steps, n, u, rmask is not None, dout_tm is not None)
@@ -288,7 +302,7 @@ def gru_scan_backward(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, 
     if steps and n:
         dx = xp.empty((steps, n, 3 * u), dtype=dt)
         dout = xp.ones((1,), dtype=dt) if dout_tm is None else xp.ascontiguousarray(dout_tm, dtype=dt)
-        arrays = (xp.ascontiguousarray(h0, dtype=dt), xp.ascontiguousarray(recurrent_kernel, dtype=dt),
+        arrays = (xp.ascontiguousarray(h0, dtype=dt), xp.ascontiguousarray(recurrent_kernel.T, dtype=dt),
                   _mask(xp, rmask, n, u, dt), xp.ascontiguousarray(hs), xp.ascontiguousarray(gates),
                   xp.ascontiguousarray(aux), dout, dh, drec, dx, xp.empty((n, u), dtype=dt))
         grid, block = _launch_shape(n, u)

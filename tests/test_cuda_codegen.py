@@ -128,12 +128,14 @@ def all_sources() -> list[tuple[str, str]]:
     from nnd.runtime.kernels_cupy import EPILOGUE_SOURCE
     from nnd.runtime.kernels_cupy_conv import CONV_KERNELS_SOURCE
     from nnd.runtime.kernels_cupy_recurrent import GRU_STEP_SOURCE, LSTM_STEP_SOURCE
+    from nnd.runtime.kernels_cupy_reduce import REDUCE_SOURCE
     from nnd.runtime.kernels_cupy_scan import SCAN_SOURCE
     from nnd.runtime.kernels_cupy_step import STEP_KERNELS_SOURCE
 
     found: dict[str, str] = {"nnd_lstm_steps": LSTM_STEP_SOURCE, "nnd_gru_steps": GRU_STEP_SOURCE,
                              "nnd_conv_kernels": CONV_KERNELS_SOURCE, "nnd_scans": SCAN_SOURCE,
-                             "nnd_step_kernels": STEP_KERNELS_SOURCE, "nnd_epilogue": EPILOGUE_SOURCE}
+                             "nnd_step_kernels": STEP_KERNELS_SOURCE, "nnd_epilogue": EPILOGUE_SOURCE,
+                             "nnd_reductions": REDUCE_SOURCE}
     for path in EXAMPLES:
         for dtype in ("float32", "float64"):
             found.update(generated_kernels_for(path, dtype))

@@ -336,6 +336,27 @@ def test_the_cupy_pooling_and_col2im_kernels_on_a_host_stand_in(cupy_stand_in):
                         for t in ("float", "double")}
 
 
+def test_the_cuda_run_sum_kernel_on_a_host_stand_in(cupy_stand_in):
+    """Sums over consecutive axes that keep the last one (bias gradients, global pooling), built by g++,
+    against NumPy: uneven chunks, keepdims, a non-contiguous input; other axes take CuPy's own sum."""
+    fake = cupy_stand_in
+    reduce_sum = kernels_for("cupy")["reduce_sum"]
+    rng = np.random.default_rng(0)
+    cases = [((6, 5, 7, 3), (0, 1, 2)), ((4, 9, 2), (1,)), ((2, 3, 4, 5), (1, 2)), ((10, 1), (0,)),
+             ((1, 1, 4), (0, 1)), ((5, 4, 3), (2,)), ((5, 4, 3), (0, 2))]
+    for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        ctx = KernelContext(np, rng, dtype)
+        for shape, axes in cases:
+            for keepdims in (False, True):
+                x = rng.normal(size=shape).astype(dtype)
+                got = reduce_sum(ctx, {"axes": list(axes), "keepdims": keepdims}, x)
+                np.testing.assert_allclose(got, x.sum(axis=axes, keepdims=keepdims), rtol=tolerance, atol=tolerance)
+        x = rng.normal(size=(3, 8, 4)).astype(dtype)[:, ::2]
+        np.testing.assert_allclose(reduce_sum(ctx, {"axes": [0, 1]}, x), x.sum(axis=(0, 1)), rtol=tolerance)
+    launches = sum(k.launches for k in fake.kernels if k.fn.__name__.startswith("nnd_chunk_sums"))
+    assert launches == 2 * 2 * (2 * 5 + 1)  # two per sum, for the cases whose axes keep the last one
+
+
 @pytest.mark.parametrize("mode", ["steps", "scan"])
 @pytest.mark.parametrize("attrs, recurrent_dropout", [
     ({}, False), ({"return_sequences": True}, False), ({"go_backwards": True, "return_sequences": True}, True),
