@@ -192,9 +192,10 @@ NND_GRU_STEP_KERNELS(double)
 
 def gru_forward_cuda(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates, aux) -> bool:
     """The cupy `GRU_DEFAULT_PATHS` forward; False leaves the scan to the generic loop."""
-    import cupy as xp
-
+    from nnd.runtime.backend import get_backend
     from nnd.runtime.kernels_recurrent import _projection
+
+    xp = get_backend("cupy").xp  # its matmul can be captured in a CUDA graph, CuPy's cannot
 
     if not has_cuda_kernels(hs.dtype):
         return False
@@ -221,9 +222,10 @@ def gru_forward_cuda(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates,
 def gru_backward_cuda(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, drec, d_xproj_tm):
     """The cupy `GRU_DEFAULT_PATHS` backward: the initial state's gradient, or None to leave the scan to
     the generic loop."""
-    import cupy as xp
-
+    from nnd.runtime.backend import get_backend
     from nnd.runtime.kernels_recurrent import _backprojection
+
+    xp = get_backend("cupy").xp  # its matmul can be captured in a CUDA graph, CuPy's cannot
 
     if not has_cuda_kernels(hs.dtype):
         return None

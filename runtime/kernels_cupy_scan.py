@@ -279,8 +279,9 @@ def lstm_scan_backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, 
 
 def gru_scan_forward(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates, aux) -> None:
     """The whole GRU scan in one launch (`kernels_cupy_recurrent.gru_forward_cuda` calls it when `usable`)."""
-    import cupy as xp
+    from nnd.runtime.backend import get_backend
 
+    xp = get_backend("cupy").xp
     steps, n, u = hs.shape
     dt = hs.dtype
     if steps and n:
@@ -294,8 +295,9 @@ def gru_scan_forward(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates,
 
 def gru_scan_backward(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, drec, d_xproj_tm):
     """The whole GRU backward scan in one launch, when `usable`: the initial state's gradient."""
-    import cupy as xp
+    from nnd.runtime.backend import get_backend
 
+    xp = get_backend("cupy").xp
     steps, n, u = hs.shape
     dt = hs.dtype
     dh = xp.ascontiguousarray(dh, dtype=dt)

@@ -156,8 +156,9 @@ def sparse_softmax_ce_grad_cuda(ctx, attrs, dloss, logits, labels):
 def _flat_update(name: str, buffers: list, scalars: list[float], flags: tuple[int, ...] = ()) -> bool:
     """Launch the update kernel `name` once over the optimizer's flat buffers: the float scalars go as a
     small device array (in the buffers' dtype), the flags and the size as integers."""
-    import cupy as xp
+    from nnd.runtime.backend import get_backend
 
+    xp = get_backend("cupy").xp
     p = buffers[0]
     fn = _step_kernel(name, p.dtype)
     if fn is None:

@@ -175,3 +175,29 @@ def test_a_captured_cublas_product_replays_on_new_operands():
     cupy.cuda.Device().synchronize()
     np.testing.assert_allclose(cupy.asnumpy(out), cupy.asnumpy(cupy.matmul(a, b)), rtol=1e-5)
     np.testing.assert_allclose(cupy.asnumpy(product), cupy.asnumpy(cupy.matmul(batched, b)), rtol=1e-5)
+
+
+def test_the_kernels_that_run_on_cupy_multiply_through_the_array_module():
+    """CuPy's own matmul (the `@` operator, `cupy.matmul` of a module imported directly) refuses to run in
+    a CUDA graph capture: the kernels call `xp.matmul` of the backend's array module instead. Only the
+    NumPy-only helpers may use `@`."""
+    import ast
+    from pathlib import Path
+
+    numpy_only = {("kernels_basic.py", "_sum_run")}
+    runtime = Path(cuda_blas.__file__).parent
+    offenders = []
+    for path in sorted(runtime.glob("*.py")):
+        if path.name.startswith("kernels_native"):
+            continue
+        tree = ast.parse(path.read_text())
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                uses_operator = isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)
+                imports_cupy = (isinstance(node, ast.Import)
+                                and any(alias.name == "cupy" and alias.asname == "xp" for alias in node.names))
+                if (uses_operator or imports_cupy) and (path.name, function.name) not in numpy_only:
+                    offenders.append(f"{path.name}:{node.lineno} in {function.name}")
+    assert offenders == [], offenders
