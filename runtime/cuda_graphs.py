@@ -53,15 +53,19 @@ class CaptureApi(Protocol):
 
     def upload(self, buffer: Any, array: Any) -> None: ...
 
+    def uploaded_buffer(self, shape: tuple, dtype: Any) -> Any: ...
+
     def capture(self, record: Callable[[], Any]) -> tuple[Any, Callable[[], None]]: ...
 
 
 class CupyCapture:
-    """Stream capture with CuPy: a non-blocking stream to record on, a private memory pool per graph."""
+    """Stream capture with CuPy: a non-blocking stream to record on, a private memory pool per graph for
+    its kernels' arrays and another for the buffers the host fills before each replay (random draws)."""
 
     def __init__(self, cupy: Any):
         self.cupy = cupy
         self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.uploads: Any = None  # the pool of the capture under way
 
     def is_device_array(self, array: Any) -> bool:
         return isinstance(array, self.cupy.ndarray)
@@ -76,9 +80,17 @@ class CupyCapture:
         else:
             buffer.set(np.ascontiguousarray(array, dtype=buffer.dtype))
 
+    def uploaded_buffer(self, shape: tuple, dtype: Any) -> Any:
+        """A buffer the graph reads and the host writes: from a pool of its own, since memory of the graph's
+        pool may be a temporary that a kernel freed during the capture, which it then writes on every
+        replay, after the upload."""
+        with self.cupy.cuda.using_allocator(self.uploads.malloc):
+            return self.cupy.empty(shape, dtype=dtype)
+
     def capture(self, record: Callable[[], Any]) -> tuple[Any, Callable[[], None]]:
         cupy = self.cupy
         pool = cupy.cuda.MemoryPool()  # the graph's own, kept alive by its replay
+        self.uploads = cupy.cuda.MemoryPool()
         with cupy.cuda.using_allocator(pool.malloc), self.stream:
             self.stream.begin_capture()
             try:
@@ -86,13 +98,14 @@ class CupyCapture:
             finally:
                 graph = self.stream.end_capture()  # always leave capture mode, even when record() failed
 
-        return result, _CupyReplay(graph, pool)
+        return result, _CupyReplay(graph, pool, self.uploads)
 
 
 @dataclass
 class _CupyReplay:
     graph: Any
     pool: Any  # the memory the graph's kernels address: it lives as long as the graph
+    uploads: Any  # the memory of the buffers uploaded before each replay, likewise
 
     def __call__(self) -> None:
         self.graph.launch()  # on the caller's current stream, after its input copies
@@ -214,6 +227,7 @@ class CudaGraphs:
 
         def record() -> tuple[dict[str, Any], list, list]:
             ctx.capturing, ctx.draws, ctx.checks = True, [], []
+            ctx.uploaded_buffer = self.api.uploaded_buffer
             try:
                 slots = executor.bind(inputs, params, placed=static)
                 executor._execute(slots)
@@ -224,7 +238,7 @@ class CudaGraphs:
                         outputs[name] = target
                 return outputs, ctx.draws, ctx.checks
             finally:
-                ctx.capturing = False
+                ctx.capturing, ctx.uploaded_buffer = False, None
 
         return record
 

@@ -46,14 +46,19 @@ class KernelContext:
     host_values: dict[int, float] = field(default_factory=dict)  # id of a constant array -> its value
     draws: list[tuple[Callable[[np.random.Generator], np.ndarray], Any]] = field(default_factory=list)
     checks: list[DeferredCheck] = field(default_factory=list)
+    # under capture: (shape, dtype) -> a device buffer that no kernel of the graph may reuse (see host_random)
+    uploaded_buffer: Callable[[tuple, Any], Any] | None = None
 
     def host_random(self, draw: Callable[[np.random.Generator], np.ndarray], shape: tuple, dtype: Any):
         """`draw(rng)` (a NumPy array of `shape` and `dtype`) on this backend. Under capture, a device buffer
         that the graph runner refills with a fresh draw before each replay, in the order of the steps, so a
-        captured run draws the same numbers as an eager one."""
+        captured run draws the same numbers as an eager one. The buffer comes from `uploaded_buffer`, outside
+        the graph's own memory: there, it could reuse the memory of a temporary that an earlier kernel of the
+        graph frees, and that kernel would overwrite the uploaded draw on every replay."""
         if not self.capturing:
             return self.xp.asarray(draw(self.rng))
-        buffer = self.xp.empty(shape, dtype=dtype)
+        allocate = self.uploaded_buffer or (lambda shape, dtype: self.xp.empty(shape, dtype=dtype))
+        buffer = allocate(tuple(shape), dtype)
         self.draws.append((draw, buffer))
         return buffer
 

@@ -22,6 +22,9 @@ class SimulatedCapture:
     def upload(self, buffer, array) -> None:
         np.copyto(buffer, np.asarray(array), casting="unsafe")
 
+    def uploaded_buffer(self, shape, dtype):
+        return np.empty(shape, dtype=dtype)
+
     def capture(self, record):
         result = record()
         outputs, draws, checks = result

@@ -223,20 +223,33 @@ class RecordingCupy:
                 recorder.calls.append(f"launch({stream})")
 
         class MemoryPool:
+            def __init__(self):
+                self.index = len(recorder.pools)
+                recorder.pools.append(self)
+
             def malloc(self, size):
                 raise AssertionError("not called here")
 
         class UsingAllocator:
             def __init__(self, allocator):
-                recorder.calls.append(f"using_allocator({type(allocator.__self__).__name__})")
+                self.pool = allocator.__self__
+                recorder.calls.append(f"using_allocator(pool {self.pool.index})")
 
             def __enter__(self):
+                recorder.allocators.append(self.pool)
                 return self
 
             def __exit__(self, *exc):
+                recorder.allocators.pop()
                 recorder.calls.append("allocator restored")
 
+        self.pools: list[MemoryPool] = []
+        self.allocators: list[MemoryPool] = []
         self.cuda = types.SimpleNamespace(Stream=Stream, MemoryPool=MemoryPool, using_allocator=UsingAllocator)
+
+    def empty(self, shape, dtype):
+        self.calls.append(f"empty{tuple(shape)} from pool {self.allocators[-1].index}")
+        return np.empty(shape, dtype)
 
 
 def test_cupy_capture_records_on_its_stream_with_a_private_pool_and_replays_on_the_current_one():
@@ -244,12 +257,37 @@ def test_cupy_capture_records_on_its_stream_with_a_private_pool_and_replays_on_t
     api = CupyCapture(fake)
     result, replay = api.capture(lambda: fake.calls.append("record") or "outputs")
     assert result == "outputs"
-    assert fake.calls == ["Stream(non_blocking=True)", "using_allocator(MemoryPool)", "enter stream",
+    assert fake.calls == ["Stream(non_blocking=True)", "using_allocator(pool 0)", "enter stream",
                           "begin_capture", "record", "end_capture", "leave stream", "allocator restored"]
     fake.calls.clear()
     replay()
     replay()
     assert fake.calls == ["launch(None)", "launch(None)"]  # None: the caller's current stream
+
+
+def test_a_buffer_the_host_fills_before_replays_comes_from_a_pool_the_graphs_kernels_never_use():
+    """Memory of the graph's pool may be a temporary that a kernel frees during the capture: a random draw
+    uploaded there would be overwritten by that kernel on every replay, after the upload."""
+    fake = RecordingCupy()
+    api = CupyCapture(fake)
+    _, replay = api.capture(lambda: api.uploaded_buffer((2, 3), np.float32))
+    assert "empty(2, 3) from pool 1" in fake.calls
+    graph_pool, uploads_pool = fake.pools
+    assert replay.pool is graph_pool and replay.uploads is uploads_pool  # both live as long as the graph
+
+
+def test_captured_draws_come_from_the_capture_apis_uploaded_buffers():
+    model = nnd.load(EXAMPLES[0].parent / "tiny_resnet.nnd", seed=0)  # dropout before the classifier
+    trainer = model._get_trainer()
+    graphs = simulate(trainer.train_executor)
+    handed_out = []
+    original = graphs.api.uploaded_buffer
+    graphs.api.uploaded_buffer = lambda shape, dtype: handed_out.append(original(shape, dtype)) or handed_out[-1]
+    for step in range(2):
+        trainer.step(feeds_for(trainer, model, 4, step))
+    (captured,) = graphs.graphs.values()
+    assert len(captured.draws) == 1 and [buffer for _, buffer in captured.draws] == handed_out
+    assert trainer.train_executor.ctx.uploaded_buffer is None  # only while recording
 
 
 def test_cupy_capture_leaves_capture_mode_when_recording_fails():
