@@ -7,7 +7,8 @@ row's 4u gate pre-activations (x_t + h_{t-1} U, the recurrent kernel read from g
 stays cached), synchronize, update c and h, synchronize, and go on to the next step. No block ever
 waits for another, and the scan is one launch. The backward kernel walks the steps in reverse the same
 way, dh_{t-1} = dgates_t U^T inside the block; it reads U^T, transposed once per call, so that the threads
-of a warp (one per unit) load neighbouring elements, in four running sums. The GRU (reset_after, Keras'
+of a warp (one per unit) load neighbouring elements. Every dot product of a step runs as four running
+sums, so that neighbouring terms overlap instead of waiting on one chain. The GRU (reset_after, Keras'
 default) has the same two phases: the recurrent projection h_{t-1} U + b, then the gates and the new state.
 
 Loops over a row's elements stride by the block size and loops over rows by the grid size, so the same
@@ -35,18 +36,22 @@ template <typename T> __device__ T nnd_scan_sigmoid(T v) {
     return v >= (T)0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);
 }
 
-// sum over j < n of a[j] * b[j * stride], in four running sums so that neighbouring terms' loads and
-// multiply-adds overlap instead of waiting on one chain
-template <typename T> __device__ T nnd_scan_dot(const T* a, const T* b, nnd_size n, nnd_size stride) {
+// sum over j < n of a[j] (* mask[j], unless mask is null) * b[j * stride], in four running sums so that
+// neighbouring terms' loads and multiply-adds overlap instead of waiting on one chain
+template <typename T> __device__ T nnd_scan_term(const T* a, const T* mask, const T* b, nnd_size j, nnd_size stride) {
+    return (mask ? a[j] * mask[j] : a[j]) * b[j * stride];
+}
+
+template <typename T> __device__ T nnd_scan_dot(const T* a, const T* mask, const T* b, nnd_size n, nnd_size stride) {
     T s0 = (T)0, s1 = (T)0, s2 = (T)0, s3 = (T)0;
     nnd_size j = 0;
     for (; j + 4 <= n; j += 4) {
-        s0 += a[j] * b[j * stride];
-        s1 += a[j + 1] * b[(j + 1) * stride];
-        s2 += a[j + 2] * b[(j + 2) * stride];
-        s3 += a[j + 3] * b[(j + 3) * stride];
+        s0 += nnd_scan_term(a, mask, b, j, stride);
+        s1 += nnd_scan_term(a, mask, b, j + 1, stride);
+        s2 += nnd_scan_term(a, mask, b, j + 2, stride);
+        s3 += nnd_scan_term(a, mask, b, j + 3, stride);
     }
-    for (; j < n; j++) s0 += a[j] * b[j * stride];
+    for (; j < n; j++) s0 += nnd_scan_term(a, mask, b, j, stride);
     return (s0 + s1) + (s2 + s3);
 }
 
@@ -62,11 +67,7 @@ __device__ void lstm_scan_forward(const T* x, const T* h0, const T* c0, const T*
             const T* x_row = x + (s * n + row) * width;
             T* g = gates + (s * n + row) * width;
             for (nnd_size j = threadIdx.x; j < width; j += blockDim.x) {
-                T z = x_row[j];
-                for (nnd_size k = 0; k < u; k++) {
-                    T h = has_rmask ? h_prev[k] * rmask[row * u + k] : h_prev[k];
-                    z += h * kernel[k * width + j];
-                }
+                T z = x_row[j] + nnd_scan_dot(h_prev, has_rmask ? rmask + row * u : (const T*)0, kernel + j, u, width);
                 g[j] = (j >= 2 * u && j < 3 * u) ? tanh(z) : nnd_scan_sigmoid(z);
             }
             __syncthreads();
@@ -104,7 +105,7 @@ __device__ void lstm_scan_backward(const T* c0, const T* kernel_t, const T* rmas
             }
             __syncthreads();
             for (nnd_size k = threadIdx.x; k < u; k += blockDim.x) {  // kernel_t: neighbouring k, neighbouring loads
-                T sum = nnd_scan_dot(dg, kernel_t + k, width, u);
+                T sum = nnd_scan_dot(dg, (const T*)0, kernel_t + k, width, u);
                 dh[row * u + k] = has_rmask ? sum * rmask[row * u + k] : sum;
             }
             __syncthreads();
@@ -137,12 +138,8 @@ __device__ void gru_scan_forward(const T* x, const T* h0, const T* kernel, const
         for (nnd_size s = 0; s < steps; s++) {
             const T* h_prev = s ? hs + ((s - 1) * n + row) * u : h0 + row * u;
             for (nnd_size j = threadIdx.x; j < width; j += blockDim.x) {
-                T sum = bias[j];
-                for (nnd_size k = 0; k < u; k++) {
-                    T h = has_rmask ? h_prev[k] * rmask[row * u + k] : h_prev[k];
-                    sum += h * kernel[k * width + j];
-                }
-                r_row[j] = sum;
+                r_row[j] = bias[j] + nnd_scan_dot(h_prev, has_rmask ? rmask + row * u : (const T*)0, kernel + j, u,
+                                                  width);
             }
             __syncthreads();
             const T* x_row = x + (s * n + row) * width;
@@ -190,7 +187,7 @@ __device__ void gru_scan_backward(const T* h0, const T* kernel_t, const T* rmask
             }
             __syncthreads();
             for (nnd_size k = threadIdx.x; k < u; k += blockDim.x) {
-                T sum = nnd_scan_dot(dr, kernel_t + k, width, u);
+                T sum = nnd_scan_dot(dr, (const T*)0, kernel_t + k, width, u);
                 dh[row * u + k] = (has_rmask ? sum * rmask[row * u + k] : sum) + carry[row * u + k];
             }
             __syncthreads();
