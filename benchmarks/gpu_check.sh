@@ -21,7 +21,8 @@
 #
 # Logs go to $OUT when it is set (else ./gpu_check_out): env.txt, tests.log, parity.txt, profile.txt,
 # bench.txt, bench.log.
-# The whole run is sized to about five minutes; GPU_CHECK_BENCH_ARGS overrides the benchmark's arguments.
+# The whole run takes about two and a half minutes on an H200 (each part has a time limit, together about
+# ten); GPU_CHECK_BENCH_ARGS overrides the benchmark's arguments.
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${OUT:-$ROOT/gpu_check_out}
