@@ -210,7 +210,9 @@ class Gemm:
         a, first = self._operand(a, batch)
         b, second = self._operand(b, batch)
         result = out
-        target = self._output(out, batch + (m, n), a.dtype)
+        # cuBLAS must not write C over A or B: an out overlapping an operand gets the product through a copy
+        aliased = out is not None and any(self.cupy.may_share_memory(out, x) for x in (a, b))
+        target = None if aliased else self._output(out, batch + (m, n), a.dtype)
         if target is None:
             result = self.cupy.empty(batch + (m, n), dtype=a.dtype)
             target = output_operand(result.shape, _strides(result))

@@ -106,7 +106,16 @@ def test_products_land_in_an_out_array_in_place_or_through_a_copy(gemm):
     transposed = np.zeros((4, 5), np.float32).T  # columns contiguous: computed aside, then copied
     assert gemm(a, b, out=transposed) is transposed
     np.testing.assert_allclose(transposed, expected, rtol=1e-5, atol=1e-6)
-    assert len(gemm.library.calls) == 3
+
+    square = rng.random((4, 4), dtype=np.float32)  # the product written over its own operand: through a copy
+    want = square @ square
+    written = []
+    gemm.library.gemm = lambda plan, first, second, out: written.append(out) or HostCublas.gemm(
+        gemm.library, plan, first, second, out)
+    assert gemm(square, square, out=square) is square
+    np.testing.assert_allclose(square, want, rtol=1e-5, atol=1e-6)
+    assert written[0] is not square
+    assert len(gemm.library.calls) == 4
 
 
 @pytest.mark.parametrize("a, b", [
