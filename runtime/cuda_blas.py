@@ -84,7 +84,7 @@ def _batch_stride(shape: tuple[int, ...], strides: tuple[int, ...], batch: tuple
     collapse."""
     if all(d == 1 for d in shape):
         return 0
-    if tuple(shape) != tuple(batch[len(batch) - len(shape):]) or len(shape) != len(batch):
+    if tuple(shape) != tuple(batch):
         return None
     axes = [(d, s) for d, s in zip(shape, strides) if d != 1]
     for (_, outer), (inner_size, inner) in zip(axes, axes[1:]):
