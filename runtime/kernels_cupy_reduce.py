@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from nnd.runtime.kernel_table import kernel
+from nnd.runtime.kernels_basic import _axes, is_run_before_last, run_sizes, run_sum_shape
 from nnd.runtime.kernels_cupy import fixed_kernel, launch_over
 from nnd.runtime.precision import wide_sum
 
@@ -46,16 +47,14 @@ NND_REDUCE_KERNELS(double)
 """
 
 
-def run_sum(xp, x, first: int, last: int):
-    """x summed over its axes first..last (inclusive, last < x.ndim - 1) as [outer, inner], or None when
-    x's dtype has no kernel."""
+def run_sum(xp, x, axes: tuple[int, ...]):
+    """x summed over its consecutive `axes` (the last axis kept) as [outer, inner], or None when x's dtype
+    has no kernel."""
     fn = fixed_kernel(REDUCE_SOURCE, "chunk_sums", x.dtype)
     if fn is None:
         return None
     x = xp.ascontiguousarray(x)
-    outer = math.prod(x.shape[:first])
-    run = math.prod(x.shape[first:last + 1])
-    inner = math.prod(x.shape[last + 1:])
+    outer, run, inner = run_sizes(x.shape, axes)
     chunk = max(1, math.isqrt(run))
     chunks = -(-run // chunk)
     partial = xp.empty((outer, chunks, inner), dtype=x.dtype)
@@ -67,13 +66,9 @@ def run_sum(xp, x, first: int, last: int):
 
 @kernel("reduce_sum", backend="cupy")
 def reduce_sum_cuda(ctx, attrs, x):
-    from nnd.runtime.kernels_basic import _axes
-
     axes = _axes(attrs, x.ndim)
     keepdims = bool(attrs.get("keepdims", False))
-    consecutive = bool(axes) and axes == tuple(range(axes[0], axes[-1] + 1)) and axes[-1] < x.ndim - 1
-    total = run_sum(ctx.xp, x, axes[0], axes[-1]) if consecutive and x.size else None
+    total = run_sum(ctx.xp, x, axes) if is_run_before_last(axes, x.ndim) and x.size else None
     if total is None:
         return wide_sum(ctx.xp, x, axes, keepdims)
-    kept = x.shape[:axes[0]] + ((1,) * len(axes) if keepdims else ()) + x.shape[axes[-1] + 1:]
-    return total.reshape(kept)
+    return total.reshape(run_sum_shape(x.shape, axes, keepdims))
