@@ -23,6 +23,9 @@ class Program:
     root: syntax.Module
     modules: list[syntax.Module]  # each file once, every file after the files it imports, the root last
     sources: dict[str, SourceFile] = field(default_factory=dict)  # by the name spans use
+    # by the same names: where each file stands, so that a copy of the program can keep the relative places
+    # its imports name (the root given as text stands in the directory its imports resolve against)
+    locations: dict[str, Path] = field(default_factory=dict)
 
 
 def load_program(path: str | os.PathLike) -> Program:
@@ -39,6 +42,12 @@ def load_program_text(text: str, name: str = "<string>", base_dir: str | os.Path
     loader = _Loader(base_dir=directory)
     display_dir = str(base_dir) if base_dir is not None else ""
     return loader.load(source, None, display_dir=display_dir)
+
+
+def _text_root_name(name: str) -> str:
+    """The file name a root given as text is copied under: its own when it names a .nnd file."""
+    base = os.path.basename(name)
+    return base if base.endswith(".nnd") and base != ".nnd" else "model.nnd"
 
 
 def _read_root(path: Path) -> SourceFile:
@@ -64,6 +73,7 @@ class _Loader:
     def __init__(self, base_dir: Path):
         self.base_dir = base_dir.resolve()
         self.sources: dict[str, SourceFile] = {}
+        self.locations: dict[str, Path] = {}
         self.modules: list[syntax.Module] = []
         self.done: set[Path] = set()
         self.failed: set[Path] = set()
@@ -72,10 +82,12 @@ class _Loader:
 
     def load(self, source: SourceFile, real: Path | None, display_dir: str) -> Program:
         self.sources[source.name] = source
+        self.locations[source.name] = real if real is not None else self.base_dir / _text_root_name(source.name)
         root = self.visit(source, real, display_dir)
         self.bag.raise_if_any(self.sources)
         assert root is not None
-        return Program(root=root, modules=list(self.modules), sources=dict(self.sources))
+        return Program(root=root, modules=list(self.modules), sources=dict(self.sources),
+                       locations=dict(self.locations))
 
     def visit(self, source: SourceFile, real: Path | None, display_dir: str) -> syntax.Module | None:
         try:
@@ -126,6 +138,7 @@ class _Loader:
             self.failed.add(target)
             return
         self.sources.setdefault(source.name, source)
+        self.locations.setdefault(source.name, target)
         self.visit(source, target, os.path.dirname(display))
 
     def cycle_name(self, real: Path | None, name: str) -> str:

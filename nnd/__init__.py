@@ -23,23 +23,35 @@ __version__ = "0.1.0"
 
 
 def load(path: str | Path, model: str | None = None, *, weights: str | Path | None = None,
-         backend: str = "numpy", dtype: str = "float32", seed: int | None = None, opt_level: int = 2,
-         mixed_precision: bool | str = False, tf32: bool = False, cuda_graphs: bool = False) -> "Model":
+         backend: str = "numpy", dtype: str | None = None, seed: int | None = None, opt_level: int = 2,
+         mixed_precision: bool | str | None = None, tf32: bool = False, cuda_graphs: bool = False) -> "Model":
     """Compile a `.nnd` file (or a directory written by `Model.save` / `nnd train --out`) into a Model.
 
-    `mixed_precision=True` (or "float16") trains and predicts in float16 on float32 weights, with dynamic
-    loss scaling, `mixed_precision="bfloat16"` in bfloat16 (needs ml_dtypes; no scaling);
-    `tf32=True` (cupy) lets float32 GEMMs run on Tensor Cores in TF32; `cuda_graphs=True` (cupy) replays
-    each training, evaluation and prediction step as one captured CUDA graph."""
+    A saved directory brings back its weights, dtype, precision and what `compile()` set, unless given
+    here. `dtype` is float32 (default) or float64; `mixed_precision=True` (or "float16") trains and
+    predicts in float16 on float32 weights, with dynamic loss scaling, `mixed_precision="bfloat16"` in
+    bfloat16 (needs ml_dtypes; no scaling); `tf32=True` (cupy) lets float32 GEMMs run on Tensor Cores in
+    TF32; `cuda_graphs=True` (cupy) replays each training, evaluation and prediction step as one captured
+    CUDA graph."""
     from nnd.compiler.frontend import compile_file
+    from nnd.runtime.saved_model import SOURCE_DIR, WEIGHTS, read_manifest
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise NndError(f"load takes the path of a .nnd file or a saved model directory, got {type(path).__name__}")
     path = Path(path)
+    saved: dict = {}
     if path.is_dir():
-        source, weights, saved = _saved_model(path, weights)
-        path = source
-        model = saved if model is None else model  # the model that was saved, not the file's last one
-    result = Model(compile_file(path), model, backend=backend, dtype=dtype, seed=seed, opt_level=opt_level,
-                   mixed_precision=mixed_precision, tf32=tf32, cuda_graphs=cuda_graphs)
+        saved = read_manifest(path)
+        if weights is None and (path / WEIGHTS).is_file():
+            weights = path / WEIGHTS
+        model = saved.get("model") if model is None else model  # the model that was saved, not the file's last
+        path = path / SOURCE_DIR / saved["source"]
+    result = Model(compile_file(path), model, backend=backend,
+                   dtype=dtype if dtype is not None else saved.get("dtype") or "float32", seed=seed,
+                   opt_level=opt_level, tf32=tf32, cuda_graphs=cuda_graphs,
+                   mixed_precision=mixed_precision if mixed_precision is not None
+                   else saved.get("mixed_precision") or False)
+    _compile_saved(result, saved.get("compile"))
     if weights is not None:
         result.load_weights(weights)
     return result
@@ -51,24 +63,33 @@ def loads(text: str, model: str | None = None, *, name: str = "<string>", base_d
     """Compile `.nnd` source text into a Model; imports resolve against `base_dir` (default: cwd)."""
     from nnd.compiler.frontend import compile_text
 
+    if not isinstance(text, str):
+        raise NndError(f"loads takes the model's source as a str, got {type(text).__name__}"
+                       + (" (decode bytes first: text.decode('utf-8'))" if isinstance(text, bytes) else ""))
     return Model(compile_text(text, name=name, base_dir=base_dir), model, backend=backend, dtype=dtype,
                  seed=seed, opt_level=opt_level, mixed_precision=mixed_precision, tf32=tf32,
                  cuda_graphs=cuda_graphs)
 
 
-def _saved_model(directory: Path, weights: str | Path | None) -> tuple[Path, Path | None, str | None]:
-    import json
+def _compile_saved(model: "Model", choices: dict | None) -> None:
+    """Apply the optimizer, loss and metrics a saved model's compile() had set."""
+    if not choices:
+        return
+    from nnd.compiler.training import Configured
 
-    manifest = directory / "model.json"
-    if not manifest.is_file():
-        raise NndError(f"{directory} holds no saved model (model.json is missing)")
-    info = json.loads(manifest.read_text())
-    source = directory / "source" / info["source"]
-    if weights is None and (directory / "weights.npz").is_file():
-        weights = directory / "weights.npz"
-    return source, weights, info.get("model")
+    def configured(entry: dict) -> Configured:
+        return Configured(entry["name"], dict(entry.get("args", {})))
+
+    try:
+        model.compile(optimizer=configured(choices["optimizer"]) if "optimizer" in choices else None,
+                      loss=configured(choices["loss"]) if "loss" in choices else None,
+                      metrics=[configured(m) for m in choices["metrics"]] if "metrics" in choices else None)
+    except (KeyError, TypeError, AttributeError):
+        raise NndError(f"the saved model's \"compile\" entry is malformed: {choices!r}") from None
 
 
 from nnd.model import Model  # noqa: E402  (after the functions, which are the facade's entry points)
+from nnd.runtime.callbacks import Callback, EarlyStopping, ReduceLROnPlateau  # noqa: E402
 
-__all__ = ["Model", "NndError", "NndWarning", "load", "loads", "__version__"]
+__all__ = ["Callback", "EarlyStopping", "Model", "NndError", "NndWarning", "ReduceLROnPlateau", "load", "loads",
+           "__version__"]

@@ -5,12 +5,14 @@ keyed by input name (or a list in declaration order). Targets follow the same ru
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -18,8 +20,9 @@ from nnd.compiler.diagnostics import NndError, NndWarning, did_you_mean
 from nnd.compiler.frontend import CheckedProgram
 from nnd.compiler.output_checks import check_outputs
 from nnd.compiler.summary import summarize
+from nnd.compiler.tensor_type import TensorType
 from nnd.compiler.training import LOSS_ALIASES, LOSSES, OPTIMIZERS, Configured, TrainSpec, check_configured
-from nnd.compiler.training_graph import LOSS, TARGET_PREFIX, loss_for, target_type
+from nnd.compiler.training_graph import TARGET_PREFIX, loss_for, target_type
 from nnd.runtime import checkpoint as ckpt
 from nnd.runtime.datasets import check_inputs
 from nnd.runtime.executor import Executor
@@ -31,11 +34,15 @@ from nnd.runtime.metrics import make_metric
 from nnd.runtime.precision import mixed_precision_dtype
 from nnd.runtime.trainer import Trainer, TrainingState
 
+if TYPE_CHECKING:
+    from nnd.runtime.fit import RunDirectory
+
 DTYPES = {"float32": np.float32, "float64": np.float64}
 # predict's slices: activations of about this many bytes stay in cache (measured on the seed CNN: slices of
 # 32 samples infer 2.3x faster than one slice of 1000), but never fewer samples than MIN_SLICE.
 CACHE_BYTES = 4 << 20
 MIN_SLICE = 8
+PREDICT_BATCH = 256  # predict's and evaluate's largest slice unless given
 Arrays = Any  # an ndarray, a dict name -> ndarray, or a list of ndarrays
 
 
@@ -58,7 +65,9 @@ class Model:
         self.program = program
         self.name = program.model_name(name)
         self.graph = program.graphs[self.name]
-        self.spec: TrainSpec = program.train_spec(self.name)
+        # a copy, which compile() may change without touching other models of the same program
+        self.spec: TrainSpec = dataclasses.replace(program.train_spec(self.name))
+        self._compiled: dict[str, Any] = {}  # what compile() set (Configured or a list of them), kept by save()
         self.backend = backend
         self.dtype = DTYPES[dtype]
         self.seed = self.spec.seed if seed is None else seed
@@ -70,6 +79,7 @@ class Model:
         self.params = {name: self._backend.asarray(value) for name, value in
                        initialize(self.graph.param_info, self.seed, self.dtype).items()}
         self.history = History()
+        self.stop_training = False  # Keras' flag, which callbacks with Keras' hooks set to end a fit
         self.data_rng = np.random.default_rng(self.seed + 1)  # shuffling and augmentation
         self._trainer: Trainer | None = None
         self._predictor: Executor | None = None
@@ -78,10 +88,14 @@ class Model:
 
     def __repr__(self) -> str:
         count = summarize(self.graph).total_params
-        inputs = ", ".join(f"{v.name}: {v.type}" for v in self.graph.inputs)
-        outputs = ", ".join(f"{name}: {v.type}" for name, v in self.graph.outputs.items())
+        inputs = ", ".join(f"{v.name}: {self._shown(v.type)}" for v in self.graph.inputs)
+        outputs = ", ".join(f"{name}: {self._shown(v.type)}" for name, v in self.graph.outputs.items())
         return (f"<nnd.Model '{self.name}' ({inputs}) -> ({outputs}), {count:,} parameters, "
                 f"{self.backend} {np.dtype(self.dtype).name}>")
+
+    def _shown(self, type: TensorType) -> TensorType:
+        """A value's type with the dtype this model computes floats in (the graphs are typed in f32)."""
+        return type.with_dtype("f64") if type.dtype == "f32" and self.dtype == np.float64 else type
 
     @property
     def compute_dtype(self) -> Any:
@@ -109,12 +123,16 @@ class Model:
     def set_parameters(self, values: Mapping[str, np.ndarray], strict: bool = True, *,
                        source: str = "the given dict") -> None:
         """Overwrite parameters in place; `strict` wants every parameter and no others. `source` names
-        where the values came from in error messages."""
+        where the values came from in error messages. Every value is checked before any is written."""
+        if not isinstance(values, Mapping):
+            raise NndError(f"set_parameters takes a dict of parameter name -> array (as parameters() gives), "
+                           f"got {type(values).__name__}")
         expected = {name: tuple(p.type.shape) for name, p in self.graph.param_info.items()}
         ckpt.check_compatible(expected, {k: np.shape(v) for k, v in values.items()}, strict=strict, source=source)
-        for name, value in values.items():
-            if name in self.params:
-                self.params[name][...] = self._backend.asarray(np.asarray(value, dtype=self.dtype))
+        converted = {name: _numeric(value, f"parameter {name!r} from {source}", self.dtype)
+                     for name, value in values.items() if name in self.params}
+        for name, value in converted.items():
+            self.params[name][...] = self._backend.asarray(value)
 
     # ------------------------------------------------------------------------------ configuration
 
@@ -131,10 +149,16 @@ class Model:
         if loss is not None:
             new_loss = _checked(_configured(loss), LOSSES, "loss", LOSS_ALIASES)
         if metrics is not None:
-            new_metrics = [_configured(m) for m in metrics]
+            new_metrics = [_configured(m) for m in ([metrics] if isinstance(metrics, (str, Configured)) else metrics)]
             for metric in new_metrics:
                 make_metric(metric.name, **metric.args)
         spec.optimizer, spec.loss, spec.metrics = new_optimizer, new_loss, new_metrics
+        if optimizer is not None or optimizer_args:
+            self._compiled["optimizer"] = new_optimizer
+        if loss is not None:
+            self._compiled["loss"] = new_loss
+        if metrics is not None:
+            self._compiled["metrics"] = new_metrics
         self._trainer = None
         return self
 
@@ -156,12 +180,14 @@ class Model:
 
     # ------------------------------------------------------------------------------ running
 
-    def predict(self, x: Arrays, batch_size: int = 256) -> Any:
+    def predict(self, x: Arrays, batch_size: int | None = None, verbose: int = 0) -> Any:
         """Outputs for x: an array for a one-output model, else a dict name -> array.
 
         On the CPU the batch runs through the network in slices whose activations fit in cache (a few
-        dozen samples for a small CNN), which is faster than whole batches; `batch_size` caps the slice.
+        dozen samples for a small CNN), which is faster than whole batches; `batch_size` (default 256)
+        caps the slice. `verbose` is accepted as Keras' is; prediction prints nothing.
         """
+        batch_size = _positive_int(PREDICT_BATCH if batch_size is None else batch_size, "batch_size")
         inputs = self._inputs(x)
         if self._predictor is None:
             from nnd.compiler.passes import PassManager
@@ -181,8 +207,11 @@ class Model:
             for name in self.output_names:
                 # half-precision results under mixed precision come back in the weights' dtype, as Keras' do
                 parts[name].append(np.asarray(self._backend.to_numpy(result[name]), dtype=self.dtype))
-        outputs = {name: np.concatenate(chunks) if chunks else np.zeros((0,)) for name, chunks in parts.items()}
+        outputs = {name: np.concatenate(chunks) if chunks else self._no_samples(name) for name, chunks in parts.items()}
         return outputs[self.output_names[0]] if len(outputs) == 1 else outputs
+
+    def _no_samples(self, output: str) -> np.ndarray:
+        return np.zeros((0, *self.graph.outputs[output].type.shape[1:]), dtype=self.dtype)
 
     @functools.cached_property
     def _activation_bytes_per_sample(self) -> int:
@@ -193,55 +222,88 @@ class Model:
             return batch_size  # a GPU wants the whole batch at once
         return max(MIN_SLICE, min(batch_size, CACHE_BYTES // self._activation_bytes_per_sample))
 
-    def evaluate(self, x: Arrays, y: Arrays, batch_size: int = 256) -> dict[str, float]:
-        """The loss and the train section's metrics over (x, y), in inference mode."""
-        trainer = self._get_trainer()
+    def evaluate(self, x: Arrays, y: Arrays, batch_size: int | None = None, verbose: int = 0) -> dict[str, float]:
+        """The loss and the train section's metrics over (x, y), in inference mode, in slices of at most
+        `batch_size` samples (default 256). `verbose` is accepted as Keras' is; evaluation prints nothing."""
+        batch_size = _positive_int(PREDICT_BATCH if batch_size is None else batch_size, "batch_size")
         feeds = self._feeds(x, y)
+        if _count(feeds) == 0:
+            raise NndError("no samples to evaluate: x and y are empty")
+        trainer = self._get_trainer()
         return trainer.run_epoch(plain_batches(feeds, self._slice_size(batch_size)), self.output_names,
                                  training=False)
 
     def loss_and_gradients(self, x: Arrays, y: Arrays) -> tuple[float, dict[str, np.ndarray]]:
         """The training loss on one batch and its gradient for every trainable parameter; no update."""
-        trainer = self._get_trainer()
-        result = trainer.train_executor.run(self._feeds(x, y), self.params)
-        grads = {name: np.array(self._backend.to_numpy(result["grad:" + name])) for name in trainer.trainable}
-        return float(result[LOSS]), grads
+        feeds = self._feeds(x, y)
+        if _count(feeds) == 0:
+            raise NndError("no samples: x and y are empty")
+        loss, grads = self._get_trainer().gradients(feeds)
+        return loss, {name: np.array(self._backend.to_numpy(g)) for name, g in grads.items()}
 
     def fit(self, x: Arrays, y: Arrays, epochs: int | None = None, batch_size: int | None = None, *,
             validation_data: tuple[Arrays, Arrays] | None = None, validation_split: float | None = None,
-            shuffle: bool = True, callbacks: Sequence[Any] = (), verbose: int = 1, initial_epoch: int = 0,
-            run_dir: "Any | None" = None) -> History:
-        """Train; returns the History (per-epoch loss, metrics and validation figures)."""
-        from nnd.runtime.fit import fit_loop
+            shuffle: bool = True, callbacks: Sequence[Any] | None = None, verbose: int = 1, initial_epoch: int = 0,
+            run_dir: "str | Path | RunDirectory | None" = None) -> History:
+        """Train; returns this call's History (per-epoch loss, metrics and validation figures), as Keras
+        does; `model.history` holds every epoch the model has trained, across calls and resumed runs.
+
+        `callbacks` are `nnd.Callback`s (EarlyStopping, ReduceLROnPlateau, or subclasses) or objects with
+        Keras' hooks; `run_dir` gets what `nnd train --out` writes (checkpoints, metrics, weights)."""
+        from nnd.runtime.callbacks import as_callbacks
+        from nnd.runtime.fit import RunDirectory, fit_loop
 
         spec = self.spec
         self._check_outputs()
         epochs = spec.epochs if epochs is None else epochs
         batch_size = spec.batch_size if batch_size is None else batch_size
-        for flag, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise NndError(f"{flag} must be a positive int, got {value!r}")
+        epochs, batch_size = _positive_int(epochs, "epochs"), _positive_int(batch_size, "batch_size")
         feeds = self._feeds(x, y)
         if _count(feeds) == 0:
             raise NndError("no training samples: x and y are empty")
-        split = spec.validation_split if validation_split is None else validation_split
-        val_feeds = self._feeds(*validation_data) if validation_data is not None else None
+        split = spec.validation_split if validation_split is None else _fraction(validation_split)
+        val_feeds = self._validation_feeds(validation_data)
         if val_feeds is None and split:
-            feeds, val_feeds = _split(feeds, split, self.seed)
+            feeds, val_feeds = _split(feeds, split)
+        hooks = as_callbacks(callbacks, self)
+        if run_dir is not None and not isinstance(run_dir, RunDirectory):
+            run_dir = RunDirectory(_path(run_dir, "run_dir"))
         trainer = self._get_trainer()
         state = TrainingState(self.params, trainer.optimizer, epoch=initial_epoch)
-        fit_loop(self, trainer, state, feeds, val_feeds, epochs, batch_size, shuffle, list(callbacks),
-                 verbose, run_dir)
-        return self.history
+        first = len(self.history.epochs)
+        fit_loop(self, trainer, state, feeds, val_feeds, epochs, batch_size, shuffle, hooks, verbose, run_dir)
+        return self.history.since(first)
+
+    def _validation_feeds(self, data: Any) -> dict[str, np.ndarray] | None:
+        if data is None:
+            return None
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            count = f"{len(data)} items" if isinstance(data, (tuple, list)) else type(data).__name__
+            raise NndError(f"validation_data must be a pair (x_val, y_val), got {count}"
+                           + (" (sample weights are not supported)" if isinstance(data, (tuple, list))
+                              and len(data) == 3 else ""))
+        feeds = self._feeds(*data)
+        if _count(feeds) == 0:
+            raise NndError("validation_data holds no samples")
+        return feeds
 
     # ------------------------------------------------------------------------------ saving
 
     def save(self, directory: str | Path) -> Path:
-        """Write weights.npz, the model source and a small manifest into `directory`."""
-        directory = Path(directory)
-        write_model_files(directory, self.program, self.name, self.input_names, self.output_names)
-        ckpt.save_weights(directory / "weights.npz", self.parameters())
+        """Write weights.npz, the model source and a manifest with the dtype, precision and what compile()
+        set into `directory`; `nnd.load(directory)` rebuilds the same model."""
+        directory = _path(directory, "the save directory")
+        write_model_files(directory, self.program, self.name, self.input_names, self.output_names,
+                          weights=self.parameters(), settings=self.saved_settings())
         return directory
+
+    def saved_settings(self) -> dict[str, Any]:
+        """What a saved model's manifest records beyond its source: dtype, precision, compile()'s choices."""
+        settings: dict[str, Any] = {"dtype": np.dtype(self.dtype).name, "mixed_precision": self.mixed_precision}
+        if self._compiled:
+            settings["compile"] = {key: [_as_json(m) for m in value] if isinstance(value, list) else _as_json(value)
+                                   for key, value in self._compiled.items()}
+        return settings
 
     def load_weights(self, path: str | Path) -> "Model":
         path = Path(path)
@@ -258,7 +320,9 @@ class Model:
             dims = tuple(value.type.shape[1:])
             array = np.asarray(arrays[value.name])
             allow_int = value.type.dtype in ("i32", "i64")
-            arrays[value.name] = _as_input(check_inputs(array, dims, value.name, allow_int=allow_int), allow_int)
+            checked = check_inputs(array, dims, value.name, allow_int=allow_int)
+            arrays[value.name] = _integer_input(checked, value.name, value.type.dtype) if allow_int else \
+                _float_input(checked)
         _same_count(arrays, "inputs")
         return arrays
 
@@ -281,6 +345,47 @@ def _allow_tf32(backend: str) -> None:
     if backend != "cupy":
         raise NndError(f"tf32 runs float32 GEMMs on a GPU's Tensor Cores: it needs the cupy backend, not {backend!r}")
     os.environ["CUPY_TF32"] = "1"
+
+
+def _fraction(value: Any) -> float:
+    """validation_split: a number in [0, 1)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 <= value < 1:
+        raise NndError(f"validation_split must be a number from 0 up to (not including) 1, got {value!r}")
+    return float(value)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise NndError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _numeric(value: Any, what: str, dtype: Any) -> np.ndarray:
+    """`value` as a numeric array of `dtype`, or an NndError naming it."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise NndError(f"{what} must hold numbers, got dtype {array.dtype}")
+    return array.astype(dtype, copy=False)
+
+
+def _as_json(value: Configured) -> dict[str, Any]:
+    """A checked optimizer, loss or metric as model.json keeps it; compile(**configured) reads it back."""
+    args = {k: v.item() if isinstance(v, np.generic) else v for k, v in value.args.items()}
+    try:
+        json.dumps(args)
+    except TypeError:
+        raise NndError(f"{value.name}: arguments must be numbers, strings or booleans to be saved, "
+                       f"got {args!r}") from None
+    return {"name": value.name, "args": args}
+
+
+def _path(value: Any, what: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise NndError(f"{what} must be a path, got {type(value).__name__}")
+    if "\0" in os.fspath(value):
+        raise NndError(f"{what} {os.fspath(value)!r} holds a NUL character")
+    return Path(value)
 
 
 def _configured(value: str | Configured) -> Configured:
@@ -313,38 +418,77 @@ def _by_name(values: Arrays, names: list[str], what: str) -> dict[str, np.ndarra
     return {names[0]: values}
 
 
-def _as_input(array: np.ndarray, allow_int: bool) -> np.ndarray:
-    return array if allow_int else array.astype(np.float32, copy=False) if array.dtype != np.float64 else array
+def _float_input(array: np.ndarray) -> np.ndarray:
+    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)
 
 
-def _check_target(y: np.ndarray, type, output, name: str, loss: str) -> np.ndarray:
-    label = f"target '{name}'" if name != "output" else "y"
+def _integer_input(array: np.ndarray, name: str, dtype: str) -> np.ndarray:
+    """An integer input (ids): whole numbers that the input's integer type holds, converted to it, so that
+    no id is silently truncated (3.9) or wrapped (2**32 + 3)."""
+    target = np.dtype(np.int32 if dtype == "i32" else np.int64)
+    if array.dtype.kind == "f":
+        fractional = array != np.round(array)
+        if fractional.any():
+            index = tuple(int(i) for i in np.argwhere(fractional)[0])
+            raise NndError(f"input '{name}' must hold whole numbers (ids), got {array[index]} at index {index}")
+    limits = np.iinfo(target)
+    if array.size and (array.min() < limits.min or array.max() > limits.max):
+        outside = (array < limits.min) | (array > limits.max)
+        index = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise NndError(f"input '{name}' holds {array[index]} at index {index}, outside {target.name}")
+    return array.astype(target, copy=False)
+
+
+def _check_target(y: np.ndarray, type: TensorType, output, name: str, loss: str) -> np.ndarray:
+    label = name if name != "output" else "y"
     if type.dtype == "i64":
-        classes = output.type.shape[-1]
-        if y.ndim == len(type.shape) + 1 and y.shape[-1] == 1:
-            y = y[..., 0]
-        if y.dtype.kind == "f":
-            if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-                raise NndError(f"{label} must hold integer class ids for {loss}, got non-integer values")
-        elif y.dtype.kind not in "iu":
-            raise NndError(f"{label} must hold integer class ids, got dtype {y.dtype}")
-        if y.ndim != len(type.shape):
-            hint = " (one-hot targets need categorical_crossentropy)" if y.ndim == len(type.shape) + 1 else ""
-            raise NndError(f"{label} has shape {y.shape}; {loss} expects class ids of shape "
-                           f"(batch{', ' if len(type.shape) > 1 else ''}"
-                           f"{', '.join(str(d) for d in type.shape[1:])}){hint}")
-        if y.size:
-            low, high = int(y.min()), int(y.max())
-            if low < 0 or high >= classes:
-                bad = low if low < 0 else high
-                index = int(np.argmax(y == bad))
-                raise NndError(f"{label} holds label {bad} at index {index}, outside the {classes} classes "
-                               f"(0 to {classes - 1}) of output '{name}'")
-        return y.astype(np.int64, copy=False)
+        return _class_id_target(y, type, output.type.shape[-1], label, name, loss)
+    return _value_target(y, type, label, loss)
+
+
+def _class_id_target(y: np.ndarray, type: TensorType, classes: int, label: str, output: str,
+                     loss: str) -> np.ndarray:
+    if y.ndim == len(type.shape) + 1 and y.shape[-1] == 1:
+        y = y[..., 0]
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise NndError(f"target '{label}' must hold integer class ids for {loss}, got non-integer values")
+    elif y.dtype.kind not in "iu":
+        raise NndError(f"target '{label}' must hold integer class ids, got dtype {y.dtype}")
+    if y.ndim != len(type.shape):
+        hint = " (one-hot targets need categorical_crossentropy)" if y.ndim == len(type.shape) + 1 else ""
+        raise NndError(f"target '{label}' has shape {y.shape}; {loss} expects class ids of shape "
+                       f"(batch{', ' if len(type.shape) > 1 else ''}"
+                       f"{', '.join(str(d) for d in type.shape[1:])}){hint}")
+    if y.size:
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= classes:
+            bad = low if low < 0 else high
+            index = int(np.argmax(y == bad))
+            raise NndError(f"target '{label}' holds label {bad} at index {index}, outside the {classes} classes "
+                           f"(0 to {classes - 1}) of output '{output}'")
+    return y.astype(np.int64, copy=False)
+
+
+# losses whose targets are probabilities: anything outside [0, 1] gives a meaningless (even negative) loss
+PROBABILITY_TARGETS = ("binary_crossentropy", "categorical_crossentropy")
+
+
+def _value_target(y: np.ndarray, type: TensorType, label: str, loss: str) -> np.ndarray:
     dims = tuple(type.shape[1:])
     if y.ndim == 1 and dims == (1,):
         y = y[:, None]
-    return check_inputs(y.astype(np.float32, copy=False) if y.dtype.kind in "iub" else y, dims, label)
+    if loss == "categorical_crossentropy" and y.ndim == len(type.shape) - 1 and y.dtype.kind in "iu":
+        raise NndError(f"target '{label}' has shape {y.shape}: class ids; {loss} expects one-hot rows of shape "
+                       f"(batch, {', '.join(str(d) for d in dims)}) (use sparse_categorical_crossentropy for ids)")
+    y = check_inputs(y.astype(np.float32, copy=False) if y.dtype.kind in "iub" else y, dims, label, kind="target")
+    if loss in PROBABILITY_TARGETS:
+        outside = (y < 0) | (y > 1)
+        if outside.any():
+            index = tuple(int(i) for i in np.argwhere(outside)[0])
+            raise NndError(f"target '{label}' holds {y[index]} at index {index}; {loss} needs targets "
+                           f"from 0 to 1")
+    return y
 
 
 def _count(arrays: Mapping[str, np.ndarray]) -> int:
@@ -358,14 +502,14 @@ def _same_count(arrays: Mapping[str, np.ndarray], what: str) -> None:
         raise NndError(f"the {what} have different numbers of samples ({listing})")
 
 
-def _split(feeds: dict[str, np.ndarray], fraction: float, seed: int):
+def _split(feeds: dict[str, np.ndarray], fraction: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Hold out the last `fraction` of the samples, before any shuffling, as Keras' validation_split does
+    (so a time series validates on its latest windows, never on ones between training windows)."""
     n = _count(feeds)
     n_val = int(math.floor(n * fraction))
     if n_val < 1 or n_val >= n:
         raise NndError(f"validation_split {fraction} leaves no samples on one side of {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    return ({k: v[train_idx] for k, v in feeds.items()}, {k: v[val_idx] for k, v in feeds.items()})
+    return ({k: v[:n - n_val] for k, v in feeds.items()}, {k: v[n - n_val:] for k, v in feeds.items()})
 
 
 __all__ = ["Model"]

@@ -24,8 +24,8 @@ import numpy as np
 from nnd.compiler.diagnostics import NndError, did_you_mean
 from nnd.runtime.named import build
 
-__all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau", "BestCheckpoint", "make_callback", "CALLBACKS",
-           "check_logged"]
+__all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau", "BestCheckpoint", "KerasHooks", "make_callback",
+           "as_callbacks", "CALLBACKS", "check_logged"]
 
 _MAXIMIZE_HINTS = ("acc", "auc", "precision", "recall", "f1")
 
@@ -90,6 +90,61 @@ class Callback:
         pass
 
 
+KERAS_HOOKS = ("on_train_begin", "on_epoch_end", "on_train_end")
+
+
+class KerasHooks(Callback):
+    """An object that is not a `Callback` but has any of Keras' hooks, called as Keras calls them:
+    on_train_begin(logs), on_epoch_end(epoch, logs), on_train_end(logs). As in Keras, it finds the model
+    in its `model` attribute (or gets it through `set_model`) and stops training by setting
+    `model.stop_training = True`."""
+
+    def __init__(self, hooks: Any, model: Any):
+        self.hooks, self.model = hooks, model
+
+    def on_train_begin(self, state):
+        self.model.stop_training = False
+        if callable(getattr(self.hooks, "set_model", None)):
+            self.hooks.set_model(self.model)
+        else:
+            try:
+                self.hooks.model = self.model
+            except AttributeError:  # a read-only object can still use its hooks
+                pass
+        self._call("on_train_begin", {})
+
+    def on_epoch_end(self, state, logs):
+        self._call("on_epoch_end", state.epoch, dict(logs))
+        if self.model.stop_training:
+            state.stop_training = True
+
+    def on_train_end(self, state):
+        self._call("on_train_end", {})
+
+    def _call(self, hook: str, *args: Any) -> None:
+        method = getattr(self.hooks, hook, None)
+        if callable(method):
+            method(*args)
+
+
+def as_callbacks(values: Any, model: Any) -> list[Callback]:
+    """fit()'s `callbacks`: None, or a list of Callbacks and objects with Keras' hooks."""
+    if values is None:
+        return []
+    if isinstance(values, Callback) or not isinstance(values, (list, tuple)):
+        values = [values]
+    result: list[Callback] = []
+    for value in values:
+        if isinstance(value, Callback):
+            result.append(value)
+        elif any(callable(getattr(value, hook, None)) for hook in KERAS_HOOKS):
+            result.append(KerasHooks(value, model))
+        else:
+            raise NndError(f"callbacks: {value!r} is neither an nnd.Callback nor an object with any of Keras' "
+                           f"hooks ({', '.join(KERAS_HOOKS)})")
+    return result
+
+
 def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -124,7 +179,9 @@ class EarlyStopping(Callback):
     name = "early_stopping"
 
     def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0, mode: str = "auto",
-                 restore_best: bool = False):
+                 restore_best: bool = False, *, restore_best_weights: bool | None = None):
+        if restore_best_weights is not None:  # Keras' name
+            restore_best = restore_best_weights
         self._tracker = _Monitor(self.name, monitor, mode, min_delta)
         self.monitor = monitor
         self.patience = _check_number(self.name, "patience", patience, 0, integer=True)

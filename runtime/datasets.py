@@ -496,27 +496,28 @@ def _fmt_shape(shape) -> str:
     return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def check_inputs(x: Any, expected_shape_without_batch: tuple, name: str = "x", allow_int: bool = False) -> np.ndarray:
-    """Validate a model input batch: numeric float dtype, shape (batch, *expected) (None matches any size)
-    and only finite values. Returns x unchanged."""
+def check_inputs(x: Any, expected_shape_without_batch: tuple, name: str = "x", allow_int: bool = False,
+                 kind: str = "input") -> np.ndarray:
+    """Validate a model input (or, with kind="target", target) batch: numeric float dtype, shape
+    (batch, *expected) (None matches any size) and only finite values. Returns x unchanged."""
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise NndError(f"input '{name}' must be an array, got {type(x).__name__}")
+        raise NndError(f"{kind} '{name}' must be an array, got {type(x).__name__}")
     expected = tuple(expected_shape_without_batch)
     got = tuple(int(d) for d in x.shape)
     if len(got) != len(expected) + 1 or any(e is not None and e != g for e, g in zip(expected, got[1:])):
-        raise NndError(f"input '{name}' has shape {got} but the model expects {_fmt_shape((None,) + expected)}")
+        raise NndError(f"{kind} '{name}' has shape {got} but the model expects {_fmt_shape((None,) + expected)}")
     kinds = "fiu" if allow_int else "f"
     if x.dtype.kind not in kinds:
         want = "a floating-point or integer" if allow_int else "a floating-point"
         hint = " (scale integer images with x.astype('float32') / 255)" if x.dtype.kind in "iu" else ""
-        raise NndError(f"input '{name}' has dtype {x.dtype} but {want} array is needed{hint}")
+        raise NndError(f"{kind} '{name}' has dtype {x.dtype} but {want} array is needed{hint}")
     if x.dtype.kind == "f":
         finite = np.isfinite(x)
         if not bool(finite.all()):
             bad = tuple(int(i) for i in np.argwhere(~np.asarray(finite))[0])
             value = x[bad]
-            kind = "NaN" if np.isnan(value) else "an infinite value"
-            raise NndError(f"input '{name}' contains {kind} at index {bad}")
+            what = "NaN" if np.isnan(value) else "an infinite value"
+            raise NndError(f"{kind} '{name}' contains {what} at index {bad}")
     return x
 
 

@@ -50,7 +50,8 @@ class RunDirectory:
         if self.replace:  # nothing of the earlier run may pass for this one's (a best.npz it never wrote)
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
-        write_model_files(self.path, model.program, model.name, model.input_names, model.output_names)
+        write_model_files(self.path, model.program, model.name, model.input_names, model.output_names,
+                          settings=model.saved_settings())
         for name, write in self.artifacts.items():
             write(self.path / name)
 

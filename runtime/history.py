@@ -13,6 +13,12 @@ class History:
     def append(self, logs: dict[str, float]) -> None:
         self.epochs.append(dict(logs))
 
+    def since(self, start: int) -> "History":
+        """The epochs from index `start` on, as a History of their own."""
+        part = History()
+        part.epochs = [dict(logs) for logs in self.epochs[start:]]
+        return part
+
     @property
     def history(self) -> dict[str, list[float]]:
         keys = [k for logs in self.epochs for k in logs]

@@ -1,32 +1,99 @@
 """The files that make a directory loadable by `nnd.load(DIR)`: the model's exact source (with the files
-it imports) under source/, and model.json naming the model and its root file. Written by `Model.save`
-and by every `nnd train` run directory."""
+it imports, at the same relative places, so every import still names the right file) under source/,
+weights.npz, and model.json naming the model, its root file and the settings it was built with. Written
+by `Model.save` and by every `nnd train` run directory.
+
+A save never leaves a mix of two models for a reader: the new source tree and weights are written beside
+the old ones first; then model.json goes, the new files are renamed into place, and model.json, written
+last, makes the directory a saved model again. An interrupted save leaves a directory that `nnd.load`
+refuses for its missing model.json, never new source with old weights.
+"""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
 
 from nnd.compiler.diagnostics import NndError
+from nnd.runtime import checkpoint as ckpt
 
 MANIFEST = "model.json"
+SOURCE_DIR = "source"
+WEIGHTS = "weights.npz"
 
 
-def write_model_files(directory: Path, program, model: str, inputs: list[str], outputs: list[str]) -> None:
-    """Create `directory` if needed and write source/ and model.json for `model` of `program`."""
+def source_layout(program) -> dict[str, PurePosixPath]:
+    """Each source file's path under source/, by the name the program knows it by: its place relative
+    to the deepest directory that holds them all."""
+    locations = program.program.locations
+    common = Path(os.path.commonpath([str(path.parent) for path in locations.values()]))
+    return {name: PurePosixPath(path.relative_to(common).as_posix()) for name, path in locations.items()}
+
+
+def write_model_files(directory: Path, program, model: str, inputs: list[str], outputs: list[str], *,
+                      weights: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None) -> None:
+    """Make `directory` (created if needed) a saved model: source/, weights.npz when `weights` are given,
+    and model.json with `settings` (what `nnd.load` rebuilds the model with) merged in."""
+    layout = source_layout(program)
+    manifest = {"model": model, "source": str(layout[program.program.root.file]), "inputs": inputs,
+                "outputs": outputs, **(settings or {})}
+    manifest_text = json.dumps(manifest, indent=2) + "\n"
+    staged_weights = directory / f".staged-{WEIGHTS}"
+    staged_source: Path | None = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        staged_source = Path(tempfile.mkdtemp(prefix=".staged-source.", dir=directory))
+        for name, relative in layout.items():
+            target = staged_source / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(program.sources[name].text, encoding="utf-8")
+        if weights is not None:
+            ckpt.save_weights(staged_weights, weights)
+        _commit(directory, staged_source, staged_weights if weights is not None else None, manifest_text)
     except OSError as err:
-        raise NndError(f"cannot create the directory {directory}: {err.strerror}") from None
-    root = Path(program.program.root.file).resolve().parent
-    for name, source in program.sources.items():
-        path = Path(name).resolve()
-        try:
-            relative = path.relative_to(root)
-        except ValueError:
-            relative = Path(path.name)
-        target = directory / "source" / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(source.text, encoding="utf-8")
-    manifest = {"model": model, "source": Path(program.program.root.file).name, "inputs": inputs,
-                "outputs": outputs}
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        raise NndError(f"cannot save the model to {directory}: {_reason(err)}") from None
+    finally:
+        if staged_source is not None and staged_source.exists():
+            shutil.rmtree(staged_source, ignore_errors=True)
+        staged_weights.unlink(missing_ok=True)
+
+
+def _commit(directory: Path, staged_source: Path, staged_weights: Path | None, manifest_text: str) -> None:
+    """Swap the staged files in; model.json is absent from the first rename to the last write."""
+    manifest = directory / MANIFEST
+    if manifest.is_dir():
+        raise NndError(f"cannot save the model to {directory}: {manifest} is a directory")
+    manifest.unlink(missing_ok=True)
+    source = directory / SOURCE_DIR
+    retired = Path(tempfile.mkdtemp(prefix=".retired-source.", dir=directory))
+    try:
+        if source.exists() or source.is_symlink():
+            source.rename(retired / SOURCE_DIR)
+        staged_source.rename(source)
+        if staged_weights is not None:
+            os.replace(staged_weights, directory / WEIGHTS)
+        ckpt.atomic_write(manifest, lambda f: f.write(manifest_text.encode("utf-8")), "model manifest")
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """model.json of a saved model directory, checked enough that its use cannot fail obscurely."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise NndError(f"{directory} holds no saved model ({MANIFEST} is missing)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise NndError(f"cannot read {path}: {err}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("source"), str):
+        raise NndError(f"{path} is not an nnd model manifest: it needs an object with a \"source\" file name")
+    return manifest
+
+
+def _reason(err: OSError) -> str:
+    where = f" ({err.filename})" if err.filename else ""
+    return f"{err.strerror or err}{where}"

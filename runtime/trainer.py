@@ -76,8 +76,9 @@ class Trainer:
         self.eval_executor = Executor(self.eval_graph, backend, compute, seed=seed, cuda_graphs=cuda_graphs)
         self.trainable = training.trainable
         self.optimizer = make_configured_optimizer(spec.optimizer, self.train_executor.backend.xp)
-        trainable_views = self.optimizer.bind({k: params[k] for k in self.trainable})
-        params.update(trainable_views)  # the model's dict now holds views into the optimizer's flat buffer
+        if self.trainable:  # a model without any can still be evaluated
+            trainable_views = self.optimizer.bind({k: params[k] for k in self.trainable})
+            params.update(trainable_views)  # the model's dict now holds views into the optimizer's flat buffer
         self.params = params
         self.schedule = None
         if spec.lr_schedule is not None:
@@ -95,6 +96,8 @@ class Trainer:
 
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One optimizer step on one batch; returns the training graph's outputs (loss, predictions)."""
+        if not self.trainable:
+            raise NndError(f"model '{self.train_graph.name}' has no trainable parameters: there is nothing to train")
         if self.schedule is not None:
             self._apply_schedule()
         if self.scaler is not None:
@@ -109,7 +112,8 @@ class Trainer:
             compute = self.train_executor.dtype
             hint = f" (in {compute.name}: try without mixed precision)" if compute.itemsize == 2 else ""
             raise NndError(f"the loss became {loss} at step {self.optimizer.iterations + 1}; "
-                           f"lower the learning rate (--lr) or check the data for extreme values{hint}")
+                           f"lower the learning rate (--lr, or lr= in compile()) or check the data for extreme "
+                           f"values{hint}")
         grads = {name: result[GRAD_PREFIX + name] for name in self.trainable}
         if self.scaler is not None:
             grads = self.scaler.unscale(grads, self.train_executor.backend.xp, self.master_dtype.type)
@@ -121,6 +125,21 @@ class Trainer:
         for name in self.state_names:
             self.params[name][...] = result[UPDATE_PREFIX + name]
         return result
+
+    def gradients(self, feeds: dict[str, np.ndarray]) -> tuple[float, dict[str, Any]]:
+        """The loss on one batch and every trainable parameter's gradient in the master dtype; no step.
+        Under loss scaling the gradients are computed at the current scale and divided back, or at a
+        scale of 1 when that overflows; the scaler itself is left as it was."""
+        xp = self.train_executor.backend.xp
+        for scale in (1.0,) if self.scaler is None else (self.scaler.scale, 1.0):
+            run_feeds = feeds if self.scaler is None else {**feeds, LOSS_SCALE: np.asarray(scale, np.float32)}
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                result = self._forward_backward(run_feeds)
+            grads = {name: result[GRAD_PREFIX + name].astype(self.master_dtype.type) / self.master_dtype.type(scale)
+                     for name in self.trainable}
+            if self.scaler is None or all(bool(xp.isfinite(g).all()) for g in grads.values()):
+                break
+        return float(result[LOSS]), grads
 
     def _graph_gradients_into_optimizer(self) -> None:
         """Under CUDA graphs, the graph writes its gradients into the optimizer's flat gradient buffer

@@ -129,9 +129,10 @@ def test_make_callback():
     assert isinstance(make_callback("best_checkpoint", path="b.npz"), BestCheckpoint)
     with pytest.raises(NndError, match="unknown callback 'early_stoping'; did you mean 'early_stopping'"):
         make_callback("early_stoping")
-    with pytest.raises(NndError, match="unknown argument 'restore_best_weights' for callback 'early_stopping'; "
+    with pytest.raises(NndError, match="unknown argument 'restore_bset' for callback 'early_stopping'; "
                                        "did you mean 'restore_best'"):
-        make_callback("early_stopping", restore_best_weights=True)
+        make_callback("early_stopping", restore_bset=True)
+    assert make_callback("early_stopping", restore_best_weights=True).restore_best  # Keras' name
     with pytest.raises(NndError, match="needs argument path"):
         make_callback("best_checkpoint")
     with pytest.raises(NndError, match=r"factor must be a number in \[0, 1\)"):

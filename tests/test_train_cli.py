@@ -285,8 +285,8 @@ def test_a_diverging_run_stops_with_one_line_and_no_numpy_warnings(project):
         result = nnd_cli("train", "reg.nnd", "--data", "reg.npz", "--epochs", 3, "-q")
     assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
     assert result.exit_code == 1
-    assert result.stderr == ("error: the loss became inf at step 3; lower the learning rate (--lr) or check the "
-                             "data for extreme values\n")
+    assert result.stderr == ("error: the loss became inf at step 3; lower the learning rate (--lr, or lr= in "
+                             "compile()) or check the data for extreme values\n")
 
 
 def test_missing_data_file(project):
