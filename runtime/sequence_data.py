@@ -443,6 +443,8 @@ class CharVocabulary:
         if not isinstance(data, dict) or data.get("format") != _VOCAB_FORMAT or not isinstance(data.get("chars"), list):
             raise NndError(f"{path} is not an nnd character vocabulary (expected \"format\": \"{_VOCAB_FORMAT}\" "
                            f"and a \"chars\" list)")
+        if not data["chars"]:  # only padding: a model could never be fed or predict a character
+            raise NndError(f"{path}: the vocabulary is empty (its \"chars\" list holds no character)")
         try:
             return cls(data["chars"])
         except NndError as e:

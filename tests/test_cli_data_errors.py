@@ -1,0 +1,87 @@
+"""Messages of `nnd generate / predict / evaluate` about the files they are given: a vocabulary, an --input,
+a --weights directory; each one line, exit 1, no traceback, no warning."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+from click.testing import CliRunner
+
+import nnd
+from nnd.cli import main
+from nnd.runtime.sequence_data import CharVocabulary
+
+CHAR_MODEL = """model chars {
+    input text: int32[8]
+    embedding(16, 4)
+    lstm(8)
+    dense(16, activation=softmax)
+}
+"""
+
+TABLE_MODEL = """model table {
+    input x: [4]
+    dense(3, activation=softmax)
+}
+
+train table {
+    loss = sparse_categorical_crossentropy
+}
+"""
+
+SPLIT_MODEL = """model split {
+    input x: [4]
+    hidden = x -> dense(8, activation=relu)
+    output label = hidden -> dense(3, activation=softmax)
+    output score = hidden -> dense(1)
+}
+"""
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NND_OFFLINE", "1")
+    (tmp_path / "chars.nnd").write_text(CHAR_MODEL)
+    nnd.load("chars.nnd", seed=0).save("lm")
+    CharVocabulary.from_text("abc ").save(tmp_path / "lm" / "vocabulary.json")
+    (tmp_path / "table.nnd").write_text(TABLE_MODEL)
+    nnd.load("table.nnd", seed=0).save("run")
+    return tmp_path
+
+
+def nnd_cli(*args):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(main, [str(a) for a in args])
+    assert [str(w.message) for w in caught] == []
+    return result
+
+
+def failure(result) -> str:
+    """The one-line message of a command that failed cleanly."""
+    assert result.exit_code == 1, (result.exit_code, result.output)
+    assert "Traceback" not in result.output and "internal error" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].count("error:") == 1, lines
+    return lines[0]
+
+
+def generate(*args):
+    return nnd_cli("generate", "chars.nnd", "--weights", "lm", "--length", 5, *args)
+
+
+# ------------------------------------------------------------------------------------------- generate
+
+def test_an_empty_vocabulary_is_named_as_such(project):
+    (project / "empty.json").write_text(json.dumps(
+        {"format": "nnd-char-vocabulary", "version": 1, "padding_id": 0, "chars": []}))
+    message = failure(generate("--vocab", "empty.json", "--prompt", "ab"))
+    assert message == "error: empty.json: the vocabulary is empty (its \"chars\" list holds no character)"
+
+
+# -------------------------------------------------------------------------------------------- predict
+
+def predict(*args):
+    return nnd_cli("predict", "table.nnd", "--weights", "run", "--output", "y.npy", *args)
