@@ -447,8 +447,8 @@ class CharVocabulary:
             raise NndError(f"{path}: the vocabulary is empty (its \"chars\" list holds no character)")
         try:
             return cls(data["chars"])
-        except NndError as e:
-            raise NndError(f"{path}: {e}") from None
+        except NndError as e:  # its message, not its rendering, which starts with "error: " already
+            raise NndError(f"{path}: {e.diagnostics[0].message}") from None
 
 
 def _read_text(path: Path) -> str:

@@ -81,6 +81,12 @@ def test_an_empty_vocabulary_is_named_as_such(project):
     assert message == "error: empty.json: the vocabulary is empty (its \"chars\" list holds no character)"
 
 
+def test_a_malformed_vocabulary_has_one_error_prefix(project):
+    (project / "v4.json").write_text(json.dumps({"format": "nnd-char-vocabulary", "chars": [1]}))
+    assert failure(generate("--vocab", "v4.json", "--prompt", "ab")) == (
+        "error: v4.json: vocabulary entry 0 is 1; every entry must be a single character")
+
+
 # -------------------------------------------------------------------------------------------- predict
 
 def predict(*args):
