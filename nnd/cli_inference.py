@@ -161,7 +161,7 @@ def run_generation(file, model_name, weights, vocab, prompt, length, temperature
         raise NndError(f"{vocab_path} has {vocabulary.size} ids but model '{model.name}' predicts {classes} "
                        "classes: it was not trained with this vocabulary")
     steps = int(input_type.shape[1])
-    ids = list(vocabulary.encode(prompt))
+    ids = list(_prompt_ids(prompt, vocabulary, vocab_path))
     rng = np.random.default_rng(seed)
     for _ in range(length):
         window = ([0] * steps + ids)[-steps:]  # id 0 pads a prompt shorter than the window
@@ -169,6 +169,20 @@ def run_generation(file, model_name, weights, vocab, prompt, length, temperature
         # The output layer may be wider than the vocabulary; the ids past its end are no characters.
         ids.append(_sample(probabilities[:vocabulary.size], temperature, rng))
     return vocabulary.decode(np.asarray(ids))
+
+
+def _prompt_ids(prompt: str, vocabulary, vocab_path: Path) -> np.ndarray:
+    """The prompt's ids; a character the vocabulary lacks is refused, as id 0 would silently drop it."""
+    unknown = vocabulary.missing(prompt)
+    if unknown:
+        raise NndError(f"--prompt: the vocabulary {vocab_path} lacks {', '.join(map(repr, unknown))} "
+                       f"(it has {_count(len(vocabulary.chars), 'character')})")
+    return vocabulary.encode(prompt)
+
+
+def _count(n: int, noun: str) -> str:
+    """`n noun`, the noun in the plural unless n is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _sample(probabilities: np.ndarray, temperature: float, rng: np.random.Generator) -> int:

@@ -396,6 +396,10 @@ class CharVocabulary:
                               else ""))
         return ids
 
+    def missing(self, text: str) -> list[str]:
+        """The characters of `text` the vocabulary lacks, each once, in the order they first appear."""
+        return list(dict.fromkeys(ch for ch in text if ch not in self._index))
+
     def decode(self, ids: Any, unknown: str = "") -> str:
         """The text of a 1-D id sequence; id 0 (padding/unknown) becomes `unknown` ("" drops it)."""
         arr = np.asarray(ids)

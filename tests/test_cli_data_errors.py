@@ -81,6 +81,19 @@ def test_an_empty_vocabulary_is_named_as_such(project):
     assert message == "error: empty.json: the vocabulary is empty (its \"chars\" list holds no character)"
 
 
+def test_prompt_characters_the_vocabulary_lacks_are_refused(project):
+    assert failure(generate("--prompt", "ZZZ")) == (
+        "error: --prompt: the vocabulary lm/vocabulary.json lacks 'Z' (it has 4 characters)")
+    assert failure(generate("--prompt", "abé€c")) == (
+        "error: --prompt: the vocabulary lm/vocabulary.json lacks 'é', '€' (it has 4 characters)")
+
+
+def test_a_prompt_of_known_characters_is_continued(project):
+    result = generate("--prompt", "ab c")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ab c") and set(result.output[4:-1]) <= set("abc ")
+
+
 def test_a_malformed_vocabulary_has_one_error_prefix(project):
     (project / "v4.json").write_text(json.dumps({"format": "nnd-char-vocabulary", "chars": [1]}))
     assert failure(generate("--vocab", "v4.json", "--prompt", "ab")) == (

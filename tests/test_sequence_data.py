@@ -563,3 +563,9 @@ def test_load_moving_fashion_mnist_real(monkeypatch):
     # Each frame holds the whole garment (same amount of ink in every frame of a clip).
     ink = x_tr.sum(axis=(2, 3, 4))
     np.testing.assert_allclose(ink, ink[:, :1].repeat(3, axis=1), rtol=1e-5)
+
+
+def test_vocabulary_names_the_characters_it_lacks():
+    vocabulary = CharVocabulary.from_text("abc")
+    assert vocabulary.missing("abZcéZ€") == ["Z", "é", "€"]
+    assert vocabulary.missing("cab") == []
