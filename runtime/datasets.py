@@ -29,7 +29,8 @@ import numpy as np
 from nnd.compiler.diagnostics import NndError, did_you_mean
 
 __all__ = ["read_idx", "write_idx", "load_named", "search_dirs", "load_arrays", "load_csv",
-           "train_validation_split", "batches", "check_inputs", "check_labels", "column_index", "NAMED_DATASETS",
+           "train_validation_split", "batches", "check_inputs", "check_labels", "column_index", "cell_place",
+           "NAMED_DATASETS",
            "IDX_FILES"]
 
 # ----------------------------------------------------------------------------------------------------- IDX
@@ -399,6 +400,12 @@ def column_index(ref: Any, role: str, path: Path, names: list[str] | None, width
     raise NndError(f"{role} column must be a name or an index, got {ref!r}")
 
 
+def cell_place(path: Path, line: int, column: int, names: list[str] | None) -> str:
+    """Where a CSV cell is, for a message: the column counted from 1, as lines are and as spreadsheets
+    count, then its header name when the file has one."""
+    return f"{path} line {line}, column {column + 1}" + (f" ('{names[column]}')" if names else "")
+
+
 def load_csv(path: str | os.PathLike, target: str | int | None = None, header: bool | str = "auto",
              delimiter: str = ",") -> tuple[np.ndarray, np.ndarray | None]:
     """Load a numeric CSV as (x float32 of shape (n, features), y) with y the `target` column (name or index).
@@ -424,9 +431,8 @@ def load_csv(path: str | os.PathLike, target: str | int | None = None, header: b
         except ValueError:
             for c, cell in enumerate(cells):
                 if not _is_number(cell):
-                    where = f"column {c}" + (f" ('{names[c]}')" if names else "")
                     what = "an empty value" if not cell.strip() else f"'{cell}', which is not a number"
-                    raise NndError(f"{path} line {line}, {where}: {what}") from None
+                    raise NndError(f"{cell_place(path, line, c, names)}: {what}") from None
     if col is None:
         return values.astype(np.float32), None
     y = values[:, col]

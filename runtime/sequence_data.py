@@ -20,7 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from nnd.compiler.diagnostics import NndError
-from nnd.runtime.datasets import _rng, column_index, load_named, read_csv_rows, train_validation_split
+from nnd.runtime.datasets import (_rng, cell_place, column_index, load_named, read_csv_rows,
+                                  train_validation_split)
 
 __all__ = ["load_time_series_csv", "chronological_split", "SeriesStats", "save_stats", "load_stats",
            "STATS_FILE", "CharVocabulary", "load_text_windows", "pad_sequences", "mask_from_padding",
@@ -183,7 +184,7 @@ def _read_columns(path: Path, columns: Sequence[str | int] | None, target: str |
                   ) -> tuple[list[str], str, np.ndarray, np.ndarray]:
     """Parse only the needed columns of a numeric CSV: (input column names, target column name,
     input values float64 (rows, features), target values float64 (rows,)). Without a header row the
-    names are "column I"."""
+    names are "column I", I the index (from 0) that `columns` and `target` take."""
     rows, has_header = read_csv_rows(path, header, "load_time_series_csv")
     width = len(rows[0][1])
     names = [c.strip() for c in rows[0][1]] if has_header else None
@@ -205,7 +206,7 @@ def _read_columns(path: Path, columns: Sequence[str | int] | None, target: str |
                            f"{'header' if has_header else 'first row'} has {width}")
         for c in needed:
             hint = " (choose numeric input columns with columns=[...])" if columns is None and c != t_col else ""
-            values[r, c] = _number(cells[c], f"{path} line {line}, column {c} ('{display[c]}')", hint)
+            values[r, c] = _number(cells[c], cell_place(path, line, c, names), hint)
     return [display[c] for c in f_cols], display[t_col], values[:, f_cols], values[:, t_col]
 
 

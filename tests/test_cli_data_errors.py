@@ -104,3 +104,9 @@ def test_a_malformed_vocabulary_has_one_error_prefix(project):
 
 def predict(*args):
     return nnd_cli("predict", "table.nnd", "--weights", "run", "--output", "y.npy", *args)
+
+
+def test_csv_cells_are_numbered_from_one(project):
+    (project / "n1.csv").write_text("1,2,3,4\nabc,5,6,7\n")
+    assert failure(predict("--input", "n1.csv")) == (
+        "error: n1.csv line 2, column 1: 'abc', which is not a number")

@@ -261,7 +261,7 @@ def test_load_csv_errors(tmp_path):
     with pytest.raises(NndError, match=r"column 'lable' not found in .*d.csv; did you mean 'label'\? "
                                        r"\(available columns: a, b, label\)"):
         load_csv(p, target="lable")
-    with pytest.raises(NndError, match=r"d.csv line 3, column 1 \('b'\): 'x', which is not a number"):
+    with pytest.raises(NndError, match=r"d.csv line 3, column 2 \('b'\): 'x', which is not a number"):
         load_csv(p, target="label")
     p.write_text("a,b\n1,2\n3\n")
     with pytest.raises(NndError, match="line 3 has 1 fields but the header has 2"):

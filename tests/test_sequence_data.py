@@ -93,7 +93,7 @@ def test_unselected_text_column_is_ignored(tmp_path):
     x, y = load_time_series_csv(p, ["temp"], "temp", window=2)
     np.testing.assert_allclose(x[:, :, 0], [[3.5, 4.0], [4.0, 2.5]])
     np.testing.assert_allclose(y[:, 0], [2.5, 1.0])
-    with pytest.raises(NndError, match=re.escape("line 2, column 0 ('date'): '2024-01-01', which is not a number "
+    with pytest.raises(NndError, match=re.escape("line 2, column 1 ('date'): '2024-01-01', which is not a number "
                                                  "(choose numeric input columns with columns=[...])")):
         load_time_series_csv(p, None, "temp", window=2)
 
@@ -209,13 +209,17 @@ def test_bad_cells_name_file_line_and_column(tmp_path):
     p = _csv(tmp_path, "t,v\n0,1\n1,abc\n2,3\n")
     with pytest.raises(NndError) as e:
         load_time_series_csv(p, ["t"], "v", window=1)
-    assert _msg(e) == f"{p} line 3, column 1 ('v'): 'abc', which is not a number"
+    assert _msg(e) == f"{p} line 3, column 2 ('v'): 'abc', which is not a number"
     p = _csv(tmp_path, "t,v\n0,1\n1,\n", "empty_cell.csv")
-    with pytest.raises(NndError, match=r"line 3, column 1 \('v'\): an empty value"):
+    with pytest.raises(NndError, match=r"line 3, column 2 \('v'\): an empty value"):
         load_time_series_csv(p, ["t"], "v", window=1)
     p = _csv(tmp_path, "t,v\n0,1\n1,nan\n", "nan.csv")
-    with pytest.raises(NndError, match=r"line 3, column 1 \('v'\): 'nan' is not a finite number"):
+    with pytest.raises(NndError, match=r"line 3, column 2 \('v'\): 'nan' is not a finite number"):
         load_time_series_csv(p, ["t"], "v", window=1)
+    p = _csv(tmp_path, "0,1\n1,abc\n", "headerless.csv")
+    with pytest.raises(NndError) as e:
+        load_time_series_csv(p, [0], 1, window=1)
+    assert _msg(e) == f"{p} line 2, column 2: 'abc', which is not a number"  # counted from 1, as lines are
     p = _csv(tmp_path, "0,1\n1\n", "ragged.csv")
     with pytest.raises(NndError, match="line 2 has 1 fields but the first row has 2"):
         load_time_series_csv(p, [0], 1, window=1)
