@@ -170,8 +170,7 @@ def load_prediction_inputs(path: Path, spec: TrainSpec, input_type: TensorType,
     if suffix in TEXT_SUFFIXES:
         raise NndError(f"--input {path}: to continue a text with a character model, use `nnd generate`")
     if suffix != ".csv":
-        arrays = load_arrays(path)
-        x = arrays.get("x", arrays.get("x_test", arrays.get("x_train")))
+        x = load_arrays(path, inputs_only=True)["x"]
         notes = [f"{path.name}: uint8 images scaled to [0, 1] (divided by 255)"] if _byte_images(x, input_type) else []
         return PredictionInputs(_as_input(x, input_type), notes=notes)
     if len(dims) != 2:

@@ -300,30 +300,20 @@ def _load_idx_set(files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, np.nd
 
 # ---------------------------------------------------------------------------------------- array files
 
-def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_arrays(path: str | os.PathLike, *, inputs_only: bool = False) -> dict[str, np.ndarray]:
     """Load a .npz (keys x[, y] or x_train, y_train[, x_test, y_test]) or a .npy (returned as x).
 
+    inputs_only=True, for prediction, reads the inputs alone: x, else x_test, else x_train, returned as x.
     Pickled (object) arrays are refused.
     """
     path = Path(path)
     if not path.is_file():
         raise NndError(f"array file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise NndError(f"unsupported array file {path}: expected .npz or .npy (use load_csv for .csv)")
     try:
-        if suffix == ".npy":
-            return {"x": np.load(path, allow_pickle=False)}
-        if suffix != ".npz":
-            raise NndError(f"unsupported array file {path}: expected .npz or .npy (use load_csv for .csv)")
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.files)
-            if "x_train" in keys:
-                wanted = ["x_train", "y_train", "x_test", "y_test"]
-            elif "x" in keys:
-                wanted = ["x", "y"]
-            else:
-                raise NndError(f"{path} holds arrays {', '.join(keys) or '(none)'}; expected keys x and y, or "
-                               f"x_train, y_train, x_test, y_test")
-            out = {k: z[k] for k in wanted if k in keys}
+        out = _read_arrays(path, inputs_only)
     except NndError:
         raise
     except ValueError as e:
@@ -337,6 +327,39 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise NndError(f"cannot read {path}: {e}") from None
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
         raise NndError(f"cannot read {path}: the file is corrupt or truncated ({e})") from None
+    if not inputs_only:
+        _check_pairs(path, out)
+    return out
+
+
+def _read_arrays(path: Path, inputs_only: bool) -> dict[str, np.ndarray]:
+    if path.suffix.lower() == ".npy":
+        return {"x": np.load(path, allow_pickle=False)}
+    with np.load(path, allow_pickle=False) as z:
+        keys = list(z.files)
+        if inputs_only:
+            return {"x": z[_inputs_key(path, keys)]}
+        if "x_train" in keys:
+            wanted = ["x_train", "y_train", "x_test", "y_test"]
+        elif "x" in keys:
+            wanted = ["x", "y"]
+        else:
+            raise NndError(f"{path} holds arrays {', '.join(keys) or '(none)'}; expected keys x and y, or "
+                           f"x_train, y_train, x_test, y_test")
+        return {k: z[k] for k in wanted if k in keys}
+
+
+def _inputs_key(path: Path, keys: list[str]) -> str:
+    """The array of a .npz that prediction reads: it needs inputs alone, so no y is asked for."""
+    for key in ("x", "x_test", "x_train"):
+        if key in keys:
+            return key
+    raise NndError(f"{path} holds arrays {', '.join(keys) or '(none)'}; prediction reads its inputs from an "
+                   "array named x (or x_test, or x_train), and needs no y")
+
+
+def _check_pairs(path: Path, out: dict[str, np.ndarray]) -> None:
+    """Each x has its y, with as many samples."""
     if "x_train" in out:
         if "y_train" not in out:
             raise NndError(f"{path} has x_train but no y_train")
@@ -346,7 +369,6 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if xk in out and yk in out and len(out[xk]) != len(out[yk]):
             raise NndError(f"{path}: '{xk}' has {len(out[xk])} samples {out[xk].shape} but '{yk}' has "
                            f"{len(out[yk])} {out[yk].shape}")
-    return out
 
 
 def _is_number(cell: str) -> bool:

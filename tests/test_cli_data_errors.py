@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -104,6 +105,20 @@ def test_a_malformed_vocabulary_has_one_error_prefix(project):
 
 def predict(*args):
     return nnd_cli("predict", "table.nnd", "--weights", "run", "--output", "y.npy", *args)
+
+
+def test_an_npz_without_x_says_what_predict_reads(project):
+    np.savez(project / "k.npz", data=np.zeros((2, 4)))
+    assert failure(predict("--input", "k.npz")) == (
+        "error: k.npz holds arrays data; prediction reads its inputs from an array named x (or x_test, or "
+        "x_train), and needs no y")
+
+
+def test_predict_reads_inputs_alone_from_x_test(project):
+    np.savez(project / "t.npz", x_test=np.zeros((2, 4), np.float32))
+    result = predict("--input", "t.npz")
+    assert result.exit_code == 0, result.output
+    assert np.load(project / "y.npy").shape == (2, 3)
 
 
 def test_csv_cells_are_numbered_from_one(project):

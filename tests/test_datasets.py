@@ -346,3 +346,15 @@ def test_check_labels():
         check_labels(onehot * 2, 3)
     with pytest.raises(NndError, match=r"labels 'y' have shape \(2, 2, 2\)"):
         check_labels(np.zeros((2, 2, 2)), 3)
+
+
+def test_load_arrays_for_prediction_reads_inputs_alone(tmp_path):
+    x = np.zeros((3, 2), np.float32)
+    np.savez(tmp_path / "s.npz", x_train=x, y_train=np.arange(3), x_test=x[:1], y_test=np.arange(1))
+    assert load_arrays(tmp_path / "s.npz", inputs_only=True)["x"].shape == (1, 2)  # the test split first
+    np.savez(tmp_path / "t.npz", x_train=x)  # no y_train: prediction needs none
+    assert set(load_arrays(tmp_path / "t.npz", inputs_only=True)) == {"x"}
+    np.savez(tmp_path / "k.npz", data=x)
+    with pytest.raises(NndError, match=r"k.npz holds arrays data; prediction reads its inputs from an array named x "
+                                       r"\(or x_test, or x_train\), and needs no y"):
+        load_arrays(tmp_path / "k.npz", inputs_only=True)
