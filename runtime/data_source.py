@@ -169,6 +169,9 @@ def load_prediction_inputs(path: Path, spec: TrainSpec, input_type: TensorType,
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
         raise NndError(f"--input {path}: to continue a text with a character model, use `nnd generate`")
+    if suffix not in (".npy", ".npz", ".csv"):
+        raise NndError(f"--input {path}: predict reads a .npy, .npz or .csv file"
+                       + (f", not {suffix}" if suffix else ""))
     if suffix != ".csv":
         x = load_arrays(path, inputs_only=True)["x"]
         notes = [f"{path.name}: uint8 images scaled to [0, 1] (divided by 255)"] if _byte_images(x, input_type) else []

@@ -121,6 +121,14 @@ def test_predict_reads_inputs_alone_from_x_test(project):
     assert np.load(project / "y.npy").shape == (2, 3)
 
 
+def test_an_unsupported_input_extension_names_the_accepted_ones(project):
+    (project / "garbage.nnd").write_text("model m {}\n")
+    assert failure(predict("--input", "garbage.nnd")) == (
+        "error: --input garbage.nnd: predict reads a .npy, .npz or .csv file, not .nnd")
+    (project / "noext").write_text("1,2,3,4\n")
+    assert failure(predict("--input", "noext")) == "error: --input noext: predict reads a .npy, .npz or .csv file"
+
+
 def test_csv_cells_are_numbered_from_one(project):
     (project / "n1.csv").write_text("1,2,3,4\nabc,5,6,7\n")
     assert failure(predict("--input", "n1.csv")) == (
