@@ -317,19 +317,24 @@ def load_arrays(path: str | os.PathLike, *, inputs_only: bool = False) -> dict[s
     except NndError:
         raise
     except ValueError as e:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-        if magic[:4] not in (b"PK\x03\x04", b"\x93NUMP"):
-            raise NndError(f"cannot read {path}: the file is corrupt or truncated (not a {suffix} file)") from None
-        if "object" in str(e).lower():
-            raise NndError(f"{path} contains object arrays, which are not loaded (pickles can run code); "
-                           f"save plain numeric arrays") from None
-        raise NndError(f"cannot read {path}: {e}") from None
+        raise _unreadable(path, e) from None
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
         raise NndError(f"cannot read {path}: the file is corrupt or truncated ({e})") from None
     if not inputs_only:
         _check_pairs(path, out)
     return out
+
+
+def _unreadable(path: Path, error: ValueError) -> NndError:
+    """Why NumPy refused a file: not one of its formats, or object arrays that only unpickling would load."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith((b"PK\x03\x04", b"\x93NUMPY")):  # a zip archive (.npz), a .npy header
+        return NndError(f"cannot read {path}: the file is corrupt or truncated (not a {path.suffix.lower()} file)")
+    if "object" in str(error).lower():
+        return NndError(f"{path} holds Python objects (an object array), which nnd does not load: no pickle, as "
+                        "unpickling can run code; save numeric arrays")
+    return NndError(f"cannot read {path}: {error}")
 
 
 def _read_arrays(path: Path, inputs_only: bool) -> dict[str, np.ndarray]:

@@ -129,6 +129,13 @@ def test_an_unsupported_input_extension_names_the_accepted_ones(project):
     assert failure(predict("--input", "noext")) == "error: --input noext: predict reads a .npy, .npz or .csv file"
 
 
+def test_an_object_npy_is_refused_as_python_objects(project):
+    np.save(project / "o.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    assert failure(predict("--input", "o.npy")) == (
+        "error: o.npy holds Python objects (an object array), which nnd does not load: no pickle, as unpickling "
+        "can run code; save numeric arrays")
+
+
 def test_csv_cells_are_numbered_from_one(project):
     (project / "n1.csv").write_text("1,2,3,4\nabc,5,6,7\n")
     assert failure(predict("--input", "n1.csv")) == (

@@ -224,8 +224,11 @@ def test_load_arrays_errors(tmp_path):
     with pytest.raises(NndError, match=r"'x' has 4 samples \(4, 2\) but 'y' has 3"):
         load_arrays(tmp_path / "m.npz")
     np.savez(tmp_path / "o.npz", x=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(NndError, match="object arrays"):
+    with pytest.raises(NndError, match=r"o.npz holds Python objects \(an object array\), which nnd does not load"):
         load_arrays(tmp_path / "o.npz")
+    np.save(tmp_path / "o.npy", np.array([None, "a"], dtype=object), allow_pickle=True)
+    with pytest.raises(NndError, match=r"o.npy holds Python objects \(an object array\), which nnd does not load"):
+        load_arrays(tmp_path / "o.npy")
     np.savez(tmp_path / "t.npz", x=np.zeros(100))
     (tmp_path / "t.npz").write_bytes((tmp_path / "t.npz").read_bytes()[:50])
     with pytest.raises(NndError, match="t.npz: the file is corrupt or truncated"):
