@@ -10,7 +10,7 @@ import numpy as np
 from nnd.cli_train import dataset_for, load_model, weights_file
 from nnd.compiler.diagnostics import NndError
 from nnd.compiler.output_checks import final_activation
-from nnd.runtime.data_source import VOCABULARY_FILE, load_prediction_inputs
+from nnd.runtime.data_source import VOCABULARY_FILE, load_prediction_inputs, no_data_error
 from nnd.runtime.progress import format_logs
 
 
@@ -20,6 +20,7 @@ def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size,
     weights_path = weights_file(weights)
     model.load_weights(weights_path)
     source = data or model.spec.data
+    _check_evaluable(model, source)
     dataset = dataset_for(model, source, data_dir, None, weights_path.parent)
     x, y = (dataset.x_test, dataset.y_test) if dataset.x_test is not None else (dataset.x_train, dataset.y_train)
     if y is None:
@@ -33,6 +34,16 @@ def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size,
     click.echo(f"{model.name} on {source} ({len(x):,} samples): {format_logs(logs)}")
     if ending is not None:
         click.echo(_confusion_table(model, ending, x, y, batch_size))
+
+
+def _check_evaluable(model, source: str | None) -> None:
+    """What `dataset_for` would refuse in words of training, refused in words of evaluation."""
+    if len(model.input_names) != 1 or len(model.output_names) != 1:
+        raise NndError(f"model '{model.name}' has {_count(len(model.input_names), 'input')} and "
+                       f"{_count(len(model.output_names), 'output')}; the command line evaluates one-input, "
+                       "one-output models: use the Python API with dicts of arrays (model.evaluate({...}, {...}))")
+    if source is None:
+        raise no_data_error("evaluation", tuple(model.graph.inputs[0].type.shape[1:]))
 
 
 def _classifier_ending(model) -> str:
@@ -74,8 +85,8 @@ def run_prediction(file, model_name, weights, input_path, output_path, batch_siz
     weights_path = weights_file(weights)
     model.load_weights(weights_path)
     if len(model.input_names) != 1:
-        raise NndError(f"model '{model.name}' has {len(model.input_names)} inputs; the command line feeds "
-                       "one: use the Python API with a dict of arrays (model.predict({...}))")
+        raise NndError(f"model '{model.name}' has {_count(len(model.input_names), 'input')}; the command line "
+                       "feeds one: use the Python API with a dict of arrays (model.predict({...}))")
     inputs = load_prediction_inputs(Path(input_path), model.spec, model.graph.inputs[0].type, weights_path.parent)
     predicted = model.predict(inputs.x, batch_size=batch_size)
     if not isinstance(predicted, dict):

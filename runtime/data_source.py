@@ -47,9 +47,7 @@ def load_dataset(source: str | None, data_dir: str | None, spec: TrainSpec, inpu
     `run_dir`, a trained run's directory, supplies the statistics or vocabulary saved by its training."""
     dims = tuple(input_type.shape[1:])
     if source is None:
-        shape = ", ".join(["n", *map(str, dims)])
-        raise NndError("no training data: give --data NAME|PATH or set `data = ...` in the train section (this "
-                       f"model reads samples of shape {dims}: a .npz with x of shape ({shape}) and y would do)")
+        raise no_data_error("training", dims)
     name = source.replace("-", "_")
     if name == "moving_fashion_mnist":
         return _moving(dims, spec, data_dir)
@@ -75,6 +73,14 @@ def load_dataset(source: str | None, data_dir: str | None, spec: TrainSpec, inpu
         return dataset
     raise NndError(f"--data {source}: not a named dataset ({', '.join(NAMED_DATASETS)}) "
                    "nor a .npz, .npy, .csv or .txt file")
+
+
+def no_data_error(purpose: str, dims: tuple) -> NndError:
+    """No --data and no `data =`: what to give, for `purpose` ("training", "evaluation") of a model whose
+    samples have the shape `dims`."""
+    shape = ", ".join(["n", *map(str, dims)])
+    return NndError(f"no {purpose} data: give --data NAME|PATH or set `data = ...` in the train section (this "
+                    f"model reads samples of shape {dims}: a .npz with x of shape ({shape}) and y would do)")
 
 
 def _resolve(source: str, base_dir: Path | None) -> Path:

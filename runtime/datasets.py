@@ -30,8 +30,7 @@ from nnd.compiler.diagnostics import NndError, did_you_mean
 
 __all__ = ["read_idx", "write_idx", "load_named", "search_dirs", "load_arrays", "load_csv",
            "train_validation_split", "batches", "check_inputs", "check_labels", "column_index", "cell_place",
-           "NAMED_DATASETS",
-           "IDX_FILES"]
+           "check_row_width", "NAMED_DATASETS", "IDX_FILES"]
 
 # ----------------------------------------------------------------------------------------------------- IDX
 
@@ -427,6 +426,14 @@ def column_index(ref: Any, role: str, path: Path, names: list[str] | None, width
     raise NndError(f"{role} column must be a name or an index, got {ref!r}")
 
 
+def check_row_width(path: Path, line: int, cells: list[str], width: int, has_header: bool) -> None:
+    """A row of another width than the first is an error naming its line and both widths."""
+    if len(cells) != width:
+        fields = "1 field" if len(cells) == 1 else f"{len(cells)} fields"
+        raise NndError(f"{path} line {line} has {fields} but the {'header' if has_header else 'first row'} "
+                       f"has {width}")
+
+
 def cell_place(path: Path, line: int, column: int, names: list[str] | None) -> str:
     """Where a CSV cell is, for a message: the column counted from 1, as lines are and as spreadsheets
     count, then its header name when the file has one."""
@@ -450,9 +457,7 @@ def load_csv(path: str | os.PathLike, target: str | int | None = None, header: b
     col = None if target is None else column_index(target, "target", path, names, width)
     values = np.empty((len(body), width), dtype=np.float64)
     for r, (line, cells) in enumerate(body):
-        if len(cells) != width:
-            raise NndError(f"{path} line {line} has {len(cells)} fields but the "
-                           f"{'header' if has_header else 'first row'} has {width}")
+        check_row_width(path, line, cells, width, has_header)
         try:
             values[r] = [float(c) for c in cells]
         except ValueError:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nnd.compiler.diagnostics import NndError
-from nnd.runtime.datasets import (_rng, cell_place, column_index, load_named, read_csv_rows,
+from nnd.runtime.datasets import (_rng, cell_place, check_row_width, column_index, load_named, read_csv_rows,
                                   train_validation_split)
 
 __all__ = ["load_time_series_csv", "chronological_split", "SeriesStats", "save_stats", "load_stats",
@@ -201,9 +201,7 @@ def _read_columns(path: Path, columns: Sequence[str | int] | None, target: str |
     values = np.empty((len(body), width), dtype=np.float64)
     needed = sorted(set(f_cols) | {t_col})
     for r, (line, cells) in enumerate(body):
-        if len(cells) != width:
-            raise NndError(f"{path} line {line} has {len(cells)} fields but the "
-                           f"{'header' if has_header else 'first row'} has {width}")
+        check_row_width(path, line, cells, width, has_header)
         for c in needed:
             hint = " (choose numeric input columns with columns=[...])" if columns is None and c != t_col else ""
             values[r, c] = _number(cells[c], cell_place(path, line, c, names), hint)

@@ -140,3 +140,21 @@ def test_csv_cells_are_numbered_from_one(project):
     (project / "n1.csv").write_text("1,2,3,4\nabc,5,6,7\n")
     assert failure(predict("--input", "n1.csv")) == (
         "error: n1.csv line 2, column 1: 'abc', which is not a number")
+
+
+# ------------------------------------------------------------------------------------ weights, evaluate
+
+def test_evaluate_without_data_speaks_of_evaluation_data(project):
+    message = failure(nnd_cli("evaluate", "table.nnd", "--weights", "run"))
+    assert message.startswith("error: no evaluation data: give --data NAME|PATH or set `data = ...` in the train "
+                              "section")
+    assert "training" not in message
+
+
+def test_evaluate_refuses_a_model_of_two_outputs_in_its_own_words(project):
+    (project / "split.nnd").write_text(SPLIT_MODEL)
+    nnd.load("split.nnd", seed=0).save("split_run")
+    np.savez(project / "d.npz", x=np.zeros((2, 4), np.float32), y=np.zeros(2))
+    assert failure(nnd_cli("evaluate", "split.nnd", "--weights", "split_run", "--data", "d.npz")) == (
+        "error: model 'split' has 1 input and 2 outputs; the command line evaluates one-input, one-output "
+        "models: use the Python API with dicts of arrays (model.evaluate({...}, {...}))")

@@ -267,7 +267,7 @@ def test_load_csv_errors(tmp_path):
     with pytest.raises(NndError, match=r"d.csv line 3, column 2 \('b'\): 'x', which is not a number"):
         load_csv(p, target="label")
     p.write_text("a,b\n1,2\n3\n")
-    with pytest.raises(NndError, match="line 3 has 1 fields but the header has 2"):
+    with pytest.raises(NndError, match="line 3 has 1 field but the header has 2"):
         load_csv(p, target="b")
     p.write_text("1,2\n")
     with pytest.raises(NndError, match="no header row"):

@@ -221,7 +221,7 @@ def test_bad_cells_name_file_line_and_column(tmp_path):
         load_time_series_csv(p, [0], 1, window=1)
     assert _msg(e) == f"{p} line 2, column 2: 'abc', which is not a number"  # counted from 1, as lines are
     p = _csv(tmp_path, "0,1\n1\n", "ragged.csv")
-    with pytest.raises(NndError, match="line 2 has 1 fields but the first row has 2"):
+    with pytest.raises(NndError, match="line 2 has 1 field but the first row has 2"):
         load_time_series_csv(p, [0], 1, window=1)
 
 
