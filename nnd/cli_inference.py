@@ -14,10 +14,19 @@ from nnd.runtime.data_source import VOCABULARY_FILE, load_prediction_inputs, no_
 from nnd.runtime.progress import format_logs
 
 
+def _weights_path(weights: str) -> Path:
+    """`weights_file`, with a directory that lacks weights.npz named as such rather than as no file."""
+    directory = Path(weights)
+    if directory.is_dir() and not (directory / "weights.npz").is_file():
+        raise NndError(f"--weights {weights}: the directory holds no weights.npz (a run directory gets one when "
+                       "training finishes)")
+    return weights_file(weights)
+
+
 def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend, cuda_graphs=False,
                    confusion=False) -> None:
     model = load_model(file, model_name, backend, cuda_graphs=cuda_graphs)
-    weights_path = weights_file(weights)
+    weights_path = _weights_path(weights)
     model.load_weights(weights_path)
     source = data or model.spec.data
     _check_evaluable(model, source)
@@ -82,7 +91,7 @@ def run_prediction(file, model_name, weights, input_path, output_path, batch_siz
                    cuda_graphs=False) -> None:
     model = load_model(file, model_name, backend, cuda_graphs=cuda_graphs)
     _check_output(output_path, model.output_names)
-    weights_path = weights_file(weights)
+    weights_path = _weights_path(weights)
     model.load_weights(weights_path)
     if len(model.input_names) != 1:
         raise NndError(f"model '{model.name}' has {_count(len(model.input_names), 'input')}; the command line "
@@ -156,8 +165,9 @@ def run_generation(file, model_name, weights, vocab, prompt, length, temperature
     from nnd.runtime.sequence_data import CharVocabulary
 
     model = load_model(file, model_name, "numpy")
-    model.load_weights(weights_file(weights))
-    vocab_path = Path(vocab) if vocab else weights_file(weights).parent / VOCABULARY_FILE
+    weights_path = _weights_path(weights)
+    model.load_weights(weights_path)
+    vocab_path = Path(vocab) if vocab else weights_path.parent / VOCABULARY_FILE
     if not vocab_path.is_file():
         raise NndError(f"no vocabulary at {vocab_path}: give --vocab, or --weights a run directory of "
                        "`nnd train` on a text")

@@ -144,6 +144,16 @@ def test_csv_cells_are_numbered_from_one(project):
 
 # ------------------------------------------------------------------------------------ weights, evaluate
 
+def test_a_weights_directory_without_weights_says_so(project):
+    (project / "empty_run").mkdir()
+    np.save(project / "x.npy", np.zeros((2, 4), np.float32))
+    expected = ("error: --weights empty_run: the directory holds no weights.npz (a run directory gets one when "
+                "training finishes)")
+    assert failure(predict("--input", "x.npy", "--weights", "empty_run")) == expected
+    assert failure(nnd_cli("evaluate", "table.nnd", "--weights", "empty_run", "--data", "x.npy")) == expected
+    assert failure(nnd_cli("generate", "chars.nnd", "--weights", "empty_run", "--prompt", "ab")) == expected
+
+
 def test_evaluate_without_data_speaks_of_evaluation_data(project):
     message = failure(nnd_cli("evaluate", "table.nnd", "--weights", "run"))
     assert message.startswith("error: no evaluation data: give --data NAME|PATH or set `data = ...` in the train "
