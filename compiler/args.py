@@ -122,11 +122,18 @@ def _int(value: Any) -> int:
     return value
 
 
+# Sizes and counts beyond int32 cannot be allocated or indexed by the kernels; saying so at the argument
+# beats a failure deep in NumPy when the first array is made.
+LARGEST_SIZE = 2 ** 31 - 1
+
+
 def _bounded_int(lo: int) -> Converter:
     def convert(value: Any) -> int:
         number = _int(value)
         if number < lo:
             raise ArgError(f"must be at least {lo}, got {number}")
+        if number > LARGEST_SIZE:
+            raise ArgError(f"must be at most {LARGEST_SIZE:,}, got {number:,}")
         return number
 
     return convert
@@ -153,6 +160,13 @@ def _positive_float(value: Any) -> float:
     number = _float(value)
     if number <= 0:
         raise ArgError(f"must be positive, got {number:g}")
+    return number
+
+
+def _non_negative_float(value: Any) -> float:
+    number = _float(value)
+    if number < 0:
+        raise ArgError(f"must be at least 0, got {number:g}")
     return number
 
 
@@ -299,6 +313,7 @@ POSITIVE_INT = ArgKind("a positive int", _bounded_int(1))
 NON_NEGATIVE_INT = ArgKind("a non-negative int", _bounded_int(0))
 FLOAT = ArgKind("a number", _float)
 POSITIVE_FLOAT = ArgKind("a positive number", _positive_float)
+NON_NEGATIVE_FLOAT = ArgKind("a non-negative number", _non_negative_float)
 RATE = ArgKind("a rate in [0, 1)", _float_range(0.0, 1.0, True))
 UNIT_FLOAT = ArgKind("a number in [0, 1]", _float_range(0.0, 1.0, False))
 BOOL = ArgKind("true or false", _bool, symbolic=True)

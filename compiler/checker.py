@@ -39,6 +39,14 @@ class Definitions:
     models: dict[str, S.ModelDef] = field(default_factory=dict)
     trains: dict[str, S.TrainDef] = field(default_factory=dict)
     duplicated: set[str] = field(default_factory=set)  # names defined twice: their uses report nothing more
+    # while the top level is read in order: the constants not evaluated yet, by name, with their spans
+    later_constants: dict[str, Any] = field(default_factory=dict)
+
+
+def used_before_definition(name: str, definition: Any) -> tuple[str, list[str]]:
+    """The message and note for a constant used above the line that defines it."""
+    return (f"constant '{name}' is used before its definition",
+            [f"'{name}' is defined at {definition}; a constant must come before its uses"])
 
 
 @dataclass
@@ -259,13 +267,11 @@ class ModelLowering:
         if isinstance(expr, S.Unary):
             return self.eval_unary(expr, frame)
         if isinstance(expr, S.BinaryOp):
-            return self.eval_binary(expr, frame)
+            return self.eval_binary_chain(expr, frame)
         if isinstance(expr, S.Call):
             return self.apply(expr, frame, piped=None, implicit=None, statement=False)
         if isinstance(expr, S.Pipe):
-            # A failed source still lets the stage check its own arguments; it then yields POISON.
-            source = self.expect_tensor(self.eval(expr.source, frame), expr.source)
-            return self.apply(expr.stage, frame, piped=source, implicit=None, statement=False)
+            return self.eval_pipe(expr, frame)
         if isinstance(expr, S.Repeat):
             return self.eval_repeat(expr, frame, frame.current, None)
         raise TypeError(f"unknown expression {expr!r}")
@@ -302,6 +308,9 @@ class ModelLowering:
             what = "layer" if symbol.name in LAYERS else "block"
             return self.error(f"'{symbol.name}' is a {what}, not a value", symbol.span,
                               [f"call it: x -> {symbol.name}(...)"])
+        if symbol.name in self.defs.later_constants:
+            message, definition = used_before_definition(symbol.name, self.defs.later_constants[symbol.name])
+            return self.error(message, symbol.span, [*definition, *notes])
         hint = did_you_mean(symbol.name, self.visible_names())
         return self.error(f"undefined value '{symbol.name}'" + (f"; did you mean '{hint}'?" if hint else ""),
                           symbol.span, notes)
@@ -330,8 +339,31 @@ class ModelLowering:
             return self.undefined_value(operand)
         return self.error(f"cannot negate {describe(operand)}", expr.span)
 
-    def eval_binary(self, expr: S.BinaryOp, frame: Frame) -> Any:
-        left, right = self.eval(expr.left, frame), self.eval(expr.right, frame)
+    def eval_pipe(self, expr: S.Pipe, frame: Frame) -> Any:
+        """`x -> f() -> g()`: each stage in turn, without recursing once per stage (chains may be long)."""
+        pipes = []
+        while isinstance(expr, S.Pipe):
+            pipes.append(expr)
+            expr = expr.source
+        value = self.eval(expr, frame)
+        for pipe in reversed(pipes):
+            # A failed source still lets the stage check its own arguments; it then yields POISON.
+            source = self.expect_tensor(value, pipe.source)
+            value = self.apply(pipe.stage, frame, piped=source, implicit=None, statement=False)
+        return value
+
+    def eval_binary_chain(self, expr: S.BinaryOp, frame: Frame) -> Any:
+        """`a + b - c`, which parses leaning left: each operation in turn, without recursing once per link."""
+        links = []
+        while isinstance(expr, S.BinaryOp):
+            links.append(expr)
+            expr = expr.left
+        value = self.eval(expr, frame)
+        for link in reversed(links):
+            value = self.eval_binary(link, value, self.eval(link.right, frame))
+        return value
+
+    def eval_binary(self, expr: S.BinaryOp, left: Any, right: Any) -> Any:
         if left is POISON or right is POISON:
             return POISON
         for side in (left, right):

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnd.compiler import syntax as S
-from nnd.compiler.args import CallValue
-from nnd.compiler.checker import POISON, Definitions, Frame, ModelLowering, Tensor
+from nnd.compiler.args import CallValue, Symbol
+from nnd.compiler.checker import POISON, Definitions, Frame, ModelLowering, Tensor, used_before_definition
 from nnd.compiler.diagnostics import Diagnostic, DiagnosticBag, NndError, did_you_mean
 from nnd.compiler.imports import Program, load_program, load_program_text
 from nnd.compiler.ir import Graph
@@ -67,6 +67,15 @@ def compile_text(text: str, name: str = "<string>", base_dir: str | Path | None 
 
 def check_program(program: Program) -> CheckedProgram:
     """Check every model and train section of a program; raise NndError listing every error found."""
+    try:
+        return _check_program(program)
+    except RecursionError:  # blocks within blocks hundreds deep: a program no person writes
+        root = program.root.file
+        raise NndError(Diagnostic("the program is nested too deeply to check", Span(root, 1, 1, 1, 1)),
+                       program.sources) from None
+
+
+def _check_program(program: Program) -> CheckedProgram:
     bag = DiagnosticBag()
     defs = _collect_definitions(program, bag)
     checked = CheckedProgram(program, defs)
@@ -99,6 +108,10 @@ def _collect_definitions(program: Program, bag: DiagnosticBag) -> Definitions:
     defs = Definitions()
     seen: dict[str, tuple[str, Span | None]] = {}
     evaluator = ModelLowering(defs, bag)
+    # constants are evaluated in order; a bare word naming a later one is a use before its definition
+    later = defs.later_constants
+    later.update({item.name: item.span for module in program.modules for item in module.items
+                  if isinstance(item, S.ConstDef)})
     for module in program.modules:
         for item in module.items:
             if isinstance(item, S.Import):
@@ -109,8 +122,9 @@ def _collect_definitions(program: Program, bag: DiagnosticBag) -> Definitions:
             namespace = "train" if isinstance(item, S.TrainDef) else "name"
             if (namespace, key) in seen:
                 first_kind, first_span = seen[(namespace, key)]
-                bag.error(f"duplicate {kind} '{key}'", item.span,
-                          [f"'{key}' is first defined as a {first_kind} at {first_span}"])
+                first = (f"'{key}' is first defined as a {first_kind} at {first_span}" if namespace == "name"
+                         else f"the first train section for '{key}' is at {first_span}")
+                bag.error(f"duplicate {kind} '{key}'", item.span, [first])
                 if namespace == "name":
                     defs.duplicated.add(key)
                     if key in defs.consts:
@@ -125,7 +139,8 @@ def _collect_definitions(program: Program, bag: DiagnosticBag) -> Definitions:
             elif isinstance(item, S.TrainDef):
                 defs.trains[item.model] = item
             else:
-                defs.consts[item.name] = _eval_const(item, evaluator, bag)
+                later.pop(item.name, None)
+                defs.consts[item.name] = _eval_const(item, evaluator, bag, later)
     for name in defs.blocks:
         if name in LAYERS:
             bag.error(f"block '{name}' has the name of a built-in layer", defs.blocks[name].span,
@@ -146,8 +161,12 @@ def _check_block_definition(block: S.BlockDef, bag: DiagnosticBag) -> None:
             bag.error(f"parameter '{param.name}' without a default follows one with a default", param.span)
 
 
-def _eval_const(item: S.ConstDef, evaluator: ModelLowering, bag: DiagnosticBag):
+def _eval_const(item: S.ConstDef, evaluator: ModelLowering, bag: DiagnosticBag, later: dict[str, Span | None]):
     value = evaluator.eval(item.value, Frame(locals={}))
+    if isinstance(value, Symbol) and value.name in later:
+        message, notes = used_before_definition(value.name, later[value.name])
+        bag.error(message, value.span or item.value.span, notes)
+        return POISON
     if isinstance(value, Tensor) or isinstance(value, CallValue):
         bag.error(f"constant '{item.name}' must be a number, bool, string or list", item.value.span)
         return POISON

@@ -88,8 +88,7 @@ class PassManager:
 
     @classmethod
     def for_level(cls, level: int, disabled: tuple[str, ...] = (), **options) -> "PassManager":
-        if level not in PIPELINES:
-            raise NndError(f"-O{level} is not an optimization level; use -O0, -O1 or -O2")
+        check_level(level)
         for name in disabled:
             check_pass_name(name)
         return cls([p for p in PIPELINES[level] if p not in disabled], **options)
@@ -105,6 +104,11 @@ class PassManager:
                 if name in self.dump_after or "all" in self.dump_after:
                     self.dump(name, print_graph(graph))
         return graph
+
+
+def check_level(level: int) -> None:
+    if level not in PIPELINES:
+        raise NndError(f"-O{level} is not an optimization level; use -O0, -O1 or -O2")
 
 
 def check_pass_name(name: str) -> None:

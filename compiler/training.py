@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from nnd.compiler import syntax as S
-from nnd.compiler.args import (BOOL, FLOAT, INT, NAME, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RATE,
-                               UNIT_FLOAT, ArgError, ArgKind, CallValue, Symbol, choice, describe)
+from nnd.compiler.args import (BOOL, FLOAT, NAME, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT,
+                               POSITIVE_INT, RATE, UNIT_FLOAT, ArgError, ArgKind, CallValue, Symbol, choice, describe)
 from nnd.compiler.diagnostics import Diagnostic, DiagnosticBag, NndError, did_you_mean
 from nnd.compiler.source import Span
 
@@ -59,7 +59,13 @@ SCHEDULES: dict[str, dict[str, ArgKind]] = {
     "exponential_decay": {"decay_rate": UNIT_FLOAT, "decay_steps": POSITIVE_INT, "staircase": BOOL},
     "cosine_decay": {"decay_steps": POSITIVE_INT, "alpha": UNIT_FLOAT},
     "warmup": {"warmup_steps": POSITIVE_INT, "then": choice(("constant", "cosine"), "schedule"),
-               "decay_steps": POSITIVE_INT},
+               "decay_steps": POSITIVE_INT, "alpha": UNIT_FLOAT, "start": NON_NEGATIVE_FLOAT},
+}
+# The schedules' arguments without a default.
+SCHEDULE_REQUIRED: dict[str, tuple[str, ...]] = {
+    "exponential_decay": ("decay_rate", "decay_steps"),
+    "cosine_decay": ("decay_steps",),
+    "warmup": ("warmup_steps",),
 }
 
 AUGMENTATIONS: dict[str, dict[str, ArgKind]] = {
@@ -151,6 +157,24 @@ def _configured(value: Any, table: dict[str, dict[str, ArgKind]], what: str, spa
             _undefined_word(arg, schema[key], f"{name} argument '{key}'", arg_span)
             raise _SettingError(f"{name} argument '{key}': {err.message}", arg_span, err.notes) from None
     return Configured(name, args, span, {key: arg_span for key, (_, arg_span) in raw.items()})
+
+
+def _schedule(schedule: Configured) -> Configured:
+    """What the schedule's table cannot say: the arguments it needs, and warmup's decay_steps rule."""
+    name, args = schedule.name, schedule.args
+    missing = [key for key in SCHEDULE_REQUIRED.get(name, ()) if key not in args]
+    if missing:
+        raise _SettingError(f"{name} needs argument{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+                            schedule.span, (f"valid: {', '.join(SCHEDULES[name])}",))
+    if name == "warmup":
+        cosine = args.get("then") == "cosine"
+        if cosine and "decay_steps" not in args:
+            raise _SettingError("warmup with then=cosine needs decay_steps (counted from the end of the warmup)",
+                                schedule.arg_span("then"))
+        for key in ("decay_steps", "alpha"):
+            if not cosine and key in args:
+                raise _SettingError(f"warmup argument '{key}' is only used with then=cosine", schedule.arg_span(key))
+    return schedule
 
 
 def _undefined_word(value: Any, kind: ArgKind, what: str, span: Span | None) -> None:
@@ -250,7 +274,7 @@ def _apply_setting(spec: TrainSpec, key: str, value: Any, span: Span | None) -> 
     elif key == "augment":
         spec.augment = [_configured(v, AUGMENTATIONS, "augmentation", span) for v in _list(value, span)]
     elif key == "lr_schedule":
-        spec.lr_schedule = _configured(value, SCHEDULES, "learning-rate schedule", span)
+        spec.lr_schedule = _schedule(_configured(value, SCHEDULES, "learning-rate schedule", span))
     elif key == "epochs":
         spec.epochs = _convert(POSITIVE_INT, value, key, span)
     elif key == "batch_size":
@@ -258,7 +282,7 @@ def _apply_setting(spec: TrainSpec, key: str, value: Any, span: Span | None) -> 
     elif key == "validation_split":
         spec.validation_split = _convert(RATE, value, key, span)
     elif key == "seed":
-        spec.seed = _convert(INT, value, key, span)
+        spec.seed = _convert(NON_NEGATIVE_INT, value, key, span)
     elif key == "target":
         spec.target = value if isinstance(value, str) else _convert(NAME, value, key, span)
     elif key == "columns":

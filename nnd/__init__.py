@@ -17,7 +17,12 @@ from pathlib import Path
 # wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
 
+from typing import TYPE_CHECKING
+
 from nnd.compiler.diagnostics import NndError, NndWarning
+
+if TYPE_CHECKING:
+    from nnd.model import Model
 
 __version__ = "0.1.0"
 
@@ -46,6 +51,8 @@ def load(path: str | Path, model: str | None = None, *, weights: str | Path | No
             weights = path / WEIGHTS
         model = saved.get("model") if model is None else model  # the model that was saved, not the file's last
         path = path / SOURCE_DIR / saved["source"]
+    from nnd.model import Model
+
     result = Model(compile_file(path), model, backend=backend,
                    dtype=dtype if dtype is not None else saved.get("dtype") or "float32", seed=seed,
                    opt_level=opt_level, tf32=tf32, cuda_graphs=cuda_graphs,
@@ -62,6 +69,8 @@ def loads(text: str, model: str | None = None, *, name: str = "<string>", base_d
           mixed_precision: bool | str = False, tf32: bool = False, cuda_graphs: bool = False) -> "Model":
     """Compile `.nnd` source text into a Model; imports resolve against `base_dir` (default: cwd)."""
     from nnd.compiler.frontend import compile_text
+
+    from nnd.model import Model
 
     if not isinstance(text, str):
         raise NndError(f"loads takes the model's source as a str, got {type(text).__name__}"
@@ -88,8 +97,19 @@ def _compile_saved(model: "Model", choices: dict | None) -> None:
         raise NndError(f"the saved model's \"compile\" entry is malformed: {choices!r}") from None
 
 
-from nnd.model import Model  # noqa: E402  (after the functions, which are the facade's entry points)
-from nnd.runtime.callbacks import Callback, EarlyStopping, ReduceLROnPlateau  # noqa: E402
+# The classes load on first use, so that `import nnd` (and the command line's start, which a Ctrl-C may
+# interrupt) does not wait for the compiler and runtime (the better part of a second).
+_LAZY = {"Model": "nnd.model", "Callback": "nnd.runtime.callbacks", "EarlyStopping": "nnd.runtime.callbacks",
+         "ReduceLROnPlateau": "nnd.runtime.callbacks"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nnd' has no attribute {name!r}")
+
 
 __all__ = ["Callback", "EarlyStopping", "Model", "NndError", "NndWarning", "ReduceLROnPlateau", "load", "loads",
            "__version__"]

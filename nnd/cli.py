@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import traceback
@@ -13,6 +14,19 @@ import click
 from nnd.compiler.diagnostics import NndError
 
 BUG_REPORT = "this is a bug in nnd; please report it with the command and the model file"
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange lets nan (and, unbounded, inf) through, since no comparison fails for nan."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
+SEED = click.IntRange(min=0)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -134,9 +148,10 @@ def compile_command(file: str, model_name: str | None, emit: str, level: int, di
                     dump_after: tuple[str, ...], report: bool, layout: str, output: str | None) -> None:
     """Show what the compiler makes of a model file."""
     from nnd.compiler.ir import print_graph
-    from nnd.compiler.passes import PassManager, check_pass_name
+    from nnd.compiler.passes import PassManager, check_level, check_pass_name
     from nnd.compiler.syntax import dump
 
+    check_level(level)  # also for --emit ast and ir, which run no passes
     for name in dump_after:
         if name != "all":
             check_pass_name(name)
@@ -213,10 +228,10 @@ def data_options(fn: Callable) -> Callable:
 @data_options
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the train section.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the train section.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate.")
-@click.option("--validation-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Learning rate.")
+@click.option("--validation-split", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Hold out this fraction of the training data for the val_ figures.")
-@click.option("--seed", type=int, default=None, help="Seed for initialization, shuffling and dropout.")
+@click.option("--seed", type=SEED, default=None, help="Seed for initialization, shuffling and dropout.")
 @BACKEND_OPTION
 @click.option("-O", "level", type=click.IntRange(0, 2), default=2, show_default=True, help="Optimization level.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -306,9 +321,9 @@ def predict(file: str, model_name: str | None, weights: str, input_path: str, ou
               help="The vocabulary (default: vocabulary.json beside the weights).")
 @click.option("--prompt", default="", help="Text to continue.")
 @click.option("--length", type=click.IntRange(min=1), default=200, show_default=True, help="Characters to add.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.8, show_default=True,
+@click.option("--temperature", type=FiniteFloatRange(min=0, min_open=True), default=0.8, show_default=True,
               help="Below 1: safer choices; above 1: more surprising ones.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @user_errors
 def generate(file: str, model_name: str | None, weights: str, vocab: str | None, prompt: str, length: int,
              temperature: float, seed: int) -> None:

@@ -70,19 +70,31 @@ class Model:
         self._compiled: dict[str, Any] = {}  # what compile() set (Configured or a list of them), kept by save()
         self.backend = backend
         self.dtype = DTYPES[dtype]
-        self.seed = self.spec.seed if seed is None else seed
+        if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):
+            raise NndError(f"seed must be a non-negative int, got {seed!r}")
+        self.seed = self.spec.seed if seed is None else int(seed)
+        if isinstance(opt_level, bool) or opt_level not in (0, 1, 2):
+            raise NndError(f"opt_level must be 0, 1 or 2, got {opt_level!r}")
         self.opt_level = opt_level
         from nnd.runtime.backend import get_backend
 
         self._backend = get_backend(backend)  # fails early, with a clear message, for an unavailable backend
         # Parameters live where the backend computes: on the GPU for cupy, drawn there once from host values.
-        self.params = {name: self._backend.asarray(value) for name, value in
-                       initialize(self.graph.param_info, self.seed, self.dtype).items()}
+        self.params = {name: self._backend.asarray(value) for name, value in self._initial_values().items()}
         self.history = History()
         self.stop_training = False  # Keras' flag, which callbacks with Keras' hooks set to end a fit
         self.data_rng = np.random.default_rng(self.seed + 1)  # shuffling and augmentation
         self._trainer: Trainer | None = None
         self._predictor: Executor | None = None
+
+    def _initial_values(self) -> dict[str, np.ndarray]:
+        try:
+            return initialize(self.graph.param_info, self.seed, self.dtype)
+        except (MemoryError, ValueError) as err:  # NumPy's refusals of a huge array
+            count = summarize(self.graph).total_params
+            raise NndError(f"cannot allocate the {count:,} parameters of model '{self.name}' "
+                           f"({count * np.dtype(self.dtype).itemsize / 2 ** 30:,.1f} GiB): {err}") from None
 
     # ------------------------------------------------------------------------------ introspection
 

@@ -32,13 +32,22 @@ def _window_plan(kind: str, size: tuple[int, int], kernel: tuple[int, int], stri
             pads.append((total // 2, total - total // 2))
         else:
             if span > extent:
-                window = "x".join(str(v) for v in kernel)
-                raise LayerError(f"{kind} window {window} is larger than its {size[0]}x{size[1]} input",
-                                 ["use padding=same or a smaller window"])
+                raise _window_too_large(kind, size, kernel, dilation)
             o = (extent - span) // s + 1
             pads.append((0, 0))
         out.append(o)
     return (pads[0], pads[1]), (out[0], out[1])
+
+
+def _window_too_large(kind: str, size: tuple[int, int], kernel: tuple[int, int],
+                      dilation: tuple[int, int]) -> LayerError:
+    window = "x".join(str(k) for k in kernel)
+    if dilation == (1, 1):
+        return LayerError(f"{kind} window {window} is larger than its {size[0]}x{size[1]} input",
+                          ["use padding=same or a smaller window"])
+    spanned = "x".join(str((k - 1) * d + 1) for k, d in zip(kernel, dilation))
+    return LayerError(f"{kind} window {window} at dilation_rate {dilation[0]}x{dilation[1]} spans {spanned}, more "
+                      f"than its {size[0]}x{size[1]} input", ["use padding=same, a smaller window or less dilation"])
 
 
 @layer("conv2d",

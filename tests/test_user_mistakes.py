@@ -1,0 +1,120 @@
+"""Mistakes and extremes met by users of the language and the command line: each ends in a located error
+or a usage error, never an internal error, and programs at the extremes that are valid still compile."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import nnd
+from nnd import NndError
+from nnd.cli import main
+
+
+def check(text: str) -> str:
+    """The rendered diagnostics of compiling `text` as m.nnd."""
+    with pytest.raises(NndError) as caught:
+        nnd.loads(text, name="m.nnd")
+    return caught.value.render()
+
+
+DENSE = "model m {{\n    input x: [8]\n    dense({units})\n}}\n"
+TRAIN = "model m {{\n    input x: [8]\n    dense(1)\n}}\ntrain m {{\n    loss = mse\n    {setting}\n}}\n"
+
+
+def test_a_size_beyond_int32_is_refused_at_its_argument():
+    assert check(DENSE.format(units="99999999999999999999999")).startswith(
+        "m.nnd:3:11: error: dense argument 'units': must be at most 2,147,483,647, "
+        "got 99,999,999,999,999,999,999,999")
+
+
+def test_parameters_too_large_to_allocate_are_one_error():
+    with pytest.raises(NndError, match=r"cannot allocate the 160,002,000,000,000 parameters of model 'm'"):
+        nnd.loads("model m {\n    input x: [80000]\n    dense(2000000000)\n}\n")
+
+
+def test_a_negative_seed_is_refused_in_the_file_the_api_and_the_command_line(tmp_path):
+    assert check(TRAIN.format(setting="seed = -5")).startswith(
+        "m.nnd:7:12: error: seed: must be at least 0, got -5")
+    for seed in (-1, 1.5, True):
+        with pytest.raises(NndError, match="seed must be a non-negative int"):
+            nnd.loads(DENSE.format(units=2), seed=seed)
+    (tmp_path / "m.nnd").write_text(TRAIN.format(setting="epochs = 1"))
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "m.nnd"), "--seed", "-5"])
+    assert result.exit_code == 2 and "-5 is not in the range x>=0" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--validation-split", "--lr"])
+def test_nan_is_not_a_number_for_the_command_line(tmp_path, flag):
+    (tmp_path / "m.nnd").write_text(TRAIN.format(setting="epochs = 1"))
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "m.nnd"), flag, "nan"])
+    assert result.exit_code == 2 and "nan is not a finite number" in result.stderr
+
+
+def test_an_optimization_level_is_checked_for_every_emit(tmp_path):
+    (tmp_path / "m.nnd").write_text(DENSE.format(units=2))
+    for emit in ("ast", "ir"):
+        result = CliRunner().invoke(main, ["compile", str(tmp_path / "m.nnd"), "--emit", emit, "-O", "5"])
+        assert result.exit_code == 1
+        assert result.stderr == "error: -O5 is not an optimization level; use -O0, -O1 or -O2\n"
+    with pytest.raises(NndError, match="opt_level must be 0, 1 or 2, got '2'"):
+        nnd.loads(DENSE.format(units=2), opt_level="2")
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ("cosine_decay()", "7:19: error: cosine_decay needs argument decay_steps"),
+    ("exponential_decay(decay_steps=5)", "7:19: error: exponential_decay needs argument decay_rate"),
+    ("warmup(warmup_steps=3, then=cosine)", "7:42: error: warmup with then=cosine needs decay_steps"),
+    ("warmup(warmup_steps=3, alpha=0.1)", "7:42: error: warmup argument 'alpha' is only used with then=cosine"),
+])
+def test_a_schedule_missing_what_it_needs_is_found_by_check(schedule, message):
+    assert message in check(TRAIN.format(setting=f"lr_schedule = {schedule}"))
+
+
+def test_a_complete_warmup_trains():
+    model = nnd.loads(TRAIN.format(setting="lr_schedule = warmup(warmup_steps=2, then=cosine, decay_steps=4, "
+                                           "alpha=0.1, start=0.0001)"))
+    x = np.ones((8, 8), np.float32)
+    model.fit(x, np.zeros(8, np.float32), epochs=1, batch_size=2, verbose=0)
+
+
+@pytest.mark.parametrize("expression", ["b", "b * 2"])
+def test_a_constant_used_before_its_definition_says_so(expression):
+    text = f"const a = {expression}\nconst b = 3\n" + DENSE.format(units="a")
+    assert check(text).startswith("m.nnd:1:11: error: constant 'b' is used before its definition\n")
+    assert "note: 'b' is defined at m.nnd:2:7; a constant must come before its uses" in check(text)
+
+
+def test_a_second_train_section_points_at_the_first():
+    text = TRAIN.format(setting="epochs = 1") + "train m {\n    loss = mae\n}\n"
+    assert "note: the first train section for 'm' is at m.nnd:5:7" in check(text)
+
+
+def test_a_dilated_window_is_reported_with_the_extent_it_spans():
+    text = "model m {\n    input x: [8, 8, 1]\n    conv2d(4, 3, dilation_rate=5)\n}\n"
+    assert "error: conv2d window 3x3 at dilation_rate 5x5 spans 11x11, more than its 8x8 input" in check(text)
+
+
+def test_long_chains_compile_and_run():
+    links = 2000
+    text = (f"const width = {' + '.join(['1'] * links)}\nmodel m {{\n    input x: [8]\n"
+            f"    h = x{' -> relu()' * links}\n    output h -> dense(width)\n}}\n")
+    model = nnd.loads(text)
+    assert model.predict(np.ones((2, 8), np.float32)).shape == (2, links)
+
+
+def test_blocks_nested_beyond_the_stack_are_one_error():
+    blocks = "block b0(x) {\n    return relu(x)\n}\n" + "".join(
+        f"block b{i}(x) {{\n    return b{i - 1}(x)\n}}\n" for i in range(1, 1500))
+    text = blocks + "model m {\n    input x: [8]\n    output b1499(x)\n}\n"
+    assert check(text).startswith("m.nnd:1:1: error: the program is nested too deeply to check")
+
+
+def test_the_command_line_starts_without_loading_the_compiler():
+    # so that a Ctrl-C in the first moments lands in code that reports it in one line
+    loaded = subprocess.run([sys.executable, "-c", "import sys, nnd.cli; print('nnd.model' in sys.modules)"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "False"
