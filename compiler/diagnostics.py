@@ -88,3 +88,8 @@ def did_you_mean(name: str, candidates) -> str | None:
 
     matches = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+def counted(n: int, noun: str) -> str:
+    """`n noun` for messages, the noun in the plural unless n is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from nnd.compiler.diagnostics import counted
 from nnd.compiler.ir import Graph, Node, Value, _Namer, format_attrs
 from nnd.compiler.memory_plan import per_sample_bytes, plan_memory
 from nnd.compiler.ops import get_op
@@ -344,24 +345,24 @@ def optimization_report(before: Graph, after: Graph, stages: Sequence[tuple[str,
         for group in analysis.groups:
             lines.extend(_group_lines(group, names))
     if analysis.merged:
-        lines.append(f"merged duplicates ({_count(sum(len(o) - 1 for _, o in analysis.merged), 'node')}):")
+        lines.append(f"merged duplicates ({counted(sum(len(o) - 1 for _, o in analysis.merged), 'node')}):")
         for node, originals in analysis.merged:
             lines.append(f"  {names(node.outputs[0])} = {_describe(node)}: {len(originals)} copies -> 1, "
                          f"from {_sources(originals)}")
     if analysis.rewritten:
-        lines.append(f"folded or simplified ({_count(len(analysis.rewritten), 'node')}):")
+        lines.append(f"folded or simplified ({counted(len(analysis.rewritten), 'node')}):")
         for node, value in analysis.rewritten:
             into = value.producer
             what = f"{names(value)} = {_describe(into)}" if into is not None else names(value)
             lines.append(f"  {_describe(node)} @ {_sources([node])} -> {what}")
     if analysis.removed:
         ops = ", ".join(sorted({n.op for n in analysis.removed}))
-        lines.append(f"removed as unused ({_count(len(analysis.removed), 'node')}: {ops}), "
+        lines.append(f"removed as unused ({counted(len(analysis.removed), 'node')}: {ops}), "
                      f"from {_sources(analysis.removed)}")
     if not (analysis.groups or analysis.merged or analysis.rewritten or analysis.removed):
         lines.append("no changes")
     lines.append(f"activations no longer materialized: {_bytes(analysis.saved_bytes)} per sample "
-                 f"({_count(len(analysis.saved), 'value')})")
+                 f"({counted(len(analysis.saved), 'value')})")
     if analysis.added:
         lines.append(f"new activations: {_bytes(analysis.added_bytes)} per sample ({len(analysis.added)} values); "
                      f"net saving {_bytes(analysis.saved_bytes - analysis.added_bytes)} per sample")
@@ -374,7 +375,7 @@ def _memory_plan_lines(before: Graph, after: Graph) -> list[str]:
     original, optimized = plan_memory(before), plan_memory(after)
     return [f"peak live activations per sample: {_bytes(original.peak_bytes_without_reuse)} before the passes, "
             f"{_bytes(optimized.peak_bytes_without_reuse)} after;",
-            f"  {_bytes(optimized.peak_bytes)} with {_count(optimized.in_place_count, 'result')} written in place"]
+            f"  {_bytes(optimized.peak_bytes)} with {counted(optimized.in_place_count, 'result')} written in place"]
 
 
 def _group_lines(group: Group, names) -> list[str]:
@@ -390,7 +391,7 @@ def _group_lines(group: Group, names) -> list[str]:
         lines.append(f"      weights prepared once per run: {', '.join(_describe(n) for n in helpers)}")
     if group.saved_values:
         total = sum(per_sample_bytes(v) for v in group.saved_values)
-        lines.append(f"      no longer materialized: {_count(len(group.saved_values), 'value')}, "
+        lines.append(f"      no longer materialized: {counted(len(group.saved_values), 'value')}, "
                      f"{_bytes(total)} per sample")
     return lines
 
@@ -429,10 +430,6 @@ def _names(graph: Graph):
         for value in node.outputs:
             namer(value)
     return namer
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _bytes(count: int) -> str:

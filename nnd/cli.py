@@ -238,7 +238,8 @@ def data_options(fn: Callable) -> Callable:
               help="Run directory for checkpoints, weights, metrics and the source (default: runs/MODEL-TIME).")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="Continue from a checkpoint.npz written by an earlier run.")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Start from saved weights.")
+@click.option("--weights", type=click.Path(), default=None,
+              help="Start from saved weights: weights.npz, or a run directory.")
 @click.option("--overwrite", is_flag=True, help="Let --out replace the run a directory already holds.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--mixed-precision", type=click.Choice(["float16", "bfloat16"]), is_flag=False, flag_value="float16",

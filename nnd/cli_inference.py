@@ -8,25 +8,16 @@ import click
 import numpy as np
 
 from nnd.cli_train import dataset_for, load_model, weights_file
-from nnd.compiler.diagnostics import NndError
+from nnd.compiler.diagnostics import NndError, counted
 from nnd.compiler.output_checks import final_activation
 from nnd.runtime.data_source import VOCABULARY_FILE, load_prediction_inputs, no_data_error
 from nnd.runtime.progress import format_logs
 
 
-def _weights_path(weights: str) -> Path:
-    """`weights_file`, with a directory that lacks weights.npz named as such rather than as no file."""
-    directory = Path(weights)
-    if directory.is_dir() and not (directory / "weights.npz").is_file():
-        raise NndError(f"--weights {weights}: the directory holds no weights.npz (a run directory gets one when "
-                       "training finishes)")
-    return weights_file(weights)
-
-
 def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend, cuda_graphs=False,
                    confusion=False) -> None:
     model = load_model(file, model_name, backend, cuda_graphs=cuda_graphs)
-    weights_path = _weights_path(weights)
+    weights_path = weights_file(weights)
     model.load_weights(weights_path)
     source = data or model.spec.data
     _check_evaluable(model, source)
@@ -48,8 +39,8 @@ def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size,
 def _check_evaluable(model, source: str | None) -> None:
     """What `dataset_for` would refuse in words of training, refused in words of evaluation."""
     if len(model.input_names) != 1 or len(model.output_names) != 1:
-        raise NndError(f"model '{model.name}' has {_count(len(model.input_names), 'input')} and "
-                       f"{_count(len(model.output_names), 'output')}; the command line evaluates one-input, "
+        raise NndError(f"model '{model.name}' has {counted(len(model.input_names), 'input')} and "
+                       f"{counted(len(model.output_names), 'output')}; the command line evaluates one-input, "
                        "one-output models: use the Python API with dicts of arrays (model.evaluate({...}, {...}))")
     if source is None:
         raise no_data_error("evaluation", tuple(model.graph.inputs[0].type.shape[1:]))
@@ -91,10 +82,10 @@ def run_prediction(file, model_name, weights, input_path, output_path, batch_siz
                    cuda_graphs=False) -> None:
     model = load_model(file, model_name, backend, cuda_graphs=cuda_graphs)
     _check_output(output_path, model.output_names)
-    weights_path = _weights_path(weights)
+    weights_path = weights_file(weights)
     model.load_weights(weights_path)
     if len(model.input_names) != 1:
-        raise NndError(f"model '{model.name}' has {_count(len(model.input_names), 'input')}; the command line "
+        raise NndError(f"model '{model.name}' has {counted(len(model.input_names), 'input')}; the command line "
                        "feeds one: use the Python API with a dict of arrays (model.predict({...}))")
     inputs = load_prediction_inputs(Path(input_path), model.spec, model.graph.inputs[0].type, weights_path.parent)
     predicted = model.predict(inputs.x, batch_size=batch_size)
@@ -165,7 +156,7 @@ def run_generation(file, model_name, weights, vocab, prompt, length, temperature
     from nnd.runtime.sequence_data import CharVocabulary
 
     model = load_model(file, model_name, "numpy")
-    weights_path = _weights_path(weights)
+    weights_path = weights_file(weights)
     model.load_weights(weights_path)
     vocab_path = Path(vocab) if vocab else weights_path.parent / VOCABULARY_FILE
     if not vocab_path.is_file():
@@ -197,13 +188,8 @@ def _prompt_ids(prompt: str, vocabulary, vocab_path: Path) -> np.ndarray:
     unknown = vocabulary.missing(prompt)
     if unknown:
         raise NndError(f"--prompt: the vocabulary {vocab_path} lacks {', '.join(map(repr, unknown))} "
-                       f"(it has {_count(len(vocabulary.chars), 'character')})")
+                       f"(it has {counted(len(vocabulary.chars), 'character')})")
     return vocabulary.encode(prompt)
-
-
-def _count(n: int, noun: str) -> str:
-    """`n noun`, the noun in the plural unless n is 1."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _sample(probabilities: np.ndarray, temperature: float, rng: np.random.Generator) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from nnd.compiler.diagnostics import Diagnostic, NndError, NndWarning
+from nnd.compiler.diagnostics import Diagnostic, NndError, NndWarning, counted
 from nnd.compiler.training import Configured, TrainSpec
 from nnd.runtime.data_source import Dataset, load_dataset
 from nnd.runtime.progress import format_logs
@@ -29,6 +29,9 @@ def load_model(file: str, model_name: str | None, backend: str, seed: int | None
 def weights_file(weights: str) -> Path:
     path = Path(weights)
     if path.is_dir():
+        if not (path / "weights.npz").is_file():
+            raise NndError(f"--weights {weights}: the directory holds no weights.npz (a run directory gets one "
+                           "when training finishes)")
         path = path / "weights.npz"
     if not path.is_file():
         raise NndError(f"--weights {weights}: no such file")
@@ -40,9 +43,9 @@ def dataset_for(model, source: str | None, data_dir: str | None, limit: int | No
     """The data for a model with one input and one output, shaped for them (see runtime.data_source);
     `run_dir` holds what a training run saved to prepare its data (statistics, vocabulary)."""
     if len(model.input_names) != 1 or len(model.output_names) != 1:
-        raise NndError(f"model '{model.name}' has {len(model.input_names)} inputs and {len(model.output_names)} "
-                       "outputs; the command line trains one-input, one-output models: use the Python API "
-                       "with dicts of arrays (nnd.load(...).fit({...}, {...}))")
+        raise NndError(f"model '{model.name}' has {counted(len(model.input_names), 'input')} and "
+                       f"{counted(len(model.output_names), 'output')}; the command line trains one-input, "
+                       "one-output models: use the Python API with dicts of arrays (nnd.load(...).fit({...}, {...}))")
     output = next(iter(model.graph.outputs.values()))
     base_dir = Path(model.program.program.root.file).resolve().parent
     dataset = load_dataset(source, data_dir, model.spec, model.graph.inputs[0].type, output.type, base_dir,

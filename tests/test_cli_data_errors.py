@@ -152,6 +152,7 @@ def test_a_weights_directory_without_weights_says_so(project):
     assert failure(predict("--input", "x.npy", "--weights", "empty_run")) == expected
     assert failure(nnd_cli("evaluate", "table.nnd", "--weights", "empty_run", "--data", "x.npy")) == expected
     assert failure(nnd_cli("generate", "chars.nnd", "--weights", "empty_run", "--prompt", "ab")) == expected
+    assert failure(nnd_cli("train", "table.nnd", "--weights", "empty_run", "--data", "x.npy")) == expected
 
 
 def test_evaluate_without_data_speaks_of_evaluation_data(project):
@@ -168,3 +169,5 @@ def test_evaluate_refuses_a_model_of_two_outputs_in_its_own_words(project):
     assert failure(nnd_cli("evaluate", "split.nnd", "--weights", "split_run", "--data", "d.npz")) == (
         "error: model 'split' has 1 input and 2 outputs; the command line evaluates one-input, one-output "
         "models: use the Python API with dicts of arrays (model.evaluate({...}, {...}))")
+    assert failure(nnd_cli("train", "split.nnd", "--data", "d.npz")).startswith(
+        "error: model 'split' has 1 input and 2 outputs; the command line trains one-input, one-output models")
