@@ -7,7 +7,7 @@ the objects from the `Configured` entries.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from nnd.compiler import syntax as S
 from nnd.compiler.args import (BOOL, FLOAT, NAME, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT,
@@ -117,6 +117,29 @@ class _SettingError(Exception):
         self.message, self.span, self.notes = message, span, notes
 
 
+class _SettingErrors(Exception):
+    """Several independent mistakes in one setting (its list items, a call's arguments): all are reported."""
+
+    def __init__(self, errors: list[_SettingError]):
+        super().__init__("; ".join(e.message for e in errors))
+        self.errors = errors
+
+
+def _each(items: Sequence[Any], convert: Callable[[Any], Any]) -> list[Any]:
+    """`convert` applied to every item; the errors of all of them, not just the first, when any fail."""
+    results, errors = [], []
+    for item in items:
+        try:
+            results.append(convert(item))
+        except _SettingError as err:
+            errors.append(err)
+        except _SettingErrors as errs:
+            errors.extend(errs.errors)
+    if errors:
+        raise errors[0] if len(errors) == 1 else _SettingErrors(errors)
+    return results
+
+
 # Keras' longer spellings of two arguments.
 _KEYWORD_ALIASES = {"learning_rate": "lr", "restore_best_weights": "restore_best"}
 
@@ -149,13 +172,15 @@ def _configured(value: Any, table: dict[str, dict[str, ArgKind]], what: str, spa
             raise _SettingError(f"{name} has no argument '{key}'" + (f"; did you mean '{hint}'?" if hint else ""),
                                 arg_span, (f"valid: {', '.join(keys)}",))
         raw[key] = (arg, arg_span)
-    args = {}
-    for key, (arg, arg_span) in raw.items():
+    def convert(key: str) -> Any:
+        arg, arg_span = raw[key]
         try:
-            args[key] = schema[key].convert(arg)
+            return schema[key].convert(arg)
         except ArgError as err:
             _undefined_word(arg, schema[key], f"{name} argument '{key}'", arg_span)
             raise _SettingError(f"{name} argument '{key}': {err.message}", arg_span, err.notes) from None
+
+    args = dict(zip(raw, _each(list(raw), convert)))
     return Configured(name, args, span, {key: arg_span for key, (_, arg_span) in raw.items()})
 
 
@@ -191,6 +216,8 @@ def check_configured(name: str, args: dict[str, Any], table: dict[str, dict[str,
         return _configured(CallValue(name, (), tuple(args.items())), table, what, None, aliases)
     except _SettingError as err:
         raise NndError(Diagnostic(err.message, None, err.notes)) from None
+    except _SettingErrors as errs:
+        raise NndError([Diagnostic(err.message, None, err.notes) for err in errs.errors]) from None
 
 
 def _list(value: Any, span: Span | None) -> list[Any]:
@@ -257,6 +284,9 @@ def check_train(section: S.TrainDef, values: dict[str, tuple[Any, Span | None]],
             _apply_setting(spec, key, value, span)
         except _SettingError as err:
             bag.error(err.message, err.span, err.notes)
+        except _SettingErrors as errs:
+            for err in errs.errors:
+                bag.error(err.message, err.span, err.notes)
     return spec
 
 
@@ -268,11 +298,11 @@ def _apply_setting(spec: TrainSpec, key: str, value: Any, span: Span | None) -> 
     elif key == "loss":
         spec.loss = _configured(value, LOSSES, "loss", span, LOSS_ALIASES)
     elif key == "metrics":
-        spec.metrics = [_configured(v, METRICS, "metric", span) for v in _list(value, span)]
+        spec.metrics = _each(_list(value, span), lambda v: _configured(v, METRICS, "metric", span))
     elif key == "callbacks":
-        spec.callbacks = [_configured(v, CALLBACKS, "callback", span) for v in _list(value, span)]
+        spec.callbacks = _each(_list(value, span), lambda v: _configured(v, CALLBACKS, "callback", span))
     elif key == "augment":
-        spec.augment = [_configured(v, AUGMENTATIONS, "augmentation", span) for v in _list(value, span)]
+        spec.augment = _each(_list(value, span), lambda v: _configured(v, AUGMENTATIONS, "augmentation", span))
     elif key == "lr_schedule":
         spec.lr_schedule = _schedule(_configured(value, SCHEDULES, "learning-rate schedule", span))
     elif key == "epochs":

@@ -118,3 +118,17 @@ def test_the_command_line_starts_without_loading_the_compiler():
     loaded = subprocess.run([sys.executable, "-c", "import sys, nnd.cli; print('nnd.model' in sys.modules)"],
                             capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "False"
+
+
+def test_every_bad_item_of_a_list_and_every_bad_argument_of_a_call_is_reported():
+    text = TRAIN.format(setting="optimizer = sgd(lr=0.1, clipnorm=-1, clipvalue=0)\n"
+                                "    metrics = [top_k_accuracy(k=0), mae(x=1)]")
+    rendered = check(text)
+    for message in ("7:29: error: sgd argument 'clipnorm': must be positive, got -1",
+                    "7:42: error: sgd argument 'clipvalue': must be positive, got 0",
+                    "8:31: error: top_k_accuracy argument 'k': must be at least 1, got 0",
+                    "8:41: error: mae takes no arguments, got 'x'"):
+        assert message in rendered
+    with pytest.raises(NndError) as caught:
+        nnd.loads(DENSE.format(units=1)).compile(optimizer="sgd", clipnorm=-1, clipvalue=0)
+    assert len(caught.value.diagnostics) == 2
