@@ -14,6 +14,7 @@ from nnd.compiler.layers import INFER, LAYERS, TRAIN
 from nnd.compiler.output_checks import check_outputs
 from nnd.compiler.source import Span
 from nnd.compiler.training import TrainSpec, check_monitors, check_train
+from nnd.compiler.unused import unused_layer_warnings
 
 
 @dataclass
@@ -80,14 +81,19 @@ def _check_program(program: Program) -> CheckedProgram:
     defs = _collect_definitions(program, bag)
     checked = CheckedProgram(program, defs)
     for name, model in defs.models.items():
+        errors_before = len(bag.diagnostics)
         checked.graphs[name] = ModelLowering(defs, bag, INFER).lower(model)
+        # A layer after a failed one is cut off from the outputs by the error, not by its author.
+        clean = len(bag.diagnostics) == errors_before
+        unused = unused_layer_warnings(checked.graphs[name]) if clean else []
+        checked.warnings[name] = _unique(unused)  # a block called twice warns once
     for name, section in defs.trains.items():
         spec = checked.trains[name] = _check_train_section(section, defs, bag)
         if name in checked.graphs:
             check_monitors(spec, list(checked.graphs[name].outputs), bag)
             errors, warnings = check_outputs(spec, checked.graphs[name])
             bag.diagnostics.extend(errors)
-            checked.warnings[name] = warnings
+            checked.warnings[name] += warnings
     if bag:  # the warnings too: one run tells everything
         warnings = [w for found in checked.warnings.values() for w in found]
         raise NndError(_unique(bag.diagnostics) + warnings, program.sources)

@@ -132,3 +132,46 @@ def test_every_bad_item_of_a_list_and_every_bad_argument_of_a_call_is_reported()
     with pytest.raises(NndError) as caught:
         nnd.loads(DENSE.format(units=1)).compile(optimizer="sgd", clipnorm=-1, clipvalue=0)
     assert len(caught.value.diagnostics) == 2
+
+
+UNUSED = """\
+block twice(x) {
+    forgotten = x -> dense(5)
+    return x -> dense(4)
+}
+model m {
+    input a: [8]
+    u = a -> dense(8)
+    v = a -> dense(4) -> relu()
+    p = twice(a)
+    q = twice(a)
+    output p + q
+}
+model s {
+    input source: [20, 8]
+    _, h, c = source -> lstm(32, return_state=true)
+    output h
+}
+"""
+
+
+def test_a_layer_whose_result_reaches_no_output_is_warned_about_once_at_the_end_of_its_chain():
+    program = nnd.loads(UNUSED, name="u.nnd").program
+    rendered = [w.render(program.sources) for w in program.warnings["m"]]
+    assert [r.splitlines()[0] for r in rendered] == [
+        "u.nnd:7:14: warning: the result of this dense is never used",
+        "u.nnd:8:26: warning: the result of this relu is never used",
+        "u.nnd:2:22: warning: the result of this dense is never used",
+    ]
+    assert "note: its parameters are still created, counted and saved" in rendered[0]
+    assert program.warnings["s"] == []  # the sequence output left as _ is no mistake
+
+
+def test_no_unused_warning_follows_an_error():
+    assert "never used" not in check("model m {\n    input x: [8]\n    x -> dense(3) -> bogus()\n}\n")
+
+
+def test_check_strict_fails_on_an_unused_layer(tmp_path):
+    (tmp_path / "u.nnd").write_text(UNUSED)
+    result = CliRunner().invoke(main, ["check", "--strict", str(tmp_path / "u.nnd")])
+    assert result.exit_code == 1 and result.stderr.count("is never used") == 3
