@@ -93,11 +93,22 @@ def _check_program(program: Program) -> CheckedProgram:
             check_monitors(spec, list(checked.graphs[name].outputs), bag)
             errors, warnings = check_outputs(spec, checked.graphs[name])
             bag.diagnostics.extend(errors)
-            checked.warnings[name] += warnings
+            checked.warnings[name] += warnings + _idle_augmentations(spec, checked.graphs[name])
     if bag:  # the warnings too: one run tells everything
         warnings = [w for found in checked.warnings.values() for w in found]
         raise NndError(_unique(bag.diagnostics) + warnings, program.sources)
     return checked
+
+
+def _idle_augmentations(spec: TrainSpec, graph: Graph) -> list[Diagnostic]:
+    """Augmentations transform image inputs ([height, width, channels]); on a model without one they
+    would do nothing, silently."""
+    if not spec.augment or any(v.type.rank == 4 and v.type.dtype in ("f32", "f64") for v in graph.inputs):
+        return []
+    inputs = ", ".join(f"{v.name}: {v.type}" for v in graph.inputs)
+    return [Diagnostic(f"{a.name} does nothing here: augmentations transform image inputs, and model "
+                       f"'{graph.name}' has none ({inputs})", a.span, ("remove it from augment",),
+                       severity="warning") for a in spec.augment]
 
 
 def _unique(diagnostics):

@@ -19,12 +19,20 @@ class Span:
         return f"{self.file}:{self.line}:{self.column}"
 
 
+BYTE_ORDER_MARK = "\ufeff"
+
+
 @dataclass(frozen=True)
 class SourceFile:
     """The text of one `.nnd` file, kept so diagnostics can quote its lines."""
 
     name: str
     text: str
+
+    def __post_init__(self) -> None:
+        # Editors on Windows often start a UTF-8 file with a byte-order mark; it is no part of the program.
+        if self.text.startswith(BYTE_ORDER_MARK):
+            object.__setattr__(self, "text", self.text[len(BYTE_ORDER_MARK):])
 
     @classmethod
     def read(cls, path: str | Path) -> "SourceFile":

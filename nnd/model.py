@@ -141,7 +141,7 @@ class Model:
                            f"got {type(values).__name__}")
         expected = {name: tuple(p.type.shape) for name, p in self.graph.param_info.items()}
         ckpt.check_compatible(expected, {k: np.shape(v) for k, v in values.items()}, strict=strict, source=source)
-        converted = {name: _numeric(value, f"parameter {name!r} from {source}", self.dtype)
+        converted = {name: _parameter_array(value, f"parameter {name!r} from {source}", self.dtype)
                      for name, value in values.items() if name in self.params}
         for name, value in converted.items():
             self.params[name][...] = self._backend.asarray(value)
@@ -373,12 +373,18 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def _numeric(value: Any, what: str, dtype: Any) -> np.ndarray:
-    """`value` as a numeric array of `dtype`, or an NndError naming it."""
+def _parameter_array(value: Any, what: str, dtype: Any) -> np.ndarray:
+    """`value` as a finite numeric array of `dtype`, or an NndError naming it (NaN weights would only
+    surface later, as NaN predictions or a loss that seems to diverge)."""
     array = np.asarray(value)
     if array.dtype.kind not in "biuf":
         raise NndError(f"{what} must hold numbers, got dtype {array.dtype}")
-    return array.astype(dtype, copy=False)
+    array = array.astype(dtype, copy=False)
+    finite = np.isfinite(array)
+    if not finite.all():
+        index = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise NndError(f"{what} holds {array[index]} at index {index}")
+    return array
 
 
 def _as_json(value: Configured) -> dict[str, Any]:

@@ -93,8 +93,9 @@ def _resolve(source: str, base_dir: Path | None) -> Path:
 
 def _csv(path: Path, spec: TrainSpec, dims: tuple, output_type: TensorType, run_dir: Path | None) -> Dataset:
     if len(dims) != 2:
-        x, y = load_csv(path, target=spec.target if spec.target is not None else -1)
-        return Dataset(_table_rows(x, dims), y)
+        x, y = load_csv(path, target=table_target(path, spec.target))
+        pixels, notes = _csv_pixels(_table_rows(x, dims), path)
+        return Dataset(pixels, y, notes=notes)
     columns = series_columns(path, spec, dims)
     horizon = int(output_type.shape[-1])
     saved = _saved(run_dir, STATS_FILE)
@@ -183,7 +184,8 @@ def load_prediction_inputs(path: Path, spec: TrainSpec, input_type: TensorType,
         notes = [f"{path.name}: uint8 images scaled to [0, 1] (divided by 255)"] if _byte_images(x, input_type) else []
         return PredictionInputs(_as_input(x, input_type), notes=notes)
     if len(dims) != 2:
-        return PredictionInputs(_table_rows(_csv_features(path, spec.target, int(np.prod(dims))), dims))
+        pixels, notes = _csv_pixels(_table_rows(_csv_features(path, spec.target, int(np.prod(dims))), dims), path)
+        return PredictionInputs(pixels, notes=notes)
     saved = _saved(run_dir, STATS_FILE)
     if saved is None:
         raise NndError(f"--input {path}: a sequence model reads its CSV standardized with the statistics its "
@@ -202,16 +204,38 @@ def _table_rows(x: np.ndarray, dims: tuple) -> np.ndarray:
     return fit_to_input(x, dims)
 
 
+# Header names that mark a table's label column when the train section names no `target`.
+LABEL_COLUMNS = ("label", "labels", "target", "class", "y")
+
+
+def table_target(path: Path, target: str | None) -> str | int:
+    """The column of a table CSV that holds the labels: the train section's `target`, else a column named
+    like one (`label` first in Kaggle's MNIST files), else the last column."""
+    if target is not None:
+        return target
+    rows, has_header = read_csv_rows(path, "auto", "load_csv")
+    names = [cell.strip() for cell in rows[0][1]] if has_header else []
+    labelled = [name for name in names if name.lower() in LABEL_COLUMNS]
+    return labelled[0] if len(labelled) == 1 else -1
+
+
+def _csv_pixels(x: np.ndarray, path: Path) -> tuple[np.ndarray, list[str]]:
+    """Image rows written as whole numbers from 0 to 255 (as image CSVs store bytes) scaled to [0, 1], as
+    uint8 images are; other values as they are."""
+    if x.ndim != 4 or not x.size or x.max() <= 1 or x.min() < 0 or x.max() > 255 or not np.all(x == np.round(x)):
+        return x, []
+    return x * np.float32(1 / 255), [f"{path.name}: pixel values 0-255 scaled to [0, 1] (divided by 255)"]
+
+
 def _csv_features(path: Path, target: str | None, features: int) -> np.ndarray:
     """A table's feature columns: every column, or all but the target when the file also has it (the
-    named `target`, else the last column, as training reads it)."""
+    label column, as training reads it: see `table_target`)."""
     rows, has_header = read_csv_rows(path, "auto", "predict")
     width = len(rows[0][1])
     if width == features:
         return load_csv(path)[0]
     if width == features + 1:
-        names = [c.strip() for c in rows[0][1]] if has_header else []
-        return load_csv(path, target=target if target in names else -1)[0]
+        return load_csv(path, target=table_target(path, target))[0]
     raise NndError(f"--input {path} has {width} columns; the model reads {features} features per sample "
                    f"(and training read a target column beside them)")
 

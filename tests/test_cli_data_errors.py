@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 import nnd
 from nnd.cli import main
+from nnd.runtime.data_source import table_target
 from nnd.runtime.sequence_data import CharVocabulary
 
 CHAR_MODEL = """model chars {
@@ -171,3 +172,34 @@ def test_evaluate_refuses_a_model_of_two_outputs_in_its_own_words(project):
         "models: use the Python API with dicts of arrays (model.evaluate({...}, {...}))")
     assert failure(nnd_cli("train", "split.nnd", "--data", "d.npz")).startswith(
         "error: model 'split' has 1 input and 2 outputs; the command line trains one-input, one-output models")
+
+
+# ------------------------------------------------------------------------------------ image tables
+
+IMAGE_MODEL = """model img {
+    input image: [2, 2, 1]
+    flatten()
+    dense(3, activation=softmax)
+}
+
+train img {
+    loss = sparse_categorical_crossentropy
+    epochs = 1
+}
+"""
+
+
+def test_a_label_first_image_csv_trains_and_predicts_on_scaled_pixels(project):
+    """Kaggle's MNIST layout: a `label` column first, then pixels as whole numbers from 0 to 255."""
+    (project / "img.nnd").write_text(IMAGE_MODEL)
+    rows = ["label,p0,p1,p2,p3", "2,0,255,128,64", "0,255,255,0,0", "1,3,2,1,0"]
+    (project / "kaggle.csv").write_text("\n".join(rows) + "\n")
+    result = nnd_cli("train", "img.nnd", "--data", "kaggle.csv", "--out", "img_run")
+    assert result.exit_code == 0, result.stderr
+    assert "note: kaggle.csv: pixel values 0-255 scaled to [0, 1] (divided by 255)" in result.output
+    model = nnd.load("img_run")
+    pixels = np.array([[0, 255, 128, 64], [255, 255, 0, 0], [3, 2, 1, 0]], np.float32).reshape(3, 2, 2, 1) / 255
+    result = nnd_cli("predict", "img.nnd", "--weights", "img_run", "--input", "kaggle.csv", "--output", "p.npy")
+    assert result.exit_code == 0, result.stderr
+    np.testing.assert_allclose(np.load(project / "p.npy"), model.predict(pixels), rtol=1e-6)
+    assert table_target(project / "kaggle.csv", None) == "label"

@@ -175,3 +175,26 @@ def test_check_strict_fails_on_an_unused_layer(tmp_path):
     (tmp_path / "u.nnd").write_text(UNUSED)
     result = CliRunner().invoke(main, ["check", "--strict", str(tmp_path / "u.nnd")])
     assert result.exit_code == 1 and result.stderr.count("is never used") == 3
+
+
+def test_a_byte_order_mark_starts_a_file_without_being_part_of_it(tmp_path):
+    (tmp_path / "lib.nnd").write_bytes("\ufeffblock b(x) {\n    return relu(x)\n}\n".encode())
+    (tmp_path / "m.nnd").write_bytes(('\ufeffimport "lib.nnd"\n' + DENSE.format(units=2)).encode())
+    assert nnd.load(tmp_path / "m.nnd").name == "m"
+
+
+def test_weights_holding_nan_are_refused_when_loaded(tmp_path):
+    model = nnd.loads(DENSE.format(units=2))
+    weights = model.parameters()
+    weights["dense.kernel"][1, 0] = np.nan
+    np.savez(tmp_path / "w.npz", **weights)
+    with pytest.raises(NndError, match=r"parameter 'dense.kernel' from weights file .*w.npz holds nan at "
+                                       r"index \(1, 0\)"):
+        model.load_weights(tmp_path / "w.npz")
+
+
+def test_augmentations_on_a_model_without_images_are_warned_about():
+    program = nnd.loads(TRAIN.format(setting="augment = [random_shift(0.1)]"), name="m.nnd").program
+    assert [w.render(program.sources).splitlines()[0] for w in program.warnings["m"]] == [
+        "m.nnd:7:16: warning: random_shift does nothing here: augmentations transform image inputs, and "
+        "model 'm' has none (x: f32[N,8])"]
