@@ -33,6 +33,9 @@ class CheckedProgram:
     def model_name(self, name: str | None = None) -> str:
         """The model to use: the one named, or the only one (or the last one) of the root file."""
         if name is not None:
+            if not isinstance(name, str):
+                raise NndError(f"a model is chosen by its name, a str, not {type(name).__name__} "
+                               f"(models: {', '.join(self.graphs) or 'none'})")
             if name not in self.graphs:
                 hint = did_you_mean(name, self.graphs)
                 raise NndError(f"no model named '{name}'" + (f"; did you mean '{hint}'?" if hint else "")

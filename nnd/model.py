@@ -123,7 +123,7 @@ class Model:
         return list(self.graph.outputs)
 
     def summary(self, batch_size: int = 32, print_fn=print) -> str:
-        text = summarize(self.graph).render(batch_size)
+        text = summarize(self.graph).render(_positive_int(batch_size, "batch_size"))
         if print_fn is not None:
             print_fn(text)
         return text
@@ -330,7 +330,7 @@ class Model:
         arrays = _by_name(x, self.input_names, "input")
         for value in self.graph.inputs:
             dims = tuple(value.type.shape[1:])
-            array = np.asarray(arrays[value.name])
+            array = _as_array(arrays[value.name], f"input '{value.name}'")
             allow_int = value.type.dtype in ("i32", "i64")
             checked = check_inputs(array, dims, value.name, allow_int=allow_int)
             arrays[value.name] = _integer_input(checked, value.name, value.type.dtype) if allow_int else \
@@ -343,8 +343,8 @@ class Model:
         targets = _by_name(y, self.output_names, "target")
         for name, output in self.graph.outputs.items():
             loss = loss_for(self.spec, output).name
-            feeds[TARGET_PREFIX + name] = _check_target(np.asarray(targets[name]), target_type(loss, output),
-                                                        output, name, loss)
+            target = _as_array(targets[name], f"target '{name}'")
+            feeds[TARGET_PREFIX + name] = _check_target(target, target_type(loss, output), output, name, loss)
         _same_count(feeds, "inputs and targets")
         return feeds
 
@@ -434,6 +434,14 @@ def _by_name(values: Arrays, names: list[str], what: str) -> dict[str, np.ndarra
     if len(names) != 1:
         raise NndError(f"the model has {len(names)} {what}s ({', '.join(names)}): pass a dict keyed by name")
     return {names[0]: values}
+
+
+def _as_array(value: Any, what: str) -> np.ndarray:
+    """An array from whatever the caller passed (arrays, nested lists); a ragged list is an NndError."""
+    try:
+        return np.asarray(value)
+    except ValueError as err:  # NumPy refuses sequences of unequal lengths
+        raise NndError(f"{what} is not a rectangular array: {err}") from None
 
 
 def _float_input(array: np.ndarray) -> np.ndarray:

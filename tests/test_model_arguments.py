@@ -219,3 +219,15 @@ def test_a_float64_model_shows_float64_types():
 def test_loads_refuses_what_is_not_text(text, message):
     with pytest.raises(NndError, match=message):
         nnd.loads(text)
+
+
+def test_ragged_lists_a_model_number_and_a_bad_summary_batch_are_named():
+    model = nnd.loads(TINY)
+    with pytest.raises(NndError, match="input 'x' is not a rectangular array"):
+        model.predict([[1, 2, 3, 4], [1, 2]])
+    with pytest.raises(NndError, match="target 'output' is not a rectangular array"):
+        model.evaluate(X[:2], [[1], [1, 2]])
+    with pytest.raises(NndError, match="batch_size must be a positive int, got 'x'"):
+        model.summary(batch_size="x", print_fn=None)
+    with pytest.raises(NndError, match=r"a model is chosen by its name, a str, not int \(models: tiny\)"):
+        nnd.loads(TINY, model=3)
