@@ -43,6 +43,16 @@ class Definitions:
     later_constants: dict[str, Any] = field(default_factory=dict)
 
 
+def _left_spine(expr: S.Expr, kind: type, child: str) -> tuple[list[Any], S.Expr]:
+    """The links of a chain leaning left (`kind` nodes reached through `child`), outermost first, and the
+    expression at its bottom."""
+    links = []
+    while isinstance(expr, kind):
+        links.append(expr)
+        expr = getattr(expr, child)
+    return links, expr
+
+
 def used_before_definition(name: str, definition: Any) -> tuple[str, list[str]]:
     """The message and note for a constant used above the line that defines it."""
     return (f"constant '{name}' is used before its definition",
@@ -341,11 +351,8 @@ class ModelLowering:
 
     def eval_pipe(self, expr: S.Pipe, frame: Frame) -> Any:
         """`x -> f() -> g()`: each stage in turn, without recursing once per stage (chains may be long)."""
-        pipes = []
-        while isinstance(expr, S.Pipe):
-            pipes.append(expr)
-            expr = expr.source
-        value = self.eval(expr, frame)
+        pipes, bottom = _left_spine(expr, S.Pipe, "source")
+        value = self.eval(bottom, frame)
         for pipe in reversed(pipes):
             # A failed source still lets the stage check its own arguments; it then yields POISON.
             source = self.expect_tensor(value, pipe.source)
@@ -354,11 +361,8 @@ class ModelLowering:
 
     def eval_binary_chain(self, expr: S.BinaryOp, frame: Frame) -> Any:
         """`a + b - c`, which parses leaning left: each operation in turn, without recursing once per link."""
-        links = []
-        while isinstance(expr, S.BinaryOp):
-            links.append(expr)
-            expr = expr.left
-        value = self.eval(expr, frame)
+        links, bottom = _left_spine(expr, S.BinaryOp, "left")
+        value = self.eval(bottom, frame)
         for link in reversed(links):
             value = self.eval_binary(link, value, self.eval(link.right, frame))
         return value
