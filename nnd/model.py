@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -16,7 +15,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from nnd.compiler.diagnostics import NndError, NndWarning, did_you_mean
+from nnd.arguments import (Arrays, as_array, as_path, by_name, check_target, float_input, integer_input,
+                           parameter_array, positive_int, same_count, sample_count, split_last,
+                           validation_fraction)
+from nnd.compiler.diagnostics import NndError, NndWarning
 from nnd.compiler.frontend import CheckedProgram
 from nnd.compiler.output_checks import check_outputs
 from nnd.compiler.summary import summarize
@@ -43,7 +45,6 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 CACHE_BYTES = 4 << 20
 MIN_SLICE = 8
 PREDICT_BATCH = 256  # predict's and evaluate's largest slice unless given
-Arrays = Any  # an ndarray, a dict name -> ndarray, or a list of ndarrays
 
 
 class Model:
@@ -123,7 +124,7 @@ class Model:
         return list(self.graph.outputs)
 
     def summary(self, batch_size: int = 32, print_fn=print) -> str:
-        text = summarize(self.graph).render(_positive_int(batch_size, "batch_size"))
+        text = summarize(self.graph).render(positive_int(batch_size, "batch_size"))
         if print_fn is not None:
             print_fn(text)
         return text
@@ -141,7 +142,7 @@ class Model:
                            f"got {type(values).__name__}")
         expected = {name: tuple(p.type.shape) for name, p in self.graph.param_info.items()}
         ckpt.check_compatible(expected, {k: np.shape(v) for k, v in values.items()}, strict=strict, source=source)
-        converted = {name: _parameter_array(value, f"parameter {name!r} from {source}", self.dtype)
+        converted = {name: parameter_array(value, f"parameter {name!r} from {source}", self.dtype)
                      for name, value in values.items() if name in self.params}
         for name, value in converted.items():
             self.params[name][...] = self._backend.asarray(value)
@@ -199,7 +200,7 @@ class Model:
         dozen samples for a small CNN), which is faster than whole batches; `batch_size` (default 256)
         caps the slice. `verbose` is accepted as Keras' is; prediction prints nothing.
         """
-        batch_size = _positive_int(PREDICT_BATCH if batch_size is None else batch_size, "batch_size")
+        batch_size = positive_int(PREDICT_BATCH if batch_size is None else batch_size, "batch_size")
         inputs = self._inputs(x)
         if self._predictor is None:
             from nnd.compiler.passes import PassManager
@@ -210,7 +211,7 @@ class Model:
             graph = passes.run(self.graph)
             self._predictor = Executor(graph, self.backend, self.compute_dtype, seed=self.seed,
                                        cuda_graphs=self.cuda_graphs)
-        n = _count(inputs)
+        n = sample_count(inputs)
         step = self._slice_size(batch_size)
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
         for start in range(0, n, step):
@@ -237,9 +238,9 @@ class Model:
     def evaluate(self, x: Arrays, y: Arrays, batch_size: int | None = None, verbose: int = 0) -> dict[str, float]:
         """The loss and the train section's metrics over (x, y), in inference mode, in slices of at most
         `batch_size` samples (default 256). `verbose` is accepted as Keras' is; evaluation prints nothing."""
-        batch_size = _positive_int(PREDICT_BATCH if batch_size is None else batch_size, "batch_size")
+        batch_size = positive_int(PREDICT_BATCH if batch_size is None else batch_size, "batch_size")
         feeds = self._feeds(x, y)
-        if _count(feeds) == 0:
+        if sample_count(feeds) == 0:
             raise NndError("no samples to evaluate: x and y are empty")
         trainer = self._get_trainer()
         return trainer.run_epoch(plain_batches(feeds, self._slice_size(batch_size)), self.output_names,
@@ -248,7 +249,7 @@ class Model:
     def loss_and_gradients(self, x: Arrays, y: Arrays) -> tuple[float, dict[str, np.ndarray]]:
         """The training loss on one batch and its gradient for every trainable parameter; no update."""
         feeds = self._feeds(x, y)
-        if _count(feeds) == 0:
+        if sample_count(feeds) == 0:
             raise NndError("no samples: x and y are empty")
         loss, grads = self._get_trainer().gradients(feeds)
         return loss, {name: np.array(self._backend.to_numpy(g)) for name, g in grads.items()}
@@ -269,17 +270,17 @@ class Model:
         self._check_outputs()
         epochs = spec.epochs if epochs is None else epochs
         batch_size = spec.batch_size if batch_size is None else batch_size
-        epochs, batch_size = _positive_int(epochs, "epochs"), _positive_int(batch_size, "batch_size")
+        epochs, batch_size = positive_int(epochs, "epochs"), positive_int(batch_size, "batch_size")
         feeds = self._feeds(x, y)
-        if _count(feeds) == 0:
+        if sample_count(feeds) == 0:
             raise NndError("no training samples: x and y are empty")
-        split = spec.validation_split if validation_split is None else _fraction(validation_split)
+        split = spec.validation_split if validation_split is None else validation_fraction(validation_split)
         val_feeds = self._validation_feeds(validation_data)
         if val_feeds is None and split:
-            feeds, val_feeds = _split(feeds, split)
+            feeds, val_feeds = split_last(feeds, split)
         hooks = as_callbacks(callbacks, self)
         if run_dir is not None and not isinstance(run_dir, RunDirectory):
-            run_dir = RunDirectory(_path(run_dir, "run_dir"))
+            run_dir = RunDirectory(as_path(run_dir, "run_dir"))
         trainer = self._get_trainer()
         state = TrainingState(self.params, trainer.optimizer, epoch=initial_epoch)
         first = len(self.history.epochs)
@@ -295,7 +296,7 @@ class Model:
                            + (" (sample weights are not supported)" if isinstance(data, (tuple, list))
                               and len(data) == 3 else ""))
         feeds = self._feeds(*data)
-        if _count(feeds) == 0:
+        if sample_count(feeds) == 0:
             raise NndError("validation_data holds no samples")
         return feeds
 
@@ -304,7 +305,7 @@ class Model:
     def save(self, directory: str | Path) -> Path:
         """Write weights.npz, the model source and a manifest with the dtype, precision and what compile()
         set into `directory`; `nnd.load(directory)` rebuilds the same model."""
-        directory = _path(directory, "the save directory")
+        directory = as_path(directory, "the save directory")
         write_model_files(directory, self.program, self.name, self.input_names, self.output_names,
                           weights=self.parameters(), settings=self.saved_settings())
         return directory
@@ -327,25 +328,25 @@ class Model:
     # ------------------------------------------------------------------------------ data
 
     def _inputs(self, x: Arrays) -> dict[str, np.ndarray]:
-        arrays = _by_name(x, self.input_names, "input")
+        arrays = by_name(x, self.input_names, "input")
         for value in self.graph.inputs:
             dims = tuple(value.type.shape[1:])
-            array = _as_array(arrays[value.name], f"input '{value.name}'")
+            array = as_array(arrays[value.name], f"input '{value.name}'")
             allow_int = value.type.dtype in ("i32", "i64")
             checked = check_inputs(array, dims, value.name, allow_int=allow_int)
-            arrays[value.name] = _integer_input(checked, value.name, value.type.dtype) if allow_int else \
-                _float_input(checked)
-        _same_count(arrays, "inputs")
+            arrays[value.name] = integer_input(checked, value.name, value.type.dtype) if allow_int else \
+                float_input(checked)
+        same_count(arrays, "inputs")
         return arrays
 
     def _feeds(self, x: Arrays, y: Arrays) -> dict[str, np.ndarray]:
         feeds = self._inputs(x)
-        targets = _by_name(y, self.output_names, "target")
+        targets = by_name(y, self.output_names, "target")
         for name, output in self.graph.outputs.items():
             loss = loss_for(self.spec, output).name
-            target = _as_array(targets[name], f"target '{name}'")
-            feeds[TARGET_PREFIX + name] = _check_target(target, target_type(loss, output), output, name, loss)
-        _same_count(feeds, "inputs and targets")
+            target = as_array(targets[name], f"target '{name}'")
+            feeds[TARGET_PREFIX + name] = check_target(target, target_type(loss, output), output, name, loss)
+        same_count(feeds, "inputs and targets")
         return feeds
 
 
@@ -359,34 +360,6 @@ def _allow_tf32(backend: str) -> None:
     os.environ["CUPY_TF32"] = "1"
 
 
-def _fraction(value: Any) -> float:
-    """validation_split: a number in [0, 1)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 0 <= value < 1:
-        raise NndError(f"validation_split must be a number from 0 up to (not including) 1, got {value!r}")
-    return float(value)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise NndError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _parameter_array(value: Any, what: str, dtype: Any) -> np.ndarray:
-    """`value` as a finite numeric array of `dtype`, or an NndError naming it (NaN weights would only
-    surface later, as NaN predictions or a loss that seems to diverge)."""
-    array = np.asarray(value)
-    if array.dtype.kind not in "biuf":
-        raise NndError(f"{what} must hold numbers, got dtype {array.dtype}")
-    array = array.astype(dtype, copy=False)
-    finite = np.isfinite(array)
-    if not finite.all():
-        index = tuple(int(i) for i in np.argwhere(~finite)[0])
-        raise NndError(f"{what} holds {array[index]} at index {index}")
-    return array
-
-
 def _as_json(value: Configured) -> dict[str, Any]:
     """A checked optimizer, loss or metric as model.json keeps it; compile(**configured) reads it back."""
     args = {k: v.item() if isinstance(v, np.generic) else v for k, v in value.args.items()}
@@ -398,14 +371,6 @@ def _as_json(value: Configured) -> dict[str, Any]:
     return {"name": value.name, "args": args}
 
 
-def _path(value: Any, what: str) -> Path:
-    if not isinstance(value, (str, os.PathLike)):
-        raise NndError(f"{what} must be a path, got {type(value).__name__}")
-    if "\0" in os.fspath(value):
-        raise NndError(f"{what} {os.fspath(value)!r} holds a NUL character")
-    return Path(value)
-
-
 def _configured(value: str | Configured) -> Configured:
     return value if isinstance(value, Configured) else Configured(str(value))
 
@@ -413,129 +378,6 @@ def _configured(value: str | Configured) -> Configured:
 def _checked(value: Configured, table, what: str, aliases=None) -> Configured:
     args = {k: v.item() if isinstance(v, np.generic) else v for k, v in value.args.items()}
     return check_configured(value.name, args, table, what, aliases)
-
-
-def _by_name(values: Arrays, names: list[str], what: str) -> dict[str, np.ndarray]:
-    if isinstance(values, Mapping):
-        missing = [n for n in names if n not in values]
-        unknown = [k for k in values if k not in names]
-        listed = f" (its {what}s: {', '.join(names)})"
-        if unknown:
-            hint = did_you_mean(str(unknown[0]), missing or names)
-            raise NndError(f"the model has no {what} named {unknown[0]!r}"
-                           + (f"; did you mean '{hint}'?" if hint else "") + listed)
-        if missing:
-            raise NndError(f"no array given for {what} {', '.join(map(repr, missing))}" + listed)
-        return {n: values[n] for n in names}
-    if isinstance(values, (list, tuple)) and len(names) > 1:
-        if len(values) != len(names):
-            raise NndError(f"expected {len(names)} {what} arrays ({', '.join(names)}), got {len(values)}")
-        return dict(zip(names, values))
-    if len(names) != 1:
-        raise NndError(f"the model has {len(names)} {what}s ({', '.join(names)}): pass a dict keyed by name")
-    return {names[0]: values}
-
-
-def _as_array(value: Any, what: str) -> np.ndarray:
-    """An array from whatever the caller passed (arrays, nested lists); a ragged list is an NndError."""
-    try:
-        return np.asarray(value)
-    except ValueError as err:  # NumPy refuses sequences of unequal lengths
-        raise NndError(f"{what} is not a rectangular array: {err}") from None
-
-
-def _float_input(array: np.ndarray) -> np.ndarray:
-    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)
-
-
-def _integer_input(array: np.ndarray, name: str, dtype: str) -> np.ndarray:
-    """An integer input (ids): whole numbers that the input's integer type holds, converted to it, so that
-    no id is silently truncated (3.9) or wrapped (2**32 + 3)."""
-    target = np.dtype(np.int32 if dtype == "i32" else np.int64)
-    if array.dtype.kind == "f":
-        fractional = array != np.round(array)
-        if fractional.any():
-            index = tuple(int(i) for i in np.argwhere(fractional)[0])
-            raise NndError(f"input '{name}' must hold whole numbers (ids), got {array[index]} at index {index}")
-    limits = np.iinfo(target)
-    if array.size and (array.min() < limits.min or array.max() > limits.max):
-        outside = (array < limits.min) | (array > limits.max)
-        index = tuple(int(i) for i in np.argwhere(outside)[0])
-        raise NndError(f"input '{name}' holds {array[index]} at index {index}, outside {target.name}")
-    return array.astype(target, copy=False)
-
-
-def _check_target(y: np.ndarray, type: TensorType, output, name: str, loss: str) -> np.ndarray:
-    label = name if name != "output" else "y"
-    if type.dtype == "i64":
-        return _class_id_target(y, type, output.type.shape[-1], label, name, loss)
-    return _value_target(y, type, label, loss)
-
-
-def _class_id_target(y: np.ndarray, type: TensorType, classes: int, label: str, output: str,
-                     loss: str) -> np.ndarray:
-    if y.ndim == len(type.shape) + 1 and y.shape[-1] == 1:
-        y = y[..., 0]
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise NndError(f"target '{label}' must hold integer class ids for {loss}, got non-integer values")
-    elif y.dtype.kind not in "iu":
-        raise NndError(f"target '{label}' must hold integer class ids, got dtype {y.dtype}")
-    if y.ndim != len(type.shape):
-        hint = " (one-hot targets need categorical_crossentropy)" if y.ndim == len(type.shape) + 1 else ""
-        raise NndError(f"target '{label}' has shape {y.shape}; {loss} expects class ids of shape "
-                       f"(batch{', ' if len(type.shape) > 1 else ''}"
-                       f"{', '.join(str(d) for d in type.shape[1:])}){hint}")
-    if y.size:
-        low, high = int(y.min()), int(y.max())
-        if low < 0 or high >= classes:
-            bad = low if low < 0 else high
-            index = int(np.argmax(y == bad))
-            raise NndError(f"target '{label}' holds label {bad} at index {index}, outside the {classes} classes "
-                           f"(0 to {classes - 1}) of output '{output}'")
-    return y.astype(np.int64, copy=False)
-
-
-# losses whose targets are probabilities: anything outside [0, 1] gives a meaningless (even negative) loss
-PROBABILITY_TARGETS = ("binary_crossentropy", "categorical_crossentropy")
-
-
-def _value_target(y: np.ndarray, type: TensorType, label: str, loss: str) -> np.ndarray:
-    dims = tuple(type.shape[1:])
-    if y.ndim == 1 and dims == (1,):
-        y = y[:, None]
-    if loss == "categorical_crossentropy" and y.ndim == len(type.shape) - 1 and y.dtype.kind in "iu":
-        raise NndError(f"target '{label}' has shape {y.shape}: class ids; {loss} expects one-hot rows of shape "
-                       f"(batch, {', '.join(str(d) for d in dims)}) (use sparse_categorical_crossentropy for ids)")
-    y = check_inputs(y.astype(np.float32, copy=False) if y.dtype.kind in "iub" else y, dims, label, kind="target")
-    if loss in PROBABILITY_TARGETS:
-        outside = (y < 0) | (y > 1)
-        if outside.any():
-            index = tuple(int(i) for i in np.argwhere(outside)[0])
-            raise NndError(f"target '{label}' holds {y[index]} at index {index}; {loss} needs targets "
-                           f"from 0 to 1")
-    return y
-
-
-def _count(arrays: Mapping[str, np.ndarray]) -> int:
-    return len(next(iter(arrays.values())))
-
-
-def _same_count(arrays: Mapping[str, np.ndarray], what: str) -> None:
-    counts = {k: len(v) for k, v in arrays.items()}
-    if len(set(counts.values())) > 1:
-        listing = ", ".join(f"{k.replace(TARGET_PREFIX, 'target ')}: {n}" for k, n in counts.items())
-        raise NndError(f"the {what} have different numbers of samples ({listing})")
-
-
-def _split(feeds: dict[str, np.ndarray], fraction: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Hold out the last `fraction` of the samples, before any shuffling, as Keras' validation_split does
-    (so a time series validates on its latest windows, never on ones between training windows)."""
-    n = _count(feeds)
-    n_val = int(math.floor(n * fraction))
-    if n_val < 1 or n_val >= n:
-        raise NndError(f"validation_split {fraction} leaves no samples on one side of {n}")
-    return ({k: v[:n - n_val] for k, v in feeds.items()}, {k: v[n - n_val:] for k, v in feeds.items()})
 
 
 __all__ = ["Model"]
