@@ -113,7 +113,11 @@ def run_training(file: str, options: TrainOptions) -> None:
     epochs = options.epochs or spec.epochs
     initial_epoch = 0
     if options.resume is not None:
-        initial_epoch = resume_run(model, model._get_trainer(), options.resume)
+        with warnings_module.catch_warnings(record=True) as said:
+            warnings_module.simplefilter("always", NndWarning)
+            initial_epoch = resume_run(model, model._get_trainer(), options.resume)
+        for warning in said:
+            click.echo(f"warning: {warning.message}", err=True)
         if initial_epoch >= epochs:
             raise NndError(f"--resume {options.resume}: the run already did {initial_epoch} epochs; "
                            f"ask for more with --epochs")

@@ -2,15 +2,17 @@
 progress, and a run directory that holds checkpoints, weights, metrics and the exact source used."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from nnd.compiler.diagnostics import Diagnostic, NndError
+from nnd.compiler.diagnostics import Diagnostic, NndError, NndWarning
 from nnd.compiler.training import epoch_log_names
 from nnd.runtime import checkpoint as ckpt
 from nnd.runtime.augment import Augmenter, make_augmentation
@@ -85,15 +87,29 @@ def save_checkpoint(path: Path, model, trainer: Trainer, epochs_done: int) -> No
     callbacks, arrays = _callback_states(trainer.callbacks)
     ckpt.save_checkpoint(path, model.parameters(), trainer.optimizer.state_dict(), epochs_done,
                          json.dumps(rng), {"model": model.name, "history": model.history.epochs,
-                                           "schedule": trainer.schedule_state(), "callbacks": callbacks},
+                                           "schedule": trainer.schedule_state(), "callbacks": callbacks,
+                                           "source_sha256": source_fingerprint(model.program)},
                          extra_arrays=arrays)
 
 
+def source_fingerprint(program) -> str:
+    """A digest of every source file of a program, by name: what a checkpoint was trained from."""
+    digest = hashlib.sha256()
+    for name in sorted(program.sources):
+        digest.update(name.encode() + b"\0" + program.sources[name].text.encode() + b"\0")
+    return digest.hexdigest()
+
+
 def resume(model, trainer: Trainer, path: str | Path) -> int:
-    """Restore weights, optimizer state, RNG states and history; returns the number of epochs done."""
+    """Restore weights, optimizer state, RNG states and history; returns the number of epochs done. A
+    model whose source changed since the checkpoint resumes (a new epoch count is a normal edit) with an
+    NndWarning saying so."""
     loaded = ckpt.load_checkpoint(path)
     if loaded.extra.get("model") not in (None, model.name):
         raise NndError(f"checkpoint {path} is of model '{loaded.extra.get('model')}', not '{model.name}'")
+    if loaded.extra.get("source_sha256") not in (None, source_fingerprint(model.program)):
+        warnings.warn(NndWarning(f"--resume {path}: the model's source has changed since this checkpoint was "
+                                 "written; the run continues with the source as it is now"), stacklevel=2)
     model.set_parameters(loaded.params, source=f"checkpoint {path}")
     trainer.optimizer.load_state_dict(loaded.optimizer_state)
     rng = json.loads(loaded.rng_state) if isinstance(loaded.rng_state, str) else loaded.rng_state

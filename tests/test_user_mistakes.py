@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,3 +199,21 @@ def test_augmentations_on_a_model_without_images_are_warned_about():
     assert [w.render(program.sources).splitlines()[0] for w in program.warnings["m"]] == [
         "m.nnd:7:16: warning: random_shift does nothing here: augmentations transform image inputs, and "
         "model 'm' has none (x: f32[N,8])"]
+
+
+def test_resuming_from_a_changed_source_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez("d.npz", x=rng.normal(size=(16, 8)).astype(np.float32), y=rng.normal(size=16).astype(np.float32))
+    Path("m.nnd").write_text(TRAIN.format(setting="epochs = 1"))
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", "m.nnd", "--data", "d.npz", "--out", "run", "-q"]).exit_code == 0
+    same = runner.invoke(main, ["train", "m.nnd", "--data", "d.npz", "--out", "run", "--resume",
+                                "run/checkpoint.npz", "--epochs", "2", "-q"])
+    assert same.exit_code == 0 and same.stderr == ""
+    Path("m.nnd").write_text(TRAIN.format(setting="epochs = 3"))
+    changed = runner.invoke(main, ["train", "m.nnd", "--data", "d.npz", "--out", "run", "--resume",
+                                   "run/checkpoint.npz", "-q"])
+    assert changed.exit_code == 0
+    assert changed.stderr == ("warning: --resume run/checkpoint.npz: the model's source has changed since this "
+                              "checkpoint was written; the run continues with the source as it is now\n")
