@@ -252,10 +252,23 @@ def metric_log_name(metric: str, output: str, outputs: Sequence[str]) -> str:
     return metric if len(outputs) == 1 else f"{output}_{metric}"
 
 
+def metric_names(metrics: Sequence[Configured]) -> list[str]:
+    """Each metric's name, made distinct as Keras makes it: a second `precision` (another threshold, say)
+    is `precision_1`, so that neither replaces the other in the logs."""
+    seen: dict[str, int] = {}
+    names = []
+    for metric in metrics:
+        count = seen.get(metric.name, 0)
+        names.append(metric.name if count == 0 else f"{metric.name}_{count}")
+        seen[metric.name] = count + 1
+    return names
+
+
 def epoch_log_names(spec: TrainSpec, outputs: Sequence[str]) -> list[str]:
     """Every figure an epoch of training logs: the loss and the metrics, the same measured on the
     validation data (val_), and the learning rate."""
-    measured = ["loss"] + [metric_log_name(m.name, output, outputs) for output in outputs for m in spec.metrics]
+    measured = ["loss"] + [metric_log_name(name, output, outputs) for output in outputs
+                           for name in metric_names(spec.metrics)]
     return measured + [f"val_{name}" for name in measured] + ["lr"]
 
 

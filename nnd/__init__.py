@@ -47,7 +47,10 @@ def load(path: str | Path, model: str | None = None, *, weights: str | Path | No
     saved: dict = {}
     if path.is_dir():
         saved = read_manifest(path)
-        if weights is None and (path / WEIGHTS).is_file():
+        if weights is None:
+            if not (path / WEIGHTS).is_file():
+                raise NndError(f"{path} holds no {WEIGHTS} (a run directory gets one when its training finishes): "
+                               "pass weights= (its checkpoint.npz, say), or load the .nnd file for a fresh model")
             weights = path / WEIGHTS
         model = saved.get("model") if model is None else model  # the model that was saved, not the file's last
         path = path / SOURCE_DIR / saved["source"]

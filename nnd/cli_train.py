@@ -118,6 +118,10 @@ def run_training(file: str, options: TrainOptions) -> None:
             initial_epoch = resume_run(model, model._get_trainer(), options.resume)
         for warning in said:
             click.echo(f"warning: {warning.message}", err=True)
+        run_dir.resumed_from = (Path(options.resume), initial_epoch)
+        trainer = model._get_trainer()
+        if options.lr is not None and trainer.schedule is None:  # a schedule starts from --lr already
+            trainer.optimizer.lr = options.lr  # over the checkpoint's
         if initial_epoch >= epochs:
             raise NndError(f"--resume {options.resume}: the run already did {initial_epoch} epochs; "
                            f"ask for more with --epochs")
@@ -151,7 +155,7 @@ def run_training(file: str, options: TrainOptions) -> None:
 def _run_directory(model_name: str, options: TrainOptions, dataset: Dataset):
     """--out, or a fresh runs/MODEL-TIME. A directory that holds another run is refused (its weights
     would be lost) unless the run continues there (--resume from it) or --overwrite says so."""
-    from nnd.runtime.fit import RUN_FILES, RunDirectory
+    from nnd.runtime.fit import RunDirectory
 
     if options.out is None:
         base = Path("runs") / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -161,11 +165,13 @@ def _run_directory(model_name: str, options: TrainOptions, dataset: Dataset):
             path = base.with_name(f"{base.name}-{count}")
         return RunDirectory(path, dataset.artifacts)
     path = Path(options.out)
-    held = [name for name in RUN_FILES if name.endswith(".npz") and (path / name).exists()]
+    held = RunDirectory(path).held()
     resumed_here = options.resume is not None and Path(options.resume).resolve().parent == path.resolve()
     if held and not resumed_here and not options.overwrite:
-        raise NndError(f"--out {options.out} already holds a run ({', '.join(held)}); continue it with --resume "
-                       f"{path / 'checkpoint.npz'}, choose another --out, or add --overwrite")
+        checkpoint = path / "checkpoint.npz"
+        go_on = f"continue it with --resume {checkpoint}, " if checkpoint.exists() else ""
+        raise NndError(f"--out {options.out} already holds a run ({', '.join(held)}); {go_on}choose another --out, "
+                       "or add --overwrite")
     return RunDirectory(path, dataset.artifacts, replace=bool(held) and not resumed_here)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from nnd.compiler.diagnostics import Diagnostic, NndError, did_you_mean
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "save_weights", "load_weights", "check_compatible",
-           "atomic_write"]
+           "atomic_write", "current_umask"]
 
 FORMAT = "nnd-checkpoint"
 VERSION = 1
@@ -50,6 +50,13 @@ def _host(a: Any) -> np.ndarray:
     return np.asarray(get() if callable(get) else a)
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so it is set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], what: str = "file") -> None:
     """Call `write(binary_file)` on a temporary file beside `path`, fsync it, then rename it onto `path`.
 
@@ -63,6 +70,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], what: st
         raise NndError(f"cannot write {what} {path}: {e.strerror or e}") from None
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the file from other users
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -12,6 +12,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 from nnd.compiler.diagnostics import Diagnostic, NndError, NndWarning
 from nnd.compiler.training import epoch_log_names
 from nnd.runtime import checkpoint as ckpt
@@ -32,23 +37,36 @@ class RunDirectory:
     """`--out DIR`: checkpoint.npz (every epoch), best.npz, weights.npz, metrics.json/.csv, source/.
 
     The directory is made when training starts, after the data has been checked, so a refused run leaves
-    no empty run directory behind."""
+    no empty run directory behind. A lock file keeps a second run out while one writes there."""
 
     def __init__(self, path: str | Path, artifacts: dict | None = None, replace: bool = False):
         self.path = Path(path)
         # Files prediction needs later, from the data loader (vocabulary.json, series_stats.json).
         self.artifacts = dict(artifacts or {})
         self.replace = replace  # the directory holds an earlier run, which this one replaces
+        self.resumed_from: tuple[Path, int] | None = None  # the checkpoint this run began from, and its epoch
+        self.epochs_saved: int | None = None  # the epochs checkpoint.npz holds, once this run has written it
+        self._lock: RunLock | None = None
+        self._best_pending = False  # a best_checkpoint callback found this epoch the best so far
 
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint.npz"
+
+    def held(self) -> list[str]:
+        """The weight files of an earlier run in the directory, which starting a new run there would lose."""
+        return [name for name in RUN_FILES if name.endswith(".npz") and (self.path / name).exists()]
 
     @property
     def best(self) -> Path:
         return self.path / "best.npz"
 
     def start(self, model) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise NndError(f"cannot create the run directory {self.path}: {err.strerror or err}") from None
+        self._lock = RunLock(self.path)
         if self.replace:  # nothing of the earlier run may pass for this one's (a best.npz it never wrote)
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
@@ -57,8 +75,21 @@ class RunDirectory:
         for name, write in self.artifacts.items():
             write(self.path / name)
 
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def mark_best(self) -> None:
+        self._best_pending = True
+
     def end_epoch(self, model, trainer: Trainer, state: TrainingState) -> None:
         save_checkpoint(self.checkpoint, model, trainer, state.epoch + 1)
+        self.epochs_saved = state.epoch + 1
+        if self._best_pending:
+            data = self.checkpoint.read_bytes()
+            ckpt.atomic_write(self.best, lambda f: f.write(data), "checkpoint")
+            self._best_pending = False
         _atomic_text(self.path / "metrics.json", model.history.to_json())
         _atomic_text(self.path / "metrics.csv", model.history.to_csv())
 
@@ -69,13 +100,42 @@ class RunDirectory:
         """Save the weights as they are when training is stopped by hand, and say what the run holds."""
         self.finish(model)
         where = f"epoch {state.epoch + 1}/{progress.epochs}, after {progress.steps_done:,} of {progress.steps:,} steps"
-        lines = [f"interrupted in {where}", f"  saved the weights as they were to {self.path / 'weights.npz'}"]
-        if self.checkpoint.exists():
-            lines.append(f"  {self.checkpoint} holds the end of epoch {state.epoch}: --resume {self.checkpoint} "
-                         f"continues from there")
-        else:
-            lines.append("  no epoch had finished, so there is no checkpoint to resume from")
+        lines = [f"interrupted in {where}", f"  saved the weights as they were to {self.path / 'weights.npz'}",
+                 f"  {self.resume_advice()}"]
         return TrainingInterrupted("\n".join(lines))
+
+    def resume_advice(self, when: str = "") -> str:
+        """Which checkpoint continues this run, from what this run wrote (not from whatever file is there);
+        `when` ends the advice (" once this is fixed")."""
+        if self.epochs_saved is not None:
+            return (f"{self.checkpoint} holds the end of epoch {self.epochs_saved}: --resume {self.checkpoint} "
+                    f"continues from there{when}")
+        if self.resumed_from is not None:
+            path, epoch = self.resumed_from
+            return (f"no epoch of this run finished: --resume {path} still continues from the end of epoch "
+                    f"{epoch}{when}")
+        return "no epoch had finished, so there is no checkpoint to resume from"
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as a run writes there: a second run into the same
+    --out would mix its checkpoints, metrics and weights with the first's."""
+
+    NAME = ".nnd-run.lock"
+
+    def __init__(self, directory: Path):
+        self.file = open(directory / self.NAME, "a")  # noqa: SIM115 - held open for the run
+        if fcntl is None:
+            return  # no advisory locks on this platform
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.close()
+            raise NndError(f"{directory} is in use by another training run; wait for it to finish or choose "
+                           "another --out") from None
+
+    def release(self) -> None:
+        self.file.close()  # closing drops the lock
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -186,6 +246,16 @@ def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.
     plan = _EpochPlan(feeds, val_feeds, epochs, batch_size, shuffle, callbacks, progress, augmenter, image_inputs)
     if run_dir is not None:
         run_dir.start(model)
+    try:
+        _run(model, trainer, state, plan, run_dir)
+    finally:
+        if run_dir is not None:
+            run_dir.release()
+
+
+def _run(model, trainer: Trainer, state: TrainingState, plan: _EpochPlan, run_dir: RunDirectory | None) -> None:
+    """The callbacks' begin, the epochs and their end; what an interruption or a failure leaves is said."""
+    callbacks, progress = plan.callbacks, plan.progress
     for callback in callbacks:
         callback.on_train_begin(state)
     resumed, trainer.resumed_callbacks = trainer.resumed_callbacks, None
@@ -200,12 +270,11 @@ def fit_loop(model, trainer: Trainer, state: TrainingState, feeds: dict[str, np.
         if run_dir is None:
             raise
         raise run_dir.interrupted(model, state, progress) from None
-    except NndError as error:  # a diverging loss, bad data in a later batch: say what the run kept
+    except NndError as error:  # a diverging loss, bad data in a later batch, a full disk: say what the run kept
         progress.interrupted()
-        if run_dir is None or not run_dir.checkpoint.exists():
+        if run_dir is None or (run_dir.epochs_saved is None and run_dir.resumed_from is None):
             raise
-        kept = Diagnostic(f"{run_dir.checkpoint} holds the end of epoch {state.epoch}: --resume it once this "
-                          "is fixed", severity="note")
+        kept = Diagnostic(run_dir.resume_advice(" once this is fixed"), severity="note")
         raise NndError([*error.diagnostics, kept], error.sources) from None
     for callback in callbacks:
         callback.on_train_end(state)
@@ -251,11 +320,15 @@ def _spec_callbacks(spec, run_dir: RunDirectory | None, model, trainer: Trainer)
     result = []
     for configured in spec.callbacks:
         if configured.name == "best_checkpoint":
-            if run_dir is None:
-                continue  # a best checkpoint needs somewhere to go: `nnd train --out DIR`
-            # The full checkpoint (RNG states included), so --resume works from best.npz too.
-            writer = lambda path, state, logs: save_checkpoint(path, model, trainer, state.epoch + 1)  # noqa: E731
-            result.append(BestCheckpoint(run_dir.best, save=writer, **configured.args))
+            if run_dir is None:  # a best checkpoint needs somewhere to go
+                warnings.warn(NndWarning("the train section's best_checkpoint is skipped: it writes into a run "
+                                         "directory, so give fit run_dir=... (nnd train always has one)"),
+                              stacklevel=4)
+                continue
+            # The epoch's full checkpoint (RNG states included), so --resume works from best.npz too; written
+            # with it, once every callback has seen the epoch, so their states in it are the epoch's.
+            mark = lambda path, state, logs: run_dir.mark_best()  # noqa: E731
+            result.append(BestCheckpoint(run_dir.best, save=mark, **configured.args))
         else:
             result.append(make_callback(configured.name, **configured.args))
     return result
@@ -284,6 +357,4 @@ def _training_batches(feeds, batch_size, order_rng, augmenter, image_inputs, rng
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+    ckpt.atomic_write(path, lambda f: f.write(text.encode("utf-8")), "metrics file")

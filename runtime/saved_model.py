@@ -46,6 +46,7 @@ def write_model_files(directory: Path, program, model: str, inputs: list[str], o
     try:
         directory.mkdir(parents=True, exist_ok=True)
         staged_source = Path(tempfile.mkdtemp(prefix=".staged-source.", dir=directory))
+        os.chmod(staged_source, 0o777 & ~ckpt.current_umask())  # mkdtemp's 0700 would hide it from others
         for name, relative in layout.items():
             target = staged_source / relative
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -55,10 +56,13 @@ def write_model_files(directory: Path, program, model: str, inputs: list[str], o
         _commit(directory, staged_source, staged_weights if weights is not None else None, manifest_text)
     except OSError as err:
         raise NndError(f"cannot save the model to {directory}: {_reason(err)}") from None
-    finally:
+    finally:  # leftovers of a failed save; failing to remove them must not hide why it failed
         if staged_source is not None and staged_source.exists():
             shutil.rmtree(staged_source, ignore_errors=True)
-        staged_weights.unlink(missing_ok=True)
+        try:
+            staged_weights.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _commit(directory: Path, staged_source: Path, staged_weights: Path | None, manifest_text: str) -> None:

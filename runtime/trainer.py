@@ -17,7 +17,7 @@ from nnd.compiler.diagnostics import NndError
 from nnd.compiler.layers import INFER
 from nnd.compiler.passes import PassManager
 from nnd.compiler.summary import summarize
-from nnd.compiler.training import Configured, TrainSpec, metric_log_name
+from nnd.compiler.training import Configured, TrainSpec, metric_log_name, metric_names
 from nnd.compiler.training_graph import LOSS, LOSS_SCALE, MASK_PREFIX, build_loss_graph, build_training_graph
 from nnd.runtime.executor import Executor
 from nnd.runtime.layout_costs import cost_model
@@ -202,9 +202,8 @@ class Trainer:
         """Fresh metric objects, keyed by their log name (prefixed by the output when there are several)."""
         result = {}
         for output in outputs:
-            for metric in self.spec.metrics:
-                key = metric_log_name(metric.name, output, outputs)
-                result[key] = (output, make_metric(metric.name, **metric.args))
+            for name, metric in zip(metric_names(self.spec.metrics), self.spec.metrics):
+                result[metric_log_name(name, output, outputs)] = (output, make_metric(metric.name, **metric.args))
         return result
 
     def run_epoch(self, batches, outputs: list[str], training: bool,

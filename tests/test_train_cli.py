@@ -426,7 +426,8 @@ def test_an_error_in_a_later_epoch_names_the_checkpoint_that_survives_it(project
     monkeypatch.setattr(Trainer, "step", failing)
     message = _clean_failure(train("--out", "run", "--epochs", 3, "-q"))
     assert message == ("error: the loss became nan at step 10; lower the learning rate (--lr)\n"
-                       "note: run/checkpoint.npz holds the end of epoch 1: --resume it once this is fixed\n")
+                       "note: run/checkpoint.npz holds the end of epoch 1: --resume run/checkpoint.npz continues from "
+                       "there once this is fixed\n")
 
 
 def test_validation_split_flag_holds_out_training_data_instead_of_the_test_split(project):
