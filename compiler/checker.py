@@ -401,7 +401,9 @@ class ModelLowering:
     def arithmetic(self, symbol: str, left: Any, right: Any, span: Span | None) -> Any:
         kind = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide"}[symbol]
         operands = [v.value if isinstance(v, Tensor) else float(v) for v in (left, right)]
-        return self.run_layer(kind, span, None, lambda ctx: lower_arithmetic(ctx, symbol, *operands))
+        tensors = [v for v in (left, right) if isinstance(v, Tensor)]  # their masks merge
+        return self.run_layer(kind, span, None, lambda ctx: lower_arithmetic(ctx, symbol, *operands),
+                              inputs=tensors)
 
     # ------------------------------------------------------------ calls
 

@@ -127,7 +127,7 @@ def _zero_padding2d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]
 @layer("batchnorm", ArgSpec("momentum", UNIT_FLOAT, 0.99), ArgSpec("epsilon", FLOAT, 1e-3),
        ArgSpec("gamma_initializer", INITIALIZER, Initializer("ones")),
        ArgSpec("beta_initializer", INITIALIZER, Initializer("zeros")), ArgSpec("name", NAME, None),
-       aliases=("batch_normalization",))
+       aliases=("batch_normalization",), keeps_mask=True)
 def _batchnorm(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     """Normalize over the batch (and space) per channel; moving statistics serve inference."""
     x = inputs[0]

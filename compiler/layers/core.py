@@ -161,7 +161,21 @@ def _merge(ctx: LayerContext, op: str, word: str, inputs: list[Value]) -> Value:
             raise LayerError(f"cannot {word} {result.type} and {other.type}: the shapes differ") from None
         result = ctx.emit(op, [result, other])
         ctx.count(result.type.concrete_size())
+    ctx.output_mask = merged_mask(ctx, result)
     return result
+
+
+def merged_mask(ctx: LayerContext, output: Value) -> Value | None:
+    """A merge's padding mask, as Keras' merge layers give it: a step is real where every input that
+    carries a mask has it real. None when no input carries one, or the merge changes the steps (a concat
+    along the time axis)."""
+    masks = [m for m in ctx.input_masks if m is not None]
+    if not masks or output.type.rank != 3 or any(m.type.shape[1] != output.type.shape[1] for m in masks):
+        return None
+    merged = masks[0]
+    for mask in masks[1:]:
+        merged = ctx.emit("mul", [merged, mask])
+    return merged
 
 
 @layer("add", ArgSpec("name", NAME, None), inputs=(2, None))
@@ -201,7 +215,9 @@ def _concat(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Val
                                 if i != axis):
             raise LayerError(f"concat along axis {args['axis']} needs equal sizes on the other axes, "
                              f"got {first.type} and {other.type}")
-    return ctx.emit("concat", inputs, axis=axis)
+    result = ctx.emit("concat", inputs, axis=axis)
+    ctx.output_mask = merged_mask(ctx, result)
+    return result
 
 
 def _check_axis(x: Value, axis: int) -> int:

@@ -21,8 +21,9 @@ from nnd.compiler.layers.recurrent import RECURRENT, sequence_notes
 def _steps(ctx: LayerContext, x: Value) -> tuple[int, int]:
     if x.type.rank != 3:
         notes = sequence_notes(x)[:1] if x.type.rank == 2 else []
-        if x.type.rank == 4 and ctx.kind.replace("1d", "2d") in LAYERS:
-            notes.append(f"for images (batch, height, width, channels) use {ctx.kind.replace('1d', '2d')}")
+        image_kind = ctx.kind.replace("1d", "2d")
+        if x.type.rank == 4 and image_kind != ctx.kind and image_kind in LAYERS:
+            notes.append(f"for images (batch, height, width, channels) use {image_kind}")
         raise LayerError(f"{ctx.kind} expects a sequence (batch, steps, features), got {x.type}", notes)
     return x.type.shape[1], x.type.shape[2]  # type: ignore[return-value]
 
@@ -67,14 +68,16 @@ def _embedding(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> 
 
 
 @layer("masking", ArgSpec("mask_value", FLOAT, 0.0), ArgSpec("name", NAME, None),
-       doc="Mark the steps whose features all equal mask_value as padding for the recurrent layers after it")
+       doc="Mark the steps whose features all equal mask_value as padding for the recurrent layers after it, "
+           "and zero them (as Keras does) for the layers that ignore the mask")
 def _masking(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     x = inputs[0]
-    _steps(ctx, x)
+    steps, _ = _steps(ctx, x)
     distance = ctx.emit("abs", [ctx.emit("sub", [x, ctx.constant(args["mask_value"])])])
-    largest = ctx.emit("reduce_max", [distance], axes=(2,), keepdims=False)
-    ctx.output_mask = ctx.emit("nonzero_mask", [largest])
-    return x
+    largest = ctx.emit("reduce_max", [distance], axes=(2,), keepdims=True)
+    real = ctx.emit("nonzero_mask", [largest])  # [N, T, 1]: 1 at real steps
+    ctx.output_mask = ctx.emit("reshape", [real], shape=(x.type.shape[0], steps))
+    return ctx.emit("mul", [x, real])
 
 
 _PADDING_1D = choice(("valid", "same", "causal"), "padding")
