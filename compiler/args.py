@@ -266,8 +266,19 @@ def _initializer(value: Any) -> Initializer:
                 raise ArgError(f"{name} has no argument '{key}'" + (f"; did you mean '{hint}'?" if hint else ""),
                                (f"valid: {', '.join(allowed) or 'none'}",))
             args[key] = arg
-        return Initializer(name, tuple(sorted((k, _float(v)) for k, v in args.items())))
+        numbers = {k: _float(v) for k, v in args.items()}
+        _check_initializer(name, numbers)
+        return Initializer(name, tuple(sorted(numbers.items())))
     raise _fail("an initializer such as glorot_uniform or he_normal()", value)
+
+
+def _check_initializer(name: str, args: dict[str, float]) -> None:
+    """What the draw itself would refuse only when the parameters are made, said at the argument."""
+    if args.get("stddev", 0.0) < 0:
+        raise ArgError(f"{name}: stddev must be at least 0, got {args['stddev']:g}")
+    low, high = args.get("minval", -0.05), args.get("maxval", 0.05)  # the defaults are Keras'
+    if name == "random_uniform" and low > high:
+        raise ArgError(f"{name}: minval {low:g} is above maxval {high:g}")
 
 
 def _regularizer(value: Any) -> Regularizer | None:

@@ -7,6 +7,8 @@ steps pass along silently, so one run reports every independent mistake of a fil
 """
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,10 @@ class Definitions:
     duplicated: set[str] = field(default_factory=set)  # names defined twice: their uses report nothing more
     # while the top level is read in order: the constants not evaluated yet, by name, with their spans
     later_constants: dict[str, Any] = field(default_factory=dict)
+
+
+FOLDS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+         "//": operator.floordiv, "%": operator.mod}
 
 
 def _left_spine(expr: S.Expr, kind: type, child: str) -> tuple[list[Any], S.Expr]:
@@ -210,8 +216,9 @@ class ModelLowering:
             return
         value = self.expect_tensor(self.eval(stmt.value, frame), stmt.value)
         name = stmt.name or (stmt.value.name if isinstance(stmt.value, S.Name) else None)
-        if name is None:
-            name = "output" if "output" not in frame.outputs else f"output_{len(frame.outputs)}"
+        if name is None:  # the first free one of output, output_1, output_2, ...
+            name = next(candidate for k in range(len(frame.outputs) + 2)
+                        if (candidate := "output" if k == 0 else f"output_{k}") not in frame.outputs)
         if name in frame.outputs:
             self.error(f"duplicate output name '{name}'", stmt.span,
                        [f"'{name}' is first declared at {frame.output_spans[name]}"])
@@ -251,6 +258,10 @@ class ModelLowering:
             return self.error(f"repeat count must be a non-negative int, got {describe(count)}", rep.count.span)
         if count > MAX_REPEAT:
             return self.error(f"repeat count {count} is larger than the limit of {MAX_REPEAT}", rep.count.span)
+        if rep.index is not None and (rep.index in frame.locals or rep.index in self.defs.consts):
+            what = "constant" if rep.index not in frame.locals else "value"
+            return self.error(f"repeat index '{rep.index}' would hide the {what} '{rep.index}'", rep.span,
+                              ["choose another name for the index"])
         frame.current = start
         errors_before = len(self.bag.diagnostics)
         for index in range(count):
@@ -262,6 +273,8 @@ class ModelLowering:
                 frame.locals[target] = frame.current
             if len(self.bag.diagnostics) > errors_before:
                 break  # the same mistake would repeat on every pass
+        if rep.index is not None:
+            frame.locals.pop(rep.index, None)  # the index names the pass only inside the loop
         return frame.current
 
     # ------------------------------------------------------------ expressions
@@ -386,17 +399,14 @@ class ModelLowering:
     def fold(self, expr: S.BinaryOp, left: float, right: float) -> Any:
         if expr.op in ("/", "//", "%") and right == 0:
             return self.error("division by zero", expr.span)
-        if expr.op == "+":
-            return left + right
-        if expr.op == "-":
-            return left - right
-        if expr.op == "*":
-            return left * right
-        if expr.op == "/":
-            return left / right
-        if expr.op == "//":
-            return left // right
-        return left % right
+        try:
+            result = FOLDS[expr.op](left, right)
+        except OverflowError:  # an int too large for a float (1e308 * 10**400)
+            result = math.inf
+        if isinstance(result, float) and not math.isfinite(result):
+            return self.error(f"'{expr.op}' overflows: the result is beyond the largest float (about 1.8e308)",
+                              expr.span)
+        return result
 
     def arithmetic(self, symbol: str, left: Any, right: Any, span: Span | None) -> Any:
         kind = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide"}[symbol]

@@ -84,12 +84,11 @@ def _check_program(program: Program) -> CheckedProgram:
     defs = _collect_definitions(program, bag)
     checked = CheckedProgram(program, defs)
     for name, model in defs.models.items():
-        errors_before = len(bag.diagnostics)
         checked.graphs[name] = ModelLowering(defs, bag, INFER).lower(model)
-        # A layer after a failed one is cut off from the outputs by the error, not by its author.
-        clean = len(bag.diagnostics) == errors_before
-        unused = unused_layer_warnings(checked.graphs[name]) if clean else []
-        checked.warnings[name] = _unique(unused)  # a block called twice warns once
+        checked.warnings[name] = []
+    if not bag:  # after an error, a layer may be cut off from the outputs by the error, not by its author
+        for name, graph in checked.graphs.items():
+            checked.warnings[name] = _unique(unused_layer_warnings(graph))  # a block called twice warns once
     for name, section in defs.trains.items():
         spec = checked.trains[name] = _check_train_section(section, defs, bag)
         if name in checked.graphs:

@@ -6,6 +6,8 @@ points at its path string; every other node spans its whole text.
 """
 from __future__ import annotations
 
+import math
+
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
@@ -186,7 +188,11 @@ class _Builder:
         text = str(token)
         try:
             if any(ch in text for ch in ".eE"):
-                return float(text)
+                value = float(text)
+                if math.isinf(value):
+                    raise _BuildError(f"number {text} is too large (beyond the largest float, about 1.8e308)",
+                                      self.token_span(token))
+                return value
             return int(text)
         except ValueError:
             raise _BuildError(f"number literal is too long ({len(text)} digits)", self.token_span(token)) from None

@@ -217,3 +217,45 @@ def test_resuming_from_a_changed_source_says_so(tmp_path, monkeypatch):
     assert changed.exit_code == 0
     assert changed.stderr == ("warning: --resume run/checkpoint.npz: the model's source has changed since this "
                               "checkpoint was written; the run continues with the source as it is now\n")
+
+
+def test_a_repeat_index_lives_inside_its_loop_and_hides_nothing():
+    assert check("const width = 8\nmodel m {\n    input x: [3]\n    repeat 2 as width { dense(width + 1) }\n}\n"
+                 ).startswith("m.nnd:4:5: error: repeat index 'width' would hide the constant 'width'")
+    assert "m.nnd:4:11: error: undefined value 'i'" in check(
+        "model m {\n    input x: [3]\n    repeat 2 as i { dense(i + 1) }\n    dense(i)\n}\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("leaky_relu(1e400)", "m.nnd:3:16: error: number 1e400 is too large"),
+    ("leaky_relu(1e300 * 1e300)", "m.nnd:3:16: error: '*' overflows: the result is beyond the largest float"),
+])
+def test_numbers_beyond_a_float_are_refused_where_they_appear(text, message):
+    assert check(f"model m {{\n    input x: [3]\n    {text}\n}}\n").startswith(message)
+
+
+@pytest.mark.parametrize("initializer, message", [
+    ("random_normal(stddev=-1)", "random_normal: stddev must be at least 0, got -1"),
+    ("truncated_normal(stddev=-0.5)", "truncated_normal: stddev must be at least 0, got -0.5"),
+    ("random_uniform(minval=1)", "random_uniform: minval 1 is above maxval 0.05"),
+])
+def test_initializer_arguments_are_checked_at_the_argument(initializer, message):
+    assert f"m.nnd:3:33: error: dense argument 'kernel_initializer': {message}" in check(
+        f"model m {{\n    input x: [4]\n    dense(2, kernel_initializer={initializer})\n}}\n")
+
+
+def test_dropout_on_ids_is_refused_by_check():
+    assert check("model m {\n    input x: int32[4]\n    dropout(0.5)\n    dense(2)\n}\n").startswith(
+        "m.nnd:3:5: error: dropout needs a float input, got i32[N,4]")
+
+
+def test_an_unnamed_output_takes_the_first_free_name():
+    model = nnd.loads("model m {\n    input x: [3]\n    output x -> dense(1)\n    output output_2 = x -> dense(5)\n"
+                      "    output x -> dense(3)\n}\n")
+    assert list(model.graph.outputs) == ["output", "output_2", "output_1"]
+
+
+def test_no_unused_warning_in_a_program_with_an_error_elsewhere():
+    text = ("const k = 1\nconst k = 2\nblock b(x) {\n    return x -> dense(3)\n}\n"
+            "model m {\n    input x: [8]\n    u = b(x)\n    output x -> dense(1)\n}\n")
+    assert "never used" not in check(text)
