@@ -259,3 +259,17 @@ def test_no_unused_warning_in_a_program_with_an_error_elsewhere():
     text = ("const k = 1\nconst k = 2\nblock b(x) {\n    return x -> dense(3)\n}\n"
             "model m {\n    input x: [8]\n    u = b(x)\n    output x -> dense(1)\n}\n")
     assert "never used" not in check(text)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("input x: int32[5, 2]\n    conv1d(2, 2)", "m.nnd:3:5: error: conv1d needs a float input, got i32[N,5,2]"),
+    ("input x: int32[4, 4, 1]\n    global_avgpool2d()",
+     "m.nnd:3:5: error: global_avgpool2d needs a float input, got i32[N,4,4,1]"),
+    ("input x: [4]\n    batchnorm(epsilon=-1)", "m.nnd:3:23: error: batchnorm argument 'epsilon': must be at least 0"),
+    ("input x: [6, 2]\n    maxpool1d(2, strides=[1])",
+     "m.nnd:3:26: error: maxpool1d argument 'strides': expected an int"),
+])
+def test_layers_speak_of_themselves_not_of_the_ops_they_lower_to(body, message):
+    rendered = check(f"model m {{\n    {body}\n}}\n")
+    assert rendered.startswith(message)
+    assert "conv2d" not in rendered and "batchnorm_infer" not in rendered and "reduce_mean" not in rendered

@@ -12,7 +12,7 @@ from nnd.compiler.args import ArgSpec
 from nnd.compiler.builder import GraphBuilder
 from nnd.compiler.ir import Initializer, Parameter, Regularizer, Value
 from nnd.compiler.source import Span
-from nnd.compiler.tensor_type import TensorType
+from nnd.compiler.tensor_type import FLOAT_DTYPES, TensorType
 
 TRAIN = "train"
 INFER = "infer"
@@ -26,6 +26,14 @@ class LayerError(Exception):
         self.message = message
         self.notes = tuple(notes)
         self.span = span  # where the mistake is when not the layer call itself (a wrapper's argument)
+
+
+def require_float(x: Value, kind: str) -> None:
+    """Layers that compute on real numbers refuse integer ids in their own words (the ops they lower to
+    would name themselves and a reshaped type)."""
+    if x.type.dtype not in FLOAT_DTYPES:
+        raise LayerError(f"{kind} needs a float input, got {x.type}",
+                         ["integer ids become vectors through embedding(...) first"])
 
 
 class LayerContext:

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from nnd.compiler.args import (ACTIVATION, FLOAT, INITIALIZER, NAME, OPTIONAL_PAIR, PADDING2D, PADDING_MODE,
-                               PAIR, POSITIVE_INT, REGULARIZER, UNIT_FLOAT, ArgSpec, BOOL)
+from nnd.compiler.args import (ACTIVATION, INITIALIZER, NAME, NON_NEGATIVE_FLOAT, OPTIONAL_PAIR, PADDING2D,
+                               PADDING_MODE, PAIR, POSITIVE_INT, REGULARIZER, UNIT_FLOAT, ArgSpec, BOOL)
 from nnd.compiler.ir import Initializer, Value
-from nnd.compiler.layers.base import LayerContext, LayerError, layer
+from nnd.compiler.layers.base import LayerContext, LayerError, layer, require_float
 from nnd.compiler.layers.core import _with_fans, apply_activation
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
 def _image(x: Value, kind: str) -> tuple[int, int, int]:
+    require_float(x, kind)
     if x.type.rank != 4:
         notes = ["reshape the input to (height, width, channels)"] if x.type.rank < 4 else []
         raise LayerError(f"{kind} expects an image batch (N, height, width, channels), got {x.type}", notes)
@@ -124,13 +125,14 @@ def _zero_padding2d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]
     return ctx.emit("pad", [x], pads=((0, 0), (top, bottom), (left, right), (0, 0)), value=0.0)
 
 
-@layer("batchnorm", ArgSpec("momentum", UNIT_FLOAT, 0.99), ArgSpec("epsilon", FLOAT, 1e-3),
+@layer("batchnorm", ArgSpec("momentum", UNIT_FLOAT, 0.99), ArgSpec("epsilon", NON_NEGATIVE_FLOAT, 1e-3),
        ArgSpec("gamma_initializer", INITIALIZER, Initializer("ones")),
        ArgSpec("beta_initializer", INITIALIZER, Initializer("zeros")), ArgSpec("name", NAME, None),
        aliases=("batch_normalization",), keeps_mask=True)
 def _batchnorm(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     """Normalize over the batch (and space) per channel; moving statistics serve inference."""
     x = inputs[0]
+    require_float(x, "batchnorm")
     if x.type.rank < 2:
         raise LayerError(f"batchnorm expects a batch with a channel axis, got {x.type}")
     channels = x.type.shape[-1]

@@ -7,8 +7,8 @@ from typing import Any
 from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, INT, NAME, POSITIVE_INT, RATE,
                                REGULARIZER, SHAPE, ArgSpec)
 from nnd.compiler.ir import Initializer, Value
-from nnd.compiler.layers.base import LayerContext, LayerError, layer
-from nnd.compiler.tensor_type import FLOAT_DTYPES, ShapeError, broadcast_shapes, format_shape
+from nnd.compiler.layers.base import LayerContext, LayerError, layer, require_float
+from nnd.compiler.tensor_type import ShapeError, broadcast_shapes, format_shape
 
 # ---------------------------------------------------------------- activations
 
@@ -144,9 +144,7 @@ def _reshape(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Va
 def _dropout(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     """While training, zero each element with probability `rate` and scale the rest by 1/(1-rate)."""
     x = inputs[0]
-    if x.type.dtype not in FLOAT_DTYPES:  # checked in inference too, where dropout passes x through
-        raise LayerError(f"dropout needs a float input, got {x.type}", ["dropout on ids would corrupt them; "
-                                                                        "place it after the embedding"])
+    require_float(x, "dropout")  # in inference too, where dropout passes x through
     if not ctx.training or args["rate"] == 0.0:
         return x
     mask = ctx.emit("dropout_mask", [x], rate=args["rate"])

@@ -9,16 +9,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME, OPTIONAL_PAIR, POSITIVE_INT,
-                               REGULARIZER, ArgKind, ArgSpec, choice)
+from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME, POSITIVE_INT,
+                               REGULARIZER, ArgKind, ArgSpec, Symbol, choice)
 from nnd.compiler.ir import Initializer, Value
-from nnd.compiler.layers.base import LAYERS, LayerContext, LayerError, layer
+from nnd.compiler.layers.base import LAYERS, LayerContext, LayerError, layer, require_float
 from nnd.compiler.layers.conv import _window_plan
 from nnd.compiler.layers.core import _with_fans, apply_activation
 from nnd.compiler.layers.recurrent import RECURRENT, sequence_notes
 
 
 def _steps(ctx: LayerContext, x: Value) -> tuple[int, int]:
+    require_float(x, ctx.kind)
     if x.type.rank != 3:
         notes = sequence_notes(x)[:1] if x.type.rank == 2 else []
         image_kind = ctx.kind.replace("1d", "2d")
@@ -84,6 +85,15 @@ _PADDING_1D = choice(("valid", "same", "causal"), "padding")
 _SIZE = ArgKind("a positive int", POSITIVE_INT.convert)
 
 
+def _optional_size(value: Any) -> int | None:
+    if isinstance(value, Symbol) and value.name == "none":
+        return None
+    return POSITIVE_INT.convert(value)
+
+
+_OPTIONAL_SIZE = ArgKind("a positive int or none", _optional_size, symbolic=True)
+
+
 @layer("conv1d",
        ArgSpec("filters", POSITIVE_INT), ArgSpec("kernel_size", _SIZE, aliases=("kernel",)),
        ArgSpec("strides", _SIZE, 1), ArgSpec("padding", _PADDING_1D, "valid"),
@@ -120,14 +130,14 @@ def _conv1d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Val
 
 
 def _pool1d(kind: str, op: str) -> None:
-    @layer(kind, ArgSpec("pool_size", _SIZE, 2, aliases=("pool",)), ArgSpec("strides", OPTIONAL_PAIR, None),
+    @layer(kind, ArgSpec("pool_size", _SIZE, 2, aliases=("pool",)), ArgSpec("strides", _OPTIONAL_SIZE, None),
            ArgSpec("padding", choice(("valid", "same"), "padding"), "valid"), ArgSpec("name", NAME, None),
            doc=f"{'Max' if op == 'maxpool2d' else 'Average'} pooling over steps (strides default to the window)")
     def lower(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
         x = inputs[0]
         steps, features = _steps(ctx, x)
         size = args["pool_size"]
-        stride = args["strides"][0] if args["strides"] is not None else size
+        stride = args["strides"] if args["strides"] is not None else size
         _window_fits(ctx, steps, size, 1, args["padding"])
         pads, (_, out_steps) = _window_plan(kind, (1, steps), (1, size), (1, stride), (1, 1), args["padding"])
         attrs: dict[str, Any] = {"pool": (1, size), "strides": (1, stride), "padding": pads}
