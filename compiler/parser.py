@@ -311,6 +311,16 @@ def _token_span(source: SourceFile, token: Token) -> Span:
     return Span(source.name, token.line, token.column, token.end_line, max(token.column, token.end_column - 1))
 
 
+def _token_notes(found: str, expected: list[str]) -> tuple[str, ...]:
+    """Hints for the two misreadings that the grammar's words alone do not explain."""
+    if found in ("+", "-", "*", "/"):
+        return ("'->' binds more loosely than arithmetic: to combine two chains, write (x -> f()) + (x -> g())",)
+    if found == "}" and any("->" in word for word in expected):
+        return ("a statement is an assignment, a layer call or a chain; a block hands back its value with "
+                "return VALUE",)
+    return ()
+
+
 def _describe_error(error: UnexpectedInput, source: SourceFile, lark_parser: Lark) -> Diagnostic:
     if isinstance(error, UnexpectedCharacters):
         span = Span(source.name, error.line, error.column, error.line, error.column)
@@ -325,8 +335,9 @@ def _describe_error(error: UnexpectedInput, source: SourceFile, lark_parser: Lar
             expected = error.expected
         token = error.token
         if token.type != "$END":
-            message = f"expected {_join(_expected_words(lark_parser, expected))} but found {_found(lark_parser, token)}"
-            return Diagnostic(message, _token_span(source, token))
+            words = _expected_words(lark_parser, expected)
+            message = f"expected {_join(words)} but found {_found(lark_parser, token)}"
+            return Diagnostic(message, _token_span(source, token), _token_notes(str(token), words))
     elif isinstance(error, UnexpectedEOF):
         expected = error.expected
     else:

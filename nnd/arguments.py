@@ -83,6 +83,29 @@ def as_array(value: Any, what: str) -> np.ndarray:
         raise NndError(f"{what} is not a rectangular array: {err}") from None
 
 
+def input_array(value: Any, name: str, type: TensorType) -> np.ndarray:
+    """What the caller gave for the input `name`, checked against its type and converted to it."""
+    array = as_array(value, f"input '{name}'")
+    dims = tuple(type.shape[1:])
+    if type.dtype == "bool":
+        flags = bool_input(array, name)
+        check_inputs(flags.view(np.uint8), dims, name, allow_int=True)  # the shape
+        return flags
+    if type.dtype in ("i32", "i64"):
+        return integer_input(check_inputs(array, dims, name, allow_int=True), name, type.dtype)
+    return float_input(check_inputs(array, dims, name))
+
+
+def bool_input(array: np.ndarray, name: str) -> np.ndarray:
+    """A bool input takes True/False, or numbers that are all 0 or 1: never a threshold on other values."""
+    if array.dtype == np.bool_:
+        return array
+    if array.dtype.kind in "iuf" and np.isin(array, (0, 1)).all():
+        return array.astype(np.bool_)
+    raise NndError(f"input '{name}' is bool: it takes True/False or 0/1 values, got "
+                   + (f"dtype {array.dtype}" if array.dtype.kind not in "iuf" else "other numbers"))
+
+
 def float_input(array: np.ndarray) -> np.ndarray:
     return array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)
 

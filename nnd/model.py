@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from nnd.arguments import (Arrays, as_array, as_path, by_name, check_target, float_input, integer_input,
-                           parameter_array, positive_int, same_count, sample_count, split_last,
-                           validation_fraction)
+from nnd.arguments import (Arrays, as_array, as_path, by_name, check_target, input_array, parameter_array,
+                           positive_int, same_count, sample_count, split_last, validation_fraction)
 from nnd.compiler.diagnostics import NndError, NndWarning
 from nnd.compiler.frontend import CheckedProgram
 from nnd.compiler.output_checks import check_outputs
@@ -26,7 +25,6 @@ from nnd.compiler.tensor_type import TensorType
 from nnd.compiler.training import LOSS_ALIASES, LOSSES, OPTIMIZERS, Configured, TrainSpec, check_configured
 from nnd.compiler.training_graph import TARGET_PREFIX, loss_for, target_type
 from nnd.runtime import checkpoint as ckpt
-from nnd.runtime.datasets import check_inputs
 from nnd.runtime.executor import Executor
 from nnd.runtime.fit import plain_batches
 from nnd.runtime.history import History
@@ -333,12 +331,7 @@ class Model:
     def _inputs(self, x: Arrays) -> dict[str, np.ndarray]:
         arrays = by_name(x, self.input_names, "input")
         for value in self.graph.inputs:
-            dims = tuple(value.type.shape[1:])
-            array = as_array(arrays[value.name], f"input '{value.name}'")
-            allow_int = value.type.dtype in ("i32", "i64")
-            checked = check_inputs(array, dims, value.name, allow_int=allow_int)
-            arrays[value.name] = integer_input(checked, value.name, value.type.dtype) if allow_int else \
-                float_input(checked)
+            arrays[value.name] = input_array(arrays[value.name], value.name, value.type)
         same_count(arrays, "inputs")
         return arrays
 

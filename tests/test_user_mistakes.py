@@ -273,3 +273,29 @@ def test_layers_speak_of_themselves_not_of_the_ops_they_lower_to(body, message):
     rendered = check(f"model m {{\n    {body}\n}}\n")
     assert rendered.startswith(message)
     assert "conv2d" not in rendered and "batchnorm_infer" not in rendered and "reduce_mean" not in rendered
+
+
+def test_a_bool_input_takes_flags_and_zeros_and_ones_but_no_threshold():
+    model = nnd.loads("model m {\n    input x: bool[4]\n    dense(3)\n}\n")
+    flags = np.array([[True, False, False, True]])
+    assert np.array_equal(model.predict(np.array([[1, 0, 0, 1]])), model.predict(flags))
+    for values in (np.array([[0.5, 0, 0, 0]]), np.array([[2, 3, 4, 1]])):
+        with pytest.raises(NndError, match="input 'x' is bool: it takes True/False or 0/1 values, got other numbers"):
+            model.predict(values)
+
+
+def test_a_row_of_padding_alone_averages_to_zero():
+    model = nnd.loads("model m {\n    input x: int32[3]\n    embedding(5, 2, mask_zero=true)\n"
+                      "    global_avgpool1d()\n}\n")
+    with np.errstate(all="raise"):
+        assert np.array_equal(model.predict(np.array([[0, 0, 0]])), np.zeros((1, 2), np.float32))
+
+
+@pytest.mark.parametrize("text, note", [
+    ("model m {\n    input x: [4, 4, 1]\n    output x -> global_maxpool2d() + x -> global_avgpool2d()\n}\n",
+     "note: '->' binds more loosely than arithmetic: to combine two chains, write (x -> f()) + (x -> g())"),
+    ("block b(a, c) {\n    a + c\n}\nmodel m {\n    input x: [3]\n    output b(x, x)\n}\n",
+     "note: a statement is an assignment, a layer call or a chain; a block hands back its value with return VALUE"),
+])
+def test_syntax_errors_that_are_misreadings_get_a_hint(text, note):
+    assert note in check(text)

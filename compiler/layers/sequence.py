@@ -164,7 +164,9 @@ def _global_pool1d(kind: str, op: str) -> None:
             n, steps, _ = x.type.shape
             keep = ctx.emit("reshape", [mask], shape=(n, steps, 1))
             total = ctx.emit("reduce_sum", [ctx.emit("mul", [x, keep])], axes=(1,), keepdims=False)
-            return ctx.emit("div", [total, ctx.emit("reduce_sum", [keep], axes=(1,), keepdims=False)])
+            count = ctx.emit("reduce_sum", [keep], axes=(1,), keepdims=False)
+            # a row of padding alone averages to 0, not to 0/0, which would poison a whole training step
+            return ctx.emit("div", [total, ctx.emit("maximum", [count, ctx.constant(1.0)])])
         return ctx.emit(op, [x], axes=(1,), keepdims=False)
 
 
