@@ -490,7 +490,10 @@ class ModelLowering:
         if args is POISON or any(v is POISON for v in inputs):
             return POISON
         if adjust is not None:
-            args = adjust(args)
+            try:
+                args = adjust(args)
+            except LayerError as err:  # what the wrapper cannot accept of the inner layer's arguments
+                return self.error(err.message, err.span or call.span, err.notes)
         values = [v.value for v in inputs]
         name_arg = keywords.get("name")
         return self.run_layer(spec.name, call.span, rename or args.get("name"),

@@ -852,3 +852,25 @@ def test_summary_shows_a_time_distributed_block_as_one_row_like_keras():
     wrapper = next(line for line in result.output.splitlines() if line.startswith("time_distributed"))
     assert "(None, 6, 32)" in wrapper and "4,800" in wrapper  # conv2d 160 + conv2d_1 4,640, as Keras counts
     assert "Total params: 13,450" in result.output
+
+
+def test_bidirectional_splits_initial_state_between_its_directions_as_keras_does():
+    source = ("model m {\n    input x: [5, 3]\n    input fh: [4]\n    input fc: [4]\n    input bh: [4]\n"
+              "    input bc: [4]\n    output x -> bidirectional(lstm(4, initial_state=[fh, fc, bh, bc]))\n}\n")
+    model = nnd.loads(source)
+    one_way = "model d {{\n    input x: [5, 3]\n    input h: [4]\n    input c: [4]\n" \
+              "    output x -> lstm(4, initial_state=[h, c]{})\n}}\n"
+    forward, backward = nnd.loads(one_way.format("")), nnd.loads(one_way.format(", go_backwards=true"))
+    params = model.parameters()
+    for single, direction in ((forward, "forward"), (backward, "backward")):
+        single.set_parameters({k.replace(f"bidirectional.{direction}_lstm", "lstm"): v for k, v in params.items()
+                               if direction in k})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    fh, fc, bh, bc = (rng.normal(size=(2, 4)).astype(np.float32) for _ in range(4))
+    expected = np.concatenate([forward.predict({"x": x, "h": fh, "c": fc}),
+                               backward.predict({"x": x, "h": bh, "c": bc})], axis=-1)
+    np.testing.assert_allclose(model.predict({"x": x, "fh": fh, "fc": fc, "bh": bh, "bc": bc}), expected, atol=1e-6)
+    with pytest.raises(nnd.NndError, match=r"bidirectional\(lstm\) takes 4 initial states \(forward h, forward c, "
+                                           r"backward h, backward c\), got 2"):
+        nnd.loads(source.replace("[fh, fc, bh, bc]", "[fh, fc]"))

@@ -220,9 +220,10 @@ def _bidirectional(ctx: LayerContext, inputs: list[Value], args: dict[str, Any])
     assert ctx.apply_layer is not None
     mask = ctx.input_masks[0] if ctx.input_masks else None
     kind = inner.call.callee
-    forward = ctx.apply_layer(inner, x, f"{ctx.name}.forward_{kind}", None, mask)
+    forward = ctx.apply_layer(inner, x, f"{ctx.name}.forward_{kind}", _direction_states(kind, 0), mask)
+    backward_states = _direction_states(kind, 1)
     backward = ctx.apply_layer(inner, x, f"{ctx.name}.backward_{kind}",
-                               lambda a: {**a, "go_backwards": not a["go_backwards"]}, mask)
+                               lambda a: {**backward_states(a), "go_backwards": not a["go_backwards"]}, mask)
     forward_values = forward if isinstance(forward, tuple) else (forward,)
     backward_values = backward if isinstance(backward, tuple) else (backward,)
     ahead, behind = forward_values[0], backward_values[0]
@@ -241,6 +242,27 @@ def _bidirectional(ctx: LayerContext, inputs: list[Value], args: dict[str, Any])
         ctx.result_names = ("output", *(f"forward_{s}" for s in states), *(f"backward_{s}" for s in states))
         return (merged, *forward_values[1:], *backward_values[1:])
     return merged
+
+
+_STATES = {"lstm": ("h", "c"), "gru": ("h",), "simple_rnn": ("h",)}
+
+
+def _direction_states(kind: str, half: int):
+    """The inner layer's arguments for one direction: its half of initial_state, which lists the forward
+    layer's states and then the backward layer's, as Keras' Bidirectional splits them."""
+    names = _STATES[kind]
+
+    def adjust(args: dict[str, Any]) -> dict[str, Any]:
+        given = args["initial_state"]
+        if given is None:
+            return args
+        count = len(names)
+        if len(given) != 2 * count:
+            order = ", ".join([f"forward {n}" for n in names] + [f"backward {n}" for n in names])
+            raise LayerError(f"bidirectional({kind}) takes {2 * count} initial states ({order}), got {len(given)}")
+        return {**args, "initial_state": given[half * count:(half + 1) * count]}
+
+    return adjust
 
 
 def _merge(ctx: LayerContext, mode: str, a: Value, b: Value) -> Value:
