@@ -155,7 +155,8 @@ class ModelLowering:
                            ["a model names its results with: output NAME = VALUE"])
                 return
             value = self.eval(stmt.value, frame)
-            frame.returned = self.expect_tensor(value, stmt.value)
+            # several values (a layer with return_state) pass on whole, for the caller to unpack
+            frame.returned = value if isinstance(value, TensorGroup) else self.expect_tensor(value, stmt.value)
 
     def unpack(self, stmt: S.Unpack, frame: Frame) -> None:
         value = self.eval(stmt.value, frame)

@@ -299,3 +299,9 @@ def test_a_row_of_padding_alone_averages_to_zero():
 ])
 def test_syntax_errors_that_are_misreadings_get_a_hint(text, note):
     assert note in check(text)
+
+
+def test_a_block_may_return_the_several_values_of_a_layer():
+    source = ("block encode(x) {\n    return x -> lstm(4, return_state=true)\n}\n"
+              "model m {\n    input x: [5, 3]\n    sequence, h, c = encode(x)\n    output h\n}\n")
+    assert list(nnd.loads(source).graph.outputs) == ["h"]
