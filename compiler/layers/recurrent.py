@@ -17,7 +17,7 @@ from typing import Any
 from nnd.compiler.args import (BOOL, INITIALIZER, LAYER, NAME, POSITIVE_INT, RATE, REGULARIZER, TENSORS,
                                ArgSpec, choice)
 from nnd.compiler.ir import Initializer, Value
-from nnd.compiler.layers.base import LayerContext, LayerError, layer
+from nnd.compiler.layers.base import LayerContext, LayerError, layer, require_float
 from nnd.compiler.layers.core import _with_fans
 
 RECURRENT = ("lstm", "gru", "simple_rnn")
@@ -101,6 +101,7 @@ def _initial_states(ctx: LayerContext, x: Value, args: dict[str, Any], count: in
         raise LayerError(f"{ctx.kind} takes {count} initial state{'s' if count > 1 else ''} "
                          f"({'h, c' if count == 2 else 'h'}), got {len(given)}")
     for state in given:
+        require_float(state, f"{ctx.kind} initial_state")
         if state.type.rank != 2 or state.type.shape[1] != units:
             raise LayerError(f"{ctx.kind} initial states must be (batch, {units}), got {state.type}")
     return list(given)
