@@ -93,7 +93,7 @@ class TrainOptions:
 
 
 def run_training(file: str, options: TrainOptions) -> None:
-    from nnd.runtime.fit import resume as resume_run
+    from nnd.runtime.run_directory import resume as resume_run
 
     model = load_model(file, options.model, options.backend, options.seed, options.level, options.mixed_precision,
                    options.tf32, options.cuda_graphs)
@@ -155,7 +155,7 @@ def run_training(file: str, options: TrainOptions) -> None:
 def _run_directory(model_name: str, options: TrainOptions, dataset: Dataset):
     """--out, or a fresh runs/MODEL-TIME. A directory that holds another run is refused (its weights
     would be lost) unless the run continues there (--resume from it) or --overwrite says so."""
-    from nnd.runtime.fit import RunDirectory
+    from nnd.runtime.run_directory import RunDirectory
 
     if options.out is None:
         base = Path("runs") / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -35,7 +35,7 @@ from nnd.runtime.precision import mixed_precision_dtype
 from nnd.runtime.trainer import Trainer, TrainingState
 
 if TYPE_CHECKING:
-    from nnd.runtime.fit import RunDirectory
+    from nnd.runtime.run_directory import RunDirectory
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 # predict's slices: activations of about this many bytes stay in cache (measured on the seed CNN: slices of
@@ -262,7 +262,8 @@ class Model:
         `callbacks` are `nnd.Callback`s (EarlyStopping, ReduceLROnPlateau, or subclasses) or objects with
         Keras' hooks; `run_dir` gets what `nnd train --out` writes (checkpoints, metrics, weights)."""
         from nnd.runtime.callbacks import as_callbacks
-        from nnd.runtime.fit import RunDirectory, fit_loop
+        from nnd.runtime.fit import fit_loop
+        from nnd.runtime.run_directory import RunDirectory
 
         spec = self.spec
         self._check_outputs()

@@ -12,7 +12,7 @@ from nnd import NndError
 from nnd.compiler.summary import summarize
 from nnd.model import CACHE_BYTES, MIN_SLICE
 from nnd.runtime.callbacks import EarlyStopping, ReduceLROnPlateau
-from nnd.runtime.fit import RunDirectory, resume
+from nnd.runtime.run_directory import RunDirectory, resume
 
 ROOT = Path(__file__).resolve().parent.parent
 

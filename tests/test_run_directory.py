@@ -16,7 +16,7 @@ import nnd
 from nnd import NndError, NndWarning
 from nnd.cli import main
 from nnd.runtime import saved_model
-from nnd.runtime.fit import RunLock
+from nnd.runtime.run_directory import RunLock
 from nnd.runtime.trainer import Trainer
 
 MODEL = """model tiny {
