@@ -157,12 +157,17 @@ def compile_command(file: str, model_name: str | None, emit: str, level: int, di
             check_pass_name(name)
     for name in disabled:
         check_pass_name(name)
-    if report and emit == "ast":
-        raise click.UsageError("--report describes the passes over a graph: use it with --emit optimized or train")
-    if report and emit == "ir":
-        emit = "optimized"
-    if dump_after and emit not in ("optimized", "train"):
-        raise click.UsageError("--dump-after shows the passes, which run for --emit optimized or --emit train")
+    passes_asked = report or dump_after or disabled
+    if passes_asked and emit == "ast":
+        raise click.UsageError("--report, --dump-after and --no concern the passes over a graph: use them with "
+                               "--emit optimized or train")
+    if passes_asked and emit == "ir":
+        emit = "optimized"  # the passes run over the inference graph
+    running = PassManager.for_level(level, disabled).passes
+    for name in dump_after:
+        if name != "all" and name not in running:
+            why = "is turned off by --no" if name in disabled else f"does not run at -O{level}"
+            click.echo(f"note: --dump-after {name}: the pass {why}, so nothing is dumped after it", err=True)
     program = _compile(file)
     if emit == "ast":
         text = "\n".join(dump(module) for module in program.program.modules)
@@ -208,11 +213,12 @@ CUDA_GRAPHS_OPTION = click.option("--cuda-graphs", is_flag=True,
                                   help="With --backend cupy: replay each step as one captured CUDA graph.")
 DATA_OPTIONS = [
     click.option("--data", default=None, metavar="NAME|PATH",
-                 help="fashion_mnist, mnist, or a .npz/.npy/.csv file (default: the train section's data)."),
+                 help="fashion_mnist, mnist, moving_fashion_mnist, or a .npz/.npy/.csv/.txt file (default: the "
+                      "train section's data)."),
     click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                  help="Where to look for the named datasets' IDX files first."),
     click.option("--limit", type=click.IntRange(min=1), default=None,
-                 help="Use only the first N training samples (quick trials)."),
+                 help="Use only the first N samples of the data (quick trials)."),
 ]
 
 
@@ -359,15 +365,23 @@ def layers() -> None:
     """List the layer catalog with each layer's arguments."""
     from nnd.compiler.layers import LAYERS
 
-    seen = set()
-    for key, spec in sorted(LAYERS.items()):
-        if id(spec) in seen:
-            continue
-        seen.add(id(spec))
-        args = ", ".join(a.name if a.required else f"{a.name}={_default(a.default)}" for a in spec.args)
+    names: dict[int, list[str]] = {}
+    for key, spec in LAYERS.items():
+        names.setdefault(id(spec), []).append(key)
+    for spec in sorted({id(s): s for s in LAYERS.values()}.values(), key=lambda s: s.name):
+        args = ", ".join(_argument(a) for a in spec.args)
         click.echo(f"{spec.name}({args})")
         if spec.doc:
             click.echo(f"    {spec.doc.splitlines()[0]}")
+        aliases = [name for name in names[id(spec)] if name != spec.name]
+        if aliases:
+            click.echo(f"    also called: {', '.join(aliases)}")
+
+
+def _argument(arg) -> str:
+    """An argument as `nnd layers` lists it: its name (and its other names), and its default if any."""
+    name = "|".join((arg.name, *arg.aliases))
+    return name if arg.required else f"{name}={_default(arg.default)}"
 
 
 def _default(value) -> str:
@@ -377,6 +391,8 @@ def _default(value) -> str:
         return "true" if value else "false"
     if isinstance(value, tuple) and len(value) == 2 and value[0] == value[1] and isinstance(value[0], int):
         return str(value[0])
+    if isinstance(value, tuple):  # as a list, which is how a model file writes it
+        return "[" + ", ".join(_default(v) for v in value) + "]"
     return str(value)
 
 

@@ -60,7 +60,8 @@ def get_backend(name: str = "numpy") -> Backend:
         try:
             import cupy
         except ImportError:
-            raise NndError("the cupy backend needs CuPy: pip install 'nnd[gpu]'") from None
+            raise NndError("the cupy backend needs CuPy: pip install cupy-cuda13x ml_dtypes (cupy-cuda12x for "
+                           "CUDA 12), or pip install -e '.[gpu]' in nnd's source tree") from None
         try:
             available = cupy.is_available()
         except Exception:  # a broken CUDA install reports itself here
