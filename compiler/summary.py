@@ -120,6 +120,11 @@ def training_recipe(spec, graph: Graph) -> str:
         run.append(f"schedule {_configured_text(spec.lr_schedule)}")
     if spec.callbacks:
         run.append("callbacks " + ", ".join(_configured_text(c) for c in spec.callbacks))
+    if spec.augment:
+        run.append("augment " + ", ".join(_configured_text(a) for a in spec.augment))
+    if spec.target is not None:
+        run.append(f"target {spec.target}" + (f" from {', '.join(spec.columns)}" if spec.columns else ""))
+    run.append(f"seed {spec.seed}")
     return "Training: " + "; ".join(parts) + "\n          " + "; ".join(run)
 
 

@@ -190,11 +190,16 @@ def same_count(arrays: Mapping[str, np.ndarray], what: str) -> None:
         raise NndError(f"the {what} have different numbers of samples ({listing})")
 
 
+def validation_count(n: int, fraction: float) -> int:
+    """How many of n samples validation_split holds out: Keras trains on floor(n * (1 - fraction))."""
+    return n - int(math.floor(n * (1.0 - fraction)))
+
+
 def split_last(feeds: dict[str, np.ndarray], fraction: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Hold out the last `fraction` of the samples, before any shuffling, as Keras' validation_split does
     (so a time series validates on its latest windows, never on ones between training windows)."""
     n = sample_count(feeds)
-    n_val = int(math.floor(n * fraction))
+    n_val = validation_count(n, fraction)
     if n_val < 1 or n_val >= n:
         raise NndError(f"validation_split {fraction} leaves no samples on one side of {n}")
     return ({k: v[:n - n_val] for k, v in feeds.items()}, {k: v[n - n_val:] for k, v in feeds.items()})

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from nnd.compiler.diagnostics import counted
 from nnd.compiler.tensor_type import TensorType
 from nnd.compiler.training_graph import TARGET_PREFIX
 
@@ -66,7 +67,7 @@ def _report(name: str, executor, times: list[float], batch: int, train: bool) ->
     median = statistics.median(times)
     runs = len(times)
     what = "training step" if train else "inference"
-    lines = [f"{name}: {what} at batch {batch}, median {median * 1000:.2f} ms over {runs} runs "
+    lines = [f"{name}: {what} at batch {batch}, median {median * 1000:.2f} ms over {counted(runs, 'run')} "
              f"(min {min(times) * 1000:.2f}, max {max(times) * 1000:.2f}) = {batch / median:,.0f} samples/s"]
     if executor.backend.name == "numpy":
         from nnd.runtime import native

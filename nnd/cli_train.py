@@ -1,7 +1,6 @@
 """What `nnd train` does, apart from parsing its flags, and the helpers the other commands share with it."""
 from __future__ import annotations
 
-import math
 import time
 import warnings as warnings_module
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from nnd.arguments import validation_count
 from nnd.compiler.diagnostics import Diagnostic, NndError, NndWarning, counted
 from nnd.compiler.training import Configured, TrainSpec
 from nnd.runtime.data_source import Dataset, load_dataset
@@ -129,7 +129,8 @@ def run_training(file: str, options: TrainOptions) -> None:
     precision = f", mixed precision ({model.mixed_precision})" if model.mixed_precision else ""
     samples = f"{len(dataset.x_train):,} samples"
     if spec.validation_split:
-        samples += f" ({math.floor(len(dataset.x_train) * spec.validation_split):,} held out for validation)"
+        held_out = validation_count(len(dataset.x_train), spec.validation_split)
+        samples += f" ({held_out:,} held out for validation)"
     echo(f"training {model.name} on {source}: {samples}, batch "
          f"{options.batch_size or spec.batch_size}, {epochs} epoch{'s' if epochs != 1 else ''}{precision}; "
          f"run directory {run_dir.path}")
@@ -153,24 +154,28 @@ def run_training(file: str, options: TrainOptions) -> None:
 
 
 def _run_directory(model_name: str, options: TrainOptions, dataset: Dataset):
-    """--out, or a fresh runs/MODEL-TIME. A directory that holds another run is refused (its weights
-    would be lost) unless the run continues there (--resume from it) or --overwrite says so."""
+    """--out, else the directory of the checkpoint --resume continues, else a fresh runs/MODEL-TIME. A
+    directory that holds another run is refused (its weights would be lost) unless the run continues there
+    (--resume from it) or --overwrite says so."""
     from nnd.runtime.run_directory import RunDirectory
 
-    if options.out is None:
+    out = options.out
+    if out is None and options.resume is not None:
+        out = str(Path(options.resume).parent)  # a resumed run goes on where it was
+    if out is None:
         base = Path("runs") / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
         path, count = base, 1
         while path.exists():  # two runs started in the same second
             count += 1
             path = base.with_name(f"{base.name}-{count}")
         return RunDirectory(path, dataset.artifacts)
-    path = Path(options.out)
+    path = Path(out)
     held = RunDirectory(path).held()
     resumed_here = options.resume is not None and Path(options.resume).resolve().parent == path.resolve()
     if held and not resumed_here and not options.overwrite:
         checkpoint = path / "checkpoint.npz"
         go_on = f"continue it with --resume {checkpoint}, " if checkpoint.exists() else ""
-        raise NndError(f"--out {options.out} already holds a run ({', '.join(held)}); {go_on}choose another --out, "
+        raise NndError(f"--out {out} already holds a run ({', '.join(held)}); {go_on}choose another --out, "
                        "or add --overwrite")
     return RunDirectory(path, dataset.artifacts, replace=bool(held) and not resumed_here)
 

@@ -106,7 +106,9 @@ def _csv(path: Path, spec: TrainSpec, dims: tuple, output_type: TensorType, run_
         x, y, stats = load_time_series_csv(path, columns, spec.target, window=int(dims[0]), horizon=horizon,
                                            standardize=True, validation_fraction=TEXT_VALIDATION)
     x_train, y_train, x_test, y_test = chronological_split(x, y, TEXT_VALIDATION)
-    return Dataset(x_train, y_train, x_test, y_test, {STATS_FILE: stats.save})
+    note = (f"{path.name}: the loss and metrics are in standardized units of {stats.target} (1.0 = "
+            f"{stats.target_std:.4g} in the file's units); nnd predict writes the file's units")
+    return Dataset(x_train, y_train, x_test, y_test, {STATS_FILE: stats.save}, [note])
 
 
 def series_columns(path: Path, spec: TrainSpec, dims: tuple) -> list[str]:

@@ -5,6 +5,8 @@ import csv
 import io
 import json
 
+from nnd.compiler.diagnostics import counted
+
 
 class History:
     def __init__(self) -> None:
@@ -37,4 +39,4 @@ class History:
         return out.getvalue()
 
     def __repr__(self) -> str:
-        return f"History({len(self.epochs)} epochs)"
+        return f"History({counted(len(self.epochs), 'epoch')})"

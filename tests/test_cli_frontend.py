@@ -80,11 +80,15 @@ def test_batch_size_must_be_positive():
 def test_summary_ends_with_the_training_recipe_defaults_included():
     assert run("summary", MNIST).stdout.splitlines()[-2:] == [
         "Training: optimizer adam(lr=0.001); loss sparse_categorical_crossentropy; metrics accuracy",
-        "          10 epochs; batch 32; data fashion_mnist"]
+        "          10 epochs; batch 32; data fashion_mnist; seed 0"]
     two = str(Path(MNIST).parent / "two_inputs.nnd")  # no loss named: each output gets its activation's
     assert run("summary", two).stdout.splitlines()[-2:] == [
         "Training: optimizer adam; loss label: sparse_categorical_crossentropy, score: mse",
-        "          1 epoch; batch 32; data (none: give --data)"]
+        "          1 epoch; batch 32; data (none: give --data); seed 0"]
+    assert run("summary", str(Path(MNIST).parent / "vgg_blocks.nnd")).stdout.splitlines()[-1].endswith(
+        "augment random_shift(fraction=0.1), random_flip(mode=horizontal); seed 0")
+    assert run("summary", str(Path(MNIST).parent / "forecast.nnd")).stdout.splitlines()[-1].endswith(
+        "target temperature; seed 0")
 
 
 def test_summary_of_an_unknown_model():
@@ -269,3 +273,19 @@ def test_installed_console_script():
         assert shape in done.stdout
     assert "Total params: 93,322" in done.stdout
     assert done.stderr == ""
+
+
+def test_layers_lists_other_names_and_pasteable_defaults():
+    text = run("layers").stdout
+    assert "conv2d(filters, kernel_size|kernel, strides=1," in text
+    assert "bidirectional(layer, merge_mode|merge=concat, name=none)" in text
+    assert "zero_padding2d(padding=[1, 1], name=none)" in text
+    assert "    also called: batch_normalization" in text
+
+
+def test_dump_after_implies_the_optimized_graph_and_says_when_its_pass_does_not_run():
+    result = run("compile", MNIST, "--dump-after", "fuse-epilogues", "-O0")
+    assert result.exit_code == 0
+    assert result.stderr == ("note: --dump-after fuse-epilogues: the pass does not run at -O0, so nothing is "
+                             "dumped after it\n")
+    assert run("compile", MNIST, "--dump-after", "dce").stdout.startswith("// after dce\n")

@@ -13,5 +13,5 @@ def test_the_embedding_example_learns_the_rings(capsys):
     spec.loader.exec_module(example)
     accuracy = example.main()
     out = capsys.readouterr().out
-    assert accuracy >= 0.97, out  # the classes are separated by a gap of 0.3 in radius
+    assert accuracy >= 0.83, out  # the classes overlap: the best possible accuracy is about 0.864
     assert out.startswith("test loss ") and ", auc " in out and "P(ring) for" in out

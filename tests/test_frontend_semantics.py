@@ -232,7 +232,7 @@ def test_train_section_of_the_tiny_resnet():
     assert spec.data is None
     assert spec.optimizer == Configured("sgd", {"lr": 0.05, "momentum": 0.9, "nesterov": True})
     assert spec.metrics == [Configured("accuracy"), Configured("top_k_accuracy", {"k": 3})]
-    assert spec.lr_schedule == Configured("cosine_decay", {"decay_steps": 1000})
+    assert spec.lr_schedule == Configured("cosine_decay", {"decay_steps": 3910})
     assert (spec.epochs, spec.batch_size) == (5, 64)
 
 

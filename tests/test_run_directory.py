@@ -164,3 +164,19 @@ def test_a_metric_listed_twice_logs_both_under_distinct_names(project):
     assert {"top_k_accuracy", "top_k_accuracy_1", "val_top_k_accuracy_1"} <= set(history.history)
     assert history.history["top_k_accuracy"] == history.history["accuracy"]  # k=1 is accuracy
     assert history.history["top_k_accuracy_1"][0] >= history.history["accuracy"][0]
+
+
+def test_resume_without_out_goes_on_in_the_checkpoints_directory(project):
+    assert train("--out", "run").exit_code == 0
+    assert train("--resume", "run/checkpoint.npz", "--epochs", "2").exit_code == 0
+    assert len(json.loads(Path("run/metrics.json").read_text())) == 2
+    assert not Path("runs").exists()
+
+
+def test_validation_split_holds_out_what_keras_holds_out(project):
+    from nnd.arguments import validation_count
+
+    assert [validation_count(n, v) for n, v in ((256, 0.1), (100, 0.29), (50, 0.58))] == [26, 29, 29]
+    result = CliRunner().invoke(main, ["train", "m.nnd", "--data", "d.npz", "--out", "run", "--validation-split",
+                                       "0.1"])
+    assert "48 samples (5 held out for validation)" in result.output

@@ -1,4 +1,4 @@
-"""The sequence examples, each trained briefly on small data: the seed's LSTM classifier, CSV forecasting,
+"""The sequence examples, each trained briefly on small data: the LSTM classifier, CSV forecasting,
 the character language model with `nnd generate`, the video CNN+LSTM, and (marked slow) the row-LSTM
 on real Fashion-MNIST. Then the data mistakes a user of these examples makes, with their messages.
 """
@@ -81,6 +81,8 @@ def test_forecast_trains_from_the_csv_and_saves_its_statistics(workdir):
     stats = json.loads((workdir / "run" / "series_stats.json").read_text())
     assert stats["target"] == "temperature" and stats["window"] == 30 and stats["horizon"] == 1
     assert stats["target_std"] > 0
+    assert (f"note: series.csv: the loss and metrics are in standardized units of temperature (1.0 = "
+            f"{stats['target_std']:.4g} in the file's units)") in result.output
 
 
 def _last_loss(output: str) -> float:
