@@ -224,5 +224,5 @@ def test_backends():
     try:
         import cupy  # noqa: F401
     except ImportError:
-        with pytest.raises(NndError, match=r"pip install 'nnd\[gpu\]'"):
+        with pytest.raises(NndError, match=r"the cupy backend needs CuPy: pip install cupy-cuda13x"):
             get_backend("cupy")

@@ -93,7 +93,7 @@ def test_the_stand_in_refuses_launch_arguments_a_device_would_misread(tmp_path):
 def test_the_cupy_backend_without_cupy_or_a_device_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(backend_module, "_CACHE", {})
     monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
-    with pytest.raises(NndError, match=r"the cupy backend needs CuPy: pip install 'nnd\[gpu\]'"):
+    with pytest.raises(NndError, match=r"the cupy backend needs CuPy: pip install cupy-cuda13x"):
         backend_module.get_backend("cupy")
     with pytest.raises(NndError, match="needs CuPy"):
         nnd.load(EXAMPLES[[p.stem for p in EXAMPLES].index("mnist_cnn")], backend="cupy")

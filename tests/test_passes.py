@@ -28,6 +28,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "*.nnd")))
 EXAMPLE_IDS = [os.path.basename(p) for p in EXAMPLES]
 TINY_RESNET = os.path.join(ROOT, "examples", "tiny_resnet.nnd")
+
+
+def line_of(path: str, text: str) -> int:
+    """The number of the first line of the file at `path` that holds `text` (which may end in a newline)."""
+    lines = [line + "\n" for line in open(path).read().splitlines()]
+    return next(number for number, line in enumerate(lines, 1) if text in line)
 VGG = os.path.join(ROOT, "examples", "vgg_blocks.nnd")
 MNIST = os.path.join(ROOT, "examples", "mnist_cnn.nnd")
 LSTM = os.path.join(ROOT, "examples", "lstm_classifier.nnd")
@@ -449,11 +455,13 @@ def test_report_names_the_source_lines_of_fused_and_folded_kernels():
     assert result.exit_code == 0, result.output
     text = result.stdout
     assert text.startswith("optimization report: tiny_resnet (inference graph, -O2)")
+    stem = line_of(TINY_RESNET, "h = x -> conv2d(")
     assert re.search(r"%\d+ = conv2d_epilogue\[activation=relu\]: f32\[N,32,32,16\]\n"
-                     r" +replaces conv2d, add, batchnorm_infer, relu from tiny_resnet\.nnd:13 "
+                     rf" +replaces conv2d, add, batchnorm_infer, relu from tiny_resnet\.nnd:{stem} "
                      r"\(conv2d, batchnorm, relu\)", text), text
-    assert ("replaces conv2d, add, batchnorm_infer from tiny_resnet.nnd:6 (conv2d_2), tiny_resnet.nnd:7 (batchnorm_1)"
-            in text)
+    second, norm = line_of(TINY_RESNET, "-> conv2d(channels, 3, padding=same)\n"), line_of(TINY_RESNET, "-> batchnorm(")
+    assert (f"replaces conv2d, add, batchnorm_infer from tiny_resnet.nnd:{second} (conv2d_2), "
+            f"tiny_resnet.nnd:{norm} (batchnorm_1)") in text
     for name in PIPELINES[2]:
         assert re.search(rf"^  {re.escape(name)} +\d+ -> \d+", text, re.M), name
     assert "activations no longer materialized: " in text
@@ -474,8 +482,9 @@ def test_report_on_a_training_graph_shows_merges_and_removed_nodes():
     result = run_cli("compile", LSTM, "--emit", "train", "-O1", "--report")
     assert result.exit_code == 0, result.output
     text = result.stdout
-    assert re.search(r"%\d+ = sigmoid: 2 copies -> 1, from lstm_classifier\.nnd:7 \(dense\), "
-                     r"lstm_classifier\.nnd:12 \(loss\)", text), text
+    dense, loss = line_of(LSTM, "dense(1, activation=sigmoid)"), line_of(LSTM, "loss ")
+    assert re.search(rf"%\d+ = sigmoid: 2 copies -> 1, from lstm_classifier\.nnd:{dense} \(dense\), "
+                     rf"lstm_classifier\.nnd:{loss} \(loss\)", text), text
     assert "removed as unused (3 nodes: add, matmul, transpose)" in text
 
 
