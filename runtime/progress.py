@@ -5,6 +5,8 @@ import sys
 import time
 from typing import TextIO
 
+LOG_EVERY = 30.0  # seconds between the progress lines of an epoch written to a log
+
 
 def format_logs(logs: dict[str, float]) -> str:
     return " - ".join(f"{k} {v:.4f}" for k, v in logs.items())
@@ -29,6 +31,7 @@ class Progress:
     def batch_end(self, index: int, logs: dict[str, float]) -> None:
         self.steps_done = index + 1
         if not self.live:
+            self._log_line(index, logs)
             return
         now = time.perf_counter()
         if now - self.last_draw < 0.1 and index + 1 < self.steps:
@@ -40,6 +43,19 @@ class Progress:
         bar = "=" * filled + (">" if filled < width else "") + "." * (width - filled - 1)
         self.stream.write(f"\repoch {self.epoch + 1}/{self.epochs} [{bar}] {index + 1}/{self.steps} "
                           f"{format_logs(logs)} {now - self.started:.1f}s")
+        self.stream.flush()
+
+    def _log_line(self, index: int, logs: dict[str, float]) -> None:
+        """Without a terminal (a log file, CI), a line every LOG_EVERY seconds of a long epoch, so that a
+        slow epoch does not look like a hung one."""
+        if self.verbose <= 0 or index + 1 >= self.steps:
+            return
+        now = time.perf_counter()
+        if now - max(self.started, self.last_draw) < LOG_EVERY:
+            return
+        self.last_draw = now
+        self.stream.write(f"epoch {self.epoch + 1}/{self.epochs}: {index + 1:,}/{self.steps:,} steps - "
+                          f"{format_logs(logs)} - {now - self.started:.1f}s\n")
         self.stream.flush()
 
     def epoch_end(self, logs: dict[str, float], samples: int) -> None:
