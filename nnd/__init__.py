@@ -39,21 +39,23 @@ def load(path: str | Path, model: str | None = None, *, weights: str | Path | No
     TF32; `cuda_graphs=True` (cupy) replays each training, evaluation and prediction step as one captured
     CUDA graph."""
     from nnd.compiler.frontend import compile_file
-    from nnd.runtime.saved_model import SOURCE_DIR, WEIGHTS, read_manifest
+    from nnd.runtime.saved_model import SOURCE_DIR, WEIGHTS, read_manifest, read_optimizer_state
 
     if not isinstance(path, (str, os.PathLike)):
         raise NndError(f"load takes the path of a .nnd file or a saved model directory, got {type(path).__name__}")
     path = Path(path)
+    directory = path if path.is_dir() else None
     saved: dict = {}
-    if path.is_dir():
-        saved = read_manifest(path)
+    if directory is not None:
+        saved = read_manifest(directory)
         if weights is None:
-            if not (path / WEIGHTS).is_file():
-                raise NndError(f"{path} holds no {WEIGHTS} (a run directory gets one when its training finishes): "
-                               "pass weights= (its checkpoint.npz, say), or load the .nnd file for a fresh model")
-            weights = path / WEIGHTS
+            if not (directory / WEIGHTS).is_file():
+                raise NndError(f"{directory} holds no {WEIGHTS} (a run directory gets one when its training "
+                               "finishes): pass weights= (its checkpoint.npz, say), or load the .nnd file for a "
+                               "fresh model")
+            weights = directory / WEIGHTS
         model = saved.get("model") if model is None else model  # the model that was saved, not the file's last
-        path = path / SOURCE_DIR / saved["source"]
+        path = directory / SOURCE_DIR / saved["source"]
     from nnd.model import Model
 
     result = Model(compile_file(path), model, backend=backend,
@@ -64,6 +66,8 @@ def load(path: str | Path, model: str | None = None, *, weights: str | Path | No
     _compile_saved(result, saved.get("compile"))
     if weights is not None:
         result.load_weights(weights)
+    if directory is not None:
+        result.pending_optimizer_state = read_optimizer_state(directory)
     return result
 
 

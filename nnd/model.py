@@ -85,6 +85,8 @@ class Model:
         self.stop_training = False  # Keras' flag, which callbacks with Keras' hooks set to end a fit
         self.data_rng = np.random.default_rng(self.seed + 1)  # shuffling and augmentation
         self._trainer: Trainer | None = None
+        # a saved model's optimizer state, for the trainer once it is made (nnd.load of a trained model)
+        self.pending_optimizer_state: dict[str, np.ndarray] | None = None
         self._predictor: Executor | None = None
 
     def _initial_values(self) -> dict[str, np.ndarray]:
@@ -166,6 +168,7 @@ class Model:
         spec.optimizer, spec.loss, spec.metrics = new_optimizer, new_loss, new_metrics
         if optimizer is not None or optimizer_args:
             self._compiled["optimizer"] = new_optimizer
+            self.pending_optimizer_state = None  # another optimizer starts afresh
         if loss is not None:
             self._compiled["loss"] = new_loss
         if metrics is not None:
@@ -187,6 +190,9 @@ class Model:
             self._trainer = Trainer(self.program, self.name, self.spec, self.params, backend=self.backend,
                                     dtype=self.dtype, opt_level=self.opt_level, seed=self.seed,
                                     mixed_precision=self.mixed_precision, cuda_graphs=self.cuda_graphs)
+            if self.pending_optimizer_state is not None:
+                self._trainer.optimizer.load_state_dict(self.pending_optimizer_state)
+                self.pending_optimizer_state = None
         return self._trainer
 
     # ------------------------------------------------------------------------------ running
@@ -308,8 +314,11 @@ class Model:
         """Write weights.npz, the model source and a manifest with the dtype, precision and what compile()
         set into `directory`; `nnd.load(directory)` rebuilds the same model."""
         directory = as_path(directory, "the save directory")
+        trained = self._trainer is not None and self._trainer.optimizer.iterations > 0
+        optimizer_state = self._trainer.optimizer.state_dict() if trained else self.pending_optimizer_state
         write_model_files(directory, self.program, self.name, self.input_names, self.output_names,
-                          weights=self.parameters(), settings=self.saved_settings())
+                          weights=self.parameters(), optimizer_state=optimizer_state,
+                          settings=self.saved_settings())
         return directory
 
     def saved_settings(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The files that make a directory loadable by `nnd.load(DIR)`: the model's exact source (with the files
 it imports, at the same relative places, so every import still names the right file) under source/,
-weights.npz, and model.json naming the model, its root file and the settings it was built with. Written
-by `Model.save` and by every `nnd train` run directory.
+weights.npz, optimizer.npz for a trained model (so that fit after load goes on as Keras' does), and
+model.json naming the model, its root file and the settings it was built with. Written by `Model.save`
+and by every `nnd train` run directory.
 
 A save never leaves a mix of two models for a reader: the new source tree and weights are written beside
 the old ones first; then model.json goes, the new files are renamed into place, and model.json, written
@@ -17,12 +18,15 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
+import numpy as np
+
 from nnd.compiler.diagnostics import NndError
 from nnd.runtime import checkpoint as ckpt
 
 MANIFEST = "model.json"
 SOURCE_DIR = "source"
 WEIGHTS = "weights.npz"
+OPTIMIZER = "optimizer.npz"  # the optimizer's state of a trained model, so that fit after load goes on
 
 
 def source_layout(program) -> dict[str, PurePosixPath]:
@@ -34,14 +38,19 @@ def source_layout(program) -> dict[str, PurePosixPath]:
 
 
 def write_model_files(directory: Path, program, model: str, inputs: list[str], outputs: list[str], *,
-                      weights: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None) -> None:
-    """Make `directory` (created if needed) a saved model: source/, weights.npz when `weights` are given,
-    and model.json with `settings` (what `nnd.load` rebuilds the model with) merged in."""
+                      weights: Mapping[str, Any] | None = None, optimizer_state: Mapping[str, Any] | None = None,
+                      settings: Mapping[str, Any] | None = None) -> None:
+    """Make `directory` (created if needed) a saved model: source/, weights.npz when `weights` are given
+    (with optimizer.npz when `optimizer_state` is too, and without an earlier one when it is not), and
+    model.json with `settings` (what `nnd.load` rebuilds the model with) merged in."""
     layout = source_layout(program)
     manifest = {"model": model, "source": str(layout[program.program.root.file]), "inputs": inputs,
                 "outputs": outputs, **(settings or {})}
     manifest_text = json.dumps(manifest, indent=2) + "\n"
-    staged_weights = directory / f".staged-{WEIGHTS}"
+    arrays = {name: values for name, values in ((WEIGHTS, weights), (OPTIMIZER, optimizer_state))
+              if values is not None}
+    staged = {directory / f".staged-{name}": directory / name for name in arrays}
+    stale = [directory / OPTIMIZER] if weights is not None and optimizer_state is None else []
     staged_source: Path | None = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -51,22 +60,25 @@ def write_model_files(directory: Path, program, model: str, inputs: list[str], o
             target = staged_source / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(program.sources[name].text, encoding="utf-8")
-        if weights is not None:
-            ckpt.save_weights(staged_weights, weights)
-        _commit(directory, staged_source, staged_weights if weights is not None else None, manifest_text)
+        for temporary, values in zip(staged, arrays.values()):
+            ckpt.save_weights(temporary, values)
+        _commit(directory, staged_source, staged, stale, manifest_text)
     except OSError as err:
         raise NndError(f"cannot save the model to {directory}: {_reason(err)}") from None
     finally:  # leftovers of a failed save; failing to remove them must not hide why it failed
         if staged_source is not None and staged_source.exists():
             shutil.rmtree(staged_source, ignore_errors=True)
-        try:
-            staged_weights.unlink(missing_ok=True)
-        except OSError:
-            pass
+        for temporary in staged:
+            try:
+                temporary.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
-def _commit(directory: Path, staged_source: Path, staged_weights: Path | None, manifest_text: str) -> None:
-    """Swap the staged files in; model.json is absent from the first rename to the last write."""
+def _commit(directory: Path, staged_source: Path, staged: Mapping[Path, Path], stale: list[Path],
+            manifest_text: str) -> None:
+    """Swap the staged files in and the stale ones out; model.json is absent from the first rename to the
+    last write."""
     manifest = directory / MANIFEST
     if manifest.is_dir():
         raise NndError(f"cannot save the model to {directory}: {manifest} is a directory")
@@ -77,11 +89,19 @@ def _commit(directory: Path, staged_source: Path, staged_weights: Path | None, m
         if source.exists() or source.is_symlink():
             source.rename(retired / SOURCE_DIR)
         staged_source.rename(source)
-        if staged_weights is not None:
-            os.replace(staged_weights, directory / WEIGHTS)
+        for temporary, final in staged.items():
+            os.replace(temporary, final)
+        for path in stale:
+            path.unlink(missing_ok=True)
         ckpt.atomic_write(manifest, lambda f: f.write(manifest_text.encode("utf-8")), "model manifest")
     finally:
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def read_optimizer_state(directory: Path) -> dict[str, np.ndarray] | None:
+    """optimizer.npz of a saved model, or None when it was saved untrained."""
+    path = directory / OPTIMIZER
+    return ckpt.load_weights(path) if path.is_file() else None
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

@@ -148,3 +148,21 @@ def test_save_and_load_refuse_what_is_not_a_path(path):
         nnd.loads(TINY).save(path)
     with pytest.raises(NndError, match="takes the path"):
         nnd.load(path)
+
+
+def test_a_trained_model_saves_its_optimizer_so_that_fit_after_load_goes_on(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 4)).astype(np.float32), rng.integers(0, 3, 64)
+    trained = nnd.loads(TINY, seed=1)
+    trained.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    trained.save(tmp_path / "t")
+    assert _files(tmp_path / "t") == ["model.json", "optimizer.npz", "source/model.nnd", "weights.npz"]
+    loaded = nnd.load(tmp_path / "t")
+    nnd.load(tmp_path / "t").save(tmp_path / "again")  # kept through a load and a save
+    assert (tmp_path / "again" / "optimizer.npz").is_file()
+    for model in (trained, loaded):
+        model.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    for name, value in trained.parameters().items():  # Adam's moments and step count came back
+        np.testing.assert_array_equal(loaded.parameters()[name], value)
+    nnd.loads(TINY).save(tmp_path / "t")  # an untrained model leaves no stale state behind
+    assert "optimizer.npz" not in _files(tmp_path / "t")
