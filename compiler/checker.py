@@ -589,7 +589,7 @@ class ModelLowering:
             mask = inputs[0].mask
         results = output if isinstance(output, tuple) else (output,)
         self.builder.graph.layers.append(LayerRecord(name, kind, span, results[0], tuple(ctx.param_names),
-                                                     ctx.flops))
+                                                     ctx.flops, tuple(v.type for v in results[1:])))
         if isinstance(output, tuple):
             names = ctx.result_names or tuple(f"value_{i}" for i in range(len(results)))
             return TensorGroup([Tensor(v, mask if i == 0 else None) for i, v in enumerate(results)], kind, names,

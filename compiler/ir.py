@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from nnd.compiler.source import Span
@@ -81,6 +81,7 @@ class LayerRecord:
     output: Value
     params: tuple[str, ...]
     flops: int = 0  # multiply-adds counted as 2 FLOPs, per sample
+    further: tuple[TensorType, ...] = ()  # the types of its other results (an LSTM's states with return_state)
 
 
 class Node:
@@ -154,7 +155,7 @@ class Graph:
 
         nodes = [Node(n.op, [twin(v) for v in n.inputs], [twin(v) for v in n.outputs], dict(n.attrs), n.span,
                       n.layer, n.body) for n in self.nodes]
-        layers = [LayerRecord(r.name, r.kind, r.span, twin(r.output), r.params, r.flops) for r in self.layers]
+        layers = [replace(r, output=twin(r.output)) for r in self.layers]
         return Graph(self.name, [twin(v) for v in self.inputs], {k: twin(v) for k, v in self.params.items()},
                      dict(self.param_info), nodes, {k: twin(v) for k, v in self.outputs.items()},
                      {k: twin(v) for k, v in self.state_updates.items()}, layers,

@@ -63,7 +63,9 @@ def summarize(graph: Graph) -> Summary:
         params = sum(math.prod(graph.param_info[p].type.shape) for r in [record, *inner] for p in r.params)
         flops = record.flops + sum(r.flops for r in inner)
         where = f"{os.path.basename(record.span.file)}:{record.span.line}" if record.span else ""
-        rows.append(SummaryRow(record.name, record.kind, _keras_shape(record.output.type), params, flops, where))
+        shapes = [_keras_shape(t) for t in (record.output.type, *record.further)]
+        shape = shapes[0] if len(shapes) == 1 else "[" + ", ".join(shapes) + "]"  # as Keras lists them
+        rows.append(SummaryRow(record.name, record.kind, shape, params, flops, where))
     total = sum(math.prod(p.type.shape) for p in graph.param_info.values())
     trainable = sum(math.prod(p.type.shape) for p in graph.param_info.values() if p.trainable)
     flops = sum(r.flops for r in graph.layers)

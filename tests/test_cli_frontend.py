@@ -289,3 +289,11 @@ def test_dump_after_implies_the_optimized_graph_and_says_when_its_pass_does_not_
     assert result.stderr == ("note: --dump-after fuse-epilogues: the pass does not run at -O0, so nothing is "
                              "dumped after it\n")
     assert run("compile", MNIST, "--dump-after", "dce").stdout.startswith("// after dce\n")
+
+
+def test_summary_lists_every_result_of_a_return_state_layer_as_keras_does(tmp_path):
+    path = tmp_path / "seq2seq.nnd"
+    path.write_text("model m {\n    input source: [20, 8]\n    _, h, c = source -> lstm(32, return_state=true)\n"
+                    "    output h\n}\n")
+    text = run("summary", str(path)).stdout
+    assert re.search(r"^lstm \(lstm\) +\[\(None, 32\), \(None, 32\), \(None, 32\)\]", text, re.M), text
