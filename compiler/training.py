@@ -15,19 +15,21 @@ from nnd.compiler.args import (BOOL, FLOAT, NAME, NON_NEGATIVE_FLOAT, NON_NEGATI
 from nnd.compiler.diagnostics import Diagnostic, DiagnosticBag, NndError, did_you_mean
 from nnd.compiler.source import Span
 
-_CLIP = {"clipnorm": POSITIVE_FLOAT, "global_clipnorm": POSITIVE_FLOAT, "clipvalue": POSITIVE_FLOAT}
+# Every optimizer takes Keras 3's decoupled weight decay and gradient clipping.
+_COMMON = {"weight_decay": NON_NEGATIVE_FLOAT, "clipnorm": POSITIVE_FLOAT, "global_clipnorm": POSITIVE_FLOAT,
+           "clipvalue": POSITIVE_FLOAT}
 _LR = {"lr": POSITIVE_FLOAT}
 
 # name -> {argument: kind}; positional arguments bind in this order.
 OPTIMIZERS: dict[str, dict[str, ArgKind]] = {
-    "sgd": {**_LR, "momentum": UNIT_FLOAT, "nesterov": BOOL, "weight_decay": FLOAT, **_CLIP},
+    "sgd": {**_LR, "momentum": UNIT_FLOAT, "nesterov": BOOL, **_COMMON},
     "adam": {**_LR, "beta_1": UNIT_FLOAT, "beta_2": UNIT_FLOAT, "epsilon": POSITIVE_FLOAT, "amsgrad": BOOL,
-             **_CLIP},
-    "adamw": {**_LR, "weight_decay": FLOAT, "beta_1": UNIT_FLOAT, "beta_2": UNIT_FLOAT,
-              "epsilon": POSITIVE_FLOAT, "amsgrad": BOOL, **_CLIP},
+             **_COMMON},
+    "adamw": {**_LR, "weight_decay": NON_NEGATIVE_FLOAT, "beta_1": UNIT_FLOAT, "beta_2": UNIT_FLOAT,
+              "epsilon": POSITIVE_FLOAT, "amsgrad": BOOL, **_COMMON},
     "rmsprop": {**_LR, "rho": UNIT_FLOAT, "momentum": UNIT_FLOAT, "epsilon": POSITIVE_FLOAT, "centered": BOOL,
-                **_CLIP},
-    "adagrad": {**_LR, "initial_accumulator_value": FLOAT, "epsilon": POSITIVE_FLOAT, **_CLIP},
+                **_COMMON},
+    "adagrad": {**_LR, "initial_accumulator_value": NON_NEGATIVE_FLOAT, "epsilon": POSITIVE_FLOAT, **_COMMON},
 }
 
 LOSSES: dict[str, dict[str, ArgKind]] = {
@@ -38,6 +40,9 @@ LOSSES: dict[str, dict[str, ArgKind]] = {
 }
 LOSS_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae"}
 
+METRIC_ALIASES = {"acc": "accuracy", "sparse_top_k_categorical_accuracy": "top_k_accuracy",
+                  "sparse_top_k_accuracy": "top_k_accuracy", "mean_absolute_error": "mae",
+                  "mean_squared_error": "mse"}
 METRICS: dict[str, dict[str, ArgKind]] = {
     "accuracy": {}, "sparse_categorical_accuracy": {}, "categorical_accuracy": {},
     "binary_accuracy": {"threshold": UNIT_FLOAT}, "top_k_accuracy": {"k": POSITIVE_INT},
@@ -311,7 +316,7 @@ def _apply_setting(spec: TrainSpec, key: str, value: Any, span: Span | None) -> 
     elif key == "loss":
         spec.loss = _configured(value, LOSSES, "loss", span, LOSS_ALIASES)
     elif key == "metrics":
-        spec.metrics = _each(_list(value, span), lambda v: _configured(v, METRICS, "metric", span))
+        spec.metrics = _each(_list(value, span), lambda v: _configured(v, METRICS, "metric", span, METRIC_ALIASES))
     elif key == "callbacks":
         spec.callbacks = _each(_list(value, span), lambda v: _configured(v, CALLBACKS, "callback", span))
     elif key == "augment":

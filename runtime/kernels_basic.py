@@ -563,17 +563,23 @@ def _categorical_ce_grad(ctx, attrs, dloss, p, t):
 
 @kernel("sparse_categorical_crossentropy")
 def _sparse_categorical_ce(ctx, attrs, p, labels):
+    """categorical_crossentropy with class ids: the probabilities are normalized first, as Keras does, so
+    that ids and their one-hot rows give the same loss on any output."""
     xp = ctx.xp
-    picked = xp.take_along_axis(p, labels.astype(xp.int64)[..., None], axis=-1)[..., 0]
+    q = p / xp.sum(p, axis=-1, keepdims=True)
+    picked = xp.take_along_axis(q, labels.astype(xp.int64)[..., None], axis=-1)[..., 0]
     return -xp.log(xp.clip(picked, EPSILON, 1.0 - EPSILON))
 
 
 @kernel("sparse_categorical_crossentropy_grad")
 def _sparse_categorical_ce_grad(ctx, attrs, dloss, p, labels):
     xp = ctx.xp
+    s = xp.sum(p, axis=-1, keepdims=True)
+    q = p / s
     hot = _one_hot(xp, labels, p.shape[-1], p.dtype)
-    inside = (p >= EPSILON) & (p <= 1.0 - EPSILON)
-    return -(hot * inside) / xp.clip(p, EPSILON, 1.0 - EPSILON) * dloss[..., None]
+    inside = (q >= EPSILON) & (q <= 1.0 - EPSILON)
+    g = -(hot * inside) / xp.clip(q, EPSILON, 1.0 - EPSILON)
+    return (g - xp.sum(g * q, axis=-1, keepdims=True)) / s * dloss[..., None]
 
 
 @kernel("huber")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from nnd.compiler.diagnostics import NndError
+from nnd.compiler.training import METRIC_ALIASES
 from nnd.runtime.named import build
 
 __all__ = ["Metric", "Accuracy", "SparseCategoricalAccuracy", "CategoricalAccuracy", "BinaryAccuracy",
@@ -342,15 +343,8 @@ METRICS: dict[str, type[Metric]] = {
     "recall": Recall,
     "auc": AUC,
 }
-_ALIASES = {
-    "acc": "accuracy",
-    "sparse_top_k_categorical_accuracy": "top_k_accuracy",
-    "sparse_top_k_accuracy": "top_k_accuracy",
-    "mean_absolute_error": "mae",
-    "mean_squared_error": "mse",
-}
 
 
 def make_metric(name: str, **args: Any) -> Metric:
     """Build a metric by name (Keras spellings such as 'acc' and 'mean_squared_error' are accepted)."""
-    return build(METRICS, name, args, "metric", _ALIASES)
+    return build(METRICS, name, args, "metric", METRIC_ALIASES)

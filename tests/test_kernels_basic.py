@@ -221,13 +221,18 @@ def test_categorical_crossentropy_normalizes_and_clips_like_keras():
     np.testing.assert_allclose(got[:2], [math.log(2.0), -math.log(EPSILON)], rtol=1e-12)
 
 
-def test_sparse_categorical_crossentropy_clips_like_keras():
-    p = np.array([[0.2, 0.8], [0.0, 1.0], [0.5, 0.5]])
-    labels = np.array([1, 0, 0])
+def test_sparse_categorical_crossentropy_normalizes_and_clips_like_keras():
+    # Keras: p / sum(p), clipped to [EPSILON, 1 - EPSILON], then -log of the label's entry
+    p = np.array([[0.2, 0.8], [0.0, 1.0], [0.5, 0.5], [0.2, 0.2]])
+    labels = np.array([1, 0, 0, 1])
     got = run("sparse_categorical_crossentropy", {}, p, labels)
-    np.testing.assert_allclose(got, [-math.log(0.8), -math.log(EPSILON), math.log(2.0)], rtol=1e-12)
-    grad = run("sparse_categorical_crossentropy_grad", {}, np.ones(3), p, labels)
-    np.testing.assert_allclose(grad, [[0.0, -1 / 0.8], [0.0, 0.0], [-2.0, 0.0]], rtol=1e-13)
+    np.testing.assert_allclose(got, [-math.log(0.8), -math.log(EPSILON), math.log(2.0), math.log(2.0)],
+                               rtol=1e-12)
+    one_hot = np.eye(2)[labels]
+    np.testing.assert_allclose(got, run("categorical_crossentropy", {}, p, one_hot), rtol=1e-12)
+    grad = run("sparse_categorical_crossentropy_grad", {}, np.ones(4), p, labels)
+    # d/dp of -log(p_y / sum p): 1/sum(p) for every entry, less 1/p_y at the label (0 where clipped)
+    np.testing.assert_allclose(grad, [[1.0, -0.25], [0.0, 0.0], [-1.0, 1.0], [2.5, -2.5]], rtol=1e-13)
 
 
 # ---------------------------------------------------------------------------------------- reductions

@@ -305,3 +305,11 @@ def test_a_block_may_return_the_several_values_of_a_layer():
     source = ("block encode(x) {\n    return x -> lstm(4, return_state=true)\n}\n"
               "model m {\n    input x: [5, 3]\n    sequence, h, c = encode(x)\n    output h\n}\n")
     assert list(nnd.loads(source).graph.outputs) == ["h"]
+
+
+def test_train_sections_take_keras_metric_names_and_weight_decay_on_every_optimizer():
+    text = TRAIN.format(setting="optimizer = rmsprop(weight_decay=0.01)\n    metrics = [mean_absolute_error]")
+    spec = nnd.loads(text).spec
+    assert spec.optimizer.args == {"weight_decay": 0.01} and [m.name for m in spec.metrics] == ["mae"]
+    assert "adam argument 'weight_decay': must be at least 0" in check(
+        TRAIN.format(setting="optimizer = adam(weight_decay=-1)"))
