@@ -117,6 +117,8 @@ def node_kernel(op: str, backend: str = GENERIC) -> Callable[[Callable[..., Kern
 
 def kernels_for(backend: str) -> dict[str, Kernel]:
     """The generic table with the backend's overrides on top."""
+    import nnd.runtime.backend  # noqa: F401  (its imports register every kernel module's kernels)
+
     merged = dict(_TABLES[GENERIC])
     merged.update(_TABLES.get(backend, {}))
     return merged

@@ -59,7 +59,7 @@ _SIGNATURES = {
     # channels, begin, end, dy, x, shift, sum_dy, sum_dy_x
     "channel_dot": [_LONG, _LONG, _LONG] + [_POINTER] * 5,
     # channels, begin, end, u, a, v, b, k, relu, out
-    "channel_affine": [_LONG, _LONG, _LONG] + [_POINTER] * 5 + [ctypes.c_int, _POINTER],
+    "channel_affine": [_LONG, _LONG, _LONG] + [_POINTER] * 6 + [ctypes.c_int, _POINTER],
     # begin, end, p, g, m, v, alpha, beta_1, beta_2, epsilon
     "adam_update": [_LONG, _LONG] + [_POINTER] * 4 + [ctypes.c_double] * 4,
     # begin, end, p, g, m, lr, momentum, nesterov

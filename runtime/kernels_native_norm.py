@@ -46,16 +46,16 @@ def _channel_sums(name: str, arrays: list[np.ndarray], shift: np.ndarray) -> tup
     return first, second
 
 
-def _affine(u: np.ndarray, a: np.ndarray, k: np.ndarray, v: np.ndarray | None = None,
+def _affine(u: np.ndarray, a: np.ndarray, mean: np.ndarray, k: np.ndarray, v: np.ndarray | None = None,
             b: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
-    """u a + v b + k per channel (without v: u a + k; with relu, max(u a + k, 0)), the per-channel values
-    rounded to u's dtype."""
+    """u a + (v - mean) b + k per channel (without v: (u - mean) a + k; with relu, its max with 0), the
+    per-channel values rounded to u's dtype."""
     rows, channels = u.shape
     dtype = u.dtype
     fn = native_function("channel_affine", dtype)
     out = np.empty_like(u)
-    a, b, k = (None if p is None else np.ascontiguousarray(p, dtype=dtype) for p in (a, b, k))
-    inputs, target = [address(p) for p in (u, a, v, b, k)], address(out)
+    a, b, mean, k = (None if p is None else np.ascontiguousarray(p, dtype=dtype) for p in (a, b, mean, k))
+    inputs, target = [address(p) for p in (u, a, v, b, mean, k)], address(out)
     native.run_rows(rows, lambda begin, end: fn(channels, begin, end, *inputs, int(relu), target), align=64)
     return out
 
@@ -74,7 +74,7 @@ def batchnorm_train_native(ctx, attrs, x, gamma, beta):
     var = (square - centered * centered / count) / count
     inv = 1 / np.sqrt(var + attrs["epsilon"])
     scale = gamma * inv
-    y = _affine(rows, scale, beta - mean * scale, relu=attrs.get("activation", "linear") == "relu")
+    y = _affine(rows, scale, mean, beta, relu=attrs.get("activation", "linear") == "relu")
     return y.reshape(x.shape), mean, var.astype(x.dtype)
 
 
@@ -88,5 +88,5 @@ def batchnorm_train_grad_native(ctx, attrs, dy, x, gamma, mean, var):
     dbeta, centered_dot = _channel_sums("channel_dot", [gradient, rows], mean)
     dgamma = centered_dot * inv
     a = gamma * inv
-    dx = _affine(gradient, a, a * (mean * inv * dgamma - dbeta) / count, rows, -a * inv * dgamma / count)
+    dx = _affine(gradient, a, mean, -a * dbeta / count, rows, -a * inv * dgamma / count)
     return dx.reshape(x.shape), dgamma.astype(x.dtype), dbeta.astype(x.dtype)

@@ -35,7 +35,7 @@ from nnd.compiler.diagnostics import NndError
 
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 MAIN_SOURCE = "nnd_native.c"
-ABI_VERSION = 11
+ABI_VERSION = 12
 # -fno-trapping-math lets the compiler turn the clamps of the exp into vector min/max; no -ffast-math:
 # the rounding trick of the exp and the NaN behaviour of the kernels depend on IEEE arithmetic.
 BASE_FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
@@ -84,7 +84,11 @@ def set_enabled(enabled: bool | None) -> None:
 
 
 def _mode() -> str:
-    return os.environ.get("NND_NATIVE", "").strip()
+    """NND_NATIVE: "" (use the native kernels when they build), "0" (never) or "1" (always, or fail)."""
+    mode = os.environ.get("NND_NATIVE", "").strip()
+    if mode not in ("", "0", "1"):
+        raise NndError(f"NND_NATIVE must be 0 (off), 1 (required) or unset (when available), not {mode!r}")
+    return mode
 
 
 def _enabled() -> bool:
@@ -113,7 +117,7 @@ def _load_or_build() -> ctypes.CDLL:
     compiler = _compiler()
     flags = _flags(compiler)
     target = cache_dir() / f"nnd_native_{_build_key(compiler, flags)}.so"
-    if not target.exists():
+    if not _intact(target):
         _build(compiler, flags, target, SOURCE_DIR / MAIN_SOURCE)
     try:
         lib = ctypes.CDLL(str(target))
@@ -187,14 +191,36 @@ def _build(compiler: str, flags: tuple[str, ...], target: Path, source: Path) ->
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         if result.returncode != 0:
-            first = (result.stderr.strip().splitlines() or ["no message"])[0]
+            first = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}, no message"])[0]
             raise _Unavailable(f"the C compiler failed: {first}")
+        _seal(Path(partial), target)
         os.replace(partial, target)
     except subprocess.TimeoutExpired:
         raise _Unavailable(f"the C compiler took over {COMPILE_TIMEOUT_S} s") from None
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
+
+
+def _seal(built: Path, target: Path) -> None:
+    """Record the digest of a freshly built library beside where it goes: a cached file cut short (a full
+    disk, a killed build) would crash the process that maps it, so a library is loaded only when it
+    matches its seal."""
+    seal = target.with_suffix(".sha256")
+    partial = seal.with_name(f".{seal.name}.{os.getpid()}")
+    partial.write_text(_digest(built))
+    os.replace(partial, seal)
+
+
+def _intact(target: Path) -> bool:
+    try:
+        return target.with_suffix(".sha256").read_text() == _digest(target)
+    except OSError:  # no library or no seal (a cache from before seals): build it
+        return False
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------ generated sources
@@ -222,7 +248,7 @@ def generated_library(source: str) -> ctypes.CDLL | None:
             for part in _toolchain_identity(compiler, flags):
                 digest.update(part.encode() + b"\0")
             target = cache_dir() / f"nnd_generated_{digest.hexdigest()[:20]}.so"
-            if not target.exists():
+            if not _intact(target):
                 with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
                     path = Path(scratch) / "generated.c"
                     path.write_text(source)
@@ -242,9 +268,12 @@ def thread_count() -> int:
     configured = os.environ.get("NND_NUM_THREADS", "").strip()
     if configured:
         try:
-            return max(1, int(configured))
+            count = int(configured)
         except ValueError:
-            raise NndError(f"NND_NUM_THREADS must be a whole number, not {configured!r}") from None
+            count = 0
+        if count < 1:
+            raise NndError(f"NND_NUM_THREADS must be a whole number of at least 1, not {configured!r}")
+        return count
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

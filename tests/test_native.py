@@ -336,8 +336,16 @@ def test_thread_count_setting(monkeypatch):
     monkeypatch.setenv("NND_NUM_THREADS", "3")
     assert native.thread_count() == 3
     monkeypatch.setenv("NND_NUM_THREADS", "many")
-    with pytest.raises(NndError, match="NND_NUM_THREADS must be a whole number, not 'many'"):
-        native.thread_count()
+    for value in ("many", "0", "-1"):
+        monkeypatch.setenv("NND_NUM_THREADS", value)
+        with pytest.raises(NndError, match=f"NND_NUM_THREADS must be a whole number of at least 1, not '{value}'"):
+            native.thread_count()
+
+
+def test_an_unknown_native_setting_is_refused_not_read_as_auto(fresh_loader, monkeypatch):
+    monkeypatch.setenv("NND_NATIVE", "off")
+    with pytest.raises(NndError, match="NND_NATIVE must be 0 \\(off\\), 1 \\(required\\) or unset"):
+        native.library()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -354,6 +362,22 @@ def test_builds_once_into_the_cache_and_reloads(fresh_loader):
     native._library, native._status = None, None
     assert native.library() is not None
     assert built[0].stat().st_mtime_ns == stamp
+
+
+@needs_compiler
+def test_a_cached_library_cut_short_is_rebuilt_not_loaded(fresh_loader):
+    """Mapping a truncated shared library kills the process with SIGBUS: the loader checks a library
+    against the digest sealed beside it at build time before loading it."""
+    assert native.library() is not None
+    (built,) = fresh_loader.glob("nnd_native_*.so")
+    assert native._intact(built)
+    truncated = fresh_loader / "truncated"
+    truncated.write_bytes(built.read_bytes()[:100_000])
+    os.replace(truncated, built)  # a new file: the one this process has mapped stays whole
+    assert not native._intact(built)
+    native._library, native._status = None, None
+    assert native.library() is not None and native._intact(built)
+    assert native.status().startswith("on (")
 
 
 def test_missing_compiler_falls_back_to_numpy(fresh_loader, monkeypatch):
@@ -532,3 +556,22 @@ def test_cnn_examples_take_the_same_gradients_with_and_without_native_kernels(na
         np.testing.assert_allclose(grads_native[key], grads_numpy[key], rtol=1e-9, atol=1e-12, err_msg=key)
     for key in after_numpy:
         np.testing.assert_allclose(after_native[key], after_numpy[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+@needs_compiler
+def test_batchnorm_over_one_value_per_channel_is_exact_on_both_paths():
+    """With one value per channel, x equals its mean: the output is beta and, behind a relu at beta = 0,
+    every gradient is 0. Scaling x and the mean separately left a residue of about 1e-16 that relu passed."""
+    import nnd
+
+    source = ("model m {\n    input x: [6]\n    dense(8)\n    batchnorm()\n    relu()\n    dense(1)\n}\n"
+              "train m {\n    optimizer = sgd(lr=0.1)\n    loss = mse\n}\n")
+    x = np.random.default_rng(0).standard_normal((1, 6))
+    for enabled in (True, False):
+        native.set_enabled(enabled)
+        try:
+            _, grads = nnd.loads(source, dtype="float64", seed=0).loss_and_gradients(x, np.ones((1, 1)))
+        finally:
+            native.set_enabled(None)
+        assert np.array_equal(grads["batchnorm.beta"], np.zeros(8)), enabled
+        assert np.array_equal(grads["dense.kernel"], np.zeros((6, 8))), enabled

@@ -84,4 +84,4 @@ enum { ACTIVATION_LINEAR, ACTIVATION_RELU, ACTIVATION_SIGMOID, ACTIVATION_TANH }
 #undef EXP
 
 /* Lets the loader check that the library it found is the one it compiled. */
-int nnd_native_abi_version(void) { return 11; }
+int nnd_native_abi_version(void) { return 12; }

@@ -53,23 +53,25 @@ void NAME(channel_dot)(long channels, long begin, long end, const REAL *dy, cons
     }
 }
 
-/* out = u a[c] + v b[c] + k[c] over rows [begin, end); without v, out = u a[c] + k[c]; then with relu,
- * out = max(out, 0). */
+/* out = u a[c] + (v - m[c]) b[c] + k[c] over rows [begin, end); without v, out = (u - m[c]) a[c] + k[c];
+ * then with relu, out = max(out, 0). Subtracting the batch mean m before scaling keeps a value equal to
+ * the mean exactly centred (x a - m a would leave a rounding residue, which relu then lets through). */
 void NAME(channel_affine)(long channels, long begin, long end, const REAL *u, const REAL *restrict a,
-                          const REAL *v, const REAL *restrict b, const REAL *restrict k, int relu, REAL *out) {
+                          const REAL *v, const REAL *restrict b, const REAL *restrict m, const REAL *restrict k,
+                          int relu, REAL *out) {
     for (long r = begin; r < end; r++) {
         const REAL *restrict ur = u + r * channels;
         REAL *restrict o = out + r * channels;
         if (v) {
             const REAL *restrict vr = v + r * channels;
-            for (long c = 0; c < channels; c++) o[c] = ur[c] * a[c] + vr[c] * b[c] + k[c];
+            for (long c = 0; c < channels; c++) o[c] = ur[c] * a[c] + (vr[c] - m[c]) * b[c] + k[c];
         } else if (relu) {
             for (long c = 0; c < channels; c++) {
-                REAL y = ur[c] * a[c] + k[c];
+                REAL y = (ur[c] - m[c]) * a[c] + k[c];
                 o[c] = y > 0 ? y : 0;
             }
         } else {
-            for (long c = 0; c < channels; c++) o[c] = ur[c] * a[c] + k[c];
+            for (long c = 0; c < channels; c++) o[c] = (ur[c] - m[c]) * a[c] + k[c];
         }
     }
 }
