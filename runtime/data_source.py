@@ -11,6 +11,7 @@ prepare the data exactly as they prepared the training data, whatever file is re
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,7 @@ import numpy as np
 from nnd.compiler.diagnostics import NndError
 from nnd.compiler.tensor_type import FLOAT_DTYPES, TensorType
 from nnd.compiler.training import NAMED_DATASETS, TrainSpec
+from nnd.runtime.checkpoint import atomic_write
 from nnd.runtime.datasets import load_arrays, load_csv, load_named, read_csv_rows
 from nnd.runtime.sequence_data import (STATS_FILE, chronological_split, load_moving_fashion_mnist,
                                        load_text_windows, load_time_series_csv)
@@ -28,6 +30,8 @@ MOVING_TRAIN, MOVING_TEST = 5000, 1000
 TEXT_VALIDATION = 0.1
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 VOCABULARY_FILE = "vocabulary.json"
+# whether a run's image CSV held bytes (0-255) to scale, so that evaluate and predict scale theirs alike
+PIXELS_FILE = "pixels.json"
 
 
 @dataclass
@@ -94,8 +98,9 @@ def _resolve(source: str, base_dir: Path | None) -> Path:
 def _csv(path: Path, spec: TrainSpec, dims: tuple, output_type: TensorType, run_dir: Path | None) -> Dataset:
     if len(dims) != 2:
         x, y = load_csv(path, target=table_target(path, spec.target))
-        pixels, notes = _csv_pixels(_table_rows(x, dims), path)
-        return Dataset(pixels, y, notes=notes)
+        pixels, scale, notes = _csv_pixels(_table_rows(x, dims), path, _saved(run_dir, PIXELS_FILE))
+        artifacts = {PIXELS_FILE: _pixel_scale_writer(scale)} if len(dims) == 3 else {}
+        return Dataset(pixels, y, artifacts=artifacts, notes=notes)
     columns = series_columns(path, spec, dims)
     horizon = int(output_type.shape[-1])
     saved = _saved(run_dir, STATS_FILE)
@@ -186,7 +191,8 @@ def load_prediction_inputs(path: Path, spec: TrainSpec, input_type: TensorType,
         notes = [f"{path.name}: uint8 images scaled to [0, 1] (divided by 255)"] if _byte_images(x, input_type) else []
         return PredictionInputs(_as_input(x, input_type), notes=notes)
     if len(dims) != 2:
-        pixels, notes = _csv_pixels(_table_rows(_csv_features(path, spec.target, int(np.prod(dims))), dims), path)
+        rows = _table_rows(_csv_features(path, spec.target, int(np.prod(dims))), dims)
+        pixels, _, notes = _csv_pixels(rows, path, _saved(run_dir, PIXELS_FILE))
         return PredictionInputs(pixels, notes=notes)
     saved = _saved(run_dir, STATS_FILE)
     if saved is None:
@@ -221,12 +227,35 @@ def table_target(path: Path, target: str | None) -> str | int:
     return labelled[0] if len(labelled) == 1 else -1
 
 
-def _csv_pixels(x: np.ndarray, path: Path) -> tuple[np.ndarray, list[str]]:
+def _csv_pixels(x: np.ndarray, path: Path, saved: Path | None) -> tuple[np.ndarray, float, list[str]]:
     """Image rows written as whole numbers from 0 to 255 (as image CSVs store bytes) scaled to [0, 1], as
-    uint8 images are; other values as they are."""
-    if x.ndim != 4 or not x.size or x.max() <= 1 or x.min() < 0 or x.max() > 255 or not np.all(x == np.round(x)):
-        return x, []
-    return x * np.float32(1 / 255), [f"{path.name}: pixel values 0-255 scaled to [0, 1] (divided by 255)"]
+    uint8 images are, with the scale and a note; other values as they are. A run directory's saved
+    decision (`saved`) holds for every file that run's model reads, whatever the file's own values."""
+    if saved is not None:
+        scale = _read_pixel_scale(saved)
+    elif x.ndim == 4 and x.size and 1 < x.max() <= 255 and x.min() >= 0 and np.all(x == np.round(x)):
+        scale = 1 / 255
+    else:
+        scale = 1.0
+    if scale == 1.0:
+        return x, scale, []
+    return x * np.float32(scale), scale, [f"{path.name}: pixel values 0-255 scaled to [0, 1] (divided by 255)"]
+
+
+def _pixel_scale_writer(scale: float):
+    def write(path: Path) -> None:
+        atomic_write(path, lambda f: f.write(json.dumps({"pixel_scale": scale}).encode("utf-8")), "pixel scale")
+    return write
+
+
+def _read_pixel_scale(path: Path) -> float:
+    try:
+        scale = json.loads(path.read_text(encoding="utf-8"))["pixel_scale"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise NndError(f"cannot read {path}: {err}") from None
+    if not isinstance(scale, (int, float)) or not scale > 0:
+        raise NndError(f"{path}: pixel_scale must be a positive number, got {scale!r}")
+    return float(scale)
 
 
 def _csv_features(path: Path, target: str | None, features: int) -> np.ndarray:

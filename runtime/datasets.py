@@ -251,6 +251,7 @@ def load_named(name: str, data_dir: str | os.PathLike | None = None, *, download
     """
     key = _canonical(name)
     searched: list[str] = []
+    explicit = set(search_dirs(key, data_dir)[:1 + len(NAMED_DATASETS[key]["dirs"])]) if data_dir else set()
     for directory in search_dirs(key, data_dir):
         found = _files_in(directory)
         if len(found) == len(IDX_FILES):
@@ -260,6 +261,9 @@ def load_named(name: str, data_dir: str | os.PathLike | None = None, *, download
             searched.append(f"{directory} (incomplete: missing {missing})")
         else:
             searched.append(f"{directory}" + ("" if directory.is_dir() else " (does not exist)"))
+        if directory in explicit and len(searched) == len(explicit):
+            # the directory asked for by name: another copy elsewhere would pass for it unnoticed
+            raise NndError(f"--data-dir {data_dir} holds no complete {key}; searched:\n  " + "\n  ".join(searched))
     if download is None:
         download = not _offline()
     if download:
@@ -319,9 +323,20 @@ def load_arrays(path: str | os.PathLike, *, inputs_only: bool = False) -> dict[s
         raise _unreadable(path, e) from None
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
         raise NndError(f"cannot read {path}: the file is corrupt or truncated ({e})") from None
+    for name, array in out.items():
+        _check_member(path, name, array)
     if not inputs_only:
         _check_pairs(path, out)
     return out
+
+
+def _check_member(path: Path, name: str, array: object) -> None:
+    """What NumPy hands back for a member that is no array (raw bytes), or an array without samples."""
+    if not isinstance(array, np.ndarray):
+        raise NndError(f"cannot read {path}: its member {name!r} is not a NumPy array (the file is corrupt)")
+    if array.ndim == 0:
+        raise NndError(f"{path}: {name!r} is a single value, not an array of samples (its first axis counts "
+                       "the samples)")
 
 
 def _unreadable(path: Path, error: ValueError) -> NndError:
@@ -386,7 +401,7 @@ def _is_number(cell: str) -> bool:
 def read_csv_rows(path: Path, header: bool | str, caller: str, delimiter: str = ","
                   ) -> tuple[list[tuple[int, list[str]]], bool]:
     """The non-blank rows of a CSV file as (line number, cells), and whether the first is a header:
-    header="auto" takes it for one when any of its cells is not a number. A UTF-8 byte-order mark is
+    header="auto" takes it for one when any of its cells is text other than a number. A UTF-8 byte-order mark is
     dropped; unreadable, non-UTF-8 and empty files are NndErrors naming the file."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -400,8 +415,8 @@ def read_csv_rows(path: Path, header: bool | str, caller: str, delimiter: str = 
         raise NndError(f"cannot read CSV file {path}: {e}") from None
     if not rows:
         raise NndError(f"CSV file {path} is empty")
-    if header == "auto":
-        return rows, not all(_is_number(c) for c in rows[0][1])
+    if header == "auto":  # a header names its columns: some cell is text (an empty cell is a missing value)
+        return rows, any(cell.strip() and not _is_number(cell) for cell in rows[0][1])
     if isinstance(header, bool):
         return rows, header
     raise NndError(f"{caller}: header must be 'auto', true or false, got {header!r}")
@@ -417,6 +432,10 @@ def column_index(ref: Any, role: str, path: Path, names: list[str] | None, width
             hint = did_you_mean(ref, names)
             raise NndError(f"{role} column '{ref}' not found in {path}" + (f"; did you mean '{hint}'?" if hint else "")
                            + f" (available columns: {', '.join(names)})")
+        places = [str(i + 1) for i, name in enumerate(names) if name == ref]
+        if len(places) > 1:
+            raise NndError(f"{path} has {len(places)} columns named '{ref}' (columns {', '.join(places)}): the "
+                           f"{role} column is ambiguous; rename one")
         return names.index(ref)
     if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
         if not -width <= int(ref) < width:

@@ -3,6 +3,7 @@ a --weights directory; each one line, exit 1, no traceback, no warning."""
 from __future__ import annotations
 
 import json
+import zipfile
 import warnings
 
 import numpy as np
@@ -203,3 +204,39 @@ def test_a_label_first_image_csv_trains_and_predicts_on_scaled_pixels(project):
     assert result.exit_code == 0, result.stderr
     np.testing.assert_allclose(np.load(project / "p.npy"), model.predict(pixels), rtol=1e-6)
     assert table_target(project / "kaggle.csv", None) == "label"
+
+
+def test_predict_scales_pixels_as_the_run_did_whatever_the_file_holds(project):
+    (project / "img.nnd").write_text(IMAGE_MODEL)
+    (project / "bytes.csv").write_text("label,p0,p1,p2,p3\n2,0,255,128,64\n0,255,255,0,0\n1,3,2,1,0\n")
+    assert nnd_cli("train", "img.nnd", "--data", "bytes.csv", "--out", "img_run").exit_code == 0
+    (project / "flags.csv").write_text("p0,p1,p2,p3\n0,0,0,1\n0,1,1,0\n")  # its largest value is 1
+    result = nnd_cli("predict", "img.nnd", "--weights", "img_run", "--input", "flags.csv", "--output", "p.npy")
+    assert "note: flags.csv: pixel values 0-255 scaled to [0, 1]" in result.output
+    pixels = np.array([[0, 0, 0, 1], [0, 1, 1, 0]], np.float32).reshape(2, 2, 2, 1) / 255
+    np.testing.assert_allclose(np.load(project / "p.npy"), nnd.load("img_run").predict(pixels), rtol=1e-6)
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda: np.savez("f.npz", x=np.float32(3), y=np.int64(1)),
+     "f.npz: 'x' is a single value, not an array of samples"),
+    (lambda: zipfile.ZipFile("f.npz", "w").writestr("x.npy", b"hello"),
+     "cannot read f.npz: its member 'x' is not a NumPy array (the file is corrupt)"),
+])
+def test_npz_members_that_are_no_arrays_of_samples_are_named(project, write, message):
+    write()
+    assert failure(nnd_cli("train", "table.nnd", "--data", "f.npz")) == f"error: {message}" + (
+        " (its first axis counts the samples)" if "single value" in message else "")
+
+
+def test_a_first_row_with_an_empty_cell_is_data_not_a_header(project):
+    (project / "f.csv").write_text("1,2,,4,0\n5,6,7,8,1\n")
+    assert failure(nnd_cli("train", "table.nnd", "--data", "f.csv")) == "error: f.csv line 1, column 3: an empty value"
+
+
+def test_a_target_name_given_to_two_columns_is_ambiguous(project):
+    (project / "dup.csv").write_text("a,b,label,d,label\n1,2,0,4,1\n5,6,1,8,2\n")
+    (project / "named.nnd").write_text(TABLE_MODEL.replace("table", "named").replace(
+        "loss = sparse_categorical_crossentropy", "loss = sparse_categorical_crossentropy\n    target = label"))
+    assert failure(nnd_cli("train", "named.nnd", "--data", "dup.csv")) == (
+        "error: dup.csv has 2 columns named 'label' (columns 3, 5): the target column is ambiguous; rename one")

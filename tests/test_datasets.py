@@ -113,12 +113,24 @@ def test_search_order(tmp_path, monkeypatch):
     assert len(load_named("fashion_mnist", data_dir=tmp_path / "dd")[0]) == 5
 
 
-def test_offline_missing_message(tmp_path):
+def test_a_data_dir_given_by_name_is_never_passed_over_for_another_copy(tmp_path):
     partial = tmp_path / "dd"
     _fake_set(partial)
     (partial / "t10k-labels-idx1-ubyte.gz").unlink()
+    _fake_set(tmp_path / "system" / "fashion-mnist")  # a complete copy where the search would go next
     with pytest.raises(NndError) as e:
         load_named("fashion_mnist", data_dir=partial)
+    assert str(e.value).startswith(f"error: --data-dir {partial} holds no complete fashion_mnist; searched:\n"
+                                   f"  {partial} (incomplete: missing t10k-labels-idx1-ubyte)\n")
+
+
+def test_offline_missing_message(tmp_path, monkeypatch):
+    partial = tmp_path / "dd"
+    _fake_set(partial)
+    (partial / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setenv("NND_DATA", str(partial))  # a default, not a directory asked for by name
+    with pytest.raises(NndError) as e:
+        load_named("fashion_mnist")
     msg = str(e.value)
     assert "dataset 'fashion_mnist' not found; searched:" in msg
     assert f"{partial} (incomplete: missing t10k-labels-idx1-ubyte)" in msg

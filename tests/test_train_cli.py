@@ -325,14 +325,18 @@ def test_named_dataset_missing_offline_lists_the_places_searched(project, monkey
 
     monkeypatch.setattr(datasets, "SYSTEM_DATA_ROOT", project / "system")  # keep the real /usr/share out
     monkeypatch.setenv("HOME", str(project / "home"))
-    monkeypatch.delenv("NND_DATA", raising=False)
-    result = nnd_cli("train", "tiny.nnd", "--data", "fashion_mnist", "--data-dir", project / "bogus",
-                     "--out", "run")
+    monkeypatch.setenv("NND_DATA", str(project / "bogus"))
+    result = nnd_cli("train", "tiny.nnd", "--data", "fashion_mnist", "--out", "run")
     message = _clean_failure(result)
     assert "dataset 'fashion_mnist' not found" in message
     assert str(project / "bogus") in message and str(project / "system") in message
     assert "NND_OFFLINE" in message and "--data-dir" in message
     assert not (project / "run").exists()
+    # a --data-dir given by name is the only place looked at
+    message = _clean_failure(nnd_cli("train", "tiny.nnd", "--data", "fashion_mnist", "--data-dir",
+                                     project / "typo", "--out", "run"))
+    assert message.startswith(f"error: --data-dir {project / 'typo'} holds no complete fashion_mnist")
+    assert str(project / "system") not in message
 
 
 IMAGES = """model img {
