@@ -123,7 +123,7 @@ class Captured:
 
     inputs: dict[str, Any]
     outputs: dict[str, Any]
-    draws: list[tuple[Callable[[np.random.Generator], np.ndarray], Any]]
+    draws: list[tuple[Callable[[np.random.Generator], np.ndarray], int | None, Any]]  # draw, stream, buffer
     checks: list[DeferredCheck]
     replay: Callable[[], None]
 
@@ -246,8 +246,8 @@ class CudaGraphs:
         executor = self.executor
         for name, buffer in captured.inputs.items():
             self.api.upload(buffer, inputs[name])
-        for draw, buffer in captured.draws:
-            self.api.upload(buffer, draw(executor.rng))
+        for draw, stream, buffer in captured.draws:
+            self.api.upload(buffer, draw(executor.ctx.stream_rng(stream)))
         captured.replay()
         self.replays += 1
         executor.runs += 1

@@ -168,6 +168,7 @@ class Executor:
     def run(self, inputs: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Every graph output by name, plus each state update under `update:<param name>`. Under CUDA graphs
         these are the graph's own buffers: read or copy them before the next run."""
+        self.ctx.run_seed = int(self.rng.integers(2 ** 63))  # every path below runs under it, once
         if self.graphs is not None:
             return self.graphs.run(inputs, params or {})
         return self.run_eagerly(inputs, params)

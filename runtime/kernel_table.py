@@ -44,22 +44,30 @@ class KernelContext:
     dtype: Any = np.float32  # the float dtype the graph runs in
     capturing: bool = False  # the run is being recorded into a CUDA graph
     host_values: dict[int, float] = field(default_factory=dict)  # id of a constant array -> its value
-    draws: list[tuple[Callable[[np.random.Generator], np.ndarray], Any]] = field(default_factory=list)
+    draws: list[tuple[Callable[[np.random.Generator], np.ndarray], int | None, Any]] = field(default_factory=list)
+    # drawn from `rng` once per run; a draw with a stream of its own uses (run_seed, stream), so that its
+    # numbers do not depend on how many other draws the graph makes (an -O level may remove some)
+    run_seed: int = 0
     checks: list[DeferredCheck] = field(default_factory=list)
     # under capture: (shape, dtype) -> a device buffer that no kernel of the graph may reuse (see host_random)
     uploaded_buffer: Callable[[tuple, Any], Any] | None = None
 
-    def host_random(self, draw: Callable[[np.random.Generator], np.ndarray], shape: tuple, dtype: Any):
+    def stream_rng(self, stream: int | None) -> np.random.Generator:
+        """The generator a draw of `stream` uses in this run (None: the run's shared one)."""
+        return self.rng if stream is None else np.random.default_rng([self.run_seed, stream])
+
+    def host_random(self, draw: Callable[[np.random.Generator], np.ndarray], shape: tuple, dtype: Any,
+                    stream: int | None = None):
         """`draw(rng)` (a NumPy array of `shape` and `dtype`) on this backend. Under capture, a device buffer
         that the graph runner refills with a fresh draw before each replay, in the order of the steps, so a
         captured run draws the same numbers as an eager one. The buffer comes from `uploaded_buffer`, outside
         the graph's own memory: there, it could reuse the memory of a temporary that an earlier kernel of the
         graph frees, and that kernel would overwrite the uploaded draw on every replay."""
         if not self.capturing:
-            return self.xp.asarray(draw(self.rng))
+            return self.xp.asarray(draw(self.stream_rng(stream)))
         allocate = self.uploaded_buffer or (lambda shape, dtype: self.xp.empty(shape, dtype=dtype))
         buffer = allocate(tuple(shape), dtype)
-        self.draws.append((draw, buffer))
+        self.draws.append((draw, stream, buffer))
         return buffer
 
     def scalar(self, array: Any) -> float:

@@ -470,7 +470,7 @@ def _dropout_mask(ctx, attrs, x):
         keep = rng.random(shape) >= rate
         return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
 
-    return ctx.host_random(draw, shape, dtype)
+    return ctx.host_random(draw, shape, dtype, attrs.get("stream"))
 
 
 # ------------------------------------------------------------------------------------------- losses

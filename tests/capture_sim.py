@@ -31,8 +31,8 @@ class SimulatedCapture:
         ctx = self.executor.ctx
 
         def replay() -> None:
-            served = iter([buffer for _, buffer in draws])
-            ctx.host_random = lambda draw, shape, dtype: next(served)
+            served = iter([buffer for _, _, buffer in draws])
+            ctx.host_random = lambda draw, shape, dtype, stream=None: next(served)
             try:
                 fresh, _, fresh_checks = record()
             finally:

@@ -141,7 +141,7 @@ def test_a_wrong_input_shape_is_the_eager_error():
 def test_under_capture_random_draws_become_buffers_drawn_later():
     ctx = KernelContext(np, np.random.default_rng(0), np.float32, capturing=True)
     buffer = ctx.host_random(lambda rng: rng.random((2, 3)), (2, 3), np.float32)
-    assert buffer.shape == (2, 3) and len(ctx.draws) == 1 and ctx.draws[0][1] is buffer
+    assert buffer.shape == (2, 3) and len(ctx.draws) == 1 and ctx.draws[0][2] is buffer
     assert ctx.rng.bit_generator.state == np.random.default_rng(0).bit_generator.state  # nothing drawn yet
 
 
@@ -286,7 +286,7 @@ def test_captured_draws_come_from_the_capture_apis_uploaded_buffers():
     for step in range(2):
         trainer.step(feeds_for(trainer, model, 4, step))
     (captured,) = graphs.graphs.values()
-    assert len(captured.draws) == 1 and [buffer for _, buffer in captured.draws] == handed_out
+    assert len(captured.draws) == 1 and [buffer for _, _, buffer in captured.draws] == handed_out
     assert trainer.train_executor.ctx.uploaded_buffer is None  # only while recording
 
 

@@ -509,3 +509,18 @@ def test_an_unknown_pass_is_a_clear_error(emit):
     assert result.stderr == (f"error: unknown pass 'fold-constant'; did you mean 'fold-constants'? "
                              f"(passes: {', '.join(PASSES)})\n")
     assert "Traceback" not in result.output
+
+
+def test_dropout_draws_the_same_masks_at_every_level():
+    """Each dropout seeds its draw from the run and its own layer: removing an unused dropout (DCE) leaves
+    the others' masks as they were, so a seed reproduces a training step at every -O level."""
+    import nnd
+
+    source = ("model m {\n    input x: [4]\n    unused = x -> dropout(0.5)\n"
+              "    output y = x -> dropout(0.5) -> dropout(0.5) -> dense(2)\n}\ntrain m {\n    loss = mse\n}\n")
+    x, y = np.random.default_rng(1).normal(size=(3, 4)), np.zeros((3, 2))
+    steps = [nnd.loads(source, dtype="float64", seed=0, opt_level=level).loss_and_gradients(x, y)
+             for level in (0, 1, 2)]
+    for loss, grads in steps[1:]:
+        assert loss == steps[0][0]
+        assert all(np.array_equal(grads[name], steps[0][1][name]) for name in grads)

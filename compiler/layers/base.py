@@ -5,6 +5,7 @@ layouts) and emits nodes; the context stamps every node with the layer's name an
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -69,6 +70,11 @@ class LayerContext:
     def emit_many(self, op: str, inputs: Sequence[Value], **attrs: Any) -> tuple[Value, ...]:
         with self.builder.origin(self.span, self.name):
             return self.builder.emit(op, inputs, attrs)
+
+    def random_stream(self, purpose: str = "") -> int:
+        """A number naming this layer's random draws (and which of them), the same at every -O level:
+        the runtime seeds each draw from it and the run, so removing another draw changes nothing here."""
+        return zlib.crc32(f"{self.name}/{purpose}".encode())
 
     def constant(self, value: float) -> Value:
         return self.emit("constant", [], value=float(value), dtype="f32")

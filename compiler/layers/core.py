@@ -147,7 +147,7 @@ def _dropout(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Va
     require_float(x, "dropout")  # in inference too, where dropout passes x through
     if not ctx.training or args["rate"] == 0.0:
         return x
-    mask = ctx.emit("dropout_mask", [x], rate=args["rate"])
+    mask = ctx.emit("dropout_mask", [x], rate=args["rate"], stream=ctx.random_stream())
     return ctx.emit("mul", [x, mask])
 
 

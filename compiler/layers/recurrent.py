@@ -78,7 +78,7 @@ def _masks(ctx: LayerContext, x: Value, args: dict[str, Any]) -> list[Value]:
     recurrent = None
     if ctx.training and rate > 0.0:
         template = ctx.emit("batch_zeros", [x], shape=(args["units"],))
-        recurrent = ctx.emit("dropout_mask", [template], rate=rate)
+        recurrent = ctx.emit("dropout_mask", [template], rate=rate, stream=ctx.random_stream("recurrent"))
     one = ctx.constant(1.0) if padding is None or recurrent is None else None
     return [padding if padding is not None else one, recurrent if recurrent is not None else one]
 
@@ -88,7 +88,7 @@ def _input_dropout(ctx: LayerContext, x: Value, rate: float) -> Value:
     if not ctx.training or rate == 0.0:
         return x
     first_step = ctx.emit("slice", [x], axis=1, start=0, stop=1)
-    mask = ctx.emit("dropout_mask", [first_step], rate=rate)
+    mask = ctx.emit("dropout_mask", [first_step], rate=rate, stream=ctx.random_stream("input"))
     return ctx.emit("mul", [x, mask])
 
 
