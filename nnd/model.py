@@ -286,8 +286,9 @@ class Model:
         hooks = as_callbacks(callbacks, self)
         if run_dir is not None and not isinstance(run_dir, RunDirectory):
             run_dir = RunDirectory(as_path(run_dir, "run_dir"))
-            if run_dir.held():
-                raise NndError(f"run_dir {run_dir.path} already holds a run ({', '.join(run_dir.held())}); "
+            held = run_dir.held()
+            if held:
+                raise NndError(f"run_dir {run_dir.path} already holds a run ({', '.join(held)}); "
                                "choose another directory, or remove that one first")
         trainer = self._get_trainer()
         state = TrainingState(self.params, trainer.optimizer, epoch=initial_epoch)

@@ -15,6 +15,7 @@ minimizes everything else (losses, mae, mse).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -107,10 +108,8 @@ class KerasHooks(Callback):
         if callable(getattr(self.hooks, "set_model", None)):
             self.hooks.set_model(self.model)
         else:
-            try:
+            with contextlib.suppress(AttributeError):  # a read-only object can still use its hooks
                 self.hooks.model = self.model
-            except AttributeError:  # a read-only object can still use its hooks
-                pass
         self._call("on_train_begin", {})
 
     def on_epoch_end(self, state, logs):

@@ -11,6 +11,7 @@ refuses for its missing model.json, never new source with old weights.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -69,10 +70,8 @@ def write_model_files(directory: Path, program, model: str, inputs: list[str], o
         if staged_source is not None and staged_source.exists():
             shutil.rmtree(staged_source, ignore_errors=True)
         for temporary in staged:
-            try:
+            with contextlib.suppress(OSError):
                 temporary.unlink(missing_ok=True)
-            except OSError:
-                pass
 
 
 def _commit(directory: Path, staged_source: Path, staged: Mapping[Path, Path], stale: list[Path],
