@@ -12,7 +12,8 @@ Everything degrades to NumPy: with no C compiler, a failed build or NND_NATIVE=0
 use the library run their NumPy versions, with the same results to rounding. `status()` says which
 happened (`nnd bench` prints it); NND_NATIVE=1 makes a missing library an error instead.
 
-Environment: NND_NATIVE (auto when unset, 0 off, 1 required), CC (the compiler, default cc),
+Environment: NND_NATIVE (auto when unset, 0 off, 1 required), CC (the compiler's command line, default cc;
+wrappers such as `ccache gcc` work),
 NND_CACHE_DIR (default $XDG_CACHE_HOME/nnd or ~/.cache/nnd), NND_NUM_THREADS (threads for kernels that
 split the batch; default: the CPUs this process may run on).
 """
@@ -23,6 +24,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -101,16 +103,24 @@ class _Unavailable(Exception):
     """Why the library cannot be used; becomes the `status()` line."""
 
 
-def _compiler() -> str:
-    name = os.environ.get("CC") or "cc"
-    path = shutil.which(name)
+def _compiler() -> tuple[str, ...]:
+    """CC as a command line, as make reads it: a program with its own words (`ccache gcc`, `gcc -m64`)."""
+    setting = os.environ.get("CC") or "cc"
+    try:
+        words = shlex.split(setting)
+    except ValueError as error:
+        raise _Unavailable(f"CC={setting!r} is not a command line: {error}") from None
+    if not words:
+        words = ["cc"]
+    path = shutil.which(words[0])
     if path is None:
-        raise _Unavailable(f"no C compiler ({name!r} not found; set CC)")
-    return path
+        raise _Unavailable(f"no C compiler ({words[0]!r} not found; set CC)")
+    return (path, *words[1:])
 
 
 def _compiler_name() -> str:
-    return Path(_compiler()).name
+    program, *rest = _compiler()
+    return " ".join((Path(program).name, *rest))
 
 
 def _load_or_build() -> ctypes.CDLL:
@@ -129,15 +139,15 @@ def _load_or_build() -> ctypes.CDLL:
 
 
 @functools.cache
-def _flags(compiler: str) -> tuple[str, ...]:
+def _flags(compiler: tuple[str, ...]) -> tuple[str, ...]:
     """The base flags plus -march=native where the compiler accepts it (GCC and Clang on x86 and Arm
     Linux; Apple's Clang on Arm does not)."""
-    probe = subprocess.run([compiler, "-march=native", "-x", "c", "-E", "-o", os.devnull, os.devnull],
+    probe = subprocess.run([*compiler, "-march=native", "-x", "c", "-E", "-o", os.devnull, os.devnull],
                            capture_output=True, timeout=COMPILE_TIMEOUT_S)
     return BASE_FLAGS + (("-march=native",) if probe.returncode == 0 else ())
 
 
-def _build_key(compiler: str, flags: tuple[str, ...]) -> str:
+def _build_key(compiler: tuple[str, ...], flags: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
     for source in sorted(SOURCE_DIR.glob("*.[ch]")):
         digest.update(source.name.encode() + source.read_bytes())
@@ -147,11 +157,11 @@ def _build_key(compiler: str, flags: tuple[str, ...]) -> str:
 
 
 @functools.cache
-def _toolchain_identity(compiler: str, flags: tuple[str, ...]) -> tuple[str, ...]:
+def _toolchain_identity(compiler: tuple[str, ...], flags: tuple[str, ...]) -> tuple[str, ...]:
     """What besides the sources decides the binary: the compiler and its version, the flags, the CPU."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True,
                              timeout=COMPILE_TIMEOUT_S).stdout.splitlines()[:1]
-    return (compiler, *version, *flags, platform.machine(), _cpu_signature())
+    return (*compiler, *version, *flags, platform.machine(), _cpu_signature())
 
 
 def _cpu_signature() -> str:
@@ -184,10 +194,10 @@ def cache_dir() -> Path:
     return fallback
 
 
-def _build(compiler: str, flags: tuple[str, ...], target: Path, source: Path) -> None:
+def _build(compiler: tuple[str, ...], flags: tuple[str, ...], target: Path, source: Path) -> None:
     handle, partial = tempfile.mkstemp(suffix=".so", prefix=".build-", dir=target.parent)
     os.close(handle)
-    command = [compiler, *flags, "-o", partial, str(source), "-lm"]
+    command = [*compiler, *flags, "-o", partial, str(source), "-lm"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         if result.returncode != 0:

@@ -397,6 +397,22 @@ def test_failing_compiler_is_reported(fresh_loader, monkeypatch):
     assert not list(fresh_loader.glob("*.so")) and not list(fresh_loader.glob(".build-*"))
 
 
+@needs_compiler
+def test_compiler_given_as_a_command_line(fresh_loader, monkeypatch):
+    """CC may carry a wrapper and words of its own, as make reads it (`ccache gcc`); `env` stands in for
+    the wrapper since it runs the rest of its line."""
+    compiler = os.environ.get("CC") or "cc"
+    monkeypatch.setenv("CC", f"env {compiler} -O2")
+    assert native.library() is not None
+    assert native.status() == f"on (env {compiler} -O2)"
+
+
+def test_unparsable_compiler_command_is_reported(fresh_loader, monkeypatch):
+    monkeypatch.setenv("CC", "gcc 'unclosed")
+    assert native.library() is None
+    assert native.status().startswith("off: CC=\"gcc 'unclosed\" is not a command line: ")
+
+
 def test_required_native_kernels_fail_clearly(fresh_loader, monkeypatch):
     monkeypatch.setenv("CC", "nnd-no-such-compiler")
     monkeypatch.setenv("NND_NATIVE", "1")
