@@ -39,6 +39,8 @@ def wheel(tmp_path_factory) -> Path:
     result = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out),
                              str(ROOT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    # setuptools warns when a folder of package data is importable but not declared as a package
+    assert "would be ignored" not in result.stdout + result.stderr
     (path,) = out.glob("nnd-*.whl")
     return path
 
