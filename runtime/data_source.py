@@ -22,7 +22,8 @@ from nnd.compiler.diagnostics import NndError
 from nnd.compiler.tensor_type import FLOAT_DTYPES, TensorType
 from nnd.compiler.training import NAMED_DATASETS, TrainSpec
 from nnd.runtime.checkpoint import atomic_write
-from nnd.runtime.datasets import load_arrays, load_csv, load_named, read_csv_rows
+from nnd.runtime.datasets import (column_index, csv_header, load_arrays, load_csv, load_named,
+                                  looks_like_header)
 from nnd.runtime.sequence_data import (STATS_FILE, chronological_split, load_moving_fashion_mnist,
                                        load_text_windows, load_time_series_csv)
 
@@ -32,6 +33,8 @@ TEXT_SUFFIXES = (".txt", ".md", ".text")
 VOCABULARY_FILE = "vocabulary.json"
 # whether a run's image CSV held bytes (0-255) to scale, so that evaluate and predict scale theirs alike
 PIXELS_FILE = "pixels.json"
+# which column of a run's table CSV held the labels, for the header-less files evaluate and predict read
+LABEL_COLUMN_FILE = "label_column.json"
 
 
 @dataclass
@@ -97,9 +100,12 @@ def _resolve(source: str, base_dir: Path | None) -> Path:
 
 def _csv(path: Path, spec: TrainSpec, dims: tuple, output_type: TensorType, run_dir: Path | None) -> Dataset:
     if len(dims) != 2:
-        x, y = load_csv(path, target=table_target(path, spec.target))
+        label, width = table_target(path, spec.target, _saved(run_dir, LABEL_COLUMN_FILE))
+        x, y = load_csv(path, target=label)
         pixels, scale, notes = _csv_pixels(_table_rows(x, dims), path, _saved(run_dir, PIXELS_FILE))
-        artifacts = {PIXELS_FILE: _pixel_scale_writer(scale)} if len(dims) == 3 else {}
+        artifacts = {LABEL_COLUMN_FILE: _label_column_writer(label % width, width)}
+        if len(dims) == 3:
+            artifacts[PIXELS_FILE] = _pixel_scale_writer(scale)
         return Dataset(pixels, y, artifacts=artifacts, notes=notes)
     columns = series_columns(path, spec, dims)
     horizon = int(output_type.shape[-1])
@@ -191,9 +197,10 @@ def load_prediction_inputs(path: Path, spec: TrainSpec, input_type: TensorType,
         notes = [f"{path.name}: uint8 images scaled to [0, 1] (divided by 255)"] if _byte_images(x, input_type) else []
         return PredictionInputs(_as_input(x, input_type), notes=notes)
     if len(dims) != 2:
-        rows = _table_rows(_csv_features(path, spec.target, int(np.prod(dims))), dims)
-        pixels, _, notes = _csv_pixels(rows, path, _saved(run_dir, PIXELS_FILE))
-        return PredictionInputs(pixels, notes=notes)
+        features, label_notes = _csv_features(path, spec.target, int(np.prod(dims)),
+                                              _saved(run_dir, LABEL_COLUMN_FILE))
+        pixels, _, notes = _csv_pixels(_table_rows(features, dims), path, _saved(run_dir, PIXELS_FILE))
+        return PredictionInputs(pixels, notes=label_notes + notes)
     saved = _saved(run_dir, STATS_FILE)
     if saved is None:
         raise NndError(f"--input {path}: a sequence model reads its CSV standardized with the statistics its "
@@ -216,15 +223,41 @@ def _table_rows(x: np.ndarray, dims: tuple) -> np.ndarray:
 LABEL_COLUMNS = ("label", "labels", "target", "class", "y")
 
 
-def table_target(path: Path, target: str | None) -> str | int:
-    """The column of a table CSV that holds the labels: the train section's `target`, else a column named
-    like one (`label` first in Kaggle's MNIST files), else the last column."""
+def table_target(path: Path, target: str | None, saved: Path | None = None) -> tuple[str | int, int]:
+    """The column of a table CSV that holds the labels, and the table's width: the train section's `target`,
+    else a column named like one (`label` first in Kaggle's MNIST files); in a file without a header, the
+    column a run's training read (`saved`, its label_column.json); else the last column."""
+    names = csv_header(path)
+    width = len(names)
     if target is not None:
-        return target
-    rows, has_header = read_csv_rows(path, "auto", "load_csv")
-    names = [cell.strip() for cell in rows[0][1]] if has_header else []
-    labelled = [name for name in names if name.lower() in LABEL_COLUMNS]
-    return labelled[0] if len(labelled) == 1 else -1
+        return column_index(target, "target", path, names if looks_like_header(names) else None, width), width
+    if looks_like_header(names):
+        labelled = [i for i, name in enumerate(names) if name.lower() in LABEL_COLUMNS]
+        return (labelled[0] if len(labelled) == 1 else width - 1), width
+    if saved is not None:
+        return _read_label_column(saved, path, width), width
+    return width - 1, width
+
+
+def _label_column_writer(index: int, width: int):
+    def write(path: Path) -> None:
+        text = json.dumps({"label_column": index, "columns": width})
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")), "label column")
+    return write
+
+
+def _read_label_column(saved: Path, path: Path, width: int) -> int:
+    try:
+        record = json.loads(saved.read_text(encoding="utf-8"))
+        index, columns = record["label_column"], record["columns"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise NndError(f"cannot read {saved}: {err}") from None
+    if not isinstance(index, int) or not isinstance(columns, int) or not 0 <= index < columns:
+        raise NndError(f"{saved}: label_column must be a column index below columns, got {index!r} of {columns!r}")
+    if columns != width:
+        raise NndError(f"{path} has {width} columns and no header, but the training table had {columns} with its "
+                       f"labels in column {index}; give the file a header row naming its columns")
+    return index
 
 
 def _csv_pixels(x: np.ndarray, path: Path, saved: Path | None) -> tuple[np.ndarray, float, list[str]]:
@@ -258,17 +291,19 @@ def _read_pixel_scale(path: Path) -> float:
     return float(scale)
 
 
-def _csv_features(path: Path, target: str | None, features: int) -> np.ndarray:
-    """A table's feature columns: every column, or all but the target when the file also has it (the
-    label column, as training reads it: see `table_target`)."""
-    rows, has_header = read_csv_rows(path, "auto", "predict")
-    width = len(rows[0][1])
+def _csv_features(path: Path, target: str | None, features: int, saved: Path | None
+                  ) -> tuple[np.ndarray, list[str]]:
+    """A table's feature columns, with a note on the label column left out: every column, or all but the
+    label column when the file also has it (found as training finds it: see `table_target`)."""
+    width = len(csv_header(path))
     if width == features:
-        return load_csv(path)[0]
-    if width == features + 1:
-        return load_csv(path, target=table_target(path, target))[0]
-    raise NndError(f"--input {path} has {width} columns; the model reads {features} features per sample "
-                   f"(and training read a target column beside them)")
+        return load_csv(path)[0], []
+    if width != features + 1:
+        raise NndError(f"--input {path} has {width} columns; the model reads {features} features per sample "
+                       f"(and training read a target column beside them)")
+    label, _ = table_target(path, target, saved)
+    notes = [] if looks_like_header(csv_header(path)) else [f"{path.name}: column {label} left out as the labels"]
+    return load_csv(path, target=label)[0], notes
 
 
 def _byte_images(x: np.ndarray | None, input_type: TensorType) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import itertools
 import math
 import os
 import struct
@@ -390,7 +391,17 @@ def _check_pairs(path: Path, out: dict[str, np.ndarray]) -> None:
                            f"{len(out[yk])} {out[yk].shape}")
 
 
-def _is_number(cell: str) -> bool:
+def csv_header(path: Path) -> list[str]:
+    """The first non-blank row of a CSV file, stripped: a header or the first data row. Reads no further."""
+    return [cell.strip() for cell in _nonblank_rows(path, ",", first_only=True)[0][1]]
+
+
+def looks_like_header(cells: list[str]) -> bool:
+    """Whether a CSV's first row names its columns: some cell is text (an empty cell is a missing value)."""
+    return any(cell.strip() and not is_number(cell) for cell in cells)
+
+
+def is_number(cell: str) -> bool:
     try:
         float(cell)
         return True
@@ -398,25 +409,32 @@ def _is_number(cell: str) -> bool:
         return False
 
 
-def read_csv_rows(path: Path, header: bool | str, caller: str, delimiter: str = ","
-                  ) -> tuple[list[tuple[int, list[str]]], bool]:
-    """The non-blank rows of a CSV file as (line number, cells), and whether the first is a header:
-    header="auto" takes it for one when any of its cells is text other than a number. A UTF-8 byte-order mark is
-    dropped; unreadable, non-UTF-8 and empty files are NndErrors naming the file."""
+def _nonblank_rows(path: Path, delimiter: str, first_only: bool = False) -> list[tuple[int, list[str]]]:
+    """The rows with some text in them, as (line number, cells); only the first with `first_only`."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [(i, r) for i, r in enumerate(csv.reader(f, delimiter=delimiter), start=1)
-                    if r and any(c.strip() for c in r)]
+            rows = ((i, r) for i, r in enumerate(csv.reader(f, delimiter=delimiter), start=1)
+                    if r and any(c.strip() for c in r))
+            found = list(itertools.islice(rows, 1 if first_only else None))
     except FileNotFoundError:
         raise NndError(f"CSV file not found: {path}") from None
     except UnicodeDecodeError as e:
         raise NndError(f"cannot read CSV file {path}: it is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except (OSError, csv.Error) as e:
         raise NndError(f"cannot read CSV file {path}: {e}") from None
-    if not rows:
+    if not found:
         raise NndError(f"CSV file {path} is empty")
-    if header == "auto":  # a header names its columns: some cell is text (an empty cell is a missing value)
-        return rows, any(cell.strip() and not _is_number(cell) for cell in rows[0][1])
+    return found
+
+
+def read_csv_rows(path: Path, header: bool | str, caller: str, delimiter: str = ","
+                  ) -> tuple[list[tuple[int, list[str]]], bool]:
+    """The non-blank rows of a CSV file as (line number, cells), and whether the first is a header:
+    header="auto" takes it for one when any of its cells is text other than a number. A UTF-8 byte-order mark is
+    dropped; unreadable, non-UTF-8 and empty files are NndErrors naming the file."""
+    rows = _nonblank_rows(path, delimiter)
+    if header == "auto":
+        return rows, looks_like_header(rows[0][1])
     if isinstance(header, bool):
         return rows, header
     raise NndError(f"{caller}: header must be 'auto', true or false, got {header!r}")
@@ -481,7 +499,7 @@ def load_csv(path: str | os.PathLike, target: str | int | None = None, header: b
             values[r] = [float(c) for c in cells]
         except ValueError:
             for c, cell in enumerate(cells):
-                if not _is_number(cell):
+                if not is_number(cell):
                     what = "an empty value" if not cell.strip() else f"'{cell}', which is not a number"
                     raise NndError(f"{cell_place(path, line, c, names)}: {what}") from None
     if col is None:

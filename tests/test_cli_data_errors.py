@@ -203,7 +203,41 @@ def test_a_label_first_image_csv_trains_and_predicts_on_scaled_pixels(project):
     result = nnd_cli("predict", "img.nnd", "--weights", "img_run", "--input", "kaggle.csv", "--output", "p.npy")
     assert result.exit_code == 0, result.stderr
     np.testing.assert_allclose(np.load(project / "p.npy"), model.predict(pixels), rtol=1e-6)
-    assert table_target(project / "kaggle.csv", None) == "label"
+    assert table_target(project / "kaggle.csv", None) == (0, 5)
+
+
+def test_header_less_files_keep_the_label_column_training_found_by_name(project):
+    """A run trained on a file whose header put the labels first; evaluate and predict given the same
+    table without its header drop that column, not the last one, and say which they dropped."""
+    (project / "img.nnd").write_text(IMAGE_MODEL)
+    (project / "named.csv").write_text("label,p0,p1,p2,p3\n2,0,255,128,64\n0,255,255,0,0\n1,3,2,1,0\n")
+    assert nnd_cli("train", "img.nnd", "--data", "named.csv", "--out", "img_run").exit_code == 0
+    assert json.loads((project / "img_run" / "label_column.json").read_text()) == {"label_column": 0, "columns": 5}
+    (project / "bare.csv").write_text("2,0,255,128,64\n0,255,255,0,0\n1,3,2,1,0\n")
+    result = nnd_cli("predict", "img.nnd", "--weights", "img_run", "--input", "bare.csv", "--output", "p.npy")
+    assert result.exit_code == 0, result.stderr
+    assert "note: bare.csv: column 0 left out as the labels" in result.output
+    pixels = np.array([[0, 255, 128, 64], [255, 255, 0, 0], [3, 2, 1, 0]], np.float32).reshape(3, 2, 2, 1) / 255
+    model = nnd.load("img_run")
+    np.testing.assert_allclose(np.load(project / "p.npy"), model.predict(pixels), rtol=1e-6)
+    named = nnd_cli("evaluate", "img.nnd", "--weights", "img_run", "--data", "named.csv")
+    bare = nnd_cli("evaluate", "img.nnd", "--weights", "img_run", "--data", "bare.csv")
+    assert named.exit_code == bare.exit_code == 0, bare.stderr
+    figures = [line.split(":", 1)[1] for line in named.output.splitlines() if "loss" in line]
+    assert figures and figures == [line.split(":", 1)[1] for line in bare.output.splitlines() if "loss" in line]
+
+
+def test_a_header_less_file_of_another_width_than_the_training_table_is_refused(project):
+    (project / "wide.nnd").write_text(TABLE_MODEL.replace("[4]", "[5]"))
+    (project / "named.csv").write_text("label,a,b,c,d,e\n2,0,1,2,3,4\n0,5,6,7,8,9\n")
+    assert nnd_cli("train", "wide.nnd", "--data", "named.csv", "--out", "wide_run", "--epochs", "1").exit_code == 0
+    (project / "short.csv").write_text("0,1,2,3,4\n5,6,7,8,9\n")  # the features alone: still predicts
+    assert nnd_cli("predict", "wide.nnd", "--weights", "wide_run", "--input", "short.csv",
+                   "--output", "p.npy").exit_code == 0
+    (project / "bare.csv").write_text("2,0,1,2,3\n0,5,6,7,8\n")
+    assert failure(nnd_cli("evaluate", "wide.nnd", "--weights", "wide_run", "--data", "bare.csv")) == (
+        "error: bare.csv has 5 columns and no header, but the training table had 6 with its labels in column 0; "
+        "give the file a header row naming its columns")
 
 
 def test_predict_scales_pixels_as_the_run_did_whatever_the_file_holds(project):
