@@ -172,7 +172,10 @@ def _non_negative_float(value: Any) -> float:
 
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _fail("true or false", value)
+        error = _fail("true or false", value)
+        if isinstance(value, Symbol) and value.name in ("True", "False"):  # Python's spelling
+            error = ArgError(f"{error.message}; did you mean '{value.name.lower()}'?")
+        raise error
     return value
 
 

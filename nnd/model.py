@@ -304,7 +304,11 @@ class Model:
             raise NndError(f"validation_data must be a pair (x_val, y_val), got {count}"
                            + (" (sample weights are not supported)" if isinstance(data, (tuple, list))
                               and len(data) == 3 else ""))
-        feeds = self._feeds(*data)
+        try:
+            feeds = self._feeds(*data)
+        except NndError as err:  # say which data: the same names (input 'x', target 'y') serve fit's x and y
+            raise NndError([dataclasses.replace(d, message=f"validation_data: {d.message}") for d in err.diagnostics],
+                           err.sources) from None
         if sample_count(feeds) == 0:
             raise NndError("validation_data holds no samples")
         return feeds
