@@ -466,3 +466,34 @@ def test_a_mistake_in_validation_data_names_validation_data():
     assert str(caught.value).startswith("error: validation_data: input 'image' has shape (4, 5, 5, 2)")
     with pytest.raises(NndError, match="error: validation_data: target 'y' holds label 7 at index 0"):
         model.fit(x, y, epochs=1, validation_data=(x, y + 7), verbose=0)
+
+
+@pytest.mark.parametrize("head, loss, message", [
+    ("dense(1, activation=sigmoid)", "binary_crossentropy",
+     "error: target 'y' has shape (6,) but the model expects (batch, 5, 1) (output 'output' gives one prediction "
+     "per step; for one per sample, end the sequence with return_sequences=false or a global pooling)"),
+    ("dense(3, activation=softmax)", "sparse_categorical_crossentropy",
+     "error: target 'y' has shape (6,); sparse_categorical_crossentropy expects class ids of shape (batch, 5) "
+     "(output 'output' gives one prediction per step; for one per sample, end the sequence with "
+     "return_sequences=false or a global pooling)"),
+])
+def test_one_target_per_sample_for_a_per_step_output_names_return_sequences(head, loss, message):
+    model = nnd.loads(f"model m {{\n    input x: [5, 2]\n    lstm(4, return_sequences=true)\n    {head}\n}}\n"
+                      f"train m {{\n    loss = {loss}\n}}\n")
+    with pytest.raises(NndError) as caught:
+        model.fit(np.zeros((6, 5, 2), np.float32), np.zeros(6, np.int64), epochs=1, verbose=0)
+    assert str(caught.value) == message
+
+
+def test_targets_that_misfit_a_loss_the_model_did_not_name_say_where_it_came_from():
+    model = nnd.loads("model m {\n    input x: [4]\n    dense(3, activation=softmax)\n}\n")
+    with pytest.raises(NndError) as caught:
+        model.fit(np.zeros((6, 4), np.float32), np.eye(3)[np.arange(6) % 3], epochs=1, verbose=0)
+    assert str(caught.value).endswith(
+        "note: no loss is set, so output 'output' gets sparse_categorical_crossentropy, the usual one for its final "
+        "activation; set another with loss = ... in the train section or model.compile(loss=...)")
+    named = nnd.loads("model m {\n    input x: [4]\n    dense(3, activation=softmax)\n}\n"
+                      "train m {\n    loss = sparse_categorical_crossentropy\n}\n")
+    with pytest.raises(NndError) as caught:
+        named.fit(np.zeros((6, 4), np.float32), np.eye(3)[np.arange(6) % 3], epochs=1, verbose=0)
+    assert "note:" not in str(caught.value)
