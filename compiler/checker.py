@@ -14,7 +14,7 @@ from typing import Any
 
 from nnd.compiler import syntax as S
 from nnd.compiler.args import (ACTIVATIONS, INITIALIZERS, ArgError, ArgSpec, CallValue, LayerRef, Symbol, Tensor,
-                               TensorGroup, describe)
+                               TensorGroup, describe, python_word_hint)
 from nnd.compiler.builder import GraphBuilder
 from nnd.compiler.diagnostics import DiagnosticBag, did_you_mean
 from nnd.compiler.ir import Graph, LayerRecord, Value
@@ -571,7 +571,11 @@ class ModelLowering:
             try:
                 bound[arg_spec.name] = arg_spec.kind.convert(value)
             except ArgError as err:
-                if isinstance(value, Symbol) and not has_input and arg_spec is positional_specs[0]:
+                python = python_word_hint(value, arg_spec.kind)
+                if python:
+                    self.error(f"{call.callee} argument '{arg_spec.name}': {err.message}; {python}",
+                               arg.value.span or arg.span)
+                elif isinstance(value, Symbol) and not has_input and arg_spec is positional_specs[0]:
                     self.undefined_value(value)
                 elif isinstance(value, Symbol) and not arg_spec.kind.symbolic and not self.known_word(value.name):
                     self.undefined_value(value, [f"{call.callee} argument '{arg_spec.name}' expects "

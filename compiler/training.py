@@ -11,7 +11,8 @@ from typing import Any, Callable, Sequence
 
 from nnd.compiler import syntax as S
 from nnd.compiler.args import (BOOL, FLOAT, NAME, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT,
-                               POSITIVE_INT, RATE, UNIT_FLOAT, ArgError, ArgKind, CallValue, Symbol, choice, describe)
+                               POSITIVE_INT, RATE, UNIT_FLOAT, ArgError, ArgKind, CallValue, Symbol, choice, describe,
+                               python_word_hint)
 from nnd.compiler.diagnostics import Diagnostic, DiagnosticBag, NndError, did_you_mean
 from nnd.compiler.source import Span
 
@@ -187,6 +188,9 @@ def _configured(value: Any, table: dict[str, dict[str, ArgKind]], what: str, spa
         try:
             return schema[key].convert(arg)
         except ArgError as err:
+            python = python_word_hint(arg, schema[key])
+            if python:
+                raise _SettingError(f"{name} argument '{key}': {err.message}; {python}", arg_span) from None
             _undefined_word(arg, schema[key], f"{name} argument '{key}'", arg_span)
             raise _SettingError(f"{name} argument '{key}': {err.message}", arg_span, err.notes) from None
 

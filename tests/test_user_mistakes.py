@@ -327,6 +327,9 @@ LAYER = "model m {{\n    input x: [8, 8, 1]\n    {layer}\n    flatten()\n    den
     ("conv2d(2, 3, activation=ReLU)", "unknown activation 'ReLU'; did you mean 'relu'?"),
     ('conv2d(2, 3, padding="SAME")', "unknown padding 'SAME'; did you mean 'same'?"),
     ("conv2d(2, 3, use_bias=True)", "expected true or false, got the name 'True'; did you mean 'true'?"),
+    ("maxpool2d(2, strides=None)", "maxpool2d argument 'strides': expected an int, got the name 'None'; "
+                                   "did you mean 'none'?"),
+    ("conv2d(2, 3, activation=None)", "unknown activation 'None'; did you mean 'none'?"),
 ])
 def test_keras_class_names_and_spellings_suggest_the_catalog_names(layer, suggestion):
     assert suggestion in check(LAYER.format(layer=layer))
@@ -497,3 +500,18 @@ def test_targets_that_misfit_a_loss_the_model_did_not_name_say_where_it_came_fro
     with pytest.raises(NndError) as caught:
         named.fit(np.zeros((6, 4), np.float32), np.eye(3)[np.arange(6) % 3], epochs=1, verbose=0)
     assert "note:" not in str(caught.value)
+
+
+def test_python_spellings_in_the_train_section_suggest_the_language_words():
+    rendered = check(TRAIN.format(setting="optimizer = sgd(nesterov=True)"))
+    assert "m.nnd:7:21: error: sgd argument 'nesterov': expected true or false, got the name 'True'; " \
+           "did you mean 'true'?" in rendered
+
+
+def test_activation_none_is_the_identity_as_keras_activation_none_is():
+    text = "model m {{\n    input x: [3]\n    dense(2, activation={})\n}}\n"
+    none, linear = nnd.loads(text.format("none"), seed=1), nnd.loads(text.format("linear"), seed=1)
+    x = np.array([[1.0, -2.0, 3.0]], np.float32)
+    kernel, bias = none.parameters()["dense.kernel"], none.parameters()["dense.bias"]
+    np.testing.assert_allclose(none.predict(x), x.astype(np.float64) @ kernel + bias, rtol=1e-6)
+    assert np.array_equal(none.predict(x), linear.predict(x))
