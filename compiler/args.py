@@ -176,6 +176,21 @@ def _bool(value: Any) -> bool:
     return value
 
 
+# Python's spellings of the language's words: a Keras user's True, False and None.
+PYTHON_WORDS = {"True": True, "False": False, "None": Symbol("none")}
+
+
+def python_word_hint(value: Any, kind: ArgKind) -> str | None:
+    """'did you mean ...?' for Python's True, False or None where the language's word would be accepted."""
+    if not isinstance(value, Symbol) or value.name not in PYTHON_WORDS:
+        return None
+    try:
+        kind.convert(PYTHON_WORDS[value.name])
+    except ArgError:
+        return None
+    return f"did you mean '{value.name.lower()}'?"
+
+
 def _pair(value: Any) -> tuple[int, int]:
     """An int or a list of two ints, each at least 1: kernel sizes, strides, pool sizes."""
     items = value if isinstance(value, list) else [value, value]
@@ -332,7 +347,14 @@ PAIR = ArgKind("an int or a list of two ints", _pair)
 OPTIONAL_PAIR = ArgKind("an int, a list of two ints or none", _optional_pair, symbolic=True)
 PADDING2D = ArgKind("an int or padding list", _padding2d)
 PADDING_MODE = ArgKind("valid or same", _choice(("valid", "same"), "padding"), symbolic=True)
-ACTIVATION = ArgKind("an activation", _choice(ACTIVATIONS, "activation"), symbolic=True)
+def _activation(value: Any) -> str:
+    """An activation by name; `none` is Keras' activation=None, the identity."""
+    if isinstance(value, Symbol) and value.name == "none" or value == "none":
+        return "linear"
+    return _choice(ACTIVATIONS, "activation")(value)
+
+
+ACTIVATION = ArgKind("an activation", _activation, symbolic=True)
 INITIALIZER = ArgKind("an initializer", _initializer, symbolic=True)
 REGULARIZER = ArgKind("a regularizer", _regularizer, symbolic=True)
 NAME = ArgKind("a name", _name, symbolic=True)

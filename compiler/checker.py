@@ -14,10 +14,11 @@ from typing import Any
 
 from nnd.compiler import syntax as S
 from nnd.compiler.args import (ACTIVATIONS, INITIALIZERS, ArgError, ArgSpec, CallValue, LayerRef, Symbol, Tensor,
-                               TensorGroup, describe)
+                               TensorGroup, describe, python_word_hint)
 from nnd.compiler.builder import GraphBuilder
 from nnd.compiler.diagnostics import DiagnosticBag, did_you_mean
 from nnd.compiler.ir import Graph, LayerRecord, Value
+from nnd.compiler.keras_names import is_missing_layer, shape_argument_note
 from nnd.compiler.layers import INFER, LAYERS, LayerContext, LayerError, LayerSpec
 from nnd.compiler.layers.core import lower_arithmetic
 from nnd.compiler.source import Span
@@ -189,6 +190,12 @@ class ModelLowering:
             dim = self.eval(expr, frame)
             if dim is POISON:
                 return
+            if isinstance(dim, Symbol) and dim.name in ("None", "none"):  # Keras' unknown size
+                self.error(f"input dimensions must be fixed sizes, got {dim.name}", dim.span or expr.span,
+                           ["the batch axis is implicit: give the shape of one sample, e.g. input image: [28, 28, 1]",
+                            "sequences of different lengths are padded to one length (embedding's mask_zero or "
+                            "masking() then skip the padding)"])
+                return
             if isinstance(dim, Symbol):
                 self.undefined_value(dim)
                 return
@@ -347,6 +354,9 @@ class ModelLowering:
         return list(self.defs.consts) + [k for k, v in self.frame.locals.items() if v is not POISON]
 
     def unknown_layer(self, name: str, span: Span | None) -> Any:
+        if is_missing_layer(name):  # the nearest catalog name would be another layer altogether
+            return self.error(f"unknown layer '{name}': the catalog has no such layer", span,
+                              ["see `nnd layers` for the catalog"])
         hint = did_you_mean(name, list(LAYERS) + list(self.defs.blocks))
         notes = [] if hint else ["see `nnd layers` for the catalog"]
         return self.error(f"unknown layer '{name}'" + (f"; did you mean '{hint}'?" if hint else ""), span, notes)
@@ -470,6 +480,8 @@ class ModelLowering:
             return self.group_misused(implicit, call.span)
         inputs: list[Any] = [piped] if piped is not None else []
         rest = list(positional)
+        if rest and _tensor_list(rest[0][0]) and spec.inputs != 1:
+            inputs.extend(rest.pop(0)[0])  # Keras' merge call, concatenate([a, b]): the list holds the inputs
         while rest and (isinstance(rest[0][0], Tensor) or rest[0][0] is POISON):
             inputs.append(rest.pop(0)[0])
         minimum = spec.inputs if isinstance(spec.inputs, int) else spec.inputs[0]
@@ -526,12 +538,16 @@ class ModelLowering:
             return POISON  # with the arguments misaligned, checking each one would only mislead
         for arg_spec, (value, arg) in zip(positional_specs, positional):
             raw[arg_spec.name] = (value, arg)
+        misspelled: set[str] = set()  # arguments a misspelled keyword was taken to mean
         for key, (value, arg) in keywords.items():
             arg_spec = by_name.get(key)
             if arg_spec is None:
-                hint = did_you_mean(key, by_name)
+                note = shape_argument_note(key)
+                hint = None if note else did_you_mean(key, by_name)
+                if hint:
+                    misspelled.add(by_name[hint].name)
                 self.error(f"{call.callee} has no argument '{key}'" + (f"; did you mean '{hint}'?" if hint else ""),
-                           arg.span, [f"valid: {', '.join(a.name for a in spec.args)}"])
+                           arg.span, [note] if note else [f"valid: {', '.join(a.name for a in spec.args)}"])
                 ok = False
             elif arg_spec.name in raw:
                 self.error(f"argument '{arg_spec.name}' of {call.callee} given twice", arg.span)
@@ -541,7 +557,7 @@ class ModelLowering:
         bound: dict[str, Any] = {}
         for arg_spec in spec.args:
             if arg_spec.name not in raw:
-                if arg_spec.required:
+                if arg_spec.required and arg_spec.name not in misspelled:  # else reported as misspelled
                     self.error(f"{call.callee} needs argument '{arg_spec.name}' ({arg_spec.kind.expected})",
                                call.span)
                     ok = False
@@ -555,7 +571,11 @@ class ModelLowering:
             try:
                 bound[arg_spec.name] = arg_spec.kind.convert(value)
             except ArgError as err:
-                if isinstance(value, Symbol) and not has_input and arg_spec is positional_specs[0]:
+                python = python_word_hint(value, arg_spec.kind)
+                if python:
+                    self.error(f"{call.callee} argument '{arg_spec.name}': {err.message}; {python}",
+                               arg.value.span or arg.span)
+                elif isinstance(value, Symbol) and not has_input and arg_spec is positional_specs[0]:
                     self.undefined_value(value)
                 elif isinstance(value, Symbol) and not arg_spec.kind.symbolic and not self.known_word(value.name):
                     self.undefined_value(value, [f"{call.callee} argument '{arg_spec.name}' expects "
@@ -680,6 +700,11 @@ class ModelLowering:
             return self.error(f"block '{block.name}' produces no value", call.span,
                               ["end the block with: return VALUE"])
         return result
+
+
+def _tensor_list(value: Any) -> bool:
+    """A list written of tensor values only (a failed one included), as Keras passes a merge's inputs."""
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Tensor) or v is POISON for v in value)
 
 
 def _signature(block: S.BlockDef) -> str:

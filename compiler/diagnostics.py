@@ -1,6 +1,7 @@
 """Compiler-grade diagnostics: `FILE:LINE:COL: error: MESSAGE`, the source line, a caret, notes."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from nnd.compiler.source import SourceFile, Span
@@ -83,11 +84,30 @@ class DiagnosticBag:
 
 
 def did_you_mean(name: str, candidates) -> str | None:
-    """The closest candidate to a misspelled name, or None when nothing is close."""
+    """The closest candidate to a misspelled name, or None when nothing is close.
+
+    Keras' spellings are tried too: its class names (`MaxPooling2D`, `SimpleRNN`, `SGD`) and its upper-case
+    options (`"SAME"`) name the same things in snake case and lower case here."""
     import difflib
 
-    matches = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return matches[0] if matches else None
+    pool = sorted(set(candidates))
+    forms = [form for form in (name, name.lower(), snake_case(name)) if form]
+    for form in forms[1:]:
+        if form != name and form in pool:
+            return form
+    for form in dict.fromkeys(forms):
+        matches = difflib.get_close_matches(form, pool, n=1, cutoff=0.6)
+        if matches:
+            return matches[0]
+    return None
+
+
+def snake_case(name: str) -> str:
+    """A CamelCase class name in snake case, as Keras derives layer names: MaxPooling2D -> max_pooling2d,
+    LeakyReLU -> leaky_relu, SimpleRNN -> simple_rnn."""
+    words = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    words = re.sub(r"([a-z])([A-Z])", r"\1_\2", words).lower()
+    return words.replace("_re_lu", "_relu").replace("re_lu", "relu")
 
 
 def counted(n: int, noun: str) -> str:

@@ -311,14 +311,32 @@ def _token_span(source: SourceFile, token: Token) -> Span:
     return Span(source.name, token.line, token.column, token.end_line, max(token.column, token.end_column - 1))
 
 
-def _token_notes(found: str, expected: list[str]) -> tuple[str, ...]:
-    """Hints for the two misreadings that the grammar's words alone do not explain."""
+def _token_notes(found: str, expected: list[str], source: SourceFile, token: Token) -> tuple[str, ...]:
+    """Hints for the misreadings that the grammar's words alone do not explain, Python's and Keras'
+    habits among them."""
     if found in ("+", "-", "*", "/"):
         return ("'->' binds more loosely than arithmetic: to combine two chains, write (x -> f()) + (x -> g())",)
     if found == "}" and any("->" in word for word in expected):
         return ("a statement is an assignment, a layer call or a chain; a block hands back its value with "
                 "return VALUE",)
+    in_input = source.line_text(token.line).lstrip().startswith("input ")
+    before = source.text[:token.start_pos].rstrip()
+    if found == "(" and in_input and before.endswith(":"):
+        return ("a shape is written in brackets: input image: [28, 28, 1]",)
+    if found == "," and in_input and before.endswith("]"):
+        return ("an input's dtype comes before its shape: input tokens: int32[200]",)
+    if found == "," and expected == ["')'"]:
+        return ("a list is written in brackets, as in kernel_size=[3, 3]; parentheses only group arithmetic",)
+    if found == "=" and before.split()[-1:] == ["model"]:
+        return ("a model is declared as model NAME { ... }, its input lines first and then its layers",)
+    if found == "(" and before.endswith(")"):
+        return ("a layer is applied to a value with '->': x = image -> dense(64), not dense(64)(image)",)
     return ()
+
+
+# Characters that Python or Keras code would have where the language has none.
+_CHARACTER_NOTES = {"'": "strings are written in double quotes: \"data.npz\"",
+                    ";": "no ';' is needed: statements end by themselves"}
 
 
 def _describe_error(error: UnexpectedInput, source: SourceFile, lark_parser: Lark) -> Diagnostic:
@@ -327,7 +345,8 @@ def _describe_error(error: UnexpectedInput, source: SourceFile, lark_parser: Lar
         char = source.text[error.pos_in_stream] if 0 <= error.pos_in_stream < len(source.text) else ""
         if char == '"':
             return Diagnostic("unterminated string: a string must end with '\"' on the same line", span)
-        return Diagnostic(f"unexpected character {char!r}", span)
+        notes = (_CHARACTER_NOTES[char],) if char in _CHARACTER_NOTES else ()
+        return Diagnostic(f"unexpected character {char!r}", span, notes)
     if isinstance(error, UnexpectedToken):
         try:
             expected = error.accepts or error.expected
@@ -337,7 +356,7 @@ def _describe_error(error: UnexpectedInput, source: SourceFile, lark_parser: Lar
         if token.type != "$END":
             words = _expected_words(lark_parser, expected)
             message = f"expected {_join(words)} but found {_found(lark_parser, token)}"
-            return Diagnostic(message, _token_span(source, token), _token_notes(str(token), words))
+            return Diagnostic(message, _token_span(source, token), _token_notes(str(token), words, source, token))
     elif isinstance(error, UnexpectedEOF):
         expected = error.expected
     else:

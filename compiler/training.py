@@ -11,7 +11,8 @@ from typing import Any, Callable, Sequence
 
 from nnd.compiler import syntax as S
 from nnd.compiler.args import (BOOL, FLOAT, NAME, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT,
-                               POSITIVE_INT, RATE, UNIT_FLOAT, ArgError, ArgKind, CallValue, Symbol, choice, describe)
+                               POSITIVE_INT, RATE, UNIT_FLOAT, ArgError, ArgKind, CallValue, Symbol, choice, describe,
+                               python_word_hint)
 from nnd.compiler.diagnostics import Diagnostic, DiagnosticBag, NndError, did_you_mean
 from nnd.compiler.source import Span
 
@@ -151,6 +152,8 @@ _KEYWORD_ALIASES = {"learning_rate": "lr", "restore_best_weights": "restore_best
 
 def _configured(value: Any, table: dict[str, dict[str, ArgKind]], what: str, span: Span | None,
                 aliases: dict[str, str] | None = None) -> Configured:
+    if isinstance(value, str):  # Keras' spelling, optimizer="adam": the same name in quotes
+        value = Symbol(value, span)
     if isinstance(value, Symbol):
         name, positional, keywords, span = value.name, (), (), value.span or span
     elif isinstance(value, CallValue):
@@ -167,8 +170,8 @@ def _configured(value: Any, table: dict[str, dict[str, ArgKind]], what: str, spa
     if len(positional) > len(keys):
         raise _SettingError(f"{name} takes at most {len(keys)} positional arguments", span)
     raw = {key: (arg, span) for key, arg in zip(keys, positional)}
-    for index, (key, arg) in enumerate(keywords):
-        key = _KEYWORD_ALIASES.get(key, key)
+    for index, (written, arg) in enumerate(keywords):
+        key = _KEYWORD_ALIASES.get(written, written)
         arg_span = value.kwarg_span(index) if isinstance(value, CallValue) else span
         if key not in schema:
             if not keys:
@@ -176,12 +179,18 @@ def _configured(value: Any, table: dict[str, dict[str, ArgKind]], what: str, spa
             hint = did_you_mean(key, keys)
             raise _SettingError(f"{name} has no argument '{key}'" + (f"; did you mean '{hint}'?" if hint else ""),
                                 arg_span, (f"valid: {', '.join(keys)}",))
+        if key in raw:  # given by position and by name, or twice by name (lr and learning_rate)
+            raise _SettingError(f"argument '{written}' of {name} given twice", arg_span)
         raw[key] = (arg, arg_span)
+
     def convert(key: str) -> Any:
         arg, arg_span = raw[key]
         try:
             return schema[key].convert(arg)
         except ArgError as err:
+            python = python_word_hint(arg, schema[key])
+            if python:
+                raise _SettingError(f"{name} argument '{key}': {err.message}; {python}", arg_span) from None
             _undefined_word(arg, schema[key], f"{name} argument '{key}'", arg_span)
             raise _SettingError(f"{name} argument '{key}': {err.message}", arg_span, err.notes) from None
 

@@ -129,9 +129,17 @@ def integer_input(array: np.ndarray, name: str, dtype: str) -> np.ndarray:
 
 def check_target(y: np.ndarray, type: TensorType, output, name: str, loss: str) -> np.ndarray:
     label = name if name != "output" else "y"
-    if type.dtype == "i64":
-        return _class_id_target(y, type, output.type.shape[-1], label, name, loss)
-    return _value_target(y, type, label, loss)
+    try:
+        if type.dtype == "i64":
+            return _class_id_target(y, type, output.type.shape[-1], label, name, loss)
+        return _value_target(y, type, label, loss)
+    except NndError as err:
+        if output.type.rank == 3 and y.ndim < output.type.rank - (type.dtype == "i64"):
+            # one target per sample for an output with one per step: most often a stray return_sequences
+            raise NndError(f"{err.diagnostics[0].message} (output '{name}' gives one prediction per step; for "
+                           "one per sample, end the sequence with return_sequences=false or a global pooling)") \
+                from None
+        raise
 
 
 def _class_id_target(y: np.ndarray, type: TensorType, classes: int, label: str, output: str,

@@ -13,6 +13,7 @@ from nnd.arguments import validation_count
 from nnd.compiler.diagnostics import Diagnostic, NndError, NndWarning, counted
 from nnd.compiler.training import Configured, TrainSpec
 from nnd.runtime.data_source import Dataset, load_dataset
+from nnd.runtime.datasets import shape_hint
 from nnd.runtime.progress import format_logs
 
 
@@ -64,7 +65,7 @@ def _check_sample_shape(model, source: str | None, x: np.ndarray) -> None:
     shape = tuple(x.shape[1:])
     if len(shape) != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims, shape)):
         raise NndError(f"--data {source} holds {len(x):,} samples of shape {shape}, but input '{value.name}' of "
-                       f"model '{model.name}' takes {dims}")
+                       f"model '{model.name}' takes {dims}" + shape_hint(tuple(x.shape), dims))
 
 
 @dataclass

@@ -304,7 +304,11 @@ class Model:
             raise NndError(f"validation_data must be a pair (x_val, y_val), got {count}"
                            + (" (sample weights are not supported)" if isinstance(data, (tuple, list))
                               and len(data) == 3 else ""))
-        feeds = self._feeds(*data)
+        try:
+            feeds = self._feeds(*data)
+        except NndError as err:  # say which data: the same names (input 'x', target 'y') serve fit's x and y
+            raise NndError([dataclasses.replace(d, message=f"validation_data: {d.message}") for d in err.diagnostics],
+                           err.sources) from None
         if sample_count(feeds) == 0:
             raise NndError("validation_data holds no samples")
         return feeds
@@ -352,9 +356,21 @@ class Model:
         for name, output in self.graph.outputs.items():
             loss = loss_for(self.spec, output).name
             target = as_array(targets[name], f"target '{name}'")
-            feeds[TARGET_PREFIX + name] = check_target(target, target_type(loss, output), output, name, loss)
+            try:
+                feeds[TARGET_PREFIX + name] = check_target(target, target_type(loss, output), output, name, loss)
+            except NndError as err:
+                if self.spec.loss is not None:
+                    raise
+                raise _with_note(err, f"no loss is set, so output '{name}' gets {loss}, the usual one for its "
+                                      "final activation; set another with loss = ... in the train section or "
+                                      "model.compile(loss=...)") from None
         same_count(feeds, "inputs and targets")
         return feeds
+
+
+def _with_note(error: NndError, note: str) -> NndError:
+    """The same error with `note` added to each of its diagnostics."""
+    return NndError([dataclasses.replace(d, notes=(*d.notes, note)) for d in error.diagnostics], error.sources)
 
 
 def _allow_tf32(backend: str) -> None:

@@ -571,6 +571,22 @@ def _fmt_shape(shape) -> str:
     return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
+def shape_hint(got: tuple[int, ...], expected: tuple) -> str:
+    """What most likely went wrong when an array of shape `got` (batch first) was given for samples of
+    shape `expected`: channels-first images, a missing channel axis, a single sample without its batch."""
+    expected = tuple(expected)
+    if None in expected:
+        return ""
+    if len(expected) == 3 and len(got) == 4 and got[1:] == (expected[2], *expected[:2]) \
+            and expected[2] != expected[0]:
+        return " (channels first? the model takes channels last: x.transpose(0, 2, 3, 1))"
+    if got == expected:
+        return " (one sample? add the batch axis: x[None])"
+    if len(expected) >= 2 and expected[-1] == 1 and got[1:] == expected[:-1]:
+        return " (add the channel axis: x[..., None])"
+    return ""
+
+
 def check_inputs(x: Any, expected_shape_without_batch: tuple, name: str = "x", allow_int: bool = False,
                  kind: str = "input") -> np.ndarray:
     """Validate a model input (or, with kind="target", target) batch: numeric float dtype, shape
@@ -580,7 +596,8 @@ def check_inputs(x: Any, expected_shape_without_batch: tuple, name: str = "x", a
     expected = tuple(expected_shape_without_batch)
     got = tuple(int(d) for d in x.shape)
     if len(got) != len(expected) + 1 or any(e is not None and e != g for e, g in zip(expected, got[1:])):
-        raise NndError(f"{kind} '{name}' has shape {got} but the model expects {_fmt_shape((None,) + expected)}")
+        raise NndError(f"{kind} '{name}' has shape {got} but the model expects {_fmt_shape((None,) + expected)}"
+                       + shape_hint(got, expected))
     kinds = "fiu" if allow_int else "f"
     if x.dtype.kind not in kinds:
         want = "a floating-point or integer" if allow_int else "a floating-point"

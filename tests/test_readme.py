@@ -28,3 +28,11 @@ def test_ci_runs_the_readme_test_command():
     command = re.search(r"Run the tests.*?```sh\n(.*?)\n```", README, flags=re.DOTALL).group(1).strip()
     assert command == "python -m pytest -q"
     assert command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_readme_lists_every_callback_schedule_and_augmentation_with_its_arguments():
+    from nnd.compiler.training import AUGMENTATIONS, CALLBACKS, SCHEDULES
+
+    for table in (CALLBACKS, SCHEDULES, AUGMENTATIONS):
+        for name, arguments in table.items():
+            assert f"`{name}({', '.join(arguments)})`" in README, name

@@ -313,3 +313,205 @@ def test_train_sections_take_keras_metric_names_and_weight_decay_on_every_optimi
     assert spec.optimizer.args == {"weight_decay": 0.01} and [m.name for m in spec.metrics] == ["mae"]
     assert "adam argument 'weight_decay': must be at least 0" in check(
         TRAIN.format(setting="optimizer = adam(weight_decay=-1)"))
+
+
+# ---------------------------------------------------------------- habits brought from Keras
+
+LAYER = "model m {{\n    input x: [8, 8, 1]\n    {layer}\n    flatten()\n    dense(2)\n}}\n"
+
+
+@pytest.mark.parametrize("layer, suggestion", [
+    ("MaxPooling2D(2)", "unknown layer 'MaxPooling2D'; did you mean 'maxpool2d'?"),
+    ("GlobalAveragePooling2D()", "unknown layer 'GlobalAveragePooling2D'; did you mean 'global_avgpool2d'?"),
+    ("LeakyReLU(alpha=0.1)", "unknown layer 'LeakyReLU'; did you mean 'leaky_relu'?"),
+    ("conv2d(2, 3, activation=ReLU)", "unknown activation 'ReLU'; did you mean 'relu'?"),
+    ('conv2d(2, 3, padding="SAME")', "unknown padding 'SAME'; did you mean 'same'?"),
+    ("conv2d(2, 3, use_bias=True)", "expected true or false, got the name 'True'; did you mean 'true'?"),
+    ("maxpool2d(2, strides=None)", "maxpool2d argument 'strides': expected an int, got the name 'None'; "
+                                   "did you mean 'none'?"),
+    ("conv2d(2, 3, activation=None)", "unknown activation 'None'; did you mean 'none'?"),
+])
+def test_keras_class_names_and_spellings_suggest_the_catalog_names(layer, suggestion):
+    assert suggestion in check(LAYER.format(layer=layer))
+
+
+def test_keras_optimizer_and_loss_class_names_suggest_the_setting_names():
+    rendered = check(TRAIN.format(setting="optimizer = SGD(learning_rate=0.1)\n    metrics = [acc]")
+                     .replace("loss = mse", "loss = SparseCategoricalCrossentropy()"))
+    assert "unknown optimizer 'SGD'; did you mean 'sgd'?" in rendered
+    assert "unknown loss 'SparseCategoricalCrossentropy'; did you mean 'sparse_categorical_crossentropy'?" in rendered
+
+
+def test_a_keras_layer_the_catalog_lacks_is_not_mistaken_for_another():
+    rendered = check(LAYER.format(layer="LayerNormalization()"))
+    assert "unknown layer 'LayerNormalization': the catalog has no such layer" in rendered
+    assert "batch_normalization" not in rendered
+
+
+@pytest.mark.parametrize("layer, message, note", [
+    ("conv2d(2, 3, input_shape=[8, 8, 1])", "3:18: error: conv2d has no argument 'input_shape'",
+     "note: shapes come from the model's input lines, e.g. input image: [28, 28, 1] (the batch axis is implicit)"),
+    ("dense(4, input_dim=64)", "3:14: error: dense has no argument 'input_dim'",
+     "note: shapes come from the model's input lines"),
+])
+def test_keras_shape_arguments_point_at_the_input_line(layer, message, note):
+    rendered = check(LAYER.format(layer=layer))
+    assert message in rendered and note in rendered and "valid:" not in rendered
+
+
+def test_embedding_input_length_points_at_the_input_line():
+    rendered = check("model m {\n    input t: int32[20]\n    embedding(50, 4, input_length=20)\n}\n")
+    assert "m.nnd:3:22: error: embedding has no argument 'input_length'" in rendered
+    assert "note: a sequence's length comes from its input line, e.g. input tokens: int32[200]" in rendered
+
+
+def test_a_misspelled_required_argument_is_one_error_not_two():
+    rendered = check(LAYER.format(layer="conv2d(2, kernal_size=3)"))
+    assert "conv2d has no argument 'kernal_size'; did you mean 'kernel_size'?" in rendered
+    assert "needs argument" not in rendered
+
+
+def test_a_none_dimension_says_the_batch_is_implicit_and_sizes_are_fixed():
+    rendered = check("model m {\n    input x: [None, 28, 28, 1]\n    flatten()\n}\n")
+    assert rendered.startswith("m.nnd:2:15: error: input dimensions must be fixed sizes, got None")
+    assert "note: the batch axis is implicit: give the shape of one sample" in rendered
+    assert "undefined value" not in rendered
+
+
+@pytest.mark.parametrize("text, note", [
+    (LAYER.format(layer="conv2d(2, kernel_size=(3, 3))"),
+     "note: a list is written in brackets, as in kernel_size=[3, 3]; parentheses only group arithmetic"),
+    ("model m {\n    input x: [8]\n    y = Dense(4)(x)\n    output y\n}\n",
+     "note: a layer is applied to a value with '->': x = image -> dense(64), not dense(64)(image)"),
+    ("model m {\n    input x: (28, 28, 1)\n}\n", "note: a shape is written in brackets: input image: [28, 28, 1]"),
+    ("model m {\n    input t: [20], dtype=int32\n}\n",
+     "note: an input's dtype comes before its shape: input tokens: int32[200]"),
+    ("model = Sequential([dense(4)])\n",
+     "note: a model is declared as model NAME { ... }, its input lines first and then its layers"),
+    (TRAIN.format(setting="metrics = ['mae']"), "note: strings are written in double quotes"),
+    (LAYER.format(layer="conv2d(2, 3);"), "note: no ';' is needed: statements end by themselves"),
+])
+def test_python_and_keras_syntax_gets_a_note_on_the_language_form(text, note):
+    rendered = check(text)
+    assert rendered.count("error:") == 1 and note in rendered
+
+
+def test_train_settings_may_name_things_in_quotes_as_keras_does():
+    quoted = nnd.loads(TRAIN.format(setting='optimizer = "sgd"\n    metrics = ["mae", "mse"]')
+                       .replace("loss = mse", 'loss = "huber"')).spec
+    bare = nnd.loads(TRAIN.format(setting="optimizer = sgd\n    metrics = [mae, mse]")
+                     .replace("loss = mse", "loss = huber")).spec
+    assert (quoted.optimizer, quoted.loss, quoted.metrics) == (bare.optimizer, bare.loss, bare.metrics)
+    assert "unknown metric 'f1'" in check(TRAIN.format(setting='metrics = ["f1"]'))
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("augment = [random_crop(32, padding=4)]", "7:32: error: argument 'padding' of random_crop given twice"),
+    ("optimizer = adam(0.01, lr=0.1)", "7:28: error: argument 'lr' of adam given twice"),
+    ("optimizer = adam(lr=0.01, learning_rate=0.1)", "7:31: error: argument 'learning_rate' of adam given twice"),
+    ("callbacks = [early_stopping(loss, monitor=val_loss)]",
+     "7:39: error: argument 'monitor' of early_stopping given twice"),
+])
+def test_a_train_argument_given_twice_is_an_error_not_silently_replaced(setting, message):
+    assert message in check(TRAIN.format(setting=setting))
+
+
+def test_merges_take_their_inputs_as_a_list_as_keras_merges_do():
+    listed = nnd.loads("model m {\n    input a: [3]\n    input b: [3]\n    input c: [2]\n"
+                       "    output concatenate([a, b, c]) -> dense(2)\n    output s = add([a, b])\n}\n", seed=3)
+    spelled = nnd.loads("model m {\n    input a: [3]\n    input b: [3]\n    input c: [2]\n"
+                        "    output concat(a, b, c) -> dense(2)\n    output s = add(a, b)\n}\n", seed=3)
+    rng = np.random.default_rng(0)
+    x = {"a": rng.normal(size=(4, 3)), "b": rng.normal(size=(4, 3)), "c": rng.normal(size=(4, 2))}
+    got, want = listed.predict(x), spelled.predict(x)
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in got)
+    np.testing.assert_allclose(got["s"], x["a"] + x["b"], rtol=1e-6)
+    assert "add takes at least 2 inputs, got 1" in check("model m {\n    input a: [3]\n    output add([a])\n}\n")
+
+
+IMAGE_MODEL = "model m {\n    input image: [6, 5, 2]\n    flatten()\n    dense(3, activation=softmax)\n}\n"
+
+
+@pytest.mark.parametrize("shape, hint", [
+    ((4, 2, 6, 5), "(channels first? the model takes channels last: x.transpose(0, 2, 3, 1))"),
+    ((6, 5, 2), "(one sample? add the batch axis: x[None])"),
+])
+def test_arrays_in_another_layout_say_how_to_fix_them(shape, hint):
+    model = nnd.loads(IMAGE_MODEL)
+    with pytest.raises(NndError) as caught:
+        model.predict(np.zeros(shape, np.float32))
+    assert str(caught.value) == (f"error: input 'image' has shape {shape} but the model expects (batch, 6, 5, 2) "
+                                 + hint)
+
+
+def test_images_without_their_channel_axis_say_to_add_it():
+    model = nnd.loads("model m {\n    input image: [6, 5, 1]\n    flatten()\n    dense(3)\n}\n")
+    with pytest.raises(NndError, match=r"has shape \(4, 6, 5\) but the model expects \(batch, 6, 5, 1\) "
+                                       r"\(add the channel axis: x\[\.\.\., None\]\)"):
+        model.predict(np.zeros((4, 6, 5), np.float32))
+
+
+def test_channels_first_data_for_the_command_line_says_so(tmp_path):
+    (tmp_path / "m.nnd").write_text(IMAGE_MODEL)
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 2, 6, 5), np.float32), y=np.zeros(4, np.int64))
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "m.nnd"), "--data", str(tmp_path / "d.npz"),
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert result.stderr.endswith("takes (6, 5, 2) (channels first? the model takes channels last: "
+                                  "x.transpose(0, 2, 3, 1))\n")
+
+
+def test_a_mistake_in_validation_data_names_validation_data():
+    model = nnd.loads(IMAGE_MODEL)
+    x, y = np.zeros((4, 6, 5, 2), np.float32), np.zeros(4, np.int64)
+    with pytest.raises(NndError) as caught:
+        model.fit(x, y, epochs=1, validation_data=(x[:, :5], y), verbose=0)
+    assert str(caught.value).startswith("error: validation_data: input 'image' has shape (4, 5, 5, 2)")
+    with pytest.raises(NndError, match="error: validation_data: target 'y' holds label 7 at index 0"):
+        model.fit(x, y, epochs=1, validation_data=(x, y + 7), verbose=0)
+
+
+@pytest.mark.parametrize("head, loss, message", [
+    ("dense(1, activation=sigmoid)", "binary_crossentropy",
+     "error: target 'y' has shape (6,) but the model expects (batch, 5, 1) (output 'output' gives one prediction "
+     "per step; for one per sample, end the sequence with return_sequences=false or a global pooling)"),
+    ("dense(3, activation=softmax)", "sparse_categorical_crossentropy",
+     "error: target 'y' has shape (6,); sparse_categorical_crossentropy expects class ids of shape (batch, 5) "
+     "(output 'output' gives one prediction per step; for one per sample, end the sequence with "
+     "return_sequences=false or a global pooling)"),
+])
+def test_one_target_per_sample_for_a_per_step_output_names_return_sequences(head, loss, message):
+    model = nnd.loads(f"model m {{\n    input x: [5, 2]\n    lstm(4, return_sequences=true)\n    {head}\n}}\n"
+                      f"train m {{\n    loss = {loss}\n}}\n")
+    with pytest.raises(NndError) as caught:
+        model.fit(np.zeros((6, 5, 2), np.float32), np.zeros(6, np.int64), epochs=1, verbose=0)
+    assert str(caught.value) == message
+
+
+def test_targets_that_misfit_a_loss_the_model_did_not_name_say_where_it_came_from():
+    model = nnd.loads("model m {\n    input x: [4]\n    dense(3, activation=softmax)\n}\n")
+    with pytest.raises(NndError) as caught:
+        model.fit(np.zeros((6, 4), np.float32), np.eye(3)[np.arange(6) % 3], epochs=1, verbose=0)
+    assert str(caught.value).endswith(
+        "note: no loss is set, so output 'output' gets sparse_categorical_crossentropy, the usual one for its final "
+        "activation; set another with loss = ... in the train section or model.compile(loss=...)")
+    named = nnd.loads("model m {\n    input x: [4]\n    dense(3, activation=softmax)\n}\n"
+                      "train m {\n    loss = sparse_categorical_crossentropy\n}\n")
+    with pytest.raises(NndError) as caught:
+        named.fit(np.zeros((6, 4), np.float32), np.eye(3)[np.arange(6) % 3], epochs=1, verbose=0)
+    assert "note:" not in str(caught.value)
+
+
+def test_python_spellings_in_the_train_section_suggest_the_language_words():
+    rendered = check(TRAIN.format(setting="optimizer = sgd(nesterov=True)"))
+    assert "m.nnd:7:21: error: sgd argument 'nesterov': expected true or false, got the name 'True'; " \
+           "did you mean 'true'?" in rendered
+
+
+def test_activation_none_is_the_identity_as_keras_activation_none_is():
+    text = "model m {{\n    input x: [3]\n    dense(2, activation={})\n}}\n"
+    none, linear = nnd.loads(text.format("none"), seed=1), nnd.loads(text.format("linear"), seed=1)
+    x = np.array([[1.0, -2.0, 3.0]], np.float32)
+    kernel, bias = none.parameters()["dense.kernel"], none.parameters()["dense.bias"]
+    np.testing.assert_allclose(none.predict(x), x.astype(np.float64) @ kernel + bias, rtol=1e-6)
+    assert np.array_equal(none.predict(x), linear.predict(x))
