@@ -21,8 +21,11 @@
 #
 # Logs go to $OUT when it is set (else ./gpu_check_out): env.txt, tests.log, parity.txt, profile.txt,
 # bench.txt, bench.log.
-# The whole run takes about two and a half minutes on an H200 (each part has a time limit, together about
-# ten); GPU_CHECK_BENCH_ARGS overrides the benchmark's arguments.
+# The whole run takes about two and a half minutes on an H200. Each part has a time limit, and the whole
+# check a budget (GPU_CHECK_BUDGET, default 540 s): the parts' limits add up to more than a device command
+# may run (600 s), so a part gets at most what the budget has left, and parts past it are skipped; the
+# benchmark then still writes its table. GPU_CHECK_BENCH_ARGS overrides the benchmark's arguments.
+# Without a usable cupy backend the check stops after env.txt (exit 3): no later part could run.
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${OUT:-$ROOT/gpu_check_out}
@@ -30,6 +33,17 @@ mkdir -p "$OUT"
 SCRATCH=$(mktemp -d /tmp/nnd_gpu_check.XXXXXX)
 PY=${PYTHON:-python3}
 START=$SECONDS
+BUDGET=${GPU_CHECK_BUDGET:-540}
+MIN_PART=10  # a part with less time than this left is skipped, not started
+
+part_limit() {  # name, own limit in seconds: prints the limit to use, or nothing (and why, on stderr) to skip
+    local left=$((BUDGET - (SECONDS - START)))
+    if [ "$left" -lt "$MIN_PART" ]; then
+        echo "== $1: skipped, the check's budget of ${BUDGET}s is spent" >&2
+        return
+    fi
+    echo $(($2 < left ? $2 : left))
+}
 
 # ---------------------------------------------------------------------------------- importable nnd
 mkdir -p "$SCRATCH/site" "$SCRATCH/farm/nnd" "$SCRATCH/run"
@@ -71,16 +85,30 @@ try:
     print("torch", torch.__version__, "| cuda:", torch.cuda.is_available())
 except Exception as exc:
     print("torch:", type(exc).__name__, exc)
+from nnd.compiler.diagnostics import NndError
 from nnd.runtime.backend import get_backend
-get_backend("cupy")
+try:
+    get_backend("cupy")
+except NndError as err:
+    sys.exit(err.render())  # its one line, and exit status 1
 print("cupy backend: ok")
 EOF
 } 2>&1 | tee "$OUT/env.txt"
+if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+    echo "== the cupy backend is not usable here (see the error above, in $OUT/env.txt): nothing to check"
+    rm -rf "$SCRATCH"
+    exit 3
+fi
 
 # ---------------------------------------------------------------------------------- tests
 run_tests() {  # name, time limit in seconds, pytest arguments...
-    local name=$1 limit=$2
+    local name=$1 limit
+    limit=$(part_limit "tests: $1" "$2" 2>>"$OUT/tests.log")
     shift 2
+    if [ -z "$limit" ]; then
+        tail -n 1 "$OUT/tests.log"
+        return
+    fi
     echo "== tests: $name (limit ${limit}s)" | tee -a "$OUT/tests.log"
     # SIGINT first: pytest then stops where it is and still prints its summary of what ran
     timeout -s INT -k 15 "$limit" "$PY" -m pytest -c "$ROOT/pyproject.toml" --rootdir "$ROOT" -p no:cacheprovider -q -rfE \
@@ -99,28 +127,37 @@ run_tests steps 50 -m gpu "$TEST_FILE" -k "training_steps and (lstm or forecast)
 unset NND_CUDA_SCAN
 
 # ---------------------------------------------------------------------------------- parity
-echo "== parity: numpy against cupy (limit 40s)"
-"$PY" -c "import numpy as np; r = np.random.default_rng(0); np.savez('parity.npz', x_train=r.random((32, 28, 28, 1), dtype=np.float32), y_train=r.integers(0, 10, 32))"
-timeout -s INT -k 10 40 "$PY" -c "from nnd.cli import main; main()" train "$ROOT/examples/mnist_cnn.nnd" \
-    --data parity.npz --compare-backends numpy,cupy > "$OUT/parity.txt" 2>&1
-echo "== parity exit $? after $((SECONDS - START))s"
-tail -n 2 "$OUT/parity.txt"
+limit=$(part_limit parity 40)
+if [ -n "$limit" ]; then
+    echo "== parity: numpy against cupy (limit ${limit}s)"
+    "$PY" -c "import numpy as np; r = np.random.default_rng(0); np.savez('parity.npz', x_train=r.random((32, 28, 28, 1), dtype=np.float32), y_train=r.integers(0, 10, 32))"
+    timeout -s INT -k 10 "$limit" "$PY" -c "from nnd.cli import main; main()" train "$ROOT/examples/mnist_cnn.nnd" \
+        --data parity.npz --compare-backends numpy,cupy > "$OUT/parity.txt" 2>&1
+    echo "== parity exit $? after $((SECONDS - START))s"
+    tail -n 2 "$OUT/parity.txt"
+fi
 
 # ---------------------------------------------------------------------------------- profile
 echo "== profile (limit 90s)"
 for spec in "mnist_cnn 128" "mnist_cnn 512" "lstm_classifier 32"; do
     set -- $spec
-    timeout -s INT -k 10 30 "$PY" -c "from nnd.cli import main; main()" bench "$ROOT/examples/$1.nnd" \
+    limit=$(part_limit "profile: $1 at batch $2" 30)
+    [ -n "$limit" ] || continue
+    timeout -s INT -k 10 "$limit" "$PY" -c "from nnd.cli import main; main()" bench "$ROOT/examples/$1.nnd" \
         --backend cupy -b "$2" --steps 10 >> "$OUT/profile.txt" 2>&1
     echo >> "$OUT/profile.txt"
 done
 echo "== profile done after $((SECONDS - START))s"
 
 # ---------------------------------------------------------------------------------- benchmark
-echo "== benchmark (limit 120s)"
-# shellcheck disable=SC2086
-timeout -s INT -k 10 120 "$PY" "$ROOT/benchmarks/gpu_bench.py" ${GPU_CHECK_BENCH_ARGS:---rounds 2 --steps 12} \
-    --out "$OUT/bench.txt" 2>"$OUT/bench.log"
-echo "== benchmark exit $? after $((SECONDS - START))s"
-tail -n 5 "$OUT/bench.log"
+limit=$(part_limit benchmark 120)
+if [ -n "$limit" ]; then
+    echo "== benchmark (limit ${limit}s)"
+    # shellcheck disable=SC2086
+    timeout -s INT -k 10 "$limit" "$PY" "$ROOT/benchmarks/gpu_bench.py" ${GPU_CHECK_BENCH_ARGS:---rounds 2 --steps 12} \
+        --out "$OUT/bench.txt" 2>"$OUT/bench.log"
+    echo "== benchmark exit $? after $((SECONDS - START))s"
+    tail -n 5 "$OUT/bench.log"
+fi
+echo "== done after $((SECONDS - START))s"
 rm -rf "$SCRATCH"

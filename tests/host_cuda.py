@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import re
 import subprocess
+import threading
 import types
 from pathlib import Path
 
@@ -24,14 +25,45 @@ static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); r
 static inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, sizeof d); return d; }
 """
 
+# Many threads per block, as a device runs them: every thread of a block is an OS thread with its own
+# threadIdx, __syncthreads is a barrier of the block's threads, and blocks run one after another. Where the
+# one-thread prelude cannot tell, this shows a missing or misplaced barrier (a thread reading what another
+# has not written yet, or a barrier some threads never reach: a deadlock), and loops that assume one row
+# per block or one element per thread.
+THREADED_PRELUDE = """
+#include <math.h>
+#include <string.h>
+#include <barrier>
+struct nnd_dim3 { unsigned int x; };
+static thread_local nnd_dim3 blockIdx = {0}, threadIdx = {0};
+static nnd_dim3 blockDim = {1}, gridDim = {1};
+static std::barrier<>* nnd_block_barrier = nullptr;
+#define __global__
+#define __device__
+static inline void __syncthreads() { nnd_block_barrier->arrive_and_wait(); }
+static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
+static inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, sizeof d); return d; }
+extern "C" void nnd_host_grid(unsigned int grid, unsigned int block) {
+    gridDim.x = grid;
+    blockDim.x = block;
+    delete nnd_block_barrier;
+    nnd_block_barrier = new std::barrier<>(block);
+}
+extern "C" void nnd_host_thread(unsigned int block, unsigned int thread) {
+    blockIdx.x = block;
+    threadIdx.x = thread;
+}
+"""
 
-def host_library(tmp_path: Path, sources: list[tuple[str, str]]):
+
+def host_library(tmp_path: Path, sources: list[tuple[str, str]], threaded: bool = False):
     """The kernels built as a host shared library: one thread, one block, the grid-stride loop visits
-    every element."""
+    every element; or (threaded) with THREADED_PRELUDE, for `ThreadedRawKernel`."""
     unit = tmp_path / "kernels.cpp"
-    unit.write_text(HOST_PRELUDE + batched_source(sources))
+    unit.write_text((THREADED_PRELUDE if threaded else HOST_PRELUDE) + batched_source(sources))
     library = tmp_path / "kernels.so"
-    result = subprocess.run(["g++", "-O1", "-shared", "-fPIC", "-o", str(library), str(unit)],
+    flags = ["-std=c++20", "-pthread"] if threaded else []
+    result = subprocess.run(["g++", "-O1", "-shared", "-fPIC", *flags, "-o", str(library), str(unit)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-4000:]
     return ctypes.CDLL(str(library))
@@ -93,12 +125,15 @@ class HostRawKernel:
     arrays, after checking that they match the kernel's parameters as a device launch needs; the launch
     geometry is ignored (the host prelude runs the grid-stride loop on one thread)."""
 
+    threaded = False
+
     def __init__(self, source: str, name: str, directory: Path):
-        directory = Path(directory) / f"{name}_{abs(hash(source)):x}"
+        kind = "threaded" if self.threaded else "serial"
+        directory = Path(directory) / f"{name}_{kind}_{abs(hash(source)):x}"
         directory.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.parameters = kernel_parameters(source, name)
-        self.library = host_library(directory, [(name, source)])
+        self.library = host_library(directory, [(name, source)], self.threaded)
         self.fn = getattr(self.library, name)
         self.fn.restype = None
         self.launches = 0
@@ -113,7 +148,46 @@ class HostRawKernel:
             else:
                 converted.append(ctypes.c_ulonglong(int(arg)))
         self.launches += 1
+        self.run(grid, block, converted)
+
+    def run(self, grid, block, converted: list) -> None:
         self.fn(*converted)
+
+
+class ThreadedRawKernel(HostRawKernel):
+    """`HostRawKernel` with the launch's block size honoured: each block's threads run at once as OS
+    threads (a ctypes call releases the GIL) around a barrier, the blocks one after another. The grid is
+    cut to `max_blocks`, fewer than the tests' batch rows, so that kernels which give a block several rows
+    (or a thread several elements) are tried on that too; a correct kernel gives the same results on any
+    grid."""
+
+    threaded = True
+    max_blocks = 2
+    deadline_s = 60.0
+
+    def run(self, grid, block, converted: list) -> None:
+        blocks, threads = min(int(grid[0]), self.max_blocks), int(block[0])
+        assert 1 <= threads <= 1024 and blocks >= 1, (grid, block)
+        self.library.nnd_host_grid(ctypes.c_uint(blocks), ctypes.c_uint(threads))
+        failures: list[BaseException] = []
+
+        def thread_body(b: int, t: int) -> None:
+            try:
+                self.library.nnd_host_thread(ctypes.c_uint(b), ctypes.c_uint(t))
+                self.fn(*converted)
+            except BaseException as exc:  # noqa: BLE001  (reported by the launching thread)
+                failures.append(exc)
+
+        for b in range(blocks):
+            workers = [threading.Thread(target=thread_body, args=(b, t), daemon=True) for t in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(self.deadline_s)
+            stuck = sum(worker.is_alive() for worker in workers)
+            assert not stuck, (f"{self.name}: {stuck} of {threads} threads of block {b} still wait after "
+                               f"{self.deadline_s:.0f} s: a __syncthreads() that not every thread reaches?")
+        assert not failures, failures[0]
 
 
 class FakeCupy(types.ModuleType):
@@ -124,9 +198,10 @@ class FakeCupy(types.ModuleType):
         self.kernels: list[HostRawKernel] = []
         self.ndarray = np.ndarray
         self.is_available = lambda: True
+        self.kernel_class: type[HostRawKernel] = HostRawKernel  # ThreadedRawKernel: many threads a block
 
         def raw_kernel(source, name, **options):
-            kernel = HostRawKernel(source, name, directory)
+            kernel = self.kernel_class(source, name, directory)
             self.kernels.append(kernel)
             return kernel
 

@@ -21,7 +21,7 @@ from elementwise_bodies import op_bodies
 from gradcheck import _resolve, away_from_zero
 from gradcheck_cases import GRADCHECK_CASES
 from capture_sim import simulate
-from host_cuda import FakeCupy, HostRawKernel
+from host_cuda import FakeCupy, HostRawKernel, ThreadedRawKernel
 from nnd.bench import _id_range, random_array
 from nnd.compiler.autodiff import differentiate
 from nnd.compiler.builder import GraphBuilder
@@ -366,8 +366,30 @@ def test_the_cuda_lstm_kernels_on_a_host_stand_in(cupy_stand_in, monkeypatch, at
     gate kernel, or (NND_CUDA_SCAN=scan) the whole scan in one launch, forward and backward."""
     fake = cupy_stand_in
     monkeypatch.setenv("NND_CUDA_SCAN", mode)
+    check_lstm_kernels(fake, attrs, recurrent_dropout)
+    names = {k.fn.__name__ for k in fake.kernels if k.launches}
+    kernel = "lstm_scan_{}" if mode == "scan" else "lstm_{}_step"
+    assert names == {f"nnd_{kernel.format(d)}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
+
+
+@pytest.mark.parametrize("mode", ["steps", "scan"])
+@pytest.mark.parametrize("attrs, recurrent_dropout", [
+    ({}, False), ({"return_sequences": True}, False), ({"return_sequences": True, "go_backwards": True}, True),
+])
+def test_the_cuda_gru_kernels_on_a_host_stand_in(cupy_stand_in, monkeypatch, attrs, recurrent_dropout, mode):
+    """The GRU's (reset_after) CUDA paths built by g++ against the NumPy kernels: per step a GEMM and one
+    gate kernel, or the whole scan in one launch, forward and backward."""
+    fake = cupy_stand_in
+    monkeypatch.setenv("NND_CUDA_SCAN", mode)
+    check_gru_kernels(fake, attrs, recurrent_dropout)
+    names = {k.fn.__name__ for k in fake.kernels if k.launches}
+    kernel = "gru_scan_{}" if mode == "scan" else "gru_{}_step"
+    assert names == {f"nnd_{kernel.format(d)}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
+
+
+def check_lstm_kernels(fake, attrs: dict, recurrent_dropout: bool, n: int = 5, t: int = 4, u: int = 3) -> None:
+    """lstm_scan and lstm_scan_grad of the cupy table on `fake` against the NumPy kernels."""
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
-    n, t, u = 5, 4, 3
     rng = np.random.default_rng(1)
     for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
         rmask = (rng.random((n, u)) > 0.3) / 0.7 if recurrent_dropout else np.array(1.0)
@@ -385,22 +407,11 @@ def test_the_cuda_lstm_kernels_on_a_host_stand_in(cupy_stand_in, monkeypatch, at
             results.append([*forward, *grads])
         for got, want in zip(results[1], results[0]):
             np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
-    names = {k.fn.__name__ for k in fake.kernels if k.launches}
-    kernel = "lstm_scan_{}" if mode == "scan" else "lstm_{}_step"
-    assert names == {f"nnd_{kernel.format(d)}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
 
 
-@pytest.mark.parametrize("mode", ["steps", "scan"])
-@pytest.mark.parametrize("attrs, recurrent_dropout", [
-    ({}, False), ({"return_sequences": True}, False), ({"return_sequences": True, "go_backwards": True}, True),
-])
-def test_the_cuda_gru_kernels_on_a_host_stand_in(cupy_stand_in, monkeypatch, attrs, recurrent_dropout, mode):
-    """The GRU's (reset_after) CUDA paths built by g++ against the NumPy kernels: per step a GEMM and one
-    gate kernel, or the whole scan in one launch, forward and backward."""
-    fake = cupy_stand_in
-    monkeypatch.setenv("NND_CUDA_SCAN", mode)
+def check_gru_kernels(fake, attrs: dict, recurrent_dropout: bool, n: int = 5, t: int = 4, u: int = 3) -> None:
+    """gru_scan and gru_scan_grad (reset_after) of the cupy table on `fake` against the NumPy kernels."""
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
-    n, t, u = 5, 4, 3
     rng = np.random.default_rng(2)
     for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
         rmask = (rng.random((n, u)) > 0.3) / 0.7 if recurrent_dropout else np.array(1.0)
@@ -418,9 +429,33 @@ def test_the_cuda_gru_kernels_on_a_host_stand_in(cupy_stand_in, monkeypatch, att
             results.append([*forward, *grads])
         for got, want in zip(results[1], results[0]):
             np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
-    names = {k.fn.__name__ for k in fake.kernels if k.launches}
-    kernel = "gru_scan_{}" if mode == "scan" else "gru_{}_step"
-    assert names == {f"nnd_{kernel.format(d)}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
+
+
+class NarrowBlocks(ThreadedRawKernel):
+    """Blocks of 8 threads whatever the launch asks: fewer than a row's gate columns, so every loop over a
+    row's elements strides."""
+
+    def run(self, grid, block, converted: list) -> None:
+        super().run(grid, (min(int(block[0]), 8),), converted)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+@pytest.mark.parametrize("kernel_class", [ThreadedRawKernel, NarrowBlocks], ids=["launch_blocks", "8_threads"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_whole_scan_kernels_with_many_threads_a_block_on_a_host_stand_in(cupy_stand_in, monkeypatch, cell,
+                                                                              kernel_class):
+    """The one-launch scans are the kernels whose threads work together (a block owns a batch row and
+    synchronizes twice a step): run with every thread of a block at once around a real barrier, and fewer
+    blocks than rows, they still match the NumPy kernels, forward and backward."""
+    fake = cupy_stand_in
+    fake.kernel_class = kernel_class
+    monkeypatch.setenv("NND_CUDA_SCAN", "scan")
+    check = check_lstm_kernels if cell == "lstm" else check_gru_kernels
+    check(fake, {"go_backwards": True, "return_sequences": True}, True, n=5, t=4, u=3)
+    check(fake, {}, False, n=3, t=3, u=5)
+    launched = {k.fn.__name__ for k in fake.kernels if k.launches}
+    assert launched == {f"nnd_{cell}_scan_{d}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
+    assert all(isinstance(k, kernel_class) for k in fake.kernels)
 
 
 def test_the_cupy_loss_and_optimizer_kernels_on_a_host_stand_in(cupy_stand_in):
