@@ -258,7 +258,9 @@ def _first_max_offsets(xp, xpad, out_hw, p):
 
     A running maximum over the window offsets, replacing the winner only on a strictly greater value,
     keeps the first of tied maxima; it works on output-sized arrays, where an argmax over a copied
-    window view would pay for the copy and for NumPy's per-row overhead on a tiny last axis.
+    window view would pay for the copy and for NumPy's per-row overhead on a tiny last axis. The first
+    NaN of a window wins it, as the forward pass's maximum propagates it (and as in PyTorch); windows
+    are searched for NaNs only when some window's maximum is one.
     """
     ph, pw = p.pool
     index_type = xp.int8 if ph * pw < 128 else xp.int32
@@ -270,7 +272,19 @@ def _first_max_offsets(xp, xpad, out_hw, p):
         # Branch-free select: a masked copy mispredicts on every random tie pattern.
         winner += better * (index_type(offset) - winner)
         xp.maximum(best, cells, out=best)
+    if xp.isnan(best).any():
+        _first_nan_offsets(xp, xpad, out_hw, p, winner)
     return winner
+
+
+def _first_nan_offsets(xp, xpad, out_hw, p, winner) -> None:
+    """Point `winner` at the first NaN of each window that has one."""
+    ph, pw = p.pool
+    found = xp.zeros(winner.shape, dtype=bool)
+    for offset in range(ph * pw):
+        nan = xp.isnan(xpad[_offset_slice(offset // pw, offset % pw, out_hw, p.strides)]) & ~found
+        winner[nan] = offset
+        found |= nan
 
 
 def _avg_divisor(xp, p, hw, out_hw, dtype):

@@ -55,7 +55,7 @@ __device__ void maxpool_forward(const T* x, T* y, nnd_size total, nnd_size h, nn
             for (long long xx = x0; xx < x0 + (long long)pool_w; xx++) {
                 if (xx < 0 || xx >= (long long)w) continue;
                 T v = x[((b * h + (nnd_size)yy) * w + (nnd_size)xx) * c + k];
-                if (!found || v > best) { best = v; found = 1; }
+                if (!found || v > best || (v != v && best == best)) { best = v; found = 1; }  // NaN wins
             }
         }
         y[i] = best;
@@ -85,7 +85,7 @@ __device__ void maxpool_backward(const T* x, const T* dy, T* dx, nnd_size total,
                 for (long long xx = x0; xx < x0 + (long long)pool_w; xx++) {
                     if (xx < 0 || xx >= (long long)w) continue;
                     T v = x[((b * h + (nnd_size)yy) * w + (nnd_size)xx) * c + k];
-                    if (win_y < 0 || v > best) { best = v; win_y = yy; win_x = xx; }
+                    if (win_y < 0 || v > best || (v != v && best == best)) { best = v; win_y = yy; win_x = xx; }
                 }
             }
             if (win_y == (long long)y_cell && win_x == (long long)x_cell && (!relu || best > (T)0))

@@ -654,3 +654,33 @@ def test_batchnorm_grad_rules_use_only_dy_of_y():
     for which in range(3):
         assert_rel_close(env[train_grads[which]], numeric_grad(train_fwd, [x, gamma, beta], which, dy, eps=1e-5))
         assert_rel_close(env[infer_grads[which]], numeric_grad(infer_fwd, [x, gamma, beta], which, dy, eps=1e-5))
+
+
+@pytest.mark.parametrize("case", POOL_CASES[:2] + POOL_CASES[3:4])
+@pytest.mark.parametrize("native", [False, True])
+def test_maxpool2d_propagates_nan_and_routes_its_gradient_to_it_as_torch_does(case, native):
+    """A NaN anywhere in a window is that window's maximum, on the NumPy and the native paths alike,
+    and the gradient goes to the first NaN; PyTorch is the reference."""
+    from nnd.runtime import native as native_library
+
+    torch = pytest.importorskip("torch")
+    x = distinct_input((1, 7, 6, 2), seed=7)
+    x[0, 1, 2, 0] = x[0, 4, 4, 1] = np.nan  # not first in their windows
+    attrs = pool_attrs(case)
+    native_library.set_enabled(native)
+    try:
+        if native and native_library.library() is None:
+            pytest.skip("no native library")
+        y = run("maxpool2d", attrs, x)
+        dy = rng(8).standard_normal(y.shape)
+        dx = run("maxpool2d_grad", attrs, dy, x)
+    finally:
+        native_library.set_enabled(None)
+    (top, bottom), (left, right) = case[2]
+    xt = to_nchw(torch, np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-np.inf))
+    yt = torch.nn.functional.max_pool2d(xt, case[0], case[1])
+    yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2)))
+    assert np.isnan(y).any()
+    np.testing.assert_array_equal(y, yt.detach().numpy().transpose(0, 2, 3, 1))
+    expected = xt.grad.numpy().transpose(0, 2, 3, 1)[:, top:top + 7, left:left + 6]
+    np.testing.assert_allclose(dx, expected, rtol=1e-13, atol=1e-13)

@@ -307,7 +307,7 @@ CONV_GRADS = [
 
 def test_the_cupy_pooling_and_col2im_kernels_on_a_host_stand_in(cupy_stand_in):
     """The CUDA max pooling, pooling gradient and col2im kernels built by g++ (one thread) against the
-    NumPy kernels: ties at the maximum, relu windows of zeros, padding, gaps and strides."""
+    NumPy kernels: ties at the maximum, relu windows of zeros, NaNs, padding, gaps and strides."""
     from nnd.runtime import kernels_conv
 
     fake = cupy_stand_in
@@ -325,6 +325,10 @@ def test_the_cupy_pooling_and_col2im_kernels_on_a_host_stand_in(cupy_stand_in):
                 grad_attrs = dict(attrs, relu=relu)
                 np.testing.assert_allclose(cuda["maxpool2d_grad"](ctx, grad_attrs, dy, x),
                                            kernels_conv.maxpool2d_grad(ctx, grad_attrs, dy, x), rtol=1e-6, atol=1e-6)
+            x[0, 1, 1:3, 0] = np.nan                                      # a NaN wins its windows
+            np.testing.assert_array_equal(cuda["maxpool2d"](ctx, attrs, x), kernels_conv.maxpool2d(ctx, attrs, x))
+            np.testing.assert_allclose(cuda["maxpool2d_grad"](ctx, attrs, dy, x),
+                                       kernels_conv.maxpool2d_grad(ctx, attrs, dy, x), rtol=1e-6, atol=1e-6)
         for attrs, (n, h, w_, c, f) in CONV_GRADS:
             w = rng.normal(size=(3, 3, c, f)).astype(dtype)
             dy = rng.normal(size=kernels_conv.conv2d(ctx, attrs, np.zeros((n, h, w_, c), dtype), w).shape).astype(dtype)

@@ -33,7 +33,8 @@ static inline void NAME(window_max)(const POOL_SHAPE *s, const REAL *image, long
     for (long y = y0; y < y1; y++)
         for (long x = y == y0 ? x0 + 1 : x0; x < x1; x++) {
             const REAL *restrict cell = image + (y * s->w + x) * s->c + k0;
-            for (long k = 0; k < width; k++) best[k] = cell[k] > best[k] ? cell[k] : best[k];
+            for (long k = 0; k < width; k++) /* a NaN wins, as in PyTorch and NumPy's maximum */
+                best[k] = cell[k] > best[k] || cell[k] != cell[k] ? cell[k] : best[k];
         }
 }
 
@@ -71,7 +72,7 @@ static inline void NAME(window_grad)(const POOL_SHAPE *s, const REAL *image, REA
             const REAL *restrict cell = image + (y * s->w + x) * s->c + k0;
             REAL *restrict target = grad + (y * s->w + x) * s->c + k0;
             for (long k = 0; k < width; k++) {
-                int wins = cell[k] == best[k];
+                int wins = cell[k] == best[k] || (cell[k] != cell[k] && best[k] != best[k]);
                 REAL share = wins ? pending[k] : 0;
                 pending[k] = wins ? 0 : pending[k]; /* later ties get nothing */
                 target[k] = tiled ? share : target[k] + share;
