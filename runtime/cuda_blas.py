@@ -32,6 +32,7 @@ CUDA_DATA_TYPES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np
 BFLOAT16_DATA_TYPE = 14
 COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
 GEMM_DEFAULT_ALGORITHM = -1
+CUBLAS_STATUS_ALLOC_FAILED = 3
 WORKSPACE_BYTES = 32 << 20  # what cuBLAS asks for on Hopper
 INT_MAX = 2**31 - 1
 
@@ -170,6 +171,8 @@ class CublasLibrary:
 
     @staticmethod
     def _check(name: str, status: int) -> None:
+        if status == CUBLAS_STATUS_ALLOC_FAILED:  # its workspace: reported as the out-of-memory it is
+            raise MemoryError(f"{name} could not allocate its workspace (cuBLAS status {status})")
         if status:
             raise RuntimeError(f"{name} failed with cuBLAS status {status}")
 

@@ -349,11 +349,15 @@ def _views(array: Any, buffer: Any) -> bool:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """NumPy's MemoryError or CuPy's OutOfMemoryError (recognized without importing cupy)."""
+    """NumPy's MemoryError, CuPy's OutOfMemoryError (its pool's), or a CUDA runtime call that could not
+    allocate (cudaErrorMemoryAllocation, e.g. instantiating a graph); recognized without importing cupy."""
     if isinstance(exc, MemoryError):
         return True
     kind = type(exc)
-    return kind.__name__ == "OutOfMemoryError" and kind.__module__.startswith("cupy")
+    if not kind.__module__.startswith(("cupy", "cupy_backends")):
+        return False
+    return kind.__name__ == "OutOfMemoryError" or (
+        kind.__name__ == "CUDARuntimeError" and "cudaErrorMemoryAllocation" in str(exc))
 
 
 def _describe(node: Node, args: list[Any]) -> str:

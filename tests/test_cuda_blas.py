@@ -210,3 +210,15 @@ def test_the_kernels_that_run_on_cupy_multiply_through_the_array_module():
                 if (uses_operator or imports_cupy) and (path.name, function.name) not in numpy_only:
                     offenders.append(f"{path.name}:{node.lineno} in {function.name}")
     assert offenders == [], offenders
+
+
+def test_a_cublas_allocation_failure_is_an_out_of_memory_error():
+    """cuBLAS status 3 (its workspace could not be allocated) becomes the executor's one-line
+    out-of-memory error naming the op and the batch size; other statuses stay internal errors."""
+    from nnd.runtime.executor import is_out_of_memory
+
+    with pytest.raises(MemoryError) as info:
+        cuda_blas.CublasLibrary._check("cublasGemmEx", cuda_blas.CUBLAS_STATUS_ALLOC_FAILED)
+    assert is_out_of_memory(info.value)
+    with pytest.raises(RuntimeError, match="cublasGemmEx failed with cuBLAS status 13"):
+        cuda_blas.CublasLibrary._check("cublasGemmEx", 13)

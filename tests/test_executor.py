@@ -9,7 +9,7 @@ from nnd.compiler.diagnostics import NndError
 from nnd.compiler.ir import Graph, Initializer, Node, Parameter, Value
 from nnd.compiler.tensor_type import TensorType
 from nnd.runtime.backend import Backend, get_backend
-from nnd.runtime.executor import Executor
+from nnd.runtime.executor import Executor, is_out_of_memory
 
 
 def f(*shape, dtype="f32"):
@@ -175,9 +175,18 @@ FakeCupyOutOfMemory.__name__ = "OutOfMemoryError"
 FakeCupyOutOfMemory.__module__ = "cupy.cuda.memory"
 
 
+class FakeCudaRuntimeError(Exception):
+    """Stands for cupy_backends.cuda.api.runtime.CUDARuntimeError."""
+
+
+FakeCudaRuntimeError.__name__ = "CUDARuntimeError"
+FakeCudaRuntimeError.__module__ = "cupy_backends.cuda.api.runtime"
+
+
 @pytest.mark.parametrize("error", [
     MemoryError("Unable to allocate 37.3 GiB for an array with shape (100000, 100000)"),
     FakeCupyOutOfMemory("Out of memory allocating 1,073,741,824 bytes (allocated so far: 0 bytes)."),
+    FakeCudaRuntimeError("cudaErrorMemoryAllocation: out of memory"),
 ])
 def test_running_out_of_memory_is_one_line_naming_the_op_layer_and_batch(error):
     graph, b = new_graph()
@@ -226,3 +235,7 @@ def test_backends():
     except ImportError:
         with pytest.raises(NndError, match=r"the cupy backend needs CuPy: pip install cupy-cuda13x"):
             get_backend("cupy")
+
+
+def test_other_cuda_runtime_errors_are_not_taken_for_running_out_of_memory():
+    assert not is_out_of_memory(FakeCudaRuntimeError("cudaErrorIllegalAddress: an illegal memory access"))
