@@ -266,6 +266,7 @@ def train(file: str, model_name: str | None, data: str | None, data_dir: str | N
     from nnd.cli_train import TrainOptions, run_parity, run_training
 
     if compare is not None:
+        _refuse_beside_compare(click.get_current_context())
         pair = tuple(name.strip() for name in compare.split(","))
         if len(pair) != 2 or not all(pair):
             raise click.BadParameter(f"expected two backends as A,B, got {compare!r}", param_hint="--compare-backends")
@@ -280,6 +281,21 @@ def train(file: str, model_name: str | None, data: str | None, data_dir: str | N
         validation_split=validation_split, seed=seed, backend=backend, level=level, out=out, resume=resume,
         weights=weights, overwrite=overwrite, quiet=quiet, mixed_precision=mixed_precision, tf32=tf32,
         cuda_graphs=cuda_graphs))
+
+
+# train's options that a --compare-backends step has no use for: it runs one float32 step, eagerly, on
+# the two backends it names, and writes nothing
+NOT_FOR_COMPARE = ("backend", "epochs", "lr", "validation_split", "out", "resume", "overwrite", "mixed_precision",
+                   "tf32", "cuda_graphs")
+
+
+def _refuse_beside_compare(ctx: click.Context) -> None:
+    given = [next(opt for opt in param.opts if opt.startswith("--")) for param in ctx.command.params
+             if param.name in NOT_FOR_COMPARE
+             and ctx.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        raise click.UsageError(f"--compare-backends runs one float32 training step on the two backends it names; "
+                               f"it does not take {', '.join(given)}")
 
 
 @main.command()

@@ -108,3 +108,17 @@ def test_cli_without_cupy_is_one_line(project):
     result = CliRunner().invoke(main, ["train", "small.nnd", "--data", "data.npz", "--compare-backends"])
     assert result.exit_code == 1
     assert result.stderr.strip().startswith("error: the cupy backend needs CuPy: pip install cupy-cuda13x")
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--mixed-precision"], "--mixed-precision"),
+    (["--tf32", "--cuda-graphs"], "--tf32, --cuda-graphs"),
+    (["--backend", "numpy", "--epochs", "3", "--out", "run"], "--epochs, --backend, --out"),
+])
+def test_cli_refuses_training_options_the_comparison_would_ignore(project, extra, named):
+    result = CliRunner().invoke(main, ["train", "small.nnd", "--data", "data.npz", "--compare-backends",
+                                       "numpy,numpy", *extra])
+    assert result.exit_code == 2
+    assert ("--compare-backends runs one float32 training step on the two backends it names; it does not take "
+            f"{named}") in result.output
+    assert not (project / "run").exists()
