@@ -120,7 +120,7 @@ def lstm_backward_cuda(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, 
     steps, n, u = cs.shape
     kernel_t = xp.ascontiguousarray(recurrent_kernel.T)
     back = _backprojection(xp, kernel_t, rmask)
-    dout = xp.ascontiguousarray(dout_tm) if dout_tm is not None else xp.zeros((1,), dtype=cs.dtype)
+    dout = xp.ascontiguousarray(dout_tm, dtype=cs.dtype) if dout_tm is not None else xp.zeros((1,), dtype=cs.dtype)
     c0 = xp.ascontiguousarray(c0, dtype=cs.dtype)
     step = fixed_kernel(LSTM_STEP_SOURCE, "lstm_backward_step", cs.dtype)
     grid, block = launch_shape(n * u)

@@ -391,7 +391,18 @@ def test_the_cuda_gru_kernels_on_a_host_stand_in(cupy_stand_in, monkeypatch, att
     assert names == {f"nnd_{kernel.format(d)}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
 
 
-def check_lstm_kernels(fake, attrs: dict, recurrent_dropout: bool, n: int = 5, t: int = 4, u: int = 3) -> None:
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_per_step_recurrent_gradients_take_an_output_gradient_of_another_dtype(cupy_stand_in, monkeypatch,
+                                                                                   cell):
+    """An output gradient that arrives in float32 for a float64 scan is converted before the kernels read
+    it (the stand-in refuses an array of the wrong type, as a device would misread one)."""
+    monkeypatch.setenv("NND_CUDA_SCAN", "steps")
+    check = check_lstm_kernels if cell == "lstm" else check_gru_kernels
+    check(cupy_stand_in, {"return_sequences": True}, False, d_out_dtype=np.float32)
+
+
+def check_lstm_kernels(fake, attrs: dict, recurrent_dropout: bool, n: int = 5, t: int = 4, u: int = 3,
+                       d_out_dtype=None) -> None:
     """lstm_scan and lstm_scan_grad of the cupy table on `fake` against the NumPy kernels."""
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
     rng = np.random.default_rng(1)
@@ -400,7 +411,7 @@ def check_lstm_kernels(fake, attrs: dict, recurrent_dropout: bool, n: int = 5, t
         inputs = [np.asarray(a, dtype=dtype) for a in (rng.normal(size=(n, t, 4 * u)), rng.normal(size=(n, u)),
                                                        rng.normal(size=(n, u)), rng.normal(size=(u, 4 * u)),
                                                        np.array(1.0), rmask)]
-        d_out = rng.normal(size=(n, t, u) if attrs.get("return_sequences") else (n, u)).astype(dtype)
+        d_out = rng.normal(size=(n, t, u) if attrs.get("return_sequences") else (n, u)).astype(d_out_dtype or dtype)
         d_h, d_c = rng.normal(size=(n, u)).astype(dtype), rng.normal(size=(n, u)).astype(dtype)
         results = []
         for table, xp in ((generic, np), (cuda, fake)):
@@ -413,7 +424,8 @@ def check_lstm_kernels(fake, attrs: dict, recurrent_dropout: bool, n: int = 5, t
             np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
 
 
-def check_gru_kernels(fake, attrs: dict, recurrent_dropout: bool, n: int = 5, t: int = 4, u: int = 3) -> None:
+def check_gru_kernels(fake, attrs: dict, recurrent_dropout: bool, n: int = 5, t: int = 4, u: int = 3,
+                      d_out_dtype=None) -> None:
     """gru_scan and gru_scan_grad (reset_after) of the cupy table on `fake` against the NumPy kernels."""
     generic, cuda = kernels_for("numpy"), kernels_for("cupy")
     rng = np.random.default_rng(2)
@@ -422,7 +434,7 @@ def check_gru_kernels(fake, attrs: dict, recurrent_dropout: bool, n: int = 5, t:
         inputs = [np.asarray(a, dtype=dtype) for a in (rng.normal(size=(n, t, 3 * u)), rng.normal(size=(n, u)),
                                                        rng.normal(size=(u, 3 * u)), rng.normal(size=3 * u),
                                                        np.array(1.0), rmask)]
-        d_out = rng.normal(size=(n, t, u) if attrs.get("return_sequences") else (n, u)).astype(dtype)
+        d_out = rng.normal(size=(n, t, u) if attrs.get("return_sequences") else (n, u)).astype(d_out_dtype or dtype)
         d_h = rng.normal(size=(n, u)).astype(dtype)
         results = []
         for table, xp in ((generic, np), (cuda, fake)):
