@@ -20,6 +20,7 @@ array-op loop.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -226,11 +227,13 @@ def _scan_kernel(cell: str, direction: str, dtype):
     return fixed_kernel(SCAN_SOURCE, f"{cell}_scan_{direction}", dtype)
 
 
-def _launch_shape(n: int, width: int) -> tuple[tuple[int], tuple[int]]:
-    """One block per row (up to the grid limit), a thread per gate column (rounded up to a warp)."""
+def _launch_shape(n: int, width: int, kernel: Any) -> tuple[tuple[int], tuple[int]]:
+    """One block per row (up to the grid limit), a thread per gate column (rounded up to a warp), within
+    what the compiled kernel allows a block (fewer threads when it needs many registers: they stride)."""
     from nnd.runtime.kernels_cupy import MAX_BLOCKS
 
-    threads = min(MAX_THREADS, max(32, -(-width // 32) * 32))
+    limit = max(32, min(MAX_THREADS, int(kernel.max_threads_per_block)) // 32 * 32)
+    threads = min(limit, max(32, -(-width // 32) * 32))
     return (max(1, min(n, MAX_BLOCKS)),), (threads,)
 
 
@@ -253,9 +256,10 @@ def lstm_scan_forward(xp, xt, h0, c0, recurrent_kernel, rmask, hs, cs, gates) ->
     x = xp.ascontiguousarray(xt, dtype=dt)  # time-major, processing order
     arrays = (x, xp.ascontiguousarray(h0, dtype=dt), xp.ascontiguousarray(c0, dtype=dt),
               xp.ascontiguousarray(recurrent_kernel, dtype=dt), _mask(xp, rmask, n, u, dt), hs, cs, gates)
-    grid, block = _launch_shape(n, 4 * u)
+    kernel = _scan_kernel("lstm", "forward", dt)
+    grid, block = _launch_shape(n, 4 * u, kernel)
     flags = (steps, n, u, rmask is not None)
-    _scan_kernel("lstm", "forward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
+    kernel(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
 
 
 def lstm_scan_backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, dc, dgates, d_xproj_tm):
@@ -268,8 +272,9 @@ def lstm_scan_backward(xp, c0, recurrent_kernel, rmask, cs, gates, dout_tm, dh, 
                   _mask(xp, rmask, n, u, dt), xp.ascontiguousarray(cs), xp.ascontiguousarray(gates), dout, dh, dc,
                   dgates)
         flags = (steps, n, u, rmask is not None, dout_tm is not None)
-        grid, block = _launch_shape(n, u)
-        _scan_kernel("lstm", "backward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
+        kernel = _scan_kernel("lstm", "backward", dt)
+        grid, block = _launch_shape(n, u, kernel)
+        kernel(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
     d_xproj_tm[...] = dgates
     return dh, dc
 
@@ -285,9 +290,10 @@ def gru_scan_forward(xt, h0, recurrent_kernel, recurrent_bias, rmask, hs, gates,
         arrays = (xp.ascontiguousarray(xt, dtype=dt), xp.ascontiguousarray(h0, dtype=dt),
                   xp.ascontiguousarray(recurrent_kernel, dtype=dt), xp.ascontiguousarray(recurrent_bias, dtype=dt),
                   _mask(xp, rmask, n, u, dt), hs, gates, aux, xp.empty((n, 3 * u), dtype=dt))
-        grid, block = _launch_shape(n, 3 * u)
+        kernel = _scan_kernel("gru", "forward", dt)
+        grid, block = _launch_shape(n, 3 * u, kernel)
         flags = (steps, n, u, rmask is not None)
-        _scan_kernel("gru", "forward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
+        kernel(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
 
 
 def gru_scan_backward(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, drec, d_xproj_tm):
@@ -304,8 +310,9 @@ def gru_scan_backward(h0, recurrent_kernel, rmask, hs, gates, aux, dout_tm, dh, 
         arrays = (xp.ascontiguousarray(h0, dtype=dt), xp.ascontiguousarray(recurrent_kernel.T, dtype=dt),
                   _mask(xp, rmask, n, u, dt), xp.ascontiguousarray(hs), xp.ascontiguousarray(gates),
                   xp.ascontiguousarray(aux), dout, dh, drec, dx, xp.empty((n, u), dtype=dt))
-        grid, block = _launch_shape(n, u)
+        kernel = _scan_kernel("gru", "backward", dt)
+        grid, block = _launch_shape(n, u, kernel)
         flags = (steps, n, u, rmask is not None, dout_tm is not None)
-        _scan_kernel("gru", "backward", dt)(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
+        kernel(grid, block, (*arrays, *(np.uint64(v) for v in flags)))
         d_xproj_tm[...] = dx
     return dh

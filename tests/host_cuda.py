@@ -126,6 +126,7 @@ class HostRawKernel:
     geometry is ignored (the host prelude runs the grid-stride loop on one thread)."""
 
     threaded = False
+    max_threads_per_block = 1024  # as a device reports it for a kernel of few registers
 
     def __init__(self, source: str, name: str, directory: Path):
         kind = "threaded" if self.threaded else "serial"
@@ -167,7 +168,7 @@ class ThreadedRawKernel(HostRawKernel):
 
     def run(self, grid, block, converted: list) -> None:
         blocks, threads = min(int(grid[0]), self.max_blocks), int(block[0])
-        assert 1 <= threads <= 1024 and blocks >= 1, (grid, block)
+        assert 1 <= threads <= self.max_threads_per_block and blocks >= 1, (grid, block, self.max_threads_per_block)
         self.library.nnd_host_grid(ctypes.c_uint(blocks), ctypes.c_uint(threads))
         failures: list[BaseException] = []
 

@@ -455,8 +455,15 @@ class NarrowBlocks(ThreadedRawKernel):
         super().run(grid, (min(int(block[0]), 8),), converted)
 
 
+class RegisterBoundBlocks(ThreadedRawKernel):
+    """A kernel that needs so many registers that a device allows it only 32 threads a block."""
+
+    max_threads_per_block = 32
+
+
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
-@pytest.mark.parametrize("kernel_class", [ThreadedRawKernel, NarrowBlocks], ids=["launch_blocks", "8_threads"])
+@pytest.mark.parametrize("kernel_class", [ThreadedRawKernel, NarrowBlocks, RegisterBoundBlocks],
+                         ids=["launch_blocks", "8_threads", "32_thread_limit"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_the_whole_scan_kernels_with_many_threads_a_block_on_a_host_stand_in(cupy_stand_in, monkeypatch, cell,
                                                                               kernel_class):
@@ -469,6 +476,7 @@ def test_the_whole_scan_kernels_with_many_threads_a_block_on_a_host_stand_in(cup
     check = check_lstm_kernels if cell == "lstm" else check_gru_kernels
     check(fake, {"go_backwards": True, "return_sequences": True}, True, n=5, t=4, u=3)
     check(fake, {}, False, n=3, t=3, u=5)
+    check(fake, {}, False, n=2, t=2, u=20)  # gate columns beyond 32 threads
     launched = {k.fn.__name__ for k in fake.kernels if k.launches}
     assert launched == {f"nnd_{cell}_scan_{d}_{t}" for d in ("forward", "backward") for t in ("float", "double")}
     assert all(isinstance(k, kernel_class) for k in fake.kernels)
