@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import nnd
 from nnd import NndError
 from nnd.cli import main
+from nnd.compiler.ir import print_graph
 
 
 def check(text: str) -> str:
@@ -333,6 +334,37 @@ LAYER = "model m {{\n    input x: [8, 8, 1]\n    {layer}\n    flatten()\n    den
 ])
 def test_keras_class_names_and_spellings_suggest_the_catalog_names(layer, suggestion):
     assert suggestion in check(LAYER.format(layer=layer))
+
+
+@pytest.mark.parametrize("layer, default", [
+    ("conv2d(2, 3, name=none)", "conv2d(2, 3)"),
+    ("dropout(0.5, seed=none)", "dropout(0.5)"),
+])
+def test_none_for_an_argument_whose_default_is_none_means_that_default(layer, default):
+    def graph(text: str) -> str:
+        return print_graph(nnd.loads(LAYER.format(layer=text)).graph)
+
+    assert graph(layer) == graph(default)
+
+
+def test_name_none_gives_the_automatic_names():
+    model = nnd.loads("model m {\n    input x: [3]\n    dense(4, name=none)\n    dense(2, name=none)\n}\n")
+    assert list(model.parameters()) == ["dense.kernel", "dense.bias", "dense_1.kernel", "dense_1.bias"]
+
+
+def test_an_lstm_initial_state_of_none_starts_from_zeros():
+    text = "model m {{\n    input t: [5, 3]\n    lstm(4{extra})\n}}\n"
+    assert print_graph(nnd.loads(text.format(extra=", initial_state=none")).graph) == \
+        print_graph(nnd.loads(text.format(extra="")).graph)
+
+
+@pytest.mark.parametrize("layer, message", [
+    ("dense(4, name=None)", "dense argument 'name': expected a name or none, got the name 'None'; did you mean 'none'?"),
+    ("dropout(0.5, seed=None)", "dropout argument 'seed': expected an int or none, got the name 'None'; "
+                                "did you mean 'none'?"),
+])
+def test_python_none_for_an_optional_argument_suggests_none(layer, message):
+    assert message in check(LAYER.format(layer=layer))
 
 
 def test_keras_optimizer_and_loss_class_names_suggest_the_setting_names():
