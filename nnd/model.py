@@ -24,6 +24,7 @@ from nnd.compiler.summary import summarize
 from nnd.compiler.tensor_type import TensorType
 from nnd.compiler.training import LOSS_ALIASES, LOSSES, OPTIMIZERS, Configured, TrainSpec, check_configured
 from nnd.compiler.training_graph import TARGET_PREFIX, loss_for, target_type
+from nnd.evaluation import check_return_dict, evaluation_result
 from nnd.runtime import checkpoint as ckpt
 from nnd.runtime.executor import Executor
 from nnd.runtime.fit import plain_batches
@@ -239,16 +240,23 @@ class Model:
             return batch_size  # a GPU wants the whole batch at once
         return max(MIN_SLICE, min(batch_size, CACHE_BYTES // self._activation_bytes_per_sample))
 
-    def evaluate(self, x: Arrays, y: Arrays, batch_size: int | None = None, verbose: int = 0) -> dict[str, float]:
+    def evaluate(self, x: Arrays, y: Arrays, batch_size: int | None = None, verbose: int = 0, *,
+                 return_dict: bool = True) -> Any:
         """The loss and the train section's metrics over (x, y), in inference mode, in slices of at most
-        `batch_size` samples (default 256). `verbose` is accepted as Keras' is; evaluation prints nothing."""
+        `batch_size` samples (default 256). `verbose` is accepted as Keras' is; evaluation prints nothing.
+
+        Returns a dict by name, {'loss': ..., 'accuracy': ...} (Keras' return_dict=True); reading it by
+        position (`score[0]`) says so. `return_dict=False` gives Keras' default form: the loss alone when
+        there are no metrics, else the list [loss, *metrics] in the dict's order."""
+        return_dict = check_return_dict(return_dict)
         batch_size = positive_int(PREDICT_BATCH if batch_size is None else batch_size, "batch_size")
         feeds = self._feeds(x, y)
         if sample_count(feeds) == 0:
             raise NndError("no samples to evaluate: x and y are empty")
         trainer = self._get_trainer()
-        return trainer.run_epoch(plain_batches(feeds, self._slice_size(batch_size)), self.output_names,
+        logs = trainer.run_epoch(plain_batches(feeds, self._slice_size(batch_size)), self.output_names,
                                  training=False)
+        return evaluation_result(logs, return_dict)
 
     def loss_and_gradients(self, x: Arrays, y: Arrays) -> tuple[float, dict[str, np.ndarray]]:
         """The training loss on one batch and its gradient for every trainable parameter; no update."""

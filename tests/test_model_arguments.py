@@ -119,6 +119,46 @@ def test_callbacks_are_exported_and_take_keras_spellings(tmp_path):
     assert {"checkpoint.npz", "model.json", "weights.npz", "metrics.json"} <= written
 
 
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+def _reference_figures(model) -> tuple[float, float]:
+    """The crossentropy and accuracy of the model's predictions, in float64."""
+    p = model.predict(X).astype(np.float64)
+    return float(-np.log(p[np.arange(len(Y)), Y]).mean()), float((p.argmax(axis=1) == Y).mean())
+
+
+def test_evaluate_return_dict_false_gives_keras_list_of_loss_then_metrics():
+    model = nnd.loads(TINY)
+    loss, accuracy = model.evaluate(X, Y, return_dict=False)
+    expected = _reference_figures(model)
+    assert (loss, accuracy) == pytest.approx(expected, rel=1e-5)
+    assert model.evaluate(X, Y) == pytest.approx({"loss": expected[0], "accuracy": expected[1]}, rel=1e-5)
+
+
+def test_evaluate_return_dict_false_without_metrics_gives_the_loss_alone():
+    model = nnd.loads(TINY.replace("    metrics = [accuracy]\n", ""))
+    score = model.evaluate(X, Y, return_dict=False)
+    assert isinstance(score, float) and score == pytest.approx(_reference_figures(model)[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("key", [0, np.int64(1), slice(0, 2)])
+def test_evaluate_dict_read_by_position_says_to_pass_return_dict_false(key):
+    logs = nnd.loads(TINY).evaluate(X, Y)
+    with pytest.raises(NndError) as caught:
+        logs[key]
+    assert str(caught.value) == ("error: evaluate returns the figures by name (loss, accuracy), not by position: "
+                                 "write result['loss'], or call evaluate(..., return_dict=False) for Keras' list "
+                                 "[loss, accuracy]")
+    assert isinstance(caught.value, KeyError)  # what a dict's missing key raises, for code that catches that
+    assert logs["accuracy"] == logs.get("accuracy") and dict(logs) == logs
+
+
+def test_evaluate_return_dict_must_be_a_bool():
+    with pytest.raises(NndError, match="return_dict must be True or False, got 'no'"):
+        nnd.loads(TINY).evaluate(X, Y, return_dict="no")
+
+
 # ------------------------------------------------------------------------------------------ data
 
 

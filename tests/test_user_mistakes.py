@@ -359,7 +359,8 @@ def test_an_lstm_initial_state_of_none_starts_from_zeros():
 
 
 @pytest.mark.parametrize("layer, message", [
-    ("dense(4, name=None)", "dense argument 'name': expected a name or none, got the name 'None'; did you mean 'none'?"),
+    ("dense(4, name=None)", "dense argument 'name': expected a name or none, got the name 'None'; "
+                            "did you mean 'none'?"),
     ("dropout(0.5, seed=None)", "dropout argument 'seed': expected an int or none, got the name 'None'; "
                                 "did you mean 'none'?"),
 ])
