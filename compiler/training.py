@@ -225,9 +225,15 @@ def _undefined_word(value: Any, kind: ArgKind, what: str, span: Span | None) -> 
 
 def check_configured(name: str, args: dict[str, Any], table: dict[str, dict[str, ArgKind]], what: str,
                      aliases: dict[str, str] | None = None) -> Configured:
-    """Check a setting given from Python (`Model.compile`) exactly as the train section's is checked."""
+    """Check a setting given from Python (`Model.compile`) exactly as the train section's is checked; the
+    name may be the language's call, "sparse_categorical_crossentropy(from_logits=true)", with `args`
+    added to the arguments it writes."""
+    from nnd.compiler.setting_text import parse_setting  # it evaluates with the checker, which imports this
+
+    written = parse_setting(name, what) if "(" in name else CallValue(name, (), ())
     try:
-        return _configured(CallValue(name, (), tuple(args.items())), table, what, None, aliases)
+        return _configured(CallValue(written.callee, written.args, written.kwargs + tuple(args.items())), table,
+                           what, None, aliases)
     except _SettingError as err:
         raise NndError(Diagnostic(err.message, None, err.notes)) from None
     except _SettingErrors as errs:

@@ -22,7 +22,8 @@ from nnd.compiler.frontend import CheckedProgram
 from nnd.compiler.output_checks import check_outputs
 from nnd.compiler.summary import summarize
 from nnd.compiler.tensor_type import TensorType
-from nnd.compiler.training import LOSS_ALIASES, LOSSES, OPTIMIZERS, Configured, TrainSpec, check_configured
+from nnd.compiler.training import (LOSS_ALIASES, LOSSES, METRIC_ALIASES, METRICS, OPTIMIZERS, Configured, TrainSpec,
+                                   check_configured)
 from nnd.compiler.training_graph import TARGET_PREFIX, loss_for, target_type
 from nnd.evaluation import check_return_dict, evaluation_result
 from nnd.runtime import checkpoint as ckpt
@@ -152,7 +153,11 @@ class Model:
 
     def compile(self, optimizer: str | Configured | None = None, loss: str | Configured | None = None,
                 metrics: Sequence[str | Configured] | None = None, **optimizer_args: Any) -> "Model":
-        """Override the file's train section, Keras style: compile(optimizer="sgd", lr=0.1, loss="mse")."""
+        """Override the file's train section, Keras style: compile(optimizer="sgd", lr=0.1, loss="mse").
+
+        Each is a name, or the train section's call with its arguments, in the language's words:
+        loss="sparse_categorical_crossentropy(from_logits=true)", metrics=["top_k_accuracy(k=3)"]; or an
+        `nnd.Configured(name, {argument: value})`, such as nnd.Configured("huber", {"delta": 2.0})."""
         spec = self.spec
         # Every name and argument is checked before anything changes, as the train section's would be.
         new_optimizer, new_loss, new_metrics = spec.optimizer, spec.loss, spec.metrics
@@ -163,7 +168,7 @@ class Model:
         if loss is not None:
             new_loss = _checked(_configured(loss), LOSSES, "loss", LOSS_ALIASES)
         if metrics is not None:
-            new_metrics = [_configured(m) for m in ([metrics] if isinstance(metrics, (str, Configured)) else metrics)]
+            new_metrics = [_metric(m) for m in ([metrics] if isinstance(metrics, (str, Configured)) else metrics)]
             for metric in new_metrics:
                 make_metric(metric.name, **metric.args)
         spec.optimizer, spec.loss, spec.metrics = new_optimizer, new_loss, new_metrics
@@ -404,6 +409,13 @@ def _as_json(value: Configured) -> dict[str, Any]:
 
 def _configured(value: str | Configured) -> Configured:
     return value if isinstance(value, Configured) else Configured(str(value))
+
+
+def _metric(value: str | Configured) -> Configured:
+    """A metric for compile(): one written as the language's call, "top_k_accuracy(k=3)", is read as
+    the train section's would be."""
+    metric = _configured(value)
+    return _checked(metric, METRICS, "metric", METRIC_ALIASES) if "(" in metric.name else metric
 
 
 def _checked(value: Configured, table, what: str, aliases=None) -> Configured:
