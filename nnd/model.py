@@ -366,19 +366,25 @@ class Model:
     def _feeds(self, x: Arrays, y: Arrays) -> dict[str, np.ndarray]:
         feeds = self._inputs(x)
         targets = by_name(y, self.output_names, "target")
-        for name, output in self.graph.outputs.items():
-            loss = loss_for(self.spec, output).name
-            target = as_array(targets[name], f"target '{name}'")
-            try:
-                feeds[TARGET_PREFIX + name] = check_target(target, target_type(loss, output), output, name, loss)
-            except NndError as err:
-                if self.spec.loss is not None:
-                    raise
-                raise _with_note(err, f"no loss is set, so output '{name}' gets {loss}, the usual one for its "
-                                      "final activation; set another with loss = ... in the train section or "
-                                      "model.compile(loss=...)") from None
+        for name in self.output_names:
+            feeds[TARGET_PREFIX + name] = self._target(name, targets[name])
         same_count(feeds, "inputs and targets")
         return feeds
+
+    def _target(self, name: str, value: Any, label: str | None = None) -> np.ndarray:
+        """Output `name`'s target, checked against its loss; `label` names it in messages (the command
+        line's key in a data file), instead of fit's y or the output's name."""
+        output = self.graph.outputs[name]
+        loss = loss_for(self.spec, output).name
+        target = as_array(value, f"target '{label or name}'")
+        try:
+            return check_target(target, target_type(loss, output), output, name, loss, label)
+        except NndError as err:
+            if self.spec.loss is not None:
+                raise
+            raise _with_note(err, f"no loss is set, so output '{name}' gets {loss}, the usual one for its "
+                                  "final activation; set another with loss = ... in the train section or "
+                                  "model.compile(loss=...)") from None
 
 
 def _with_note(error: NndError, note: str) -> NndError:
