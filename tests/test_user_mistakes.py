@@ -2,6 +2,7 @@
 or a usage error, never an internal error, and programs at the extremes that are valid still compile."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import nnd
 from nnd import NndError
 from nnd.cli import main
 from nnd.compiler.ir import print_graph
+from nnd.runtime.divergence import divergence_message
 
 
 def check(text: str) -> str:
@@ -548,3 +550,42 @@ def test_activation_none_is_the_identity_as_keras_activation_none_is():
     kernel, bias = none.parameters()["dense.kernel"], none.parameters()["dense.bias"]
     np.testing.assert_allclose(none.predict(x), x.astype(np.float64) @ kernel + bias, rtol=1e-6)
     assert np.array_equal(none.predict(x), linear.predict(x))
+
+
+# ---------------------------------------------------------------- a loss that stops being finite
+
+RAW_SCORES = "model m {\n    input x: [4]\n    dense(3)\n}\ntrain m {\n    loss = sparse_categorical_crossentropy\n}\n"
+
+
+def _first_fit_error(text: str, x: np.ndarray, y: np.ndarray) -> str:
+    model = nnd.loads(text)
+    with pytest.warns(nnd.NndWarning) if "dense(3)" in text else contextlib.nullcontext():
+        with pytest.raises(NndError) as caught:
+            model.fit(x, y, epochs=1, verbose=0)
+    return str(caught.value)
+
+
+def test_nan_at_the_first_step_points_at_the_missing_softmax_not_the_learning_rate():
+    # all-zero inputs give all-zero scores, which a probability loss normalizes by their sum, 0
+    message = _first_fit_error(RAW_SCORES, np.zeros((8, 4), np.float32), np.zeros(8, np.int64))
+    assert message == ("error: the loss became nan at step 1, before any update, so not through the learning "
+                       "rate; most likely: sparse_categorical_crossentropy reads probabilities, but output 'output' "
+                       "has no activation at its end (raw scores) (end the model with activation=softmax, or set "
+                       "from_logits=true for raw scores)")
+
+
+def test_inf_at_the_first_step_without_a_loss_mismatch_points_at_the_data():
+    text = "model m {\n    input x: [4]\n    dense(1)\n}\ntrain m {\n    loss = mse\n}\n"
+    message = _first_fit_error(text, np.full((8, 4), 1e20, np.float32), np.zeros(8))
+    assert message == ("error: the loss became inf at step 1, before any update, so not through the learning "
+                       "rate; check the inputs and targets for extreme values")
+
+
+def test_a_later_divergence_blames_the_learning_rate_and_still_names_the_loss_mismatch():
+    model = nnd.loads(RAW_SCORES)
+    message = divergence_message(float("nan"), 7, model.spec, model.graph, np.dtype(np.float16))
+    assert message == ("the loss became nan at step 7; lower the learning rate (--lr, or lr= in compile()) or check "
+                       "the data for extreme values; in float16, values may overflow: try without mixed precision; "
+                       "also, sparse_categorical_crossentropy reads probabilities, but output 'output' has no "
+                       "activation at its end (raw scores) (end the model with activation=softmax, or set "
+                       "from_logits=true for raw scores)")
