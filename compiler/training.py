@@ -52,12 +52,14 @@ METRICS: dict[str, dict[str, ArgKind]] = {
 }
 
 _MONITOR = {"monitor": NAME}
+# Keras' mode: auto maximizes an accuracy-like monitor (acc, auc, precision, recall) and minimizes the rest.
+_MODE = {"mode": choice(("auto", "min", "max"), "mode")}
 CALLBACKS: dict[str, dict[str, ArgKind]] = {
-    "early_stopping": {**_MONITOR, "patience": NON_NEGATIVE_INT, "min_delta": FLOAT,
-                       "mode": choice(("auto", "min", "max"), "mode"), "restore_best": BOOL},
+    "early_stopping": {**_MONITOR, "patience": NON_NEGATIVE_INT, "min_delta": FLOAT, **_MODE,
+                       "restore_best": BOOL},
     "reduce_lr_on_plateau": {**_MONITOR, "factor": UNIT_FLOAT, "patience": NON_NEGATIVE_INT,
-                             "min_delta": FLOAT, "min_lr": FLOAT, "cooldown": NON_NEGATIVE_INT},
-    "best_checkpoint": {**_MONITOR},
+                             "min_delta": FLOAT, "min_lr": FLOAT, "cooldown": NON_NEGATIVE_INT, **_MODE},
+    "best_checkpoint": {**_MONITOR, **_MODE},
 }
 
 SCHEDULES: dict[str, dict[str, ArgKind]] = {
