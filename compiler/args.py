@@ -364,6 +364,17 @@ LAYER = ArgKind("a layer", _layer)
 TENSORS = ArgKind("a list of tensor values", _tensors)
 
 
+def or_none(kind: ArgKind) -> ArgKind:
+    """The kind, or none (Python's None from the API) for a setting whose default is none in Keras, such as
+    clipnorm: it converts to None, which asks for the default."""
+    def convert(value: Any) -> Any:
+        if value is None or isinstance(value, Symbol) and value.name == "none":
+            return None
+        return kind.convert(value)
+
+    return ArgKind(f"{kind.expected} or none", convert, kind.symbolic)
+
+
 def choice(choices: tuple[str, ...], what: str) -> ArgKind:
     return ArgKind(f"one of {', '.join(choices)}", _choice(choices, what), symbolic=True)
 

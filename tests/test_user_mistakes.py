@@ -589,3 +589,21 @@ def test_a_later_divergence_blames_the_learning_rate_and_still_names_the_loss_mi
                        "also, sparse_categorical_crossentropy reads probabilities, but output 'output' has no "
                        "activation at its end (raw scores) (end the model with activation=softmax, or set "
                        "from_logits=true for raw scores)")
+
+
+@pytest.mark.parametrize("setting, default", [
+    ("optimizer = adam(lr=0.01, clipnorm=none, global_clipnorm=none, clipvalue=none, weight_decay=none)",
+     "optimizer = adam(lr=0.01)"),
+    ("lr_schedule = warmup(10, decay_steps=none)", "lr_schedule = warmup(10)"),
+])
+def test_a_train_argument_whose_keras_default_is_none_takes_none_as_that_default(setting, default):
+    def spec(text: str):
+        found = nnd.loads(TRAIN.format(setting=text)).spec
+        return found.optimizer, found.lr_schedule
+
+    assert spec(setting) == spec(default)
+
+
+def test_compile_takes_pythons_none_for_an_optimizer_argument_whose_keras_default_is_none():
+    model = nnd.loads(TRAIN.format(setting="")).compile(optimizer="sgd", lr=0.1, clipnorm=None)
+    assert model.spec.optimizer == nnd.Configured("sgd", {"lr": 0.1})
