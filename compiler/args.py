@@ -180,8 +180,9 @@ def _bool(value: Any) -> bool:
 PYTHON_WORDS = {"True": True, "False": False, "None": Symbol("none")}
 
 
-def python_word_hint(value: Any, kind: ArgKind) -> str | None:
-    """'did you mean ...?' for Python's True, False or None where the language's word would be accepted."""
+def python_word_hint(value: Any, kind: "ArgKind | ArgSpec") -> str | None:
+    """'did you mean ...?' for Python's True, False or None where the language's word would be accepted
+    (by an argument kind, or by a layer's argument, which also takes none when that is its default)."""
     if not isinstance(value, Symbol) or value.name not in PYTHON_WORDS:
         return None
     try:
@@ -363,6 +364,17 @@ LAYER = ArgKind("a layer", _layer)
 TENSORS = ArgKind("a list of tensor values", _tensors)
 
 
+def or_none(kind: ArgKind) -> ArgKind:
+    """The kind, or none (Python's None from the API) for a setting whose default is none in Keras, such as
+    clipnorm: it converts to None, which asks for the default."""
+    def convert(value: Any) -> Any:
+        if value is None or isinstance(value, Symbol) and value.name == "none":
+            return None
+        return kind.convert(value)
+
+    return ArgKind(f"{kind.expected} or none", convert, kind.symbolic)
+
+
 def choice(choices: tuple[str, ...], what: str) -> ArgKind:
     return ArgKind(f"one of {', '.join(choices)}", _choice(choices, what), symbolic=True)
 
@@ -380,3 +392,21 @@ class ArgSpec:
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
+
+    def convert(self, value: Any) -> Any:
+        """The kind's conversion, and `none` wherever the default is none (Keras' None): it asks for the
+        default itself, so `name=none` is an automatic name and `seed=none` a fresh draw."""
+        if self.default is None and isinstance(value, Symbol):
+            if value.name == "none":
+                return None
+            if value.name in PYTHON_WORDS and not _takes_none(self.kind):  # else name=None names a layer "None"
+                raise ArgError(f"expected {self.kind.expected} or none, got the name '{value.name}'")
+        return self.kind.convert(value)
+
+
+def _takes_none(kind: ArgKind) -> bool:
+    """Whether the kind has a meaning of its own for `none` (strides, regularizers), and its own message."""
+    try:
+        return kind.convert(Symbol("none")) is None
+    except ArgError:
+        return False

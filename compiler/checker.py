@@ -569,9 +569,9 @@ class ModelLowering:
                 ok = False
                 continue
             try:
-                bound[arg_spec.name] = arg_spec.kind.convert(value)
+                bound[arg_spec.name] = arg_spec.convert(value)
             except ArgError as err:
-                python = python_word_hint(value, arg_spec.kind)
+                python = python_word_hint(value, arg_spec)
                 if python:
                     self.error(f"{call.callee} argument '{arg_spec.name}': {err.message}; {python}",
                                arg.value.span or arg.span)

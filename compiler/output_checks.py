@@ -33,6 +33,11 @@ def check_outputs(spec: TrainSpec, graph: Graph) -> tuple[list[Diagnostic], list
     return errors + metric_errors, warnings + metric_warnings
 
 
+def loss_warnings(spec: TrainSpec, graph: Graph) -> list[Diagnostic]:
+    """The warnings about the loss alone: what most likely explains a loss that is not finite."""
+    return _check_loss(spec, graph)[1]
+
+
 def _check_metrics(spec: TrainSpec, graph: Graph) -> tuple[list[Diagnostic], list[Diagnostic]]:
     errors: list[Diagnostic] = []
     warnings: list[Diagnostic] = []

@@ -341,7 +341,7 @@ def optimization_report(before: Graph, after: Graph, stages: Sequence[tuple[str,
             previous = graph
 
     if analysis.groups:
-        lines.append(f"fused and folded kernels ({len(analysis.groups)}):")
+        lines.append(_kernels_heading(analysis.groups))
         for group in analysis.groups:
             lines.extend(_group_lines(group, names))
     if analysis.merged:
@@ -378,11 +378,24 @@ def _memory_plan_lines(before: Graph, after: Graph) -> list[str]:
             f"  {_bytes(optimized.peak_bytes)} with {counted(optimized.in_place_count, 'result')} written in place"]
 
 
+def _listed(group: Group) -> list[Node]:
+    """The nodes a group is listed by: its kernels on batch-sized values, else (all weights) every node."""
+    return [n for n in group.nodes if _batched(n)] or list(group.nodes)
+
+
+def _kernels_heading(groups: Sequence[Group]) -> str:
+    """The count of the kernels listed below it; a group of several (its replaced nodes said once for
+    all of them) makes fewer groups than kernels, which the heading says too."""
+    listed = sum(len(_listed(g)) for g in groups)
+    count = str(listed) if listed == len(groups) else f"{listed}, in {counted(len(groups), 'group')}"
+    return f"fused and folded kernels ({count}):"
+
+
 def _group_lines(group: Group, names) -> list[str]:
     kernels = [n for n in group.nodes if _batched(n)]
     helpers = [n for n in group.nodes if not _batched(n)]
     lines = []
-    for node in kernels or group.nodes:
+    for node in _listed(group):
         lines.append(f"  {', '.join(names(v) for v in node.outputs)} = {_describe(node)}: "
                      f"{', '.join(str(v.type) for v in node.outputs)}")
     if group.replaced:

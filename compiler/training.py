@@ -12,13 +12,13 @@ from typing import Any, Callable, Sequence
 from nnd.compiler import syntax as S
 from nnd.compiler.args import (BOOL, FLOAT, NAME, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT,
                                POSITIVE_INT, RATE, UNIT_FLOAT, ArgError, ArgKind, CallValue, Symbol, choice, describe,
-                               python_word_hint)
+                               or_none, python_word_hint)
 from nnd.compiler.diagnostics import Diagnostic, DiagnosticBag, NndError, did_you_mean
 from nnd.compiler.source import Span
 
 # Every optimizer takes Keras 3's decoupled weight decay and gradient clipping.
-_COMMON = {"weight_decay": NON_NEGATIVE_FLOAT, "clipnorm": POSITIVE_FLOAT, "global_clipnorm": POSITIVE_FLOAT,
-           "clipvalue": POSITIVE_FLOAT}
+_COMMON = {"weight_decay": or_none(NON_NEGATIVE_FLOAT), "clipnorm": or_none(POSITIVE_FLOAT),
+           "global_clipnorm": or_none(POSITIVE_FLOAT), "clipvalue": or_none(POSITIVE_FLOAT)}
 _LR = {"lr": POSITIVE_FLOAT}
 
 # name -> {argument: kind}; positional arguments bind in this order.
@@ -52,12 +52,14 @@ METRICS: dict[str, dict[str, ArgKind]] = {
 }
 
 _MONITOR = {"monitor": NAME}
+# Keras' mode: auto maximizes an accuracy-like monitor (acc, auc, precision, recall) and minimizes the rest.
+_MODE = {"mode": choice(("auto", "min", "max"), "mode")}
 CALLBACKS: dict[str, dict[str, ArgKind]] = {
-    "early_stopping": {**_MONITOR, "patience": NON_NEGATIVE_INT, "min_delta": FLOAT,
-                       "mode": choice(("auto", "min", "max"), "mode"), "restore_best": BOOL},
+    "early_stopping": {**_MONITOR, "patience": NON_NEGATIVE_INT, "min_delta": FLOAT, **_MODE,
+                       "restore_best": BOOL},
     "reduce_lr_on_plateau": {**_MONITOR, "factor": UNIT_FLOAT, "patience": NON_NEGATIVE_INT,
-                             "min_delta": FLOAT, "min_lr": FLOAT, "cooldown": NON_NEGATIVE_INT},
-    "best_checkpoint": {**_MONITOR},
+                             "min_delta": FLOAT, "min_lr": FLOAT, "cooldown": NON_NEGATIVE_INT, **_MODE},
+    "best_checkpoint": {**_MONITOR, **_MODE},
 }
 
 SCHEDULES: dict[str, dict[str, ArgKind]] = {
@@ -65,7 +67,7 @@ SCHEDULES: dict[str, dict[str, ArgKind]] = {
     "exponential_decay": {"decay_rate": UNIT_FLOAT, "decay_steps": POSITIVE_INT, "staircase": BOOL},
     "cosine_decay": {"decay_steps": POSITIVE_INT, "alpha": UNIT_FLOAT},
     "warmup": {"warmup_steps": POSITIVE_INT, "then": choice(("constant", "cosine"), "schedule"),
-               "decay_steps": POSITIVE_INT, "alpha": UNIT_FLOAT, "start": NON_NEGATIVE_FLOAT},
+               "decay_steps": or_none(POSITIVE_INT), "alpha": UNIT_FLOAT, "start": NON_NEGATIVE_FLOAT},
 }
 # The schedules' arguments without a default.
 SCHEDULE_REQUIRED: dict[str, tuple[str, ...]] = {
@@ -194,8 +196,9 @@ def _configured(value: Any, table: dict[str, dict[str, ArgKind]], what: str, spa
             _undefined_word(arg, schema[key], f"{name} argument '{key}'", arg_span)
             raise _SettingError(f"{name} argument '{key}': {err.message}", arg_span, err.notes) from None
 
-    args = dict(zip(raw, _each(list(raw), convert)))
-    return Configured(name, args, span, {key: arg_span for key, (_, arg_span) in raw.items()})
+    # none asks for an argument's default: left out, as if not given
+    args = {key: value for key, value in zip(raw, _each(list(raw), convert)) if value is not None}
+    return Configured(name, args, span, {key: arg_span for key, (_, arg_span) in raw.items() if key in args})
 
 
 def _schedule(schedule: Configured) -> Configured:
@@ -225,9 +228,15 @@ def _undefined_word(value: Any, kind: ArgKind, what: str, span: Span | None) -> 
 
 def check_configured(name: str, args: dict[str, Any], table: dict[str, dict[str, ArgKind]], what: str,
                      aliases: dict[str, str] | None = None) -> Configured:
-    """Check a setting given from Python (`Model.compile`) exactly as the train section's is checked."""
+    """Check a setting given from Python (`Model.compile`) exactly as the train section's is checked; the
+    name may be the language's call, "sparse_categorical_crossentropy(from_logits=true)", with `args`
+    added to the arguments it writes."""
+    from nnd.compiler.setting_text import parse_setting  # it evaluates with the checker, which imports this
+
+    written = parse_setting(name, what) if "(" in name else CallValue(name, (), ())
     try:
-        return _configured(CallValue(name, (), tuple(args.items())), table, what, None, aliases)
+        return _configured(CallValue(written.callee, written.args, written.kwargs + tuple(args.items())), table,
+                           what, None, aliases)
     except _SettingError as err:
         raise NndError(Diagnostic(err.message, None, err.notes)) from None
     except _SettingErrors as errs:

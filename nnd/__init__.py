@@ -107,7 +107,7 @@ def _compile_saved(model: "Model", choices: dict | None) -> None:
 # The classes load on first use, so that `import nnd` (and the command line's start, which a Ctrl-C may
 # interrupt) does not wait for the compiler and runtime (the better part of a second).
 _LAZY = {"Model": "nnd.model", "Callback": "nnd.runtime.callbacks", "EarlyStopping": "nnd.runtime.callbacks",
-         "ReduceLROnPlateau": "nnd.runtime.callbacks"}
+         "ReduceLROnPlateau": "nnd.runtime.callbacks", "Configured": "nnd.compiler.training"}
 
 
 def __getattr__(name: str):
@@ -118,5 +118,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'nnd' has no attribute {name!r}")
 
 
-__all__ = ["Callback", "EarlyStopping", "Model", "NndError", "NndWarning", "ReduceLROnPlateau", "load", "loads",
-           "__version__"]
+__all__ = ["Callback", "Configured", "EarlyStopping", "Model", "NndError", "NndWarning", "ReduceLROnPlateau", "load",
+           "loads", "__version__"]

@@ -127,8 +127,11 @@ def integer_input(array: np.ndarray, name: str, dtype: str) -> np.ndarray:
     return array.astype(target, copy=False)
 
 
-def check_target(y: np.ndarray, type: TensorType, output, name: str, loss: str) -> np.ndarray:
-    label = name if name != "output" else "y"
+def check_target(y: np.ndarray, type: TensorType, output, name: str, loss: str, label: str | None = None
+                 ) -> np.ndarray:
+    """y as output `name`'s target under `loss`; messages call it `label`, by default fit's y for the one
+    output of a model, else the output's name."""
+    label = label or (name if name != "output" else "y")
     try:
         if type.dtype == "i64":
             return _class_id_target(y, type, output.type.shape[-1], label, name, loss)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 import warnings as warnings_module
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
@@ -55,7 +55,21 @@ def dataset_for(model, source: str | None, data_dir: str | None, limit: int | No
     if limit is not None:
         dataset.x_train = dataset.x_train[:limit]
         dataset.y_train = None if dataset.y_train is None else dataset.y_train[:limit]
+    _check_targets(model, source, dataset)
     return dataset
+
+
+def _check_targets(model, source: str | None, dataset: Dataset) -> None:
+    """Targets that do not fit the model, named by their key in the data file (y_train), not as fit's y."""
+    for role in ("y_train", "y_test"):
+        y, key = getattr(dataset, role), dataset.keys.get(role)
+        if y is None or key is None:
+            continue
+        try:
+            model._target(model.output_names[0], y, key)
+        except NndError as err:
+            raise NndError([replace(d, message=f"--data {source}: {d.message}") for d in err.diagnostics],
+                           err.sources) from None
 
 
 def _check_sample_shape(model, source: str | None, x: np.ndarray) -> None:

@@ -22,8 +22,10 @@ from nnd.compiler.frontend import CheckedProgram
 from nnd.compiler.output_checks import check_outputs
 from nnd.compiler.summary import summarize
 from nnd.compiler.tensor_type import TensorType
-from nnd.compiler.training import LOSS_ALIASES, LOSSES, OPTIMIZERS, Configured, TrainSpec, check_configured
+from nnd.compiler.training import (LOSS_ALIASES, LOSSES, METRIC_ALIASES, METRICS, OPTIMIZERS, Configured, TrainSpec,
+                                   check_configured)
 from nnd.compiler.training_graph import TARGET_PREFIX, loss_for, target_type
+from nnd.evaluation import check_return_dict, evaluation_result
 from nnd.runtime import checkpoint as ckpt
 from nnd.runtime.executor import Executor
 from nnd.runtime.fit import plain_batches
@@ -151,7 +153,11 @@ class Model:
 
     def compile(self, optimizer: str | Configured | None = None, loss: str | Configured | None = None,
                 metrics: Sequence[str | Configured] | None = None, **optimizer_args: Any) -> "Model":
-        """Override the file's train section, Keras style: compile(optimizer="sgd", lr=0.1, loss="mse")."""
+        """Override the file's train section, Keras style: compile(optimizer="sgd", lr=0.1, loss="mse").
+
+        Each is a name, or the train section's call with its arguments, in the language's words:
+        loss="sparse_categorical_crossentropy(from_logits=true)", metrics=["top_k_accuracy(k=3)"]; or an
+        `nnd.Configured(name, {argument: value})`, such as nnd.Configured("huber", {"delta": 2.0})."""
         spec = self.spec
         # Every name and argument is checked before anything changes, as the train section's would be.
         new_optimizer, new_loss, new_metrics = spec.optimizer, spec.loss, spec.metrics
@@ -162,7 +168,7 @@ class Model:
         if loss is not None:
             new_loss = _checked(_configured(loss), LOSSES, "loss", LOSS_ALIASES)
         if metrics is not None:
-            new_metrics = [_configured(m) for m in ([metrics] if isinstance(metrics, (str, Configured)) else metrics)]
+            new_metrics = [_metric(m) for m in ([metrics] if isinstance(metrics, (str, Configured)) else metrics)]
             for metric in new_metrics:
                 make_metric(metric.name, **metric.args)
         spec.optimizer, spec.loss, spec.metrics = new_optimizer, new_loss, new_metrics
@@ -239,16 +245,23 @@ class Model:
             return batch_size  # a GPU wants the whole batch at once
         return max(MIN_SLICE, min(batch_size, CACHE_BYTES // self._activation_bytes_per_sample))
 
-    def evaluate(self, x: Arrays, y: Arrays, batch_size: int | None = None, verbose: int = 0) -> dict[str, float]:
+    def evaluate(self, x: Arrays, y: Arrays, batch_size: int | None = None, verbose: int = 0, *,
+                 return_dict: bool = True) -> Any:
         """The loss and the train section's metrics over (x, y), in inference mode, in slices of at most
-        `batch_size` samples (default 256). `verbose` is accepted as Keras' is; evaluation prints nothing."""
+        `batch_size` samples (default 256). `verbose` is accepted as Keras' is; evaluation prints nothing.
+
+        Returns a dict by name, {'loss': ..., 'accuracy': ...} (Keras' return_dict=True); reading it by
+        position (`score[0]`) says so. `return_dict=False` gives Keras' default form: the loss alone when
+        there are no metrics, else the list [loss, *metrics] in the dict's order."""
+        return_dict = check_return_dict(return_dict)
         batch_size = positive_int(PREDICT_BATCH if batch_size is None else batch_size, "batch_size")
         feeds = self._feeds(x, y)
         if sample_count(feeds) == 0:
             raise NndError("no samples to evaluate: x and y are empty")
         trainer = self._get_trainer()
-        return trainer.run_epoch(plain_batches(feeds, self._slice_size(batch_size)), self.output_names,
+        logs = trainer.run_epoch(plain_batches(feeds, self._slice_size(batch_size)), self.output_names,
                                  training=False)
+        return evaluation_result(logs, return_dict)
 
     def loss_and_gradients(self, x: Arrays, y: Arrays) -> tuple[float, dict[str, np.ndarray]]:
         """The training loss on one batch and its gradient for every trainable parameter; no update."""
@@ -353,19 +366,25 @@ class Model:
     def _feeds(self, x: Arrays, y: Arrays) -> dict[str, np.ndarray]:
         feeds = self._inputs(x)
         targets = by_name(y, self.output_names, "target")
-        for name, output in self.graph.outputs.items():
-            loss = loss_for(self.spec, output).name
-            target = as_array(targets[name], f"target '{name}'")
-            try:
-                feeds[TARGET_PREFIX + name] = check_target(target, target_type(loss, output), output, name, loss)
-            except NndError as err:
-                if self.spec.loss is not None:
-                    raise
-                raise _with_note(err, f"no loss is set, so output '{name}' gets {loss}, the usual one for its "
-                                      "final activation; set another with loss = ... in the train section or "
-                                      "model.compile(loss=...)") from None
+        for name in self.output_names:
+            feeds[TARGET_PREFIX + name] = self._target(name, targets[name])
         same_count(feeds, "inputs and targets")
         return feeds
+
+    def _target(self, name: str, value: Any, label: str | None = None) -> np.ndarray:
+        """Output `name`'s target, checked against its loss; `label` names it in messages (the command
+        line's key in a data file), instead of fit's y or the output's name."""
+        output = self.graph.outputs[name]
+        loss = loss_for(self.spec, output).name
+        target = as_array(value, f"target '{label or name}'")
+        try:
+            return check_target(target, target_type(loss, output), output, name, loss, label)
+        except NndError as err:
+            if self.spec.loss is not None:
+                raise
+            raise _with_note(err, f"no loss is set, so output '{name}' gets {loss}, the usual one for its "
+                                  "final activation; set another with loss = ... in the train section or "
+                                  "model.compile(loss=...)") from None
 
 
 def _with_note(error: NndError, note: str) -> NndError:
@@ -396,6 +415,13 @@ def _as_json(value: Configured) -> dict[str, Any]:
 
 def _configured(value: str | Configured) -> Configured:
     return value if isinstance(value, Configured) else Configured(str(value))
+
+
+def _metric(value: str | Configured) -> Configured:
+    """A metric for compile(): one written as the language's call, "top_k_accuracy(k=3)", is read as
+    the train section's would be."""
+    metric = _configured(value)
+    return _checked(metric, METRICS, "metric", METRIC_ALIASES) if "(" in metric.name else metric
 
 
 def _checked(value: Configured, table, what: str, aliases=None) -> Configured:

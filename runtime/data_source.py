@@ -46,6 +46,8 @@ class Dataset:
     # What prediction needs later (a vocabulary, standardization statistics): name -> writer(run_dir).
     artifacts: dict[str, Callable[[Path], Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # how the data was prepared, for the user to read
+    # the key each target had in the data file (y_train -> "y", say), to name it in messages
+    keys: dict[str, str] = field(default_factory=dict)
 
 
 def load_dataset(source: str | None, data_dir: str | None, spec: TrainSpec, input_type: TensorType,
@@ -75,6 +77,7 @@ def load_dataset(source: str | None, data_dir: str | None, spec: TrainSpec, inpu
         x_test = arrays.get("x_test") if split else None
         dataset = Dataset(_as_input(x_train, input_type), y_train, _as_input(x_test, input_type),
                           arrays.get("y_test"))
+        dataset.keys = {"y_train": "y_train" if split else "y", "y_test": "y_test"}
         if _byte_images(x_train, input_type):
             dataset.notes.append(f"{path.name}: uint8 images scaled to [0, 1] (divided by 255)")
         return dataset

@@ -19,6 +19,7 @@ from nnd.compiler.passes import PassManager
 from nnd.compiler.summary import summarize
 from nnd.compiler.training import Configured, TrainSpec, metric_log_name, metric_names
 from nnd.compiler.training_graph import LOSS, LOSS_SCALE, MASK_PREFIX, build_loss_graph, build_training_graph
+from nnd.runtime.divergence import divergence_message
 from nnd.runtime.executor import Executor
 from nnd.runtime.layout_costs import cost_model
 from nnd.runtime.loss_scaling import LossScaler
@@ -70,6 +71,7 @@ class Trainer:
         training = build_training_graph(program, model, spec, loss_scaling=scaling)
         evaluation = build_loss_graph(program, model, spec, INFER)
         self.targets = training.targets
+        self.model_graph = program.graphs[model]  # what a loss that stops being finite is explained by
         self.train_graph = passes.run(training.graph)
         self.eval_graph = passes.run(evaluation.graph)
         self.train_executor = Executor(self.train_graph, backend, compute, seed=seed, cuda_graphs=cuda_graphs)
@@ -109,11 +111,8 @@ class Trainer:
             result = self._forward_backward(feeds)
         loss = float(result[LOSS])
         if not np.isfinite(loss):
-            compute = self.train_executor.dtype
-            hint = f" (in {compute.name}: try without mixed precision)" if compute.itemsize == 2 else ""
-            raise NndError(f"the loss became {loss} at step {self.optimizer.iterations + 1}; "
-                           f"lower the learning rate (--lr, or lr= in compile()) or check the data for extreme "
-                           f"values{hint}")
+            raise NndError(divergence_message(loss, self.optimizer.iterations + 1, self.spec, self.model_graph,
+                                              np.dtype(self.train_executor.dtype)))
         grads = {name: result[GRAD_PREFIX + name] for name in self.trainable}
         if self.scaler is not None:
             grads = self.scaler.unscale(grads, self.train_executor.backend.xp, self.master_dtype.type)

@@ -263,6 +263,24 @@ def test_npz_members_that_are_no_arrays_of_samples_are_named(project, write, mes
         " (its first axis counts the samples)" if "single value" in message else "")
 
 
+@pytest.mark.parametrize("arrays, key, message", [
+    ({"x_train": np.zeros((6, 4)), "y_train": np.zeros((6, 2), np.int64)}, "y_train",
+     "has shape (6, 2); sparse_categorical_crossentropy expects class ids of shape (batch) (one-hot targets "
+     "need categorical_crossentropy)"),
+    ({"x_train": np.zeros((6, 4)), "y_train": np.zeros(6, np.int64), "x_test": np.zeros((2, 4)),
+      "y_test": np.array([0, 5])}, "y_test",
+     "holds label 5 at index 1, outside the 3 classes (0 to 2) of output 'output'"),
+    ({"x": np.zeros((6, 4)), "y": np.full(6, 0.5)}, "y",
+     "must hold integer class ids for sparse_categorical_crossentropy, got non-integer values"),
+])
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_target_that_does_not_fit_is_named_by_its_key_in_the_file(project, arrays, key, message, command):
+    np.savez("d.npz", **arrays)
+    weights = ["--weights", "run"] if command == "evaluate" else ["--out", "out"]
+    assert failure(nnd_cli(command, "table.nnd", "--data", "d.npz", *weights)) == \
+        f"error: --data d.npz: target '{key}' {message}"
+
+
 def test_a_first_row_with_an_empty_cell_is_data_not_a_header(project):
     (project / "f.csv").write_text("1,2,,4,0\n5,6,7,8,1\n")
     assert failure(nnd_cli("train", "table.nnd", "--data", "f.csv")) == "error: f.csv line 1, column 3: an empty value"

@@ -905,3 +905,31 @@ def test_a_binary_classifier_logs_auc_precision_and_recall_and_early_stopping_ma
     positive = y[150:, 0] != 0
     wins = (scores[positive][:, None] > scores[~positive][None, :]).mean()
     assert logs["auc"] == pytest.approx(wins, abs=1e-6)  # no ties among float scores
+
+
+@pytest.mark.parametrize("mode, lrs", [("max", [0.02, 0.02, 0.01, 0.005]), ("min", [0.02] * 4)])
+def test_reduce_lr_on_plateau_takes_mode_in_the_train_section_as_in_python(mode, lrs):
+    # the training loss falls every epoch: an improvement only when smaller is better
+    callback = f"reduce_lr_on_plateau(monitor=loss, factor=0.5, patience=1, min_delta=0, mode={mode})"
+    x, y = _separable(64)
+    in_file = nnd.loads(CLASSIFIER.replace("batch_size = 32", f"batch_size = 32\n callbacks = [{callback}]"))
+    from_python = nnd.loads(CLASSIFIER)
+    python = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=0, mode=mode)
+    history = in_file.fit(x, y, epochs=4, verbose=0).history
+    assert np.all(np.diff(history["loss"]) < 0)
+    assert history["lr"] == pytest.approx(lrs)
+    assert from_python.fit(x, y, epochs=4, verbose=0, callbacks=[python]).history["lr"] == pytest.approx(lrs)
+
+
+def test_best_checkpoint_takes_mode(tmp_path):
+    # with mode=max on a falling loss, the first epoch stays the best
+    source = CLASSIFIER.replace("batch_size = 32", "batch_size = 32\n callbacks = [best_checkpoint(monitor=loss, "
+                                                   "mode=max)]")
+    x, y = _separable(64)
+    first = nnd.loads(source, seed=3)
+    first.fit(x, y, epochs=1, verbose=0, run_dir=tmp_path / "one")
+    model = nnd.loads(source, seed=3)
+    model.fit(x, y, epochs=3, verbose=0, run_dir=tmp_path / "run")
+    best = nnd.loads(source).load_weights(tmp_path / "run" / "best.npz").parameters()
+    assert all(np.array_equal(best[k], v) for k, v in first.parameters().items())
+    assert not np.array_equal(best["dense.kernel"], model.parameters()["dense.kernel"])

@@ -119,6 +119,46 @@ def test_callbacks_are_exported_and_take_keras_spellings(tmp_path):
     assert {"checkpoint.npz", "model.json", "weights.npz", "metrics.json"} <= written
 
 
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+def _reference_figures(model) -> tuple[float, float]:
+    """The crossentropy and accuracy of the model's predictions, in float64."""
+    p = model.predict(X).astype(np.float64)
+    return float(-np.log(p[np.arange(len(Y)), Y]).mean()), float((p.argmax(axis=1) == Y).mean())
+
+
+def test_evaluate_return_dict_false_gives_keras_list_of_loss_then_metrics():
+    model = nnd.loads(TINY)
+    loss, accuracy = model.evaluate(X, Y, return_dict=False)
+    expected = _reference_figures(model)
+    assert (loss, accuracy) == pytest.approx(expected, rel=1e-5)
+    assert model.evaluate(X, Y) == pytest.approx({"loss": expected[0], "accuracy": expected[1]}, rel=1e-5)
+
+
+def test_evaluate_return_dict_false_without_metrics_gives_the_loss_alone():
+    model = nnd.loads(TINY.replace("    metrics = [accuracy]\n", ""))
+    score = model.evaluate(X, Y, return_dict=False)
+    assert isinstance(score, float) and score == pytest.approx(_reference_figures(model)[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("key", [0, np.int64(1), slice(0, 2)])
+def test_evaluate_dict_read_by_position_says_to_pass_return_dict_false(key):
+    logs = nnd.loads(TINY).evaluate(X, Y)
+    with pytest.raises(NndError) as caught:
+        logs[key]
+    assert str(caught.value) == ("error: evaluate returns the figures by name (loss, accuracy), not by position: "
+                                 "write result['loss'], or call evaluate(..., return_dict=False) for Keras' list "
+                                 "[loss, accuracy]")
+    assert isinstance(caught.value, KeyError)  # what a dict's missing key raises, for code that catches that
+    assert logs["accuracy"] == logs.get("accuracy") and dict(logs) == logs
+
+
+def test_evaluate_return_dict_must_be_a_bool():
+    with pytest.raises(NndError, match="return_dict must be True or False, got 'no'"):
+        nnd.loads(TINY).evaluate(X, Y, return_dict="no")
+
+
 # ------------------------------------------------------------------------------------------ data
 
 
@@ -231,3 +271,50 @@ def test_ragged_lists_a_model_number_and_a_bad_summary_batch_are_named():
         model.summary(batch_size="x", print_fn=None)
     with pytest.raises(NndError, match=r"a model is chosen by its name, a str, not int \(models: tiny\)"):
         nnd.loads(TINY, model=3)
+
+
+RAW = "model raw {\n    input x: [4]\n    dense(3)\n}\ntrain raw { loss = mse }\n"
+
+
+def _torch_crossentropy(model) -> float:
+    torch = pytest.importorskip("torch")
+    logits = torch.tensor(model.predict(X), dtype=torch.float64)
+    return float(torch.nn.functional.cross_entropy(logits, torch.tensor(Y)))
+
+
+@pytest.mark.parametrize("loss", [
+    "sparse_categorical_crossentropy(from_logits=true)",
+    nnd.Configured("sparse_categorical_crossentropy", {"from_logits": True}),
+])
+def test_compile_sets_from_logits_by_the_languages_call_or_a_configured(loss, tmp_path):
+    model = nnd.loads(RAW, seed=1).compile(loss=loss)
+    assert model.spec.loss == nnd.Configured("sparse_categorical_crossentropy", {"from_logits": True})
+    assert model.evaluate(X, Y)["loss"] == pytest.approx(_torch_crossentropy(model), rel=1e-5)
+    assert nnd.load(model.save(tmp_path / "saved")).spec.loss == model.spec.loss
+
+
+def test_compile_reads_calls_for_the_optimizer_and_metrics_with_keyword_arguments_added():
+    model = nnd.loads(TINY).compile(optimizer="sgd(lr=0.5, momentum=0.9)", nesterov=True,
+                                    metrics=["top_k_accuracy(k=2)", "accuracy"], loss="huber(2.0)")
+    assert model.spec.optimizer == nnd.Configured("sgd", {"lr": 0.5, "momentum": 0.9, "nesterov": True})
+    assert model.spec.metrics == [nnd.Configured("top_k_accuracy", {"k": 2}), nnd.Configured("accuracy")]
+    assert model.spec.loss == nnd.Configured("huber", {"delta": 2.0})
+
+
+@pytest.mark.parametrize("loss, message", [
+    ("sparse_categorical_crossentropy(from_logits=True)",
+     "sparse_categorical_crossentropy argument 'from_logits': expected true or false, got the name 'True'; "
+     "did you mean 'true'?"),
+    ("huber(delta=-1)", "huber argument 'delta': must be positive, got -1"),
+    ("huber(delta=", "loss 'huber(delta=' is not a name or a call such as adam(lr=0.01): it ends before its "
+                     "call is closed"),
+    ("mse(} train q { loss = mse", "loss 'mse(} train q { loss = mse' is not a name or a call"),
+    ("huber(1) + 1", "loss 'huber(1) + 1' is not a name or a call such as adam(lr=0.01): it is neither a name "
+                     "nor a call"),
+])
+def test_a_compile_call_with_a_mistake_is_one_error_and_changes_nothing(loss, message):
+    model = nnd.loads(TINY)
+    with pytest.raises(NndError) as caught:
+        model.compile(loss=loss)
+    assert message in str(caught.value)
+    assert model.spec.loss == nnd.Configured("sparse_categorical_crossentropy")

@@ -488,6 +488,20 @@ def test_report_on_a_training_graph_shows_merges_and_removed_nodes():
     assert "removed as unused (3 nodes: add, matmul, transpose)" in text
 
 
+@pytest.mark.parametrize("path, count", [(VGG, "7, in 3 groups"), (MNIST, "5"), (TINY_RESNET, "11")])
+def test_report_heading_counts_the_kernels_it_lists(path, count):
+    result = run_cli("compile", path, "--report")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    start = lines.index(f"fused and folded kernels ({count}):")
+    section = []
+    for line in lines[start + 1:]:
+        if not line.startswith("  "):
+            break
+        section.append(line)
+    assert sum(1 for line in section if re.match(r"  %\d+ = ", line)) == int(count.split(",")[0])
+
+
 def test_report_without_changes():
     graph = program(MNIST).graphs["mnist_cnn"]
     assert "no changes" in optimization_report(graph, graph)

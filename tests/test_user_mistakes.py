@@ -2,6 +2,7 @@
 or a usage error, never an internal error, and programs at the extremes that are valid still compile."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from click.testing import CliRunner
 import nnd
 from nnd import NndError
 from nnd.cli import main
+from nnd.compiler.ir import print_graph
+from nnd.runtime.divergence import divergence_message
 
 
 def check(text: str) -> str:
@@ -335,6 +338,38 @@ def test_keras_class_names_and_spellings_suggest_the_catalog_names(layer, sugges
     assert suggestion in check(LAYER.format(layer=layer))
 
 
+@pytest.mark.parametrize("layer, default", [
+    ("conv2d(2, 3, name=none)", "conv2d(2, 3)"),
+    ("dropout(0.5, seed=none)", "dropout(0.5)"),
+])
+def test_none_for_an_argument_whose_default_is_none_means_that_default(layer, default):
+    def graph(text: str) -> str:
+        return print_graph(nnd.loads(LAYER.format(layer=text)).graph)
+
+    assert graph(layer) == graph(default)
+
+
+def test_name_none_gives_the_automatic_names():
+    model = nnd.loads("model m {\n    input x: [3]\n    dense(4, name=none)\n    dense(2, name=none)\n}\n")
+    assert list(model.parameters()) == ["dense.kernel", "dense.bias", "dense_1.kernel", "dense_1.bias"]
+
+
+def test_an_lstm_initial_state_of_none_starts_from_zeros():
+    text = "model m {{\n    input t: [5, 3]\n    lstm(4{extra})\n}}\n"
+    assert print_graph(nnd.loads(text.format(extra=", initial_state=none")).graph) == \
+        print_graph(nnd.loads(text.format(extra="")).graph)
+
+
+@pytest.mark.parametrize("layer, message", [
+    ("dense(4, name=None)", "dense argument 'name': expected a name or none, got the name 'None'; "
+                            "did you mean 'none'?"),
+    ("dropout(0.5, seed=None)", "dropout argument 'seed': expected an int or none, got the name 'None'; "
+                                "did you mean 'none'?"),
+])
+def test_python_none_for_an_optional_argument_suggests_none(layer, message):
+    assert message in check(LAYER.format(layer=layer))
+
+
 def test_keras_optimizer_and_loss_class_names_suggest_the_setting_names():
     rendered = check(TRAIN.format(setting="optimizer = SGD(learning_rate=0.1)\n    metrics = [acc]")
                      .replace("loss = mse", "loss = SparseCategoricalCrossentropy()"))
@@ -515,3 +550,60 @@ def test_activation_none_is_the_identity_as_keras_activation_none_is():
     kernel, bias = none.parameters()["dense.kernel"], none.parameters()["dense.bias"]
     np.testing.assert_allclose(none.predict(x), x.astype(np.float64) @ kernel + bias, rtol=1e-6)
     assert np.array_equal(none.predict(x), linear.predict(x))
+
+
+# ---------------------------------------------------------------- a loss that stops being finite
+
+RAW_SCORES = "model m {\n    input x: [4]\n    dense(3)\n}\ntrain m {\n    loss = sparse_categorical_crossentropy\n}\n"
+
+
+def _first_fit_error(text: str, x: np.ndarray, y: np.ndarray) -> str:
+    model = nnd.loads(text)
+    with pytest.warns(nnd.NndWarning) if "dense(3)" in text else contextlib.nullcontext():
+        with pytest.raises(NndError) as caught:
+            model.fit(x, y, epochs=1, verbose=0)
+    return str(caught.value)
+
+
+def test_nan_at_the_first_step_points_at_the_missing_softmax_not_the_learning_rate():
+    # all-zero inputs give all-zero scores, which a probability loss normalizes by their sum, 0
+    message = _first_fit_error(RAW_SCORES, np.zeros((8, 4), np.float32), np.zeros(8, np.int64))
+    assert message == ("error: the loss became nan at step 1, before any update, so not through the learning "
+                       "rate; most likely: sparse_categorical_crossentropy reads probabilities, but output 'output' "
+                       "has no activation at its end (raw scores) (end the model with activation=softmax, or set "
+                       "from_logits=true for raw scores)")
+
+
+def test_inf_at_the_first_step_without_a_loss_mismatch_points_at_the_data():
+    text = "model m {\n    input x: [4]\n    dense(1)\n}\ntrain m {\n    loss = mse\n}\n"
+    message = _first_fit_error(text, np.full((8, 4), 1e20, np.float32), np.zeros(8))
+    assert message == ("error: the loss became inf at step 1, before any update, so not through the learning "
+                       "rate; check the inputs and targets for extreme values")
+
+
+def test_a_later_divergence_blames_the_learning_rate_and_still_names_the_loss_mismatch():
+    model = nnd.loads(RAW_SCORES)
+    message = divergence_message(float("nan"), 7, model.spec, model.graph, np.dtype(np.float16))
+    assert message == ("the loss became nan at step 7; lower the learning rate (--lr, or lr= in compile()) or check "
+                       "the data for extreme values; in float16, values may overflow: try without mixed precision; "
+                       "also, sparse_categorical_crossentropy reads probabilities, but output 'output' has no "
+                       "activation at its end (raw scores) (end the model with activation=softmax, or set "
+                       "from_logits=true for raw scores)")
+
+
+@pytest.mark.parametrize("setting, default", [
+    ("optimizer = adam(lr=0.01, clipnorm=none, global_clipnorm=none, clipvalue=none, weight_decay=none)",
+     "optimizer = adam(lr=0.01)"),
+    ("lr_schedule = warmup(10, decay_steps=none)", "lr_schedule = warmup(10)"),
+])
+def test_a_train_argument_whose_keras_default_is_none_takes_none_as_that_default(setting, default):
+    def spec(text: str):
+        found = nnd.loads(TRAIN.format(setting=text)).spec
+        return found.optimizer, found.lr_schedule
+
+    assert spec(setting) == spec(default)
+
+
+def test_compile_takes_pythons_none_for_an_optimizer_argument_whose_keras_default_is_none():
+    model = nnd.loads(TRAIN.format(setting="")).compile(optimizer="sgd", lr=0.1, clipnorm=None)
+    assert model.spec.optimizer == nnd.Configured("sgd", {"lr": 0.1})
