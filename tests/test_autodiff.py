@@ -198,6 +198,24 @@ def test_mlp_gradients_match_torch():
     np.testing.assert_allclose(out["grad:x"], tx.grad.numpy(), rtol=1e-10, atol=1e-14)
 
 
+def test_maximum_splits_its_gradient_at_ties_as_torch_does():
+    torch = pytest.importorskip("torch")
+    graph, b = new_graph()
+    x, y = b.add_input("x", f("N", 4)), b.add_input("y", f("N", 4))
+    weights = param(b, "weights", 4)
+    graph.outputs["loss"] = b.emit1("reduce_sum", [b.emit1("mul", [b.emit1("maximum", [x, y]), weights])],
+                                    {"axes": None})
+    grad = differentiate(graph, "loss", ["x", "y"])
+    xs = np.array([[1.0, 2.0, -3.0, 0.5], [0.0, 4.0, 1.5, -1.0]])
+    ys = np.array([[1.0, 0.0, -3.0, 2.5], [0.0, 5.0, 1.5, -2.0]])  # ties in five places
+    ws = np.array([1.0, 2.0, 3.0, 4.0])
+    out = run64(grad, {"x": xs, "y": ys}, {"weights": ws})
+    tx, ty = torch.tensor(xs, requires_grad=True), torch.tensor(ys, requires_grad=True)
+    (torch.maximum(tx, ty) * torch.tensor(ws)).sum().backward()
+    np.testing.assert_allclose(out["grad:x"], tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(out["grad:y"], ty.grad.numpy(), rtol=1e-12)
+
+
 def test_float32_graph_gradients_stay_float32():
     graph, b = new_graph()
     x = b.add_input("x", f("N", 3))

@@ -302,6 +302,8 @@ def test_train_validation_split():
     np.testing.assert_array_equal(again[3], yv)
     _, _, _, tail = train_validation_split(x, y, 0.3, seed=None)
     assert tail.tolist() == [7, 8, 9]
+    _, _, _, tail = train_validation_split(x[:9], y[:9], 0.3, seed=None)  # 2.7 samples round to 3
+    assert tail.tolist() == [6, 7, 8]
     with pytest.raises(NndError, match="strictly between 0 and 1"):
         train_validation_split(x, y, 1.0)
     with pytest.raises(NndError, match="leaves 0 for validation"):

@@ -115,6 +115,22 @@ def test_transposes_that_compose_merge_and_outputs_stay():
     assert [n.attr("perm") for n in result.nodes] == [(2, 0, 1), (1, 2, 0)]
 
 
+def test_two_different_transposes_merge_into_their_composition():
+    from nnd.runtime.executor import Executor
+
+    graph = Graph("t")
+    b = GraphBuilder(graph)
+    x = b.add_input("x", TensorType((2, 3, 4), "f32"))
+    once = b.emit1("transpose", [x], {"perm": (1, 0, 2)})
+    graph.outputs["y"] = b.emit1("transpose", [once], {"perm": (0, 2, 1)})
+    result = cancel_transposes(graph)
+    verify_graph(result)
+    assert ops(result) == ["transpose"]
+    xs = np.arange(24.0).reshape(2, 3, 4)
+    got = Executor(result, dtype=np.float64).run({"x": xs})["y"]
+    np.testing.assert_array_equal(got, xs.transpose(1, 0, 2).transpose(0, 2, 1))
+
+
 def test_gradients_come_before_layout_selection():
     from nnd.compiler.autodiff import differentiate
 

@@ -139,6 +139,21 @@ def test_constants_and_kept_values_are_never_written_over():
     assert plan_memory(graph).in_place == {}
 
 
+def test_a_constant_the_size_of_the_result_keeps_its_value_from_run_to_run():
+    # The executor makes a constant once and hands the same array to every run, so writing a result
+    # over it would change what the next run computes: the plan never picks it, and the run refuses it.
+    graph = Graph("full_constant")
+    b = GraphBuilder(graph)
+    x = b.add_input("x", TensorType((2, 3), "f32"))
+    ones = b.emit1("constant", [], {"value": 1.0, "dtype": "f32", "shape": (2, 3)})
+    graph.outputs["y"] = b.emit1("add", [ones, x])
+    assert plan_memory(graph).in_place == {}
+    executor = Executor(graph, dtype=np.float64)
+    xs = np.full((2, 3), 2.0)
+    for _ in range(3):
+        np.testing.assert_array_equal(executor.run({"x": xs})["y"], xs + 1.0)
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
 def test_in_place_writes_change_no_result_of_any_training_step(path):
     program = compile_file(path)

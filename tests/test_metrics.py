@@ -52,6 +52,31 @@ def test_accuracy_auto_detects_form():
     assert binary.result() == pytest.approx(0.5)
 
 
+def test_accuracy_of_one_score_per_sample_is_binary():
+    # An output of shape (batch,) against targets of shape (batch,) is Keras' binary accuracy; read as
+    # categorical, argmax over the batch axis would score the whole batch as one sample.
+    pred = np.array([0.9, 0.2, 0.7, 0.4, 0.6])
+    target = np.array([1.0, 0.0, 0.0, 1.0, 1.0])
+    m = make_metric("accuracy")
+    m.update(pred, target)
+    assert m.result() == pytest.approx(np.mean((pred > 0.5) == (target == 1)))  # 3 of 5
+
+
+def test_a_score_at_the_threshold_is_a_negative_as_in_keras():
+    # Keras decides y_pred > threshold in binary_accuracy, precision and recall.
+    pred = np.array([[0.5], [0.5], [0.8], [0.1]])
+    target = np.array([[0.0], [0.0], [1.0], [0.0]])
+    predicted, positive = pred > 0.5, target != 0
+    true_positives = np.sum(predicted & positive)
+    expected = {"binary_accuracy": np.mean(predicted == positive),
+                "accuracy": np.mean(predicted == positive),
+                "precision": true_positives / np.sum(predicted)}
+    for name, want in expected.items():
+        m = make_metric(name)
+        m.update(pred, target)
+        assert m.result() == pytest.approx(want), name
+
+
 def test_top_k_accuracy():
     pred = np.array([[0.5, 0.3, 0.2, 0.0], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]])
     m = make_metric("top_k_accuracy", k=2)

@@ -71,6 +71,17 @@ def test_validation_split_holds_out_the_last_samples_as_keras_does():
     assert history.history["val_loss"][0] == pytest.approx(model.evaluate(X[48:], Y[48:])["loss"], rel=1e-6)
 
 
+def test_validation_split_rounds_the_training_part_down_as_keras_does():
+    # Keras trains on x[:int(n * (1 - validation_split))]: of 10 samples at 0.25, 7 train and 3 validate
+    # (rounding the validation part instead would hold out 2).
+    n, fraction = 10, 0.25
+    split_at = int(n * (1 - fraction))
+    model = nnd.loads(TINY)
+    history = model.fit(X[:n], Y[:n], epochs=1, validation_split=fraction, shuffle=False, verbose=0)
+    assert history.history["val_loss"][0] == pytest.approx(
+        model.evaluate(X[split_at:n], Y[split_at:n])["loss"], rel=1e-6)
+
+
 def test_each_fit_returns_its_own_history_and_the_model_keeps_them_all():
     model = nnd.loads(TINY)
     first = model.fit(X, Y, epochs=2, verbose=0)

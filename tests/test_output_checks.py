@@ -150,6 +150,9 @@ def test_binary_metrics_on_class_ids_are_an_error_and_a_top_k_over_k_classes_a_w
         "                                  ^~~~~~~~~~~~~~\n"
         "  note: choose k below 3")
     assert warnings_of(source.replace("auc, top_k_accuracy", "top_k_accuracy(k=2)")) == []
+    # k equal to the number of classes puts every class in the top k as well
+    assert [w.splitlines()[0] for w in warnings_of(source.replace("auc, top_k_accuracy", "top_k_accuracy(k=3)"))] == [
+        "m.nnd:6:26: warning: top_k_accuracy with k=3 over the 3 classes of output 'output' is always 1"]
     binary = model("dense(1, activation=sigmoid)", "binary_crossentropy").replace(
         "    loss =", "    metrics = [auc, precision, recall]\n    loss =")
     assert warnings_of(binary) == []

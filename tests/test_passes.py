@@ -247,6 +247,55 @@ def test_constant_folding_of_scalars_and_neutral_operands():
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
+def test_constant_folding_drops_only_neutral_operands_on_their_own_side():
+    # x - 0 is x but 0 - x is not; 1 / x is not x either
+    graph = Graph("sides")
+    builder = GraphBuilder(graph)
+    x = builder.add_input("x", TensorType(("N", 3), "f32"))
+    zero = builder.emit1("constant", [], {"value": 0.0, "dtype": "f32"})
+    one = builder.emit1("constant", [], {"value": 1.0, "dtype": "f32"})
+    graph.outputs = {"minus_zero": builder.emit1("sub", [x, zero]), "zero_minus": builder.emit1("sub", [zero, x]),
+                     "one_over": builder.emit1("div", [one, x])}
+    folded = fold_constants(graph)
+    verify_graph(folded)
+    xs = np.array([[1.0, -2.0, 0.5], [3.0, 4.0, -0.25]])
+    got = Executor(folded, dtype=np.float64).run({"x": xs})
+    np.testing.assert_array_equal(got["minus_zero"], xs)
+    np.testing.assert_array_equal(got["zero_minus"], -xs)
+    np.testing.assert_array_equal(got["one_over"], 1.0 / xs)
+
+
+def test_constant_folding_keeps_a_neutral_operand_that_broadcasts_or_widens():
+    # x * ones[2, 3] has the constant's shape and x + 0.0 in f64 the wider dtype: neither result is x
+    graph = Graph("widening")
+    builder = GraphBuilder(graph)
+    x = builder.add_input("x", TensorType((2, 1), "f32"))
+    ones = builder.emit1("constant", [], {"value": 1.0, "dtype": "f32", "shape": (2, 3)})
+    zero64 = builder.emit1("constant", [], {"value": 0.0, "dtype": "f64"})
+    graph.outputs = {"wide": builder.emit1("mul", [x, ones]), "f64": builder.emit1("add", [x, zero64])}
+    folded = fold_constants(graph)
+    verify_graph(folded)
+    assert {k: v.type for k, v in folded.outputs.items()} == {k: v.type for k, v in graph.outputs.items()}
+    got = Executor(folded, dtype=np.float64).run({"x": np.array([[2.0], [3.0]])})
+    np.testing.assert_array_equal(got["wide"], [[2.0, 2.0, 2.0], [3.0, 3.0, 3.0]])
+
+
+def test_constants_zero_and_minus_zero_stay_apart():
+    graph = Graph("signed_zeros")
+    builder = GraphBuilder(graph)
+    x = builder.add_input("x", TensorType(("N", 2), "f32"))
+    zero = builder.emit1("constant", [], {"value": 0.0, "dtype": "f32"})
+    minus_zero = builder.emit1("constant", [], {"value": -0.0, "dtype": "f32"})
+    graph.outputs = {"up": builder.emit1("div", [x, zero]), "down": builder.emit1("div", [x, minus_zero])}
+    xs = np.array([[1.0, 2.0]])
+    for simplified in (fold_constants(graph), eliminate_common_subexpressions(graph)):
+        verify_graph(simplified)
+        with np.errstate(divide="ignore"):
+            got = Executor(simplified, dtype=np.float64).run({"x": xs})
+        np.testing.assert_array_equal(got["up"], [[np.inf, np.inf]])
+        np.testing.assert_array_equal(got["down"], [[-np.inf, -np.inf]])
+
+
 def shared_weight_training_graph() -> Graph:
     """A weight used by two matmuls: autodiff emits transpose(W) once per use."""
     graph = Graph("shared")
@@ -345,6 +394,24 @@ def test_fold_batchnorm_leaves_a_conv_whose_output_has_another_user():
     normed = builder.emit1("batchnorm_infer", [conv, *stats], {"epsilon": 0.001})
     graph.outputs = {"y": builder.emit1("add", [normed, conv])}
     assert ops(fold_batchnorm(graph)) == ops(graph)
+
+
+def test_fold_batchnorm_leaves_a_product_whose_unbiased_output_has_another_user():
+    graph = Graph("shared_matmul")
+    builder = GraphBuilder(graph)
+    x = builder.add_input("x", TensorType(("N", 3), "f32"))
+
+    def param(name, shape):
+        return builder.add_param(Parameter(name, TensorType(shape, "f32"), Initializer("ones")))
+
+    product = builder.emit1("matmul", [x, param("w", (3, 4))])
+    biased = builder.emit1("add", [product, param("b", (4,))])
+    stats = [param(n, (4,)) for n in ("gamma", "beta", "mean", "var")]
+    normed = builder.emit1("batchnorm_infer", [biased, *stats], {"epsilon": 0.001})
+    graph.outputs = {"y": builder.emit1("add", [normed, product])}
+    folded = fold_batchnorm(graph)
+    verify_graph(folded)
+    assert ops(folded) == ops(graph)
 
 
 def test_fold_batchnorm_leaves_training_graphs_alone():

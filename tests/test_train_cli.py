@@ -446,6 +446,14 @@ def test_validation_split_flag_holds_out_training_data_instead_of_the_test_split
     assert bad.exit_code == 2 and "--validation-split" in bad.stderr
 
 
+def test_lr_flag_overrides_the_learning_rate_of_the_train_section(project):
+    assert "adam(lr=0.01)" in MODEL
+    result = train("--epochs", 1, "--lr", 0.25, "--out", "run", "-q")
+    assert result.exit_code == 0, result.output
+    history = json.loads((project / "run" / "metrics.json").read_text())
+    assert [epoch["lr"] for epoch in history] == [0.25]
+
+
 def test_a_sigmoid_output_in_csv_gets_its_class_and_a_regression_output_none(project):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(6, 4)).astype(np.float32)
