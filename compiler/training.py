@@ -52,7 +52,8 @@ METRICS: dict[str, dict[str, ArgKind]] = {
 }
 
 _MONITOR = {"monitor": NAME}
-# Keras' mode: auto maximizes an accuracy-like monitor (acc, auc, precision, recall) and minimizes the rest.
+# Keras' mode: auto maximizes an accuracy-like monitor (accuracy, auc, precision, recall) and minimizes the
+# rest; nnd.runtime.callbacks reads the metric from the monitor's name.
 _MODE = {"mode": choice(("auto", "min", "max"), "mode")}
 CALLBACKS: dict[str, dict[str, ArgKind]] = {
     "early_stopping": {**_MONITOR, "patience": NON_NEGATIVE_INT, "min_delta": FLOAT, **_MODE,

@@ -10,8 +10,9 @@ A callback sees a training-state object with `params` (name -> array, changed in
 weights) through a checkpoint, so a resumed run behaves as the uninterrupted one; `load_state_dict` is
 called after `on_train_begin`. Values are JSON numbers or None, or ndarrays.
 
-mode="auto" maximizes monitors naming an accuracy-like quantity (acc, auc, precision, recall, f1) and
-minimizes everything else (losses, mae, mse).
+mode="auto" maximizes a monitor whose metric (the last part of its name, after `val_` and an output's
+name: `val_speed_mae` is an mae) is accuracy-like (an accuracy, auc, precision, recall, f1) and
+minimizes everything else (losses, mae, mse, lr).
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from nnd.runtime.named import build
 __all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau", "BestCheckpoint", "KerasHooks", "make_callback",
            "as_callbacks", "CALLBACKS", "check_logged"]
 
-_MAXIMIZE_HINTS = ("acc", "auc", "precision", "recall", "f1")
+# The metrics that grow as a model improves, by the last word of their names (top_k_accuracy, auc, ...).
+_GROWING = frozenset(("accuracy", "acc", "auc", "precision", "recall", "f1"))
 
 
 def _direction(owner: str, monitor: str, mode: str) -> str:
@@ -38,8 +40,17 @@ def _direction(owner: str, monitor: str, mode: str) -> str:
                        + (f"; did you mean '{hint}'?" if hint else ""))
     if mode != "auto":
         return mode
-    name = monitor.lower()
-    return "max" if any(h in name for h in _MAXIMIZE_HINTS) and "loss" not in name else "min"
+    return "max" if _grows(monitor) else "min"
+
+
+def _grows(monitor: str) -> bool:
+    """Whether a logged figure grows as the model improves, read from its last word: an output's name and
+    `val_` come before the metric (`val_accel_mae` is an error, `loss_head_accuracy` an accuracy), and a
+    count after it tells a repeated metric apart (`precision_1`)."""
+    words = monitor.lower().split("_")
+    while len(words) > 1 and words[-1].isdigit():
+        words.pop()
+    return words[-1] in _GROWING
 
 
 def _monitored(owner: str, monitor: str, logs: Mapping[str, Any]) -> float:

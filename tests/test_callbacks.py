@@ -64,6 +64,19 @@ def test_early_stopping_min_delta_and_max_mode():
     assert es.stopped_epoch == 1
 
 
+@pytest.mark.parametrize("monitor, direction", [
+    ("val_accel_mae", "min"),             # an output named accel: its mae is an error whatever the name holds
+    ("val_loss_head_accuracy", "max"),    # an output named loss_head: its accuracy grows
+    ("val_precision_1", "max"),           # the second precision metric
+    ("top_k_accuracy", "max"), ("val_auc", "max"), ("recall", "max"),
+    ("val_loss", "min"), ("speed_loss", "min"), ("mse", "min"), ("lr", "min"), ("val_acc", "max"),
+])
+def test_mode_auto_reads_the_metric_from_the_last_word_of_the_monitor(monitor, direction):
+    for callback in (EarlyStopping(monitor=monitor), ReduceLROnPlateau(monitor=monitor),
+                     BestCheckpoint("best.npz", monitor=monitor)):
+        assert callback._tracker.direction == direction, callback
+
+
 def test_restore_best_on_early_stop_and_at_epoch_limit():
     es = EarlyStopping(patience=1, restore_best=True)
     state = _train([es], [1.0, 0.5, 0.7, 0.8])
