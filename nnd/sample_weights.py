@@ -60,7 +60,7 @@ def sample_weight_feeds(value: Any, outputs: list[str], samples: int,
 
 
 def _weights(value: Any, what: str, samples: int) -> np.ndarray:
-    """A float32 array of one finite, non-negative weight per sample."""
+    """An array of one finite, non-negative weight per sample."""
     array = as_array(value, what)
     if array.dtype.kind not in "biuf" or array.dtype.kind == "b":
         raise NndError(f"{what} must hold numbers, got dtype {array.dtype}")
@@ -69,7 +69,7 @@ def _weights(value: Any, what: str, samples: int) -> np.ndarray:
         raise NndError(f"{what} has shape {array.shape}, but there are {samples} samples: it needs shape "
                        f"({samples},){per_sample}")
     _check_values(array.astype(np.float64), what)
-    return array.astype(np.float32)
+    return array.astype(np.float64)  # the executor converts it to the dtype the model computes in
 
 
 def _check_values(array: np.ndarray, what: str) -> None:
@@ -112,7 +112,7 @@ def _class_count(name: str, output: Value, loss: str) -> int:
 
 def _class_table(class_weight: Mapping[Any, Any], classes: int) -> np.ndarray:
     """weight by class id, 1 for the classes `class_weight` leaves out (as Keras)."""
-    table = np.ones(classes, dtype=np.float32)
+    table = np.ones(classes, dtype=np.float64)
     for key, weight in class_weight.items():
         if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)):
             raise NndError(f"class_weight keys are class ids (ints), got {key!r}")
