@@ -322,3 +322,12 @@ def test_a_weighted_two_output_batch_trained_in_slices_gives_the_whole_batch_ste
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-12)
     for name, value in models[1].parameters().items():
         np.testing.assert_allclose(models[0].parameters()[name], value, rtol=1e-10, atol=1e-13)
+
+
+def test_a_train_section_may_monitor_an_output_loss_and_a_misspelled_one_gets_a_hint():
+    model = TWO_OUTPUTS.split("train")[0]
+    watched = model + "train two {\n    callbacks = [early_stopping(monitor=val_score_loss)]\n}\n"
+    assert nnd.loads(watched).spec.callbacks[0].args["monitor"] == "val_score_loss"
+    with pytest.raises(NndError, match="monitors 'val_scor_loss', which training does not log; did you mean "
+                                       "'val_score_loss'"):
+        nnd.loads(model + "train two {\n    callbacks = [early_stopping(monitor=val_scor_loss)]\n}\n")
