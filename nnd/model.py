@@ -376,7 +376,8 @@ class Model:
         return arrays
 
     def _feeds(self, x: Arrays, y: Arrays, sample_weight: Arrays | None = None) -> dict[str, np.ndarray]:
-        """Inputs and targets by graph input name, checked; with `sample_weight`, each output's weights."""
+        """Inputs, targets and each output's sample weights (1 unless `sample_weight` gives them) by the
+        training graph's input names, checked."""
         feeds = self._inputs(x)
         targets = by_name(y, self.output_names, "target")
         for name, output in self.graph.outputs.items():
@@ -391,8 +392,11 @@ class Model:
                                       "final activation; set another with loss = ... in the train section or "
                                       "model.compile(loss=...)") from None
         same_count(feeds, "inputs and targets")
+        n = sample_count(feeds)
         if sample_weight is not None:
-            feeds.update(sample_weight_feeds(sample_weight, self.output_names, sample_count(feeds)))
+            feeds.update(sample_weight_feeds(sample_weight, self.output_names, n))
+        else:  # Keras' default: every sample weighs 1 (what the training graph's weight inputs expect)
+            feeds.update({WEIGHT_PREFIX + name: np.ones(n, dtype=np.float32) for name in self.output_names})
         return feeds
 
     def _output_losses(self) -> dict[str, tuple[Any, str]]:
