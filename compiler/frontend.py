@@ -12,6 +12,7 @@ from nnd.compiler.imports import Program, load_program, load_program_text
 from nnd.compiler.ir import Graph
 from nnd.compiler.layers import INFER, LAYERS, TRAIN
 from nnd.compiler.output_checks import check_outputs
+from nnd.compiler.output_losses import check_output_losses
 from nnd.compiler.source import Span
 from nnd.compiler.training import TrainSpec, check_monitors, check_train
 from nnd.compiler.unused import unused_layer_warnings
@@ -93,6 +94,10 @@ def _check_program(program: Program) -> CheckedProgram:
         spec = checked.trains[name] = _check_train_section(section, defs, bag)
         if name in checked.graphs:
             check_monitors(spec, list(checked.graphs[name].outputs), bag)
+            misfits = check_output_losses(spec, name, list(checked.graphs[name].outputs))
+            if misfits:  # the losses cannot be matched to the outputs to check them further
+                bag.diagnostics.extend(misfits)
+                continue
             errors, warnings = check_outputs(spec, checked.graphs[name])
             bag.diagnostics.extend(errors)
             checked.warnings[name] += warnings + _idle_augmentations(spec, checked.graphs[name])

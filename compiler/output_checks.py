@@ -13,8 +13,8 @@ from __future__ import annotations
 from nnd.compiler.args import ACTIVATIONS
 from nnd.compiler.diagnostics import Diagnostic
 from nnd.compiler.ir import Graph, Value
+from nnd.compiler.output_losses import given_loss, loss_for
 from nnd.compiler.training import TrainSpec
-from nnd.compiler.training_graph import loss_for
 
 BINARY_METRICS = ("precision", "recall", "auc")
 
@@ -27,7 +27,8 @@ EXPECTED = {"sparse_categorical_crossentropy": "softmax", "categorical_crossentr
 
 
 def check_outputs(spec: TrainSpec, graph: Graph) -> tuple[list[Diagnostic], list[Diagnostic]]:
-    """(errors, warnings) about the train section's loss and metrics on each output of `graph`."""
+    """(errors, warnings) about the train section's loss and metrics on each output of `graph`; each
+    output is checked against its own loss when the losses are given per output."""
     errors, warnings = _check_loss(spec, graph)
     metric_errors, metric_warnings = _check_metrics(spec, graph)
     return errors + metric_errors, warnings + metric_warnings
@@ -43,7 +44,7 @@ def _check_metrics(spec: TrainSpec, graph: Graph) -> tuple[list[Diagnostic], lis
     warnings: list[Diagnostic] = []
     for metric in spec.metrics:
         for name, output in graph.outputs.items():
-            loss = loss_for(spec, output).name
+            loss = loss_for(spec, name, graph.outputs).name
             if metric.name in BINARY_METRICS and loss == "sparse_categorical_crossentropy":
                 errors.append(Diagnostic(
                     f"{metric.name} counts binary decisions element by element, but the targets of output "
@@ -62,13 +63,13 @@ def _check_metrics(spec: TrainSpec, graph: Graph) -> tuple[list[Diagnostic], lis
 
 
 def _check_loss(spec: TrainSpec, graph: Graph) -> tuple[list[Diagnostic], list[Diagnostic]]:
-    loss = spec.loss
-    if loss is None or loss.name not in EXPECTED:
-        return [], []  # no loss named (each output gets the one its activation implies), or a regression loss
     errors: list[Diagnostic] = []
     warnings: list[Diagnostic] = []
     params = set(graph.params.values())
     for name, output in graph.outputs.items():
+        loss = given_loss(spec, name, list(graph.outputs))
+        if loss is None or loss.name not in EXPECTED:
+            continue  # no loss named (the output gets the one its activation implies), or a regression loss
         where = _made_at(name, output)
         if loss.name in CLASS_LOSSES and output.type.rank >= 2 and output.type.shape[-1] == 1:
             errors.append(Diagnostic(

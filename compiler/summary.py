@@ -106,12 +106,16 @@ def _bytes(value: float) -> str:
 
 def training_recipe(spec, graph: Graph) -> str:
     """The train section as it will run, defaults included: what `nnd summary` prints after the table."""
-    from nnd.compiler.training_graph import loss_for  # the training graph's module imports this one's users
+    from nnd.compiler.output_losses import loss_for, loss_weight  # imports this module's users
 
-    losses = {name: _configured_text(loss_for(spec, output)) for name, output in graph.outputs.items()}
+    names = list(graph.outputs)
+    losses = {name: _configured_text(loss_for(spec, name, graph.outputs)) for name in names}
+    weights = {name: loss_weight(spec, name, names) for name in names}
     loss = next(iter(losses.values())) if len(set(losses.values())) == 1 else ", ".join(
         f"{name}: {text}" for name, text in losses.items())
     parts = [f"optimizer {_configured_text(spec.optimizer)}", f"loss {loss}"]
+    if any(weight != 1.0 for weight in weights.values()):
+        parts.append("loss weights " + ", ".join(f"{name}: {weight:g}" for name, weight in weights.items()))
     if spec.metrics:
         parts.append("metrics " + ", ".join(_configured_text(m) for m in spec.metrics))
     run = [f"{spec.epochs} epoch{'s' if spec.epochs != 1 else ''}", f"batch {spec.batch_size}",

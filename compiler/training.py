@@ -106,7 +106,9 @@ class TrainSpec:
     model: str
     data: str | None = None  # a named dataset or a path
     optimizer: Configured = field(default_factory=lambda: Configured("adam"))
-    loss: Configured | None = None
+    # one loss for every output, one per output in output order, or (from Python) one per output by name
+    loss: Configured | list[Configured] | dict[str, Configured] | None = None
+    loss_weights: list[float] | dict[str, float] | None = None  # each output's factor in the total loss
     metrics: list[Configured] = field(default_factory=list)
     epochs: int = 1
     batch_size: int = 32
@@ -118,6 +120,8 @@ class TrainSpec:
     target: str | None = None  # the CSV column holding labels, or the series a sequence model forecasts
     columns: list[str] | None = None  # the CSV columns a sequence model reads at each step
     span: Span | None = None
+    loss_span: Span | None = None  # where the loss and loss_weights settings are written
+    loss_weights_span: Span | None = None
 
 
 class _SettingError(Exception):
@@ -258,6 +262,40 @@ def _convert(kind: ArgKind, value: Any, key: str, span: Span | None) -> Any:
         raise _SettingError(f"{key}: {err.message}", span, err.notes) from None
 
 
+def _loss(value: Any, span: Span | None) -> Configured | list[Configured]:
+    """One loss for every output, or a list of them, one per output in output order."""
+    if not isinstance(value, list):
+        return _one_loss(value, span)
+    if not value:
+        raise _SettingError("loss: an empty list; give one loss, or a list with one per output", span)
+    return _each(value, lambda item: _one_loss(item, span))
+
+
+def _one_loss(value: Any, span: Span | None) -> Configured:
+    if isinstance(value, Symbol) and value.name == "none":  # Keras' None: an output left out of training
+        raise _SettingError("every output needs a loss; to leave one out of the total, give it weight 0 "
+                            "in loss_weights", value.span or span)
+    return _configured(value, LOSSES, "loss", span, LOSS_ALIASES)
+
+
+def _loss_weights(value: Any, span: Span | None) -> list[float]:
+    """A list with each output's factor in the total loss, in output order."""
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if isinstance(value, list) else describe(value)
+        raise _SettingError(f"loss_weights: expected a list with one weight per output, got {got}", span,
+                            ("such as loss_weights = [1.0, 0.5] for a model with two outputs",))
+    return _each(list(enumerate(value)), lambda item: _loss_weight(item[0], item[1], span))
+
+
+def _loss_weight(index: int, value: Any, span: Span | None) -> float:
+    try:
+        return NON_NEGATIVE_FLOAT.convert(value)
+    except ArgError as err:
+        _undefined_word(value, NON_NEGATIVE_FLOAT, "loss_weights", span)
+        raise _SettingError(f"loss_weights: the weight of output {index + 1}: {err.message}", span,
+                            err.notes) from None
+
+
 def _data(value: Any, span: Span | None) -> str:
     if isinstance(value, str):
         return value
@@ -269,6 +307,12 @@ def _data(value: Any, span: Span | None) -> str:
                                        'in quotes, such as "data.npz"',))
         return value.name
     raise _SettingError(f"data: expected a dataset name or a file path, got {describe(value)}", span)
+
+
+def loss_log_names(outputs: Sequence[str]) -> list[str]:
+    """Each output's own loss in the epoch logs, as Keras logs it: `<output>_loss`, for a model with
+    several outputs (one output's loss is the total)."""
+    return [f"{output}_loss" for output in outputs] if len(outputs) > 1 else []
 
 
 def metric_log_name(metric: str, output: str, outputs: Sequence[str]) -> str:
@@ -291,7 +335,7 @@ def metric_names(metrics: Sequence[Configured]) -> list[str]:
 def epoch_log_names(spec: TrainSpec, outputs: Sequence[str]) -> list[str]:
     """Every figure an epoch of training logs: the loss and the metrics, the same measured on the
     validation data (val_), and the learning rate."""
-    measured = ["loss"] + [metric_log_name(name, output, outputs) for output in outputs
+    measured = ["loss"] + loss_log_names(outputs) + [metric_log_name(name, output, outputs) for output in outputs
                            for name in metric_names(spec.metrics)]
     return measured + [f"val_{name}" for name in measured] + ["lr"]
 
@@ -309,7 +353,7 @@ def check_monitors(spec: TrainSpec, outputs: Sequence[str], bag: DiagnosticBag) 
                   [f"logged: {', '.join(logged)}"])
 
 
-SETTINGS = ("data", "optimizer", "loss", "metrics", "epochs", "batch_size", "validation_split", "seed",
+SETTINGS = ("data", "optimizer", "loss", "loss_weights", "metrics", "epochs", "batch_size", "validation_split", "seed",
             "callbacks", "lr_schedule", "augment", "target", "columns")
 
 
@@ -333,7 +377,9 @@ def _apply_setting(spec: TrainSpec, key: str, value: Any, span: Span | None) -> 
     elif key == "optimizer":
         spec.optimizer = _configured(value, OPTIMIZERS, "optimizer", span)
     elif key == "loss":
-        spec.loss = _configured(value, LOSSES, "loss", span, LOSS_ALIASES)
+        spec.loss, spec.loss_span = _loss(value, span), span
+    elif key == "loss_weights":
+        spec.loss_weights, spec.loss_weights_span = _loss_weights(value, span), span
     elif key == "metrics":
         spec.metrics = _each(_list(value, span), lambda v: _configured(v, METRICS, "metric", span, METRIC_ALIASES))
     elif key == "callbacks":

@@ -2,8 +2,15 @@
 regularization, and the gradients of every trainable parameter, by the autodiff pass.
 
 Each model output gets a target input named `target:<output>`; the training graph's outputs are the
-model outputs (for metrics), `loss` (the mean loss over the batch plus regularization) and one
-`grad:<parameter>` per trainable parameter.
+model outputs (for metrics), `loss` and one `grad:<parameter>` per trainable parameter. `loss` is the
+sum over the outputs of each one's loss weight times its mean loss over the batch
+(`compiler/output_losses.py`), plus regularization; a model with several outputs also has each one's
+unweighted mean loss as the output `loss:<output>`, for the logs.
+
+With `sample_weights`, each model output also gets an input `sample_weight:<output>` holding one factor
+per sample, as Keras' fit(sample_weight=...) and class_weight: the loss of every sample is multiplied by
+its factor and the batch's loss is the mean of these products over the batch (Keras divides by the batch
+size, not by the sum of the weights). A sequence output's steps share their sample's factor.
 
 A sequence output that carries a padding mask (`Graph.output_masks`: downstream of embedding(mask_zero)
 or masking()) leaves its padded steps out of the loss, as Keras does: the loss of each step (the loss
@@ -23,11 +30,14 @@ from nnd.compiler.diagnostics import Diagnostic, NndError
 from nnd.compiler.ir import Graph, Value
 from nnd.compiler.layers import INFER, TRAIN
 from nnd.compiler.tensor_type import FLOAT_DTYPES, TensorType
+from nnd.compiler.output_losses import loss_for, loss_weight
 from nnd.compiler.training import Configured, TrainSpec
 
 TARGET_PREFIX = "target:"
 MASK_PREFIX = "mask:"
+WEIGHT_PREFIX = "sample_weight:"
 LOSS = "loss"
+OUTPUT_LOSS_PREFIX = "loss:"   # each output's own mean loss, in a model with several
 LOSS_SCALE = "loss_scale"      # the scalar input that multiplies the loss under loss scaling
 SCALED_LOSS = "scaled_loss"    # the output the gradients are taken of, then
 
@@ -50,19 +60,6 @@ class TrainingGraph:
     trainable: list[str]
 
 
-def loss_for(spec: TrainSpec, output: Value) -> Configured:
-    """The train section's loss, or (when it names none) the one a Keras user would pick for the
-    output's final activation: each output of a model may then get a different one."""
-    if spec.loss is not None:
-        return spec.loss
-    producer = output.producer
-    if producer is not None and producer.op == "softmax":
-        return Configured("sparse_categorical_crossentropy")
-    if producer is not None and producer.op == "sigmoid":
-        return Configured("binary_crossentropy")
-    return Configured("mse")
-
-
 def target_type(loss: str, output: Value) -> TensorType:
     """Sparse losses take integer class labels, one per prediction vector; the others a float array."""
     if loss == "sparse_categorical_crossentropy":
@@ -71,12 +68,12 @@ def target_type(loss: str, output: Value) -> TensorType:
 
 
 def build_training_graph(program, model: str, spec: TrainSpec | None = None,
-                         loss_scaling: bool = False) -> TrainingGraph:
+                         loss_scaling: bool = False, sample_weights: bool = False) -> TrainingGraph:
     """The training graph of `model` in `program` (a CheckedProgram) under the loss of `spec`.
 
     With `loss_scaling`, the gradients are those of the loss times the scalar input `loss_scale` (mixed
     precision: small float16 gradients stay above the underflow); the `loss` output stays unscaled."""
-    loss_graph = build_loss_graph(program, model, spec, TRAIN)
+    loss_graph = build_loss_graph(program, model, spec, TRAIN, sample_weights)
     graph = loss_graph.graph
     trainable = [name for name, info in graph.param_info.items() if info.trainable]
     differentiated = LOSS
@@ -88,7 +85,8 @@ def build_training_graph(program, model: str, spec: TrainSpec | None = None,
     return TrainingGraph(differentiate(graph, differentiated, trainable), loss_graph.targets, trainable)
 
 
-def build_loss_graph(program, model: str, spec: TrainSpec | None = None, mode: str = INFER) -> TrainingGraph:
+def build_loss_graph(program, model: str, spec: TrainSpec | None = None, mode: str = INFER,
+                     sample_weights: bool = False) -> TrainingGraph:
     """The model in `mode` with target inputs and a `loss` output, without gradients (for evaluation)."""
     spec = spec or program.train_spec(model)
     graph = program.lower(model, mode)
@@ -97,35 +95,60 @@ def build_loss_graph(program, model: str, spec: TrainSpec | None = None, mode: s
     builder = GraphBuilder(graph)
     targets: dict[str, str] = {}
     terms: list[Value] = []
-    masks: dict[str, Value] = {}
-    for name, output in list(graph.outputs.items()):
-        loss = loss_for(spec, output)
+    extra: dict[str, Value] = {}  # each output's own loss and mask
+    outputs = dict(graph.outputs)
+    for name, output in outputs.items():
+        loss = loss_for(spec, name, outputs)
         target = builder.add_input(TARGET_PREFIX + name, target_type(loss.name, output))
         targets[name] = target.name
+        weight = (builder.add_input(WEIGHT_PREFIX + name, TensorType(output.type.shape[:1], "f32"))
+                  if sample_weights else None)
         with builder.origin(loss.span, "loss"):
-            term, mask = _mean_loss(builder, loss, output, target, graph.output_masks.get(name))
-        terms.append(term)
+            term, mask = _mean_loss(builder, loss, output, target, graph.output_masks.get(name), weight)
+            if len(outputs) > 1:
+                extra[OUTPUT_LOSS_PREFIX + name] = term
+            terms.append(_weighted_term(builder, term, loss_weight(spec, name, list(outputs))))
         if mask is not None:
-            masks[MASK_PREFIX + name] = mask
-    with builder.origin(spec.loss.span if spec.loss else None, "loss"):
+            extra[MASK_PREFIX + name] = mask
+    with builder.origin(spec.loss_span, "loss"):
         total = _sum(builder, terms)
         for term in _regularization(builder, graph):
             total = builder.emit1("add", [total, term])
     graph.outputs[LOSS] = total
-    graph.outputs.update(masks)
+    graph.outputs.update(extra)
     return TrainingGraph(graph, targets, [])
 
 
+def _weighted_term(builder: GraphBuilder, term: Value, factor: float) -> Value:
+    """An output's loss times its loss weight; a weight of 1 adds nothing to the graph."""
+    if factor == 1.0:
+        return term
+    scale = builder.emit1("constant", [], {"value": float(factor), "dtype": "f32"})
+    return builder.emit1("mul", [term, scale])
+
+
 def _mean_loss(builder: GraphBuilder, loss: Configured, output: Value, target: Value,
-               mask: Value | None) -> tuple[Value, Value | None]:
+               mask: Value | None, weight: Value | None) -> tuple[Value, Value | None]:
     """The batch's loss for one output, and the float mask it used (None where it used none)."""
     per_element = _loss_values(builder, loss, output, target)
+    if weight is not None:
+        per_element = _sample_weighted(builder, per_element, weight)
     if mask is not None:
         per_step = _per_step(builder, per_element, mask)
         if per_step is not None:
             return _masked_mean(builder, per_step, mask)
     axes = tuple(range(per_element.type.rank))
     return builder.emit1("reduce_mean", [per_element], {"axes": axes, "keepdims": False}), None
+
+
+def _sample_weighted(builder: GraphBuilder, per_element: Value, weight: Value) -> Value:
+    """Every element of a sample's loss times the sample's weight: [N] broadcast as [N, 1, ...]."""
+    rank = per_element.type.rank
+    if rank > 1:
+        weight = builder.emit1("reshape", [weight], {"shape": (*weight.type.shape, *(1,) * (rank - 1))})
+    if weight.type.dtype != per_element.type.dtype:
+        weight = builder.emit1("cast", [weight], {"dtype": per_element.type.dtype})
+    return builder.emit1("mul", [per_element, weight])
 
 
 def _per_step(builder: GraphBuilder, per_element: Value, mask: Value) -> Value | None:

@@ -88,7 +88,8 @@ def loads(text: str, model: str | None = None, *, name: str = "<string>", base_d
 
 
 def _compile_saved(model: "Model", choices: dict | None) -> None:
-    """Apply the optimizer, loss and metrics a saved model's compile() had set."""
+    """Apply the optimizer, loss (one, or one per output), loss weights and metrics a saved model's
+    compile() had set."""
     if not choices:
         return
     from nnd.compiler.training import Configured
@@ -96,10 +97,16 @@ def _compile_saved(model: "Model", choices: dict | None) -> None:
     def configured(entry: dict) -> Configured:
         return Configured(entry["name"], dict(entry.get("args", {})))
 
+    def loss(entry: dict) -> Configured | dict[str, Configured]:
+        if "outputs" in entry:
+            return {name: configured(each) for name, each in entry["outputs"].items()}
+        return configured(entry)
+
     try:
         model.compile(optimizer=configured(choices["optimizer"]) if "optimizer" in choices else None,
-                      loss=configured(choices["loss"]) if "loss" in choices else None,
-                      metrics=[configured(m) for m in choices["metrics"]] if "metrics" in choices else None)
+                      loss=loss(choices["loss"]) if "loss" in choices else None,
+                      metrics=[configured(m) for m in choices["metrics"]] if "metrics" in choices else None,
+                      loss_weights=dict(choices["loss_weights"]) if "loss_weights" in choices else None)
     except (KeyError, TypeError, AttributeError):
         raise NndError(f"the saved model's \"compile\" entry is malformed: {choices!r}") from None
 

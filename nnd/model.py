@@ -22,9 +22,10 @@ from nnd.compiler.frontend import CheckedProgram
 from nnd.compiler.output_checks import check_outputs
 from nnd.compiler.summary import summarize
 from nnd.compiler.tensor_type import TensorType
-from nnd.compiler.training import (LOSS_ALIASES, LOSSES, METRIC_ALIASES, METRICS, OPTIMIZERS, Configured, TrainSpec,
-                                   check_configured)
-from nnd.compiler.training_graph import TARGET_PREFIX, loss_for, target_type
+from nnd.compiler.output_losses import given_loss, loss_for
+from nnd.compiler.training import METRIC_ALIASES, METRICS, OPTIMIZERS, Configured, TrainSpec, check_configured
+from nnd.compiler.training_graph import TARGET_PREFIX, WEIGHT_PREFIX, target_type
+from nnd.compile_losses import as_saved, compile_loss, compile_loss_weights
 from nnd.evaluation import check_return_dict, evaluation_result
 from nnd.runtime import checkpoint as ckpt
 from nnd.runtime.executor import Executor
@@ -33,6 +34,7 @@ from nnd.runtime.history import History
 from nnd.runtime.initializers import initialize
 from nnd.runtime.saved_model import write_model_files
 from nnd.runtime.metrics import make_metric
+from nnd.sample_weights import sample_weight_feeds, weight_feeds
 from nnd.runtime.precision import mixed_precision_dtype
 from nnd.runtime.trainer import Trainer, TrainingState
 
@@ -151,34 +153,45 @@ class Model:
 
     # ------------------------------------------------------------------------------ configuration
 
-    def compile(self, optimizer: str | Configured | None = None, loss: str | Configured | None = None,
-                metrics: Sequence[str | Configured] | None = None, **optimizer_args: Any) -> "Model":
+    def compile(self, optimizer: str | Configured | None = None, loss: Any = None,
+                metrics: Sequence[str | Configured] | None = None, *, loss_weights: Any = None,
+                **optimizer_args: Any) -> "Model":
         """Override the file's train section, Keras style: compile(optimizer="sgd", lr=0.1, loss="mse").
 
         Each is a name, or the train section's call with its arguments, in the language's words:
         loss="sparse_categorical_crossentropy(from_logits=true)", metrics=["top_k_accuracy(k=3)"]; or an
-        `nnd.Configured(name, {argument: value})`, such as nnd.Configured("huber", {"delta": 2.0})."""
+        `nnd.Configured(name, {argument: value})`, such as nnd.Configured("huber", {"delta": 2.0}).
+        `loss` is one loss for every output, or one per output as a list (output order) or a dict (by
+        output name); `loss_weights` (a list or dict alike) scales each output's loss in the total."""
         spec = self.spec
         # Every name and argument is checked before anything changes, as the train section's would be.
         new_optimizer, new_loss, new_metrics = spec.optimizer, spec.loss, spec.metrics
+        new_weights = spec.loss_weights
         if optimizer is not None or optimizer_args:
             base = _configured(optimizer) if optimizer is not None else spec.optimizer
             new_optimizer = _checked(Configured(base.name, {**base.args, **optimizer_args}), OPTIMIZERS,
                                      "optimizer")
         if loss is not None:
-            new_loss = _checked(_configured(loss), LOSSES, "loss", LOSS_ALIASES)
+            new_loss = compile_loss(loss, self.output_names)
+        if loss_weights is not None:
+            new_weights = compile_loss_weights(loss_weights, self.output_names)
         if metrics is not None:
             new_metrics = [_metric(m) for m in ([metrics] if isinstance(metrics, (str, Configured)) else metrics)]
             for metric in new_metrics:
                 make_metric(metric.name, **metric.args)
         spec.optimizer, spec.loss, spec.metrics = new_optimizer, new_loss, new_metrics
+        spec.loss_weights = new_weights
+        if loss is not None:  # the file's spans no longer point at what is used
+            spec.loss_span = None
+        if loss_weights is not None:
+            spec.loss_weights_span = None
         if optimizer is not None or optimizer_args:
             self._compiled["optimizer"] = new_optimizer
             self.pending_optimizer_state = None  # another optimizer starts afresh
-        if loss is not None:
-            self._compiled["loss"] = new_loss
-        if metrics is not None:
-            self._compiled["metrics"] = new_metrics
+        for key, given, value in (("loss", loss, new_loss), ("loss_weights", loss_weights, new_weights),
+                                  ("metrics", metrics, new_metrics)):
+            if given is not None:
+                self._compiled[key] = value
         self._trainer = None
         return self
 
@@ -246,16 +259,17 @@ class Model:
         return max(MIN_SLICE, min(batch_size, CACHE_BYTES // self._activation_bytes_per_sample))
 
     def evaluate(self, x: Arrays, y: Arrays, batch_size: int | None = None, verbose: int = 0, *,
-                 return_dict: bool = True) -> Any:
+                 sample_weight: Arrays | None = None, return_dict: bool = True) -> Any:
         """The loss and the train section's metrics over (x, y), in inference mode, in slices of at most
         `batch_size` samples (default 256). `verbose` is accepted as Keras' is; evaluation prints nothing.
+        `sample_weight` weighs each sample's loss as fit's does; the metrics stay unweighted.
 
         Returns a dict by name, {'loss': ..., 'accuracy': ...} (Keras' return_dict=True); reading it by
         position (`score[0]`) says so. `return_dict=False` gives Keras' default form: the loss alone when
         there are no metrics, else the list [loss, *metrics] in the dict's order."""
         return_dict = check_return_dict(return_dict)
         batch_size = positive_int(PREDICT_BATCH if batch_size is None else batch_size, "batch_size")
-        feeds = self._feeds(x, y)
+        feeds = self._feeds(x, y, sample_weight)
         if sample_count(feeds) == 0:
             raise NndError("no samples to evaluate: x and y are empty")
         trainer = self._get_trainer()
@@ -263,9 +277,11 @@ class Model:
                                  training=False)
         return evaluation_result(logs, return_dict)
 
-    def loss_and_gradients(self, x: Arrays, y: Arrays) -> tuple[float, dict[str, np.ndarray]]:
-        """The training loss on one batch and its gradient for every trainable parameter; no update."""
-        feeds = self._feeds(x, y)
+    def loss_and_gradients(self, x: Arrays, y: Arrays, sample_weight: Arrays | None = None
+                           ) -> tuple[float, dict[str, np.ndarray]]:
+        """The training loss on one batch and its gradient for every trainable parameter; no update.
+        `sample_weight` weighs each sample's loss as fit's does."""
+        feeds = self._feeds(x, y, sample_weight)
         if sample_count(feeds) == 0:
             raise NndError("no samples: x and y are empty")
         loss, grads = self._get_trainer().gradients(feeds)
@@ -274,12 +290,17 @@ class Model:
     def fit(self, x: Arrays, y: Arrays, epochs: int | None = None, batch_size: int | None = None, *,
             validation_data: tuple[Arrays, Arrays] | None = None, validation_split: float | None = None,
             shuffle: bool = True, callbacks: Sequence[Any] | None = None, verbose: int = 1, initial_epoch: int = 0,
-            run_dir: "str | Path | RunDirectory | None" = None) -> History:
+            run_dir: "str | Path | RunDirectory | None" = None, sample_weight: Arrays | None = None,
+            class_weight: Mapping[int, float] | None = None) -> History:
         """Train; returns this call's History (per-epoch loss, metrics and validation figures), as Keras
         does; `model.history` holds every epoch the model has trained, across calls and resumed runs.
 
         `callbacks` are `nnd.Callback`s (EarlyStopping, ReduceLROnPlateau, or subclasses) or objects with
-        Keras' hooks; `run_dir` gets what `nnd train --out` writes (checkpoints, metrics, weights)."""
+        Keras' hooks; `run_dir` gets what `nnd train --out` writes (checkpoints, metrics, weights).
+
+        `sample_weight` (one weight per sample) or `class_weight` (class id -> weight) multiply each
+        sample's loss, as Keras' do: the batch's loss is the mean of the weighted losses over the batch.
+        With validation_split the validation part keeps its sample weights, but not class weights."""
         from nnd.runtime.callbacks import as_callbacks
         from nnd.runtime.fit import fit_loop
         from nnd.runtime.run_directory import RunDirectory
@@ -292,10 +313,13 @@ class Model:
         feeds = self._feeds(x, y)
         if sample_count(feeds) == 0:
             raise NndError("no training samples: x and y are empty")
+        feeds.update(weight_feeds(sample_weight, class_weight, feeds, self._output_losses(), sample_count(feeds)))
         split = spec.validation_split if validation_split is None else validation_fraction(validation_split)
         val_feeds = self._validation_feeds(validation_data)
         if val_feeds is None and split:
             feeds, val_feeds = split_last(feeds, split)
+            if class_weight is not None:  # Keras weighs the training samples by class only
+                val_feeds = {k: v for k, v in val_feeds.items() if not k.startswith(WEIGHT_PREFIX)}
         hooks = as_callbacks(callbacks, self)
         if run_dir is not None and not isinstance(run_dir, RunDirectory):
             run_dir = RunDirectory(as_path(run_dir, "run_dir"))
@@ -312,11 +336,10 @@ class Model:
     def _validation_feeds(self, data: Any) -> dict[str, np.ndarray] | None:
         if data is None:
             return None
-        if not isinstance(data, (tuple, list)) or len(data) != 2:
+        if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
             count = f"{len(data)} items" if isinstance(data, (tuple, list)) else type(data).__name__
-            raise NndError(f"validation_data must be a pair (x_val, y_val), got {count}"
-                           + (" (sample weights are not supported)" if isinstance(data, (tuple, list))
-                              and len(data) == 3 else ""))
+            raise NndError(f"validation_data must be a pair (x_val, y_val) or a triple (x_val, y_val, "
+                           f"sample_weight_val), got {count}")
         try:
             feeds = self._feeds(*data)
         except NndError as err:  # say which data: the same names (input 'x', target 'y') serve fit's x and y
@@ -343,8 +366,7 @@ class Model:
         """What a saved model's manifest records beyond its source: dtype, precision, compile()'s choices."""
         settings: dict[str, Any] = {"dtype": np.dtype(self.dtype).name, "mixed_precision": self.mixed_precision}
         if self._compiled:
-            settings["compile"] = {key: [_as_json(m) for m in value] if isinstance(value, list) else _as_json(value)
-                                   for key, value in self._compiled.items()}
+            settings["compile"] = {key: _compiled_json(key, value) for key, value in self._compiled.items()}
         return settings
 
     def load_weights(self, path: str | Path) -> "Model":
@@ -363,28 +385,40 @@ class Model:
         same_count(arrays, "inputs")
         return arrays
 
-    def _feeds(self, x: Arrays, y: Arrays) -> dict[str, np.ndarray]:
+    def _feeds(self, x: Arrays, y: Arrays, sample_weight: Arrays | None = None) -> dict[str, np.ndarray]:
+        """Inputs, targets and each output's sample weights (1 unless `sample_weight` gives them) by the
+        training graph's input names, checked."""
         feeds = self._inputs(x)
         targets = by_name(y, self.output_names, "target")
         for name in self.output_names:
             feeds[TARGET_PREFIX + name] = self._target(name, targets[name])
         same_count(feeds, "inputs and targets")
+        n = sample_count(feeds)
+        if sample_weight is not None:
+            feeds.update(sample_weight_feeds(sample_weight, self.output_names, n))
+        else:  # Keras' default: every sample weighs 1 (what the training graph's weight inputs expect)
+            feeds.update({WEIGHT_PREFIX + name: np.ones(n, dtype=np.float32) for name in self.output_names})
         return feeds
 
     def _target(self, name: str, value: Any, label: str | None = None) -> np.ndarray:
         """Output `name`'s target, checked against its loss; `label` names it in messages (the command
         line's key in a data file), instead of fit's y or the output's name."""
         output = self.graph.outputs[name]
-        loss = loss_for(self.spec, output).name
+        loss = loss_for(self.spec, name, self.graph.outputs).name
         target = as_array(value, f"target '{label or name}'")
         try:
             return check_target(target, target_type(loss, output), output, name, loss, label)
         except NndError as err:
-            if self.spec.loss is not None:
+            if given_loss(self.spec, name, self.output_names) is not None:
                 raise
             raise _with_note(err, f"no loss is set, so output '{name}' gets {loss}, the usual one for its "
                                   "final activation; set another with loss = ... in the train section or "
                                   "model.compile(loss=...)") from None
+
+    def _output_losses(self) -> dict[str, tuple[Any, str]]:
+        """Each output's graph value and the name of the loss it trains with."""
+        outputs = self.graph.outputs
+        return {name: (output, loss_for(self.spec, name, outputs).name) for name, output in outputs.items()}
 
 
 def _with_note(error: NndError, note: str) -> NndError:
@@ -411,6 +445,15 @@ def _as_json(value: Configured) -> dict[str, Any]:
         raise NndError(f"{value.name}: arguments must be numbers, strings or booleans to be saved, "
                        f"got {args!r}") from None
     return {"name": value.name, "args": args}
+
+
+def _compiled_json(key: str, value: Any) -> Any:
+    """What compile() set, as model.json keeps it (`nnd._compile_saved` reads it back)."""
+    if key == "loss_weights":
+        return dict(value)
+    if key == "loss":
+        return as_saved(value, _as_json)
+    return [_as_json(m) for m in value] if isinstance(value, list) else _as_json(value)
 
 
 def _configured(value: str | Configured) -> Configured:

@@ -17,8 +17,9 @@ from nnd.compiler.diagnostics import NndError
 from nnd.compiler.layers import INFER
 from nnd.compiler.passes import PassManager
 from nnd.compiler.summary import summarize
-from nnd.compiler.training import Configured, TrainSpec, metric_log_name, metric_names
-from nnd.compiler.training_graph import LOSS, LOSS_SCALE, MASK_PREFIX, build_loss_graph, build_training_graph
+from nnd.compiler.training import Configured, TrainSpec, loss_log_names, metric_log_name, metric_names
+from nnd.compiler.training_graph import (LOSS, LOSS_SCALE, MASK_PREFIX, OUTPUT_LOSS_PREFIX, WEIGHT_PREFIX,
+                                         build_loss_graph, build_training_graph)
 from nnd.runtime.divergence import divergence_message
 from nnd.runtime.executor import Executor
 from nnd.runtime.layout_costs import cost_model
@@ -68,10 +69,13 @@ class Trainer:
         scaling = low is not None and needs_loss_scaling(low)
         self.scaler = LossScaler() if scaling else None
         passes = PassManager.for_level(opt_level, verify=False, layout_costs=cost_model(backend, compute))
-        training = build_training_graph(program, model, spec, loss_scaling=scaling)
-        evaluation = build_loss_graph(program, model, spec, INFER)
+        # Both graphs take sample weights; batches without any are fed weights of 1 (see `_weighted`).
+        training = build_training_graph(program, model, spec, loss_scaling=scaling, sample_weights=True)
+        evaluation = build_loss_graph(program, model, spec, INFER, sample_weights=True)
         self.targets = training.targets
         self.model_graph = program.graphs[model]  # what a loss that stops being finite is explained by
+        self.weight_inputs = [WEIGHT_PREFIX + output for output in training.targets]
+        self._ones: dict[int, np.ndarray] = {}
         self.train_graph = passes.run(training.graph)
         self.eval_graph = passes.run(evaluation.graph)
         self.train_executor = Executor(self.train_graph, backend, compute, seed=seed, cuda_graphs=cuda_graphs)
@@ -102,6 +106,7 @@ class Trainer:
             raise NndError(f"model '{self.train_graph.name}' has no trainable parameters: there is nothing to train")
         if self.schedule is not None:
             self._apply_schedule()
+        feeds = self._weighted(feeds)
         if self.scaler is not None:
             feeds = {**feeds, LOSS_SCALE: np.asarray(self.scaler.scale, dtype=np.float32)}
         self._graph_gradients_into_optimizer()
@@ -130,6 +135,7 @@ class Trainer:
         Under loss scaling the gradients are computed at the current scale and divided back, or at a
         scale of 1 when that overflows; the scaler itself is left as it was."""
         xp = self.train_executor.backend.xp
+        feeds = self._weighted(feeds)
         for scale in (1.0,) if self.scaler is None else (self.scaler.scale, 1.0):
             run_feeds = feeds if self.scaler is None else {**feeds, LOSS_SCALE: np.asarray(scale, np.float32)}
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -164,7 +170,7 @@ class Trainer:
             part = self.train_executor.run({k: v[start:stop] for k, v in feeds.items()}, self.params)
             share = (stop - start) / n
             for key, value in part.items():
-                if key == LOSS or key.startswith(GRAD_PREFIX):
+                if key == LOSS or key.startswith((GRAD_PREFIX, OUTPUT_LOSS_PREFIX)):
                     weighted = value * share
                     merged[key] = weighted if key not in merged else merged[key] + weighted
                 else:
@@ -195,7 +201,17 @@ class Trainer:
             self.scaler.load_state(state["loss_scaler"])
 
     def evaluate_batch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.eval_executor.run(feeds, self.params)
+        return self.eval_executor.run(self._weighted(feeds), self.params)
+
+    def _weighted(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`feeds` with a weight of 1 for every sample of each output whose sample weights are not given."""
+        missing = [name for name in self.weight_inputs if name not in feeds]
+        if not missing:
+            return feeds
+        n = len(next(iter(feeds.values())))
+        if n not in self._ones:
+            self._ones[n] = np.ones(n, dtype=np.float32)
+        return {**feeds, **{name: self._ones[n] for name in missing}}
 
     def metrics(self, outputs: list[str]) -> dict[str, Any]:
         """Fresh metric objects, keyed by their log name (prefixed by the output when there are several)."""
@@ -207,16 +223,22 @@ class Trainer:
 
     def run_epoch(self, batches, outputs: list[str], training: bool,
                   on_batch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+        """One pass over `batches`: the loss (each batch's weighted by its size), each output's own loss
+        when there are several, and the metrics, which ignore sample weights as Keras' `metrics` do."""
         metrics = self.metrics(outputs)
-        total, count = 0.0, 0
+        losses = dict(zip(["loss", *loss_log_names(outputs)], [LOSS, *(OUTPUT_LOSS_PREFIX + o for o in outputs)]))
+        totals = dict.fromkeys(losses, 0.0)
+        count = 0
         logs: dict[str, float] = {}
         for index, (feeds, size) in enumerate(batches):
             result = self.step(feeds) if training else self.evaluate_batch(feeds)
-            total += float(result[LOSS]) * size
+            for log, key in losses.items():
+                totals[log] += float(result[key]) * size
             count += size
             for output, metric in metrics.values():
                 metric.update(result[output], feeds[self.targets[output]], result.get(MASK_PREFIX + output))
-            logs = {"loss": total / count, **{k: m.result() for k, (_, m) in metrics.items()}}
+            logs = {**{log: total / count for log, total in totals.items()},
+                    **{k: m.result() for k, (_, m) in metrics.items()}}
             if on_batch is not None:
                 on_batch(index, logs)
         return logs

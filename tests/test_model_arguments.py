@@ -45,8 +45,10 @@ def test_numpy_integers_and_none_are_accepted_where_keras_accepts_them():
     ({"validation_split": "0.2"}, "validation_split must be a number from 0 up to"),
     ({"validation_split": float("nan")}, "validation_split must be a number from 0 up to"),
     ({"validation_split": 1.0}, "validation_split must be a number from 0 up to"),
-    ({"validation_data": (X, Y, np.ones(64))}, r"validation_data must be a pair \(x_val, y_val\), got 3 items "
-                                               r"\(sample weights are not supported\)"),
+    ({"validation_data": (X, Y, np.ones(len(X)), None)}, r"validation_data must be a pair \(x_val, y_val\) or a "
+                                                        r"triple \(x_val, y_val, sample_weight_val\), got 4 items"),
+    ({"validation_data": (X, Y, np.ones(3))}, rf"validation_data: sample_weight has shape \(3,\), but there are "
+                                              rf"{len(X)} samples: it needs shape \({len(X)},\)"),
     ({"validation_data": (X[:0], Y[:0])}, "validation_data holds no samples"),
     ({"callbacks": [print]}, "is neither an nnd.Callback nor an object with any of Keras' hooks"),
 ])

@@ -20,7 +20,8 @@ from nnd.compiler.passes import PASSES, PIPELINES, PassManager
 from nnd.compiler.report import optimization_report
 from nnd.compiler.simplify import eliminate_common_subexpressions, fold_batchnorm, fold_constants
 from nnd.compiler.tensor_type import TensorType
-from nnd.compiler.training_graph import build_training_graph, loss_for, target_type
+from nnd.compiler.output_losses import loss_for
+from nnd.compiler.training_graph import build_training_graph, target_type
 from nnd.compiler.verify import verify_graph
 from nnd.runtime.executor import Executor
 
@@ -94,7 +95,7 @@ def random_batch(model, rng, n: int = 3):
             x[value.name] = rng.standard_normal(shape)
     y = {}
     for name, output in model.graph.outputs.items():
-        loss = loss_for(model.spec, output).name
+        loss = loss_for(model.spec, name, model.graph.outputs).name
         target = target_type(loss, output)
         shape = (n,) + tuple(target.shape[1:])
         if target.dtype.startswith("i"):
