@@ -14,7 +14,7 @@ from nnd.compiler.layers import INFER, LAYERS, TRAIN
 from nnd.compiler.output_checks import check_outputs
 from nnd.compiler.output_losses import check_output_losses
 from nnd.compiler.source import Span
-from nnd.compiler.training import TrainSpec, check_monitors, check_train
+from nnd.compiler.training import TrainSpec, check_monitors, check_train, log_name_clash
 from nnd.compiler.unused import unused_layer_warnings
 
 
@@ -94,6 +94,10 @@ def _check_program(program: Program) -> CheckedProgram:
         spec = checked.trains[name] = _check_train_section(section, defs, bag)
         if name in checked.graphs:
             check_monitors(spec, list(checked.graphs[name].outputs), bag)
+            clash = log_name_clash(spec, list(checked.graphs[name].outputs))
+            if clash:
+                message, output = clash
+                bag.error(message, _output_span(defs.models[name], output) or section.span)
             misfits = check_output_losses(spec, name, list(checked.graphs[name].outputs))
             if misfits:  # the losses cannot be matched to the outputs to check them further
                 bag.diagnostics.extend(misfits)
@@ -218,3 +222,8 @@ def _check_train_section(section: S.TrainDef, defs: Definitions, bag: Diagnostic
 
 
 __all__ = ["CheckedProgram", "check_program", "compile_file", "compile_text", "TRAIN", "INFER"]
+
+
+def _output_span(model: S.ModelDef, name: str) -> Span | None:
+    """Where the model names its output `name`."""
+    return next((stmt.span for stmt in model.body if isinstance(stmt, S.Output) and stmt.name == name), None)

@@ -340,6 +340,19 @@ def epoch_log_names(spec: TrainSpec, outputs: Sequence[str]) -> list[str]:
     return measured + [f"val_{name}" for name in measured] + ["lr"]
 
 
+def log_name_clash(spec: TrainSpec, outputs: Sequence[str]) -> tuple[str, str] | None:
+    """Figures the epoch logs would give one name, as a message and the output to rename, or None: an
+    output called `val` logs its own loss as `val_loss`, the validation loss's name, and outputs `x` and
+    `val_x` both log `val_x_mae`. Keras lets the later figure overwrite the earlier; here it is an error."""
+    logged = epoch_log_names(spec, outputs)
+    clashes = sorted({name for name in logged if logged.count(name) > 1})
+    if not clashes:
+        return None
+    culprit = next((output for output in outputs if output == "val" or output.startswith("val_")), outputs[-1])
+    return (f"the training logs would give two figures the name {', '.join(map(repr, clashes))}: rename output "
+            f"'{culprit}' (validation figures are logged as val_...)", culprit)
+
+
 def check_monitors(spec: TrainSpec, outputs: Sequence[str], bag: DiagnosticBag) -> None:
     """A callback watching a figure that no epoch logs would fail after the first epoch; say so now."""
     logged = epoch_log_names(spec, outputs)

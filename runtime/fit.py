@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from nnd.compiler.diagnostics import Diagnostic, NndError, NndWarning
-from nnd.compiler.training import epoch_log_names
+from nnd.compiler.training import epoch_log_names, log_name_clash
 from nnd.runtime.augment import Augmenter, make_augmentation
 from nnd.runtime.callbacks import BestCheckpoint, EarlyStopping, ReduceLROnPlateau, check_logged, make_callback
 from nnd.runtime.progress import Progress
@@ -111,7 +111,11 @@ def _train_epochs(model, trainer: Trainer, state: TrainingState, plan: _EpochPla
 
 
 def _check_monitors(callbacks: list[Any], spec, outputs: list[str], validating: bool) -> None:
-    """Fail before the first epoch, not after it, when a callback watches a figure that is never logged."""
+    """Fail before the first epoch, not after it, when a callback watches a figure that is never logged
+    or two figures would be logged under one name."""
+    clash = log_name_clash(spec, outputs)
+    if clash:
+        raise NndError(clash[0])
     logged = [name for name in epoch_log_names(spec, outputs) if validating or not name.startswith("val_")]
     for callback in callbacks:
         if isinstance(callback, (EarlyStopping, ReduceLROnPlateau, BestCheckpoint)):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import nnd
 from nnd import NndError
 from nnd.compiler.training import Configured
+
+torch = pytest.importorskip("torch")  # the independent reference
 
 TWO_OUTPUTS = """
 model two {
@@ -331,3 +332,32 @@ def test_a_train_section_may_monitor_an_output_loss_and_a_misspelled_one_gets_a_
     with pytest.raises(NndError, match="monitors 'val_scor_loss', which training does not log; did you mean "
                                        "'val_score_loss'"):
         nnd.loads(model + "train two {\n    callbacks = [early_stopping(monitor=val_scor_loss)]\n}\n")
+
+
+@pytest.mark.parametrize("names, clash", [
+    (("val", "other"), "'val_loss'"),
+    (("speed", "val_speed"), "'val_speed_loss', 'val_speed_mae'"),
+])
+def test_outputs_whose_figures_would_share_a_log_name_are_refused(tmp_path, names, clash):
+    """Keras lets the later of two figures logged under one name overwrite the earlier; an output named
+    `val` would hide the validation loss. nnd check reports it, and so does fit for a model compiled
+    from Python."""
+    first, second = names
+    source = f"""model m {{
+    input x: [4]
+    output {first} = x -> dense(1)
+    output {second} = x -> dense(1)
+}}
+"""
+    train = "train m {\n    loss = mse\n    metrics = [mae]\n}\n"
+    culprit = first if first == "val" else second
+    message = f"the training logs would give two figures the name {clash}: rename output '{culprit}'"
+    with pytest.raises(NndError, match="rename output") as info:
+        nnd.loads(source + train)
+    line = 3 if first == "val" else 4  # at the output to rename
+    assert message in str(info.value) and f":{line}:5: error:" in str(info.value)
+    model = nnd.loads(source)
+    model.compile(loss="mse", metrics=["mae"])
+    x, y = np.zeros((4, 4)), {first: np.zeros((4, 1)), second: np.zeros((4, 1))}
+    with pytest.raises(NndError, match="rename output"):
+        model.fit(x, y, epochs=1, verbose=0, validation_split=0.5)
