@@ -11,7 +11,7 @@ from nnd.compiler.diagnostics import snake_case
 # Keras layers with no counterpart in the catalog (by Keras' snake-case names); the closest catalog name
 # is another layer altogether, so no "did you mean" is offered for them.
 MISSING_LAYERS = frozenset((
-    "layer_normalization", "group_normalization", "unit_normalization", "normalization", "rescaling",
+    "group_normalization", "unit_normalization", "normalization", "rescaling",
     "attention", "additive_attention", "multi_head_attention", "lambda", "permute", "cropping1d",
     "cropping2d", "up_sampling1d", "up_sampling2d", "conv2d_transpose", "conv1d_transpose", "conv3d",
     "separable_conv2d", "depthwise_conv2d", "text_vectorization", "string_lookup", "integer_lookup",
