@@ -71,8 +71,9 @@ def generated_kernels_for(path: str | Path, dtype: Any = "float32") -> list[tupl
     found: dict[str, str] = {}
     for model in program.graphs:
         spec = program.train_spec(model)
-        graphs = [program.lower(model, INFER), build_loss_graph(program, model, spec, INFER).graph,
-                  build_training_graph(program, model, spec).graph]
+        # the loss graphs as the trainer builds them, with their sample-weight inputs
+        graphs = [program.lower(model, INFER), build_loss_graph(program, model, spec, INFER, sample_weights=True).graph,
+                  build_training_graph(program, model, spec, sample_weights=True).graph]
         for graph in graphs:
             for node in passes.run(graph).nodes:
                 if node.op == FUSED_OP:
