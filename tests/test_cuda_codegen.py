@@ -122,7 +122,7 @@ def test_equal_groups_share_a_kernel_and_the_examples_emit_kernels():
 # ------------------------------------------------------------------------------------------ nvcc
 
 # layers that no example uses, so that their kernels are compiled too
-LAYER_NORM_MODEL = Path(__file__).parent / "models" / "layer_norm_sequence.nnd"
+UNCOMMON_LAYERS_MODEL = Path(__file__).parent / "models" / "uncommon_layers.nnd"
 
 
 def all_sources() -> list[tuple[str, str]]:
@@ -140,7 +140,7 @@ def all_sources() -> list[tuple[str, str]]:
                              "nnd_conv_kernels": CONV_KERNELS_SOURCE, "nnd_scans": SCAN_SOURCE,
                              "nnd_step_kernels": STEP_KERNELS_SOURCE, "nnd_epilogue": EPILOGUE_SOURCE,
                              "nnd_reductions": REDUCE_SOURCE}
-    for path in [*EXAMPLES, LAYER_NORM_MODEL]:
+    for path in [*EXAMPLES, UNCOMMON_LAYERS_MODEL]:
         for dtype in ("float32", "float64"):
             found.update(generated_kernels_for(path, dtype))
     for body in op_bodies():

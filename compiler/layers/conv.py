@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 from nnd.compiler.args import (ACTIVATION, INITIALIZER, NAME, NON_NEGATIVE_FLOAT, OPTIONAL_PAIR, PADDING2D,
-                               PADDING_MODE, PAIR, POSITIVE_INT, REGULARIZER, UNIT_FLOAT, ArgSpec, BOOL)
+                               PADDING_MODE, PAIR, POSITIVE_INT, REGULARIZER, UNIT_FLOAT, ArgSpec, BOOL, choice)
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.base import LayerContext, LayerError, layer, require_float
-from nnd.compiler.layers.core import _with_fans, apply_activation
+from nnd.compiler.layers.core import _with_fans, apply_activation, repeat_elements
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -123,6 +123,16 @@ def _zero_padding2d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]
     _image(x, "zero_padding2d")
     (top, bottom), (left, right) = args["padding"]
     return ctx.emit("pad", [x], pads=((0, 0), (top, bottom), (left, right), (0, 0)), value=0.0)
+
+
+@layer("up_sampling2d", ArgSpec("size", PAIR, (2, 2)), ArgSpec("interpolation", choice(("nearest",),
+       "interpolation"), "nearest"), ArgSpec("name", NAME, None), aliases=("upsampling2d",))
+def _up_sampling2d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Keras' UpSampling2D: each pixel repeated size[0] times down and size[1] times across."""
+    x = inputs[0]
+    _image(x, "up_sampling2d")
+    rows, columns = args["size"]
+    return repeat_elements(ctx, repeat_elements(ctx, x, 1, rows), 2, columns)
 
 
 @layer("batchnorm", ArgSpec("momentum", UNIT_FLOAT, 0.99), ArgSpec("epsilon", NON_NEGATIVE_FLOAT, 1e-3),

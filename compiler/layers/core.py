@@ -255,6 +255,18 @@ def _concat(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Val
     return result
 
 
+def repeat_elements(ctx: LayerContext, x: Value, axis: int, times: int) -> Value:
+    """Each entry along `axis` repeated `times` times in place (nearest-neighbour upsampling): a unit axis
+    inserted after `axis`, `times` copies joined along it, then merged into `axis`. Reshape and concat
+    carry their own gradients, so the upsampling layers need no kernels of their own."""
+    if times == 1:
+        return x
+    shape = x.type.shape
+    split = ctx.emit("reshape", [x], shape=(*shape[:axis + 1], 1, *shape[axis + 1:]))
+    copies = ctx.emit("concat", [split] * times, axis=axis + 1)
+    return ctx.emit("reshape", [copies], shape=(*shape[:axis], shape[axis] * times, *shape[axis + 1:]))
+
+
 def _check_axis(x: Value, axis: int) -> int:
     rank = x.type.rank
     if not -rank <= axis < rank:

@@ -14,7 +14,7 @@ from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.base import LAYERS, LayerContext, LayerError, layer, require_float
 from nnd.compiler.layers.conv import _window_plan
-from nnd.compiler.layers.core import _with_fans, apply_activation
+from nnd.compiler.layers.core import _with_fans, apply_activation, repeat_elements
 from nnd.compiler.layers.recurrent import RECURRENT, sequence_notes
 
 
@@ -199,6 +199,15 @@ def _time_distributed(ctx: LayerContext, inputs: list[Value], args: dict[str, An
     if isinstance(per_step, tuple):
         raise LayerError("time_distributed needs a layer with one result (no return_state)")
     return ctx.emit("split_batch", [per_step], batch=x.type.shape[0], steps=x.type.shape[1])
+
+
+@layer("up_sampling1d", ArgSpec("size", POSITIVE_INT, 2), ArgSpec("name", NAME, None), aliases=("upsampling1d",))
+def _up_sampling1d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Keras' UpSampling1D: each step of a sequence (N, steps, features) repeated `size` times."""
+    x = inputs[0]
+    if x.type.rank != 3:
+        raise LayerError(f"up_sampling1d expects a batch of sequences (N, steps, features), got {x.type}")
+    return repeat_elements(ctx, x, 1, args["size"])
 
 
 @layer("repeat_vector", ArgSpec("n", POSITIVE_INT), ArgSpec("name", NAME, None),
