@@ -38,12 +38,15 @@ def load(path: str | Path, model: str | None = None, *, weights: str | Path | No
     bfloat16 (needs ml_dtypes; no scaling); `tf32=True` (cupy) lets float32 GEMMs run on Tensor Cores in
     TF32; `cuda_graphs=True` (cupy) replays each training, evaluation and prediction step as one captured
     CUDA graph."""
+    from nnd.arguments import as_path
     from nnd.compiler.frontend import compile_file
     from nnd.runtime.saved_model import SOURCE_DIR, WEIGHTS, read_manifest, read_optimizer_state
 
     if not isinstance(path, (str, os.PathLike)):
         raise NndError(f"load takes the path of a .nnd file or a saved model directory, got {type(path).__name__}")
-    path = Path(path)
+    path = as_path(path, "the model path")
+    if weights is not None:
+        weights = as_path(weights, "weights")
     directory = path if path.is_dir() else None
     saved: dict = {}
     if directory is not None:
@@ -75,13 +78,17 @@ def loads(text: str, model: str | None = None, *, name: str = "<string>", base_d
           backend: str = "numpy", dtype: str = "float32", seed: int | None = None, opt_level: int = 2,
           mixed_precision: bool | str = False, tf32: bool = False, cuda_graphs: bool = False) -> "Model":
     """Compile `.nnd` source text into a Model; imports resolve against `base_dir` (default: cwd)."""
+    from nnd.arguments import as_path
     from nnd.compiler.frontend import compile_text
-
     from nnd.model import Model
 
     if not isinstance(text, str):
         raise NndError(f"loads takes the model's source as a str, got {type(text).__name__}"
                        + (" (decode bytes first: text.decode('utf-8'))" if isinstance(text, bytes) else ""))
+    if not isinstance(name, str):
+        raise NndError(f"loads' name (the file name its messages give) must be a str, got {type(name).__name__}")
+    if base_dir is not None:
+        base_dir = as_path(base_dir, "base_dir")
     return Model(compile_text(text, name=name, base_dir=base_dir), model, backend=backend, dtype=dtype,
                  seed=seed, opt_level=opt_level, mixed_precision=mixed_precision, tf32=tf32,
                  cuda_graphs=cuda_graphs)

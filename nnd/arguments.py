@@ -46,6 +46,25 @@ def parameter_array(value: Any, what: str, dtype: Any) -> np.ndarray:
     return array
 
 
+def non_negative_int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise NndError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)
+
+
+def verbosity(value: Any) -> int:
+    """fit's verbose, as Keras takes it: 0 (silent), 1 (progress), 2 (a line per epoch), "auto" (1) or a
+    bool; anything else would only fail deep inside the progress display."""
+    if isinstance(value, str) and value == "auto":
+        return 1
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if not isinstance(value, (int, np.integer)) or value < 0:
+        raise NndError(f"verbose must be 0 (silent), 1 (progress), 2 (one line per epoch) or \"auto\", "
+                       f"got {value!r}")
+    return int(value)
+
+
 def as_path(value: Any, what: str) -> Path:
     if not isinstance(value, (str, os.PathLike)):
         raise NndError(f"{what} must be a path, got {type(value).__name__}")
@@ -81,6 +100,8 @@ def as_array(value: Any, what: str) -> np.ndarray:
         return np.asarray(value)
     except ValueError as err:  # NumPy refuses sequences of unequal lengths
         raise NndError(f"{what} is not a rectangular array: {err}") from None
+    except (TypeError, RuntimeError) as err:  # an object whose __array__ refuses (a tensor that requires grad)
+        raise NndError(f"{what} cannot be read as a NumPy array ({type(value).__name__}): {err}") from None
 
 
 def input_array(value: Any, name: str, type: TensorType) -> np.ndarray:

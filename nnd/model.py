@@ -5,6 +5,7 @@ keyed by input name (or a list in declaration order). Targets follow the same ru
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -15,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from nnd.arguments import (Arrays, as_array, as_path, by_name, check_target, input_array, parameter_array,
-                           positive_int, same_count, sample_count, split_last, validation_fraction)
+from nnd.arguments import (Arrays, as_array, as_path, by_name, check_target, input_array, non_negative_int,
+                           parameter_array, positive_int, same_count, sample_count, split_last, validation_fraction,
+                           verbosity)
 from nnd.compiler.diagnostics import NndError, NndWarning
 from nnd.compiler.frontend import CheckedProgram
 from nnd.compiler.output_checks import check_outputs
@@ -53,7 +55,7 @@ class Model:
     def __init__(self, program: CheckedProgram, name: str | None = None, *, backend: str = "numpy",
                  dtype: str = "float32", seed: int | None = None, opt_level: int = 2,
                  mixed_precision: bool | str = False, tf32: bool = False, cuda_graphs: bool = False):
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise NndError(f"dtype must be float32 or float64, not {dtype!r}")
         low = mixed_precision_dtype(mixed_precision)
         if low is not None and dtype != "float32":
@@ -110,6 +112,31 @@ class Model:
         return (f"<nnd.Model '{self.name}' ({inputs}) -> ({outputs}), {count:,} parameters, "
                 f"{self.backend} {np.dtype(self.dtype).name}>")
 
+    def __deepcopy__(self, memo: dict) -> "Model":
+        """An independent model: the same program and settings with its own copies of the weights, of what
+        compile() set, of the history and of a trained optimizer's state; training either changes nothing
+        in the other."""
+        twin = Model(self.program, self.name, backend=self.backend, dtype=np.dtype(self.dtype).name, seed=self.seed,
+                     opt_level=self.opt_level, mixed_precision=self.mixed_precision or False,
+                     cuda_graphs=self.cuda_graphs)
+        memo[id(self)] = twin
+        twin.spec = dataclasses.replace(self.spec)
+        twin._compiled = dict(self._compiled)
+        twin.set_parameters(self.parameters())
+        twin.history = copy.deepcopy(self.history, memo)
+        twin.data_rng = copy.deepcopy(self.data_rng, memo)
+        state = self._optimizer_state()
+        twin.pending_optimizer_state = None if state is None else {k: np.array(v, copy=True) for k, v in state.items()}
+        return twin
+
+    def __copy__(self) -> "Model":
+        # A shallow copy would share the weights and the optimizer: fitting one would train both.
+        return self.__deepcopy__({})
+
+    def __reduce__(self):
+        raise NndError("a Model cannot be pickled: save it with model.save(directory) and load it with "
+                       "nnd.load(directory) (in another process too); copy.deepcopy(model) copies it in this one")
+
     def _shown(self, type: TensorType) -> TensorType:
         """A value's type with the dtype this model computes floats in (the graphs are typed in f32)."""
         return type.with_dtype("f64") if type.dtype == "f32" and self.dtype == np.float64 else type
@@ -128,6 +155,8 @@ class Model:
         return list(self.graph.outputs)
 
     def summary(self, batch_size: int = 32, print_fn=print) -> str:
+        if print_fn is not None and not callable(print_fn):
+            raise NndError(f"print_fn must be a function that takes the text (or None), got {type(print_fn).__name__}")
         text = summarize(self.graph).render(positive_int(batch_size, "batch_size"))
         if print_fn is not None:
             print_fn(text)
@@ -176,6 +205,8 @@ class Model:
         if loss_weights is not None:
             new_weights = compile_loss_weights(loss_weights, self.output_names)
         if metrics is not None:
+            if not isinstance(metrics, (str, Configured, list, tuple)):
+                raise NndError(f"metrics must be a list of names or nnd.Configured, got {type(metrics).__name__}")
             new_metrics = [_metric(m) for m in ([metrics] if isinstance(metrics, (str, Configured)) else metrics)]
             for metric in new_metrics:
                 make_metric(metric.name, **metric.args)
@@ -310,6 +341,7 @@ class Model:
         epochs = spec.epochs if epochs is None else epochs
         batch_size = spec.batch_size if batch_size is None else batch_size
         epochs, batch_size = positive_int(epochs, "epochs"), positive_int(batch_size, "batch_size")
+        verbose, initial_epoch = verbosity(verbose), non_negative_int(initial_epoch, "initial_epoch")
         feeds = self._feeds(x, y)
         if sample_count(feeds) == 0:
             raise NndError("no training samples: x and y are empty")
@@ -355,12 +387,15 @@ class Model:
         """Write weights.npz, the model source and a manifest with the dtype, precision and what compile()
         set into `directory`; `nnd.load(directory)` rebuilds the same model."""
         directory = as_path(directory, "the save directory")
-        trained = self._trainer is not None and self._trainer.optimizer.iterations > 0
-        optimizer_state = self._trainer.optimizer.state_dict() if trained else self.pending_optimizer_state
         write_model_files(directory, self.program, self.name, self.input_names, self.output_names,
-                          weights=self.parameters(), optimizer_state=optimizer_state,
+                          weights=self.parameters(), optimizer_state=self._optimizer_state(),
                           settings=self.saved_settings())
         return directory
+
+    def _optimizer_state(self) -> dict[str, np.ndarray] | None:
+        """The optimizer's state once it has taken a step, else the state a loaded model brought."""
+        trained = self._trainer is not None and self._trainer.optimizer.iterations > 0
+        return self._trainer.optimizer.state_dict() if trained else self.pending_optimizer_state
 
     def saved_settings(self) -> dict[str, Any]:
         """What a saved model's manifest records beyond its source: dtype, precision, compile()'s choices."""
@@ -370,7 +405,7 @@ class Model:
         return settings
 
     def load_weights(self, path: str | Path) -> "Model":
-        path = Path(path)
+        path = as_path(path, "the weights file")
         if path.is_dir():
             path = path / "weights.npz"
         self.set_parameters(ckpt.load_weights(path), source=f"weights file {path}")
@@ -468,6 +503,9 @@ def _metric(value: str | Configured) -> Configured:
 
 
 def _checked(value: Configured, table, what: str, aliases=None) -> Configured:
+    if not isinstance(value.args, Mapping):
+        raise NndError(f"{what} {value.name!r}: arguments must be a dict of argument name -> value, "
+                       f"got {type(value.args).__name__}")
     args = {k: v.item() if isinstance(v, np.generic) else v for k, v in value.args.items()}
     return check_configured(value.name, args, table, what, aliases)
 

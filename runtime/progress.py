@@ -18,7 +18,8 @@ class Progress:
         self.steps = steps
         self.stream = stream or sys.stdout
         self.verbose = verbose
-        self.live = verbose > 0 and hasattr(self.stream, "isatty") and self.stream.isatty()
+        # Keras' verbose=2: one line per epoch, never the live bar
+        self.live = verbose == 1 and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.started = time.perf_counter()
         self.last_draw = 0.0
         self.epoch, self.steps_done = 0, 0
