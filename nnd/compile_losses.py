@@ -59,8 +59,16 @@ def _one_loss(value: Any, what: str) -> Configured:
     if not isinstance(value, (str, Configured)):
         raise NndError(f"{what} must be a loss name or nnd.Configured, got {type(value).__name__}")
     configured = value if isinstance(value, Configured) else Configured(str(value))
-    args = {k: v.item() if isinstance(v, np.generic) else v for k, v in configured.args.items()}
-    return check_configured(configured.name, args, LOSSES, "loss", LOSS_ALIASES)
+    return checked_setting(configured, LOSSES, "loss", LOSS_ALIASES)
+
+
+def checked_setting(value: Configured, table, what: str, aliases=None) -> Configured:
+    """A setting given to compile() checked as the train section's would be (NumPy scalars as numbers)."""
+    if not isinstance(value.args, Mapping):
+        raise NndError(f"{what} {value.name!r}: arguments must be a dict of argument name -> value, "
+                       f"got {type(value.args).__name__}")
+    args = {k: v.item() if isinstance(v, np.generic) else v for k, v in value.args.items()}
+    return check_configured(value.name, args, table, what, aliases)
 
 
 def _weight(value: Any, what: str) -> float:

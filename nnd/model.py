@@ -25,9 +25,9 @@ from nnd.compiler.output_checks import check_outputs
 from nnd.compiler.summary import summarize
 from nnd.compiler.tensor_type import TensorType
 from nnd.compiler.output_losses import given_loss, loss_for
-from nnd.compiler.training import METRIC_ALIASES, METRICS, OPTIMIZERS, Configured, TrainSpec, check_configured
+from nnd.compiler.training import METRIC_ALIASES, METRICS, OPTIMIZERS, Configured, TrainSpec
 from nnd.compiler.training_graph import TARGET_PREFIX, WEIGHT_PREFIX, target_type
-from nnd.compile_losses import as_saved, compile_loss, compile_loss_weights
+from nnd.compile_losses import as_saved, checked_setting, compile_loss, compile_loss_weights
 from nnd.evaluation import check_return_dict, evaluation_result
 from nnd.runtime import checkpoint as ckpt
 from nnd.runtime.executor import Executor
@@ -198,7 +198,7 @@ class Model:
         new_weights = spec.loss_weights
         if optimizer is not None or optimizer_args:
             base = _configured(optimizer) if optimizer is not None else spec.optimizer
-            new_optimizer = _checked(Configured(base.name, {**base.args, **optimizer_args}), OPTIMIZERS,
+            new_optimizer = checked_setting(Configured(base.name, {**base.args, **optimizer_args}), OPTIMIZERS,
                                      "optimizer")
         if loss is not None:
             new_loss = compile_loss(loss, self.output_names)
@@ -499,15 +499,7 @@ def _metric(value: str | Configured) -> Configured:
     """A metric for compile(): one written as the language's call, "top_k_accuracy(k=3)", is read as
     the train section's would be."""
     metric = _configured(value)
-    return _checked(metric, METRICS, "metric", METRIC_ALIASES) if "(" in metric.name else metric
-
-
-def _checked(value: Configured, table, what: str, aliases=None) -> Configured:
-    if not isinstance(value.args, Mapping):
-        raise NndError(f"{what} {value.name!r}: arguments must be a dict of argument name -> value, "
-                       f"got {type(value.args).__name__}")
-    args = {k: v.item() if isinstance(v, np.generic) else v for k, v in value.args.items()}
-    return check_configured(value.name, args, table, what, aliases)
+    return checked_setting(metric, METRICS, "metric", METRIC_ALIASES) if "(" in metric.name else metric
 
 
 __all__ = ["Model"]
