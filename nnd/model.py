@@ -180,6 +180,22 @@ class Model:
         for name, value in converted.items():
             self.params[name][...] = self._backend.asarray(value)
 
+    def get_weights(self) -> list[np.ndarray]:
+        """Keras' list form of `parameters()`: copies of every parameter, layer by layer in the order of the
+        model (a batchnorm's gamma, beta, moving mean and variance), as Keras' get_weights lists them."""
+        return list(self.parameters().values())
+
+    def set_weights(self, weights: Sequence[np.ndarray]) -> None:
+        """Keras' list form of `set_parameters`: one array per parameter, in `get_weights()`'s order."""
+        names = list(self.params)
+        if isinstance(weights, (str, bytes, Mapping)) or not isinstance(weights, Sequence):
+            raise NndError(f"set_weights takes a list of arrays in get_weights()' order, got {type(weights).__name__}"
+                           + ("; set_parameters takes a dict by name" if isinstance(weights, Mapping) else ""))
+        if len(weights) != len(names):
+            raise NndError(f"set_weights got {len(weights)} arrays, but the model has {len(names)} parameters "
+                           f"({', '.join(names)})")
+        self.set_parameters(dict(zip(names, weights)), source="set_weights")
+
     # ------------------------------------------------------------------------------ configuration
 
     def compile(self, optimizer: str | Configured | None = None, loss: Any = None,
@@ -199,7 +215,7 @@ class Model:
         if optimizer is not None or optimizer_args:
             base = _configured(optimizer) if optimizer is not None else spec.optimizer
             new_optimizer = checked_setting(Configured(base.name, {**base.args, **optimizer_args}), OPTIMIZERS,
-                                     "optimizer")
+                                            "optimizer")
         if loss is not None:
             new_loss = compile_loss(loss, self.output_names)
         if loss_weights is not None:

@@ -209,3 +209,21 @@ def test_loading_predicting_and_training_leave_the_process_global_state_alone(ca
     assert np.get_printoptions() == options and warnings.filters == filters
     assert signal.getsignal(signal.SIGINT) is handler and os.getcwd() == cwd
     assert capsys.readouterr().out == ""
+
+
+def test_keras_list_form_of_the_weights_round_trips_in_layer_order():
+    model = nnd.loads("model m { input x: [3]\n dense(4)\n batchnorm()\n dense(2) }", seed=0)
+    weights = model.get_weights()
+    assert [w.shape for w in weights] == [(3, 4), (4,), (4,), (4,), (4,), (4,), (4, 2), (2,)]  # Keras' order
+    other = nnd.loads("model m { input x: [3]\n dense(4)\n batchnorm()\n dense(2) }", seed=1)
+    other.set_weights(weights)
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(other.predict(x), model.predict(x))
+    weights[0][...] = 7  # a copy: the model keeps its own
+    assert not np.any(model.get_weights()[0] == 7)
+    with pytest.raises(NndError, match=r"set_weights got 7 arrays, but the model has 8 parameters \(dense.kernel"):
+        other.set_weights(weights[:7])
+    with pytest.raises(NndError, match="set_weights takes a list of arrays .*; set_parameters takes a dict by name"):
+        other.set_weights(model.parameters())
+    with pytest.raises(NndError, match="'dense.kernel' .*shape"):
+        other.set_weights([weights[1], *weights[1:]])
