@@ -173,10 +173,11 @@ class Model:
         if not isinstance(values, Mapping):
             raise NndError(f"set_parameters takes a dict of parameter name -> array (as parameters() gives), "
                            f"got {type(values).__name__}")
-        expected = {name: tuple(p.type.shape) for name, p in self.graph.param_info.items()}
-        ckpt.check_compatible(expected, {k: np.shape(v) for k, v in values.items()}, strict=strict, source=source)
+        # numbers first, so that text or objects are not reported as arrays of another shape
         converted = {name: parameter_array(value, f"parameter {name!r} from {source}", self.dtype)
                      for name, value in values.items() if name in self.params}
+        expected = {name: tuple(p.type.shape) for name, p in self.graph.param_info.items()}
+        ckpt.check_compatible(expected, {k: np.shape(v) for k, v in values.items()}, strict=strict, source=source)
         for name, value in converted.items():
             self.params[name][...] = self._backend.asarray(value)
 

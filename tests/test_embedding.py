@@ -227,3 +227,9 @@ def test_keras_list_form_of_the_weights_round_trips_in_layer_order():
         other.set_weights(model.parameters())
     with pytest.raises(NndError, match="'dense.kernel' .*shape"):
         other.set_weights([weights[1], *weights[1:]])
+
+
+def test_parameters_that_are_not_numbers_are_named_as_such():
+    model = nnd.loads("model m { input x: [3]\n dense(2) }", seed=0)
+    with pytest.raises(NndError, match="parameter 'dense.kernel' from the given dict must hold numbers, got dtype <U1"):
+        model.set_parameters({"dense.kernel": "x", "dense.bias": np.zeros(2)})
