@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -94,6 +95,7 @@ class Model:
         # a saved model's optimizer state, for the trainer once it is made (nnd.load of a trained model)
         self.pending_optimizer_state: dict[str, np.ndarray] | None = None
         self._predictor: Executor | None = None
+        self._predictor_lock = threading.Lock()  # threads predicting at once build one predictor
 
     def _initial_values(self) -> dict[str, np.ndarray]:
         try:
@@ -274,14 +276,9 @@ class Model:
         batch_size = positive_int(PREDICT_BATCH if batch_size is None else batch_size, "batch_size")
         inputs = self._inputs(x)
         if self._predictor is None:
-            from nnd.compiler.passes import PassManager
-            from nnd.runtime.layout_costs import cost_model
-
-            passes = PassManager.for_level(self.opt_level, verify=False,
-                                           layout_costs=cost_model(self.backend, self.compute_dtype))
-            graph = passes.run(self.graph)
-            self._predictor = Executor(graph, self.backend, self.compute_dtype, seed=self.seed,
-                                       cuda_graphs=self.cuda_graphs)
+            with self._predictor_lock:
+                if self._predictor is None:
+                    self._predictor = self._make_predictor()
         n = sample_count(inputs)
         step = self._slice_size(batch_size)
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
@@ -293,6 +290,15 @@ class Model:
                 parts[name].append(np.asarray(self._backend.to_numpy(result[name]), dtype=self.dtype))
         outputs = {name: np.concatenate(chunks) if chunks else self._no_samples(name) for name, chunks in parts.items()}
         return outputs[self.output_names[0]] if len(outputs) == 1 else outputs
+
+    def _make_predictor(self) -> Executor:
+        from nnd.compiler.passes import PassManager
+        from nnd.runtime.layout_costs import cost_model
+
+        passes = PassManager.for_level(self.opt_level, verify=False,
+                                       layout_costs=cost_model(self.backend, self.compute_dtype))
+        return Executor(passes.run(self.graph), self.backend, self.compute_dtype, seed=self.seed,
+                        cuda_graphs=self.cuda_graphs)
 
     def _no_samples(self, output: str) -> np.ndarray:
         return np.zeros((0, *self.graph.outputs[output].type.shape[1:]), dtype=self.dtype)

@@ -233,3 +233,35 @@ def test_parameters_that_are_not_numbers_are_named_as_such():
     model = nnd.loads("model m { input x: [3]\n dense(2) }", seed=0)
     with pytest.raises(NndError, match="parameter 'dense.kernel' from the given dict must hold numbers, got dtype <U1"):
         model.set_parameters({"dense.kernel": "x", "dense.bias": np.zeros(2)})
+
+
+def test_threads_predicting_at_once_build_one_predictor(monkeypatch):
+    """The first predict compiles the model; threads that make theirs at the same moment wait for that
+    one instead of each compiling their own."""
+    import threading
+
+    import nnd.model
+
+    model = nnd.loads("model m { input x: [3]\n dense(2) }", seed=0)
+    built, start = [], threading.Barrier(4)
+    make = nnd.model.Model._make_predictor
+
+    def counted(self):
+        built.append(1)
+        return make(self)
+
+    monkeypatch.setattr(nnd.model.Model, "_make_predictor", counted)
+    x = np.ones((2, 3), np.float32)
+    results = []
+
+    def predict():
+        start.wait()
+        results.append(model.predict(x))
+
+    threads = [threading.Thread(target=predict) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 1 and len(results) == 4
+    assert all(np.array_equal(r, results[0]) for r in results)
