@@ -185,6 +185,33 @@ def _dropout(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Va
     return ctx.emit("mul", [x, mask])
 
 
+_SPATIAL_BATCHES = {3: "a batch of sequences (N, steps, channels)", 4: "an image batch (N, height, width, channels)"}
+
+
+def _spatial_dropout(rank: int, kind: str):
+    def lower(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+        """While training, zero whole channels (feature maps) of each sample with probability `rate`, and
+        scale the rest by 1/(1-rate): one mask entry per sample and channel, drawn in the shape of a
+        one-pixel slice of x, broadcast over the spatial axes."""
+        x = inputs[0]
+        require_float(x, kind)
+        if x.type.rank != rank:
+            raise LayerError(f"{kind} expects {_SPATIAL_BATCHES[rank]}, got {x.type}")
+        if not ctx.training or args["rate"] == 0.0:
+            return x
+        corner = x
+        for axis in range(1, rank - 1):  # a view of one position per sample: the mask's shape
+            corner = ctx.emit("slice", [corner], axis=axis, start=0, stop=1)
+        mask = ctx.emit("dropout_mask", [corner], rate=args["rate"], stream=ctx.random_stream())
+        return ctx.emit("mul", [x, mask])
+    return lower
+
+
+for _rank, _kind in ((3, "spatial_dropout1d"), (4, "spatial_dropout2d")):
+    layer(_kind, ArgSpec("rate", RATE), ArgSpec("seed", INT, None), ArgSpec("name", NAME, None),
+          keeps_mask=True)(_spatial_dropout(_rank, _kind))
+
+
 # ---------------------------------------------------------------- merges and arithmetic
 
 def _merge(ctx: LayerContext, op: str, word: str, inputs: list[Value]) -> Value:
