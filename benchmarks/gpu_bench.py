@@ -73,7 +73,8 @@ def nnd_step(model_file: str, batch: int, training: bool, level: int, mixed_prec
     classes = output.type.shape[-1]
     y = rng.integers(0, 2, (batch, 1)).astype(np.float32) if classes == 1 else rng.integers(0, classes, batch)
     trainer = model._get_trainer()
-    feeds = {name: cupy.asarray(array) for name, array in model._feeds(x, y).items()}
+    # on the device once, the weights of 1 too, as a training loop's batches would be
+    feeds = {name: cupy.asarray(array) for name, array in trainer.with_sample_weights(model._feeds(x, y)).items()}
 
     def train():
         trainer.step(feeds)

@@ -227,8 +227,9 @@ def run_parity(file, model_name, data, data_dir, limit, batch_size, seed, level,
     if dataset.y_train is None:
         raise NndError(f"--data {source}: the file holds inputs but no targets (y)")
     batch = min(batch_size or model.spec.batch_size, len(dataset.x_train))
-    feeds = model._feeds(dataset.x_train[:batch], dataset.y_train[:batch])
-    graph = model._get_trainer().train_graph
+    trainer = model._get_trainer()
+    feeds = trainer.with_sample_weights(model._feeds(dataset.x_train[:batch], dataset.y_train[:batch]))
+    graph = trainer.train_graph
     differences = compare_backends(graph, feeds, model.params, pair, model.dtype, model.seed or 0)
     title = (f"one training step of {model.name} on {batch} samples of {source} "
              f"({np.dtype(model.dtype).name}, -O{level})")

@@ -444,18 +444,15 @@ class Model:
         return arrays
 
     def _feeds(self, x: Arrays, y: Arrays, sample_weight: Arrays | None = None) -> dict[str, np.ndarray]:
-        """Inputs, targets and each output's sample weights (1 unless `sample_weight` gives them) by the
-        training graph's input names, checked."""
+        """Inputs, targets and, when `sample_weight` gives them, each output's sample weights, by the
+        training graph's input names, checked (the trainer weighs samples without weights by 1)."""
         feeds = self._inputs(x)
         targets = by_name(y, self.output_names, "target")
         for name in self.output_names:
             feeds[TARGET_PREFIX + name] = self._target(name, targets[name])
         same_count(feeds, "inputs and targets")
-        n = sample_count(feeds)
         if sample_weight is not None:
-            feeds.update(sample_weight_feeds(sample_weight, self.output_names, n))
-        else:  # Keras' default: every sample weighs 1 (what the training graph's weight inputs expect)
-            feeds.update({WEIGHT_PREFIX + name: np.ones(n, dtype=np.float32) for name in self.output_names})
+            feeds.update(sample_weight_feeds(sample_weight, self.output_names, sample_count(feeds)))
         return feeds
 
     def _target(self, name: str, value: Any, label: str | None = None) -> np.ndarray:

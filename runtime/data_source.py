@@ -106,7 +106,7 @@ def _csv(path: Path, spec: TrainSpec, dims: tuple, output_type: TensorType, run_
         label, width = table_target(path, spec.target, _saved(run_dir, LABEL_COLUMN_FILE))
         x, y = load_csv(path, target=label)
         pixels, scale, notes = _csv_pixels(_table_rows(x, dims), path, _saved(run_dir, PIXELS_FILE))
-        artifacts = {LABEL_COLUMN_FILE: _label_column_writer(label % width, width)}
+        artifacts = {LABEL_COLUMN_FILE: _label_column_writer(label, width)}
         if len(dims) == 3:
             artifacts[PIXELS_FILE] = _pixel_scale_writer(scale)
         return Dataset(pixels, y, artifacts=artifacts, notes=notes)
@@ -226,7 +226,7 @@ def _table_rows(x: np.ndarray, dims: tuple) -> np.ndarray:
 LABEL_COLUMNS = ("label", "labels", "target", "class", "y")
 
 
-def table_target(path: Path, target: str | None, saved: Path | None = None) -> tuple[str | int, int]:
+def table_target(path: Path, target: str | None, saved: Path | None = None) -> tuple[int, int]:
     """The column of a table CSV that holds the labels, and the table's width: the train section's `target`,
     else a column named like one (`label` first in Kaggle's MNIST files); in a file without a header, the
     column a run's training read (`saved`, its label_column.json); else the last column."""
@@ -298,14 +298,15 @@ def _csv_features(path: Path, target: str | None, features: int, saved: Path | N
                   ) -> tuple[np.ndarray, list[str]]:
     """A table's feature columns, with a note on the label column left out: every column, or all but the
     label column when the file also has it (found as training finds it: see `table_target`)."""
-    width = len(csv_header(path))
+    header = csv_header(path)
+    width = len(header)
     if width == features:
         return load_csv(path)[0], []
     if width != features + 1:
         raise NndError(f"--input {path} has {width} columns; the model reads {features} features per sample "
                        f"(and training read a target column beside them)")
     label, _ = table_target(path, target, saved)
-    notes = [] if looks_like_header(csv_header(path)) else [f"{path.name}: column {label} left out as the labels"]
+    notes = [] if looks_like_header(header) else [f"{path.name}: column {label} left out as the labels"]
     return load_csv(path, target=label)[0], notes
 
 

@@ -69,7 +69,7 @@ class Trainer:
         scaling = low is not None and needs_loss_scaling(low)
         self.scaler = LossScaler() if scaling else None
         passes = PassManager.for_level(opt_level, verify=False, layout_costs=cost_model(backend, compute))
-        # Both graphs take sample weights; batches without any are fed weights of 1 (see `_weighted`).
+        # Both graphs take sample weights; batches without any are fed weights of 1 (see `with_sample_weights`).
         training = build_training_graph(program, model, spec, loss_scaling=scaling, sample_weights=True)
         evaluation = build_loss_graph(program, model, spec, INFER, sample_weights=True)
         self.targets = training.targets
@@ -106,7 +106,7 @@ class Trainer:
             raise NndError(f"model '{self.train_graph.name}' has no trainable parameters: there is nothing to train")
         if self.schedule is not None:
             self._apply_schedule()
-        feeds = self._weighted(feeds)
+        feeds = self.with_sample_weights(feeds)
         if self.scaler is not None:
             feeds = {**feeds, LOSS_SCALE: np.asarray(self.scaler.scale, dtype=np.float32)}
         self._graph_gradients_into_optimizer()
@@ -135,7 +135,7 @@ class Trainer:
         Under loss scaling the gradients are computed at the current scale and divided back, or at a
         scale of 1 when that overflows; the scaler itself is left as it was."""
         xp = self.train_executor.backend.xp
-        feeds = self._weighted(feeds)
+        feeds = self.with_sample_weights(feeds)
         for scale in (1.0,) if self.scaler is None else (self.scaler.scale, 1.0):
             run_feeds = feeds if self.scaler is None else {**feeds, LOSS_SCALE: np.asarray(scale, np.float32)}
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -201,9 +201,9 @@ class Trainer:
             self.scaler.load_state(state["loss_scaler"])
 
     def evaluate_batch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.eval_executor.run(self._weighted(feeds), self.params)
+        return self.eval_executor.run(self.with_sample_weights(feeds), self.params)
 
-    def _weighted(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def with_sample_weights(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`feeds` with a weight of 1 for every sample of each output whose sample weights are not given."""
         missing = [name for name in self.weight_inputs if name not in feeds]
         if not missing:

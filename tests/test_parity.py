@@ -42,8 +42,10 @@ def numpy_backend_with(op: str | None = None, factor: float = 1.0) -> Backend:
 def step_inputs(level=2):
     model = nnd.loads(MODEL, seed=3, opt_level=level)
     rng = np.random.default_rng(0)
-    feeds = model._feeds(rng.normal(size=(8, 6, 6, 1)).astype(np.float32), rng.integers(0, 3, 8))
-    return model._get_trainer().train_graph, feeds, model.params
+    trainer = model._get_trainer()
+    feeds = trainer.with_sample_weights(model._feeds(rng.normal(size=(8, 6, 6, 1)).astype(np.float32),
+                                                     rng.integers(0, 3, 8)))
+    return trainer.train_graph, feeds, model.params
 
 
 def test_identical_backends_agree_exactly():

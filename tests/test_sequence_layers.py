@@ -230,7 +230,8 @@ def test_input_dropout_is_off_in_predict_and_one_mask_per_sequence_in_training()
     still.set_parameters({**weights, "simple_rnn.recurrent_kernel": np.zeros((8, 8))})
     x = np.repeat(rng(69).normal(size=(4, 1, 16)), 6, axis=1)
     trainer = still._get_trainer()
-    outputs = trainer.train_executor.run(still._feeds(x, np.zeros((4, 6, 8))), still.params)["output"]
+    feeds = trainer.with_sample_weights(still._feeds(x, np.zeros((4, 6, 8))))  # each sample weighing 1
+    outputs = trainer.train_executor.run(feeds, still.params)["output"]
     assert np.all(outputs == outputs[:, :1])
     assert not np.allclose(outputs, still.predict(x))
 
