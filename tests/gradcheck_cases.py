@@ -142,6 +142,13 @@ GRADCHECK_CASES.update({
                         {"strides": (1, 1), "padding": ((1, 1), (1, 1)), "dilation": (1, 1)}),
                GradCase([(2, 5, 4, 1), (2, 2, 1, 2)],
                         {"strides": (2, 1), "padding": ((0, 1), (0, 0)), "dilation": (1, 2)})],
+    # the transposed convolution; in the first, the convolution never reads the last of the 5 rows
+    "conv2d_grad_input": [GradCase([(2, 2, 4, 2), (3, 2, 3, 2)],
+                                   {"strides": (2, 1), "padding": ((1, 0), (0, 1)), "dilation": (1, 1),
+                                    "input_hw": (5, 4)}),
+                          GradCase([(1, 3, 3, 1), (2, 2, 2, 1)],
+                                   {"strides": (1, 1), "padding": ((0, 0), (0, 0)), "dilation": (2, 1),
+                                    "input_hw": (5, 4)})],
     "maxpool2d": [GradCase([(1, 4, 4, 2)], {"pool": (2, 2), "strides": (2, 2)}, gen=distinct),
                   GradCase([(1, 5, 5, 1)], {"pool": (3, 3), "strides": (2, 2), "padding": ((1, 1), (1, 1))},
                            gen=distinct)],
