@@ -257,6 +257,43 @@ train m { loss = mse }
     _check_against(model, x, y, reference)
 
 
+KEY_TOKENS = np.array([[2, 2, 0, 0, 0, 0], [5, 0, 0, 0, 0, 0], [7, 1, 1, 1, 0, 0]])
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("call", ["multi_head_attention(q, v, k, 2, 3)", "attention(q, v, k)"])
+def test_a_separate_key_mask_counts_for_multi_head_attention_alone(level, call):
+    """Keras' MultiHeadAttention masks by the key's mask and the value's; its Attention by the value's."""
+    source = f"""model m {{
+    input q: [3, 6]
+    input value_ids: int32[6]
+    input key_ids: int32[6]
+    v = value_ids -> embedding(10, 6, mask_zero=true)
+    k = key_ids -> embedding(10, 6, mask_zero=true)
+    a = {call}
+    output a -> flatten() -> dense(2)
+}}
+train m {{ loss = mse }}
+"""
+    model = _randomized(source, level)
+    rng = np.random.default_rng(12)
+    x = {"q": rng.normal(size=(3, 3, 6)), "value_ids": TOKENS, "key_ids": KEY_TOKENS}
+    y = rng.normal(size=(3, 2))
+
+    def reference(x, p):
+        v = p["embedding.embeddings"][x["value_ids"]]
+        k = p["embedding_1.embeddings"][x["key_ids"]]
+        keep_v, keep_k = (x["value_ids"] != 0).double(), (x["key_ids"] != 0).double()
+        if call.startswith("attention"):
+            a = torch_attention(p, "attention", x["q"], v, k, keep=keep_v)
+        else:
+            a = torch_mha(p, "multi_head_attention", x["q"], v, k, heads=2, key_dim=3,
+                          keep=(keep_v * keep_k)[:, None, :])
+        return dense(p, "dense", a.reshape(3, -1))
+
+    _check_against(model, x, y, reference)
+
+
 def test_keras_parameter_count_shapes_and_order():
     """MultiHeadAttention(num_heads=2, key_dim=16) on 32 features: query, key and value each have a kernel
     (32, 2, 16) and a bias (2, 16), 1,056 parameters; the output kernel (2, 16, 32) and bias (32,) another

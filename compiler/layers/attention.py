@@ -44,19 +44,20 @@ def _sequences(ctx: LayerContext, inputs: list[Value]) -> list[Value]:
     return [query, value, key]
 
 
-def _keep_mask(ctx: LayerContext, query: Value, value: Value, with_query: bool) -> Value | None:
+def _keep_mask(ctx: LayerContext, query: Value, value: Value, multi_head: bool) -> Value | None:
     """Keras' attention mask from the inputs' padding masks, [N, Tq or 1, Tv or 1]: 1 where a query may
-    attend a key. `with_query` adds the query's own mask as rows (multi_head_attention does, attention does not)."""
+    attend a key. Keras' Attention masks by the value's mask alone; its MultiHeadAttention also by the
+    key's (a key given apart from the value) and, as rows, the query's."""
     masks = ctx.input_masks + [None] * (3 - len(ctx.input_masks))
-    if len(ctx.input_masks) == 1:  # self-attention: the one input is query, value and key
+    if len(ctx.input_masks) == 1:  # self-attention: the one input is query and value
         masks = [masks[0], masks[0], None]
     n, tq, tv = query.type.shape[0], query.type.shape[1], value.type.shape[1]
     keep = None
-    for mask in masks[1:]:
+    for mask in masks[1:] if multi_head else masks[1:2]:
         if mask is not None:
             column = ctx.emit("reshape", [mask], shape=(n, 1, tv))
             keep = column if keep is None else ctx.emit("mul", [keep, column])
-    if with_query and masks[0] is not None:
+    if multi_head and masks[0] is not None:
         row = ctx.emit("reshape", [masks[0]], shape=(n, tq, 1))
         keep = row if keep is None else ctx.emit("mul", [row, keep])
     return keep
@@ -86,18 +87,20 @@ def _attend(ctx: LayerContext, scores: Value, value: Value, bias: Value | None, 
 
 # ---------------------------------------------------------------- attention (Luong)
 
-@layer("attention", ArgSpec("use_scale", BOOL, False), ArgSpec("score_mode", choice(("dot", "concat"), "score mode"),
-                                                               "dot"),
+_SCORE_MODE = choice(("dot", "concat"), "score mode")
+
+
+@layer("attention", ArgSpec("use_scale", BOOL, False), ArgSpec("score_mode", _SCORE_MODE, "dot"),
        ArgSpec("dropout", RATE, 0.0), ArgSpec("seed", INT, None), ArgSpec("use_causal_mask", BOOL, False),
        ArgSpec("name", NAME, None), inputs=(2, 3))
 def _attention(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
-    """Keras' Attention (dot-product, Luong style): softmax(query . key) weights the value's steps.
+    """attention(query, value[, key]): Keras' Attention, the value's steps weighed by softmax(query . key)
 
-    Inputs query (N, Tq, d), value (N, Tv, dv) and optionally key (N, Tv, d), which defaults to the value;
-    the output is (N, Tq, dv). score_mode=dot scores query . key; concat scores
-    concat_score_weight * sum(tanh(query + key)) over the features. use_scale adds a learned scalar
-    `scale` (Keras' weight of that name), multiplying the dot scores or the sum inside the tanh; concat
-    learns `concat_score_weight`. Both start at 1. dropout drops attention weights while training.
+    Dot-product (Luong) attention. Inputs query (N, Tq, d), value (N, Tv, dv) and optionally key (N, Tv, d),
+    which defaults to the value; the output is (N, Tq, dv). score_mode=dot scores query . key; concat
+    scores concat_score_weight * sum(tanh(query + key)) over the features. use_scale adds a learned
+    scalar `scale` (Keras' weight of that name), multiplying the dot scores or the sum inside the tanh;
+    concat learns `concat_score_weight`. Both start at 1. dropout drops attention weights while training.
     """
     query, value, key = _sequences(ctx, inputs)
     if query.type.shape[2] != key.type.shape[2]:
@@ -114,7 +117,7 @@ def _attention(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> 
     else:
         scores = _concat_scores(ctx, query, key, scale)
     n, tq, tv = query.type.shape[0], query.type.shape[1], value.type.shape[1]
-    keep = _keep_mask(ctx, query, value, with_query=False)
+    keep = _keep_mask(ctx, query, value, multi_head=False)
     bias = _bias(ctx, keep, (tq, tv), args["use_causal_mask"])
     result = _attend(ctx, scores, value, bias, args["dropout"])
     ctx.count(2 * tq * tv * (key.type.shape[2] + value.type.shape[2]) + 5 * tq * tv)
@@ -159,16 +162,17 @@ _OUTPUT_SHAPE = ArgKind("a positive int or a list of them", _output_shape)
        ArgSpec("kernel_regularizer", REGULARIZER, None), ArgSpec("bias_regularizer", REGULARIZER, None),
        ArgSpec("seed", INT, None), ArgSpec("name", NAME, None), inputs=(1, 3))
 def _multi_head_attention(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
-    """Keras' MultiHeadAttention: num_heads scaled dot-product attentions over learned projections.
+    """multi_head_attention(query, value[, key], num_heads, key_dim): Keras' MultiHeadAttention
 
-    Inputs query (N, Tq, dq), value (N, Tv, dv) and optionally key (N, Tv, dk), which defaults to the
-    value; one input alone is self-attention. Each head projects the query and key to key_dim features and
-    the value to value_dim (default key_dim), scores query . key / sqrt(key_dim), takes the softmax over the
-    keys and sums the projected value with those weights; the heads' results are projected together to
-    output_shape (default dq). Parameters have Keras' shapes, named as Keras' sublayer/weight with an
-    underscore for the slash: query_kernel (dq, num_heads, key_dim), query_bias (num_heads, key_dim),
-    key_kernel, key_bias, value_kernel (dv, num_heads, value_dim), value_bias, attention_output_kernel
-    (num_heads, value_dim, *output_shape), attention_output_bias (output_shape).
+    num_heads scaled dot-product attentions over learned projections. Inputs query (N, Tq, dq), value
+    (N, Tv, dv) and optionally key (N, Tv, dk), which defaults to the value; one input alone is
+    self-attention (x -> multi_head_attention(2, 16)). Each head projects the query and key to key_dim
+    features and the value to value_dim (default key_dim), scores query . key / sqrt(key_dim), takes the
+    softmax over the keys and sums the projected value with those weights; the heads' results are
+    projected together to output_shape (default dq). Parameters have Keras' shapes, named as Keras'
+    sublayer/weight with an underscore for the slash: query_kernel (dq, num_heads, key_dim), query_bias
+    (num_heads, key_dim), key_kernel, key_bias, value_kernel (dv, num_heads, value_dim), value_bias,
+    attention_output_kernel (num_heads, value_dim, *output_shape), attention_output_bias (output_shape).
     """
     query, value, key = _sequences(ctx, inputs)
     heads, key_dim = args["num_heads"], args["key_dim"]
@@ -179,7 +183,7 @@ def _multi_head_attention(ctx: LayerContext, inputs: list[Value], args: dict[str
     q = ctx.emit("mul", [q, ctx.constant(1.0 / math.sqrt(key_dim))])  # Keras scales the query, not the scores
     scores = ctx.emit("batch_matmul", [q, k], transpose_b=True)  # [N, heads, Tq, Tv]
     n, tq, tv = query.type.shape[0], query.type.shape[1], value.type.shape[1]
-    bias = _bias(ctx, _keep_mask(ctx, query, value, with_query=True), (tq, tv), args["use_causal_mask"])
+    bias = _bias(ctx, _keep_mask(ctx, query, value, multi_head=True), (tq, tv), args["use_causal_mask"])
     mixed = _attend(ctx, scores, v, bias, args["dropout"])  # [N, heads, Tq, value_dim]
     merged = ctx.emit("reshape", [ctx.emit("transpose", [mixed], perm=(0, 2, 1, 3))], shape=(n, tq, heads * value_dim))
     out_shape = args["output_shape"] or (query.type.shape[2],)
