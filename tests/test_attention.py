@@ -472,6 +472,8 @@ def _error(source: str) -> str:
     ("input x: [4, 6]\n    output x -> multi_head_attention(2, 4, output_shape=[])",
      "<string>:3:57: error: multi_head_attention argument 'output_shape': expected a positive int or a list of "
      "them, got an empty list"),
+    ("input x: [4, 6]\n    output x -> MultiHeadAttention(2, 4)",
+     "<string>:3:17: error: unknown layer 'MultiHeadAttention'; did you mean 'multi_head_attention'?"),
     ("input x: [4, 6]\n    output attention(x, x, score_mode=additive)",
      "<string>:3:39: error: attention argument 'score_mode': unknown score mode 'additive'"),
 ])
