@@ -72,10 +72,13 @@ def large_negative(dtype) -> float:
 
 @kernel("attention_bias")
 def attention_bias(ctx, attrs, *keep):
+    """Built in float32 (float64 when the graph runs in it) and cast once at the end: a two-byte dtype
+    holds the numbers, but not every array module builds a triangle in bfloat16."""
     xp = ctx.xp
     rows, cols = attrs["steps"]
-    allowed = keep[0] if keep else None
+    work = np.float64 if np.dtype(ctx.dtype) == np.float64 else np.float32
+    allowed = keep[0].astype(work, copy=False) if keep else None
     if attrs.get("causal", False):
-        lower = xp.tri(rows, cols, dtype=ctx.dtype)  # key j <= query i
+        lower = xp.tri(rows, cols, dtype=work)  # key j <= query i
         allowed = lower if allowed is None else allowed * lower
     return ((1.0 - allowed) * large_negative(ctx.dtype)).astype(ctx.dtype, copy=False)

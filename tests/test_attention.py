@@ -500,9 +500,10 @@ def test_batch_matmul_shape_rule_and_its_errors():
         infer({}, [a, TensorType((4, 5))])
 
 
-def test_attention_bias_is_keras_large_negative_and_finite_in_float16():
+def test_attention_bias_is_keras_large_negative_and_finite_in_two_byte_floats():
     keep = np.array([[[1.0, 1.0, 0.0]]])
-    for dtype, big in ((np.float64, -1e9), (np.float32, -1e9), (np.float16, -3e4)):
+    bfloat16 = pytest.importorskip("ml_dtypes").bfloat16
+    for dtype, big in ((np.float64, -1e9), (np.float32, -1e9), (np.float16, -3e4), (bfloat16, -1e9)):
         ctx = KernelContext(np, np.random.default_rng(0), dtype=dtype)
         bias = attention_bias(ctx, {"steps": (2, 3), "causal": True}, keep.astype(dtype))
         assert bias.dtype == dtype and np.isfinite(bias).all()
