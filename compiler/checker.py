@@ -509,8 +509,11 @@ class ModelLowering:
                 return self.error(err.message, err.span or call.span, err.notes)
         values = [v.value for v in inputs]
         name_arg = keywords.get("name")
-        return self.run_layer(spec.name, call.span, rename or args.get("name"),
-                              lambda ctx: spec.lower(ctx, values, args),
+
+        def lower(ctx: LayerContext) -> Any:
+            ctx.seed = args.get("seed")
+            return spec.lower(ctx, values, args)
+        return self.run_layer(spec.name, call.span, rename or args.get("name"), lower,
                               name_span=name_arg[1].span if name_arg else None, spec=spec, inputs=inputs,
                               reserve_name=rename is None)
 

@@ -338,6 +338,20 @@ train drop { optimizer = adam(lr=0.01)  loss = sparse_categorical_crossentropy  
 """
 
 
+def test_a_dropout_seed_picks_the_layers_own_masks():
+    """Same run seed and weights: the losses of one step differ only through the dropout's mask."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 6)).astype(np.float32), rng.integers(0, 3, 20)
+
+    def first_loss(seed_text: str) -> float:
+        model = nnd.loads(DROPOUT_MODEL.replace("dropout(0.5)", f"dropout(0.5{seed_text})"), seed=0)
+        return model.loss_and_gradients(x, y)[0]
+
+    unseeded, one, two = first_loss(""), first_loss(", seed=1"), first_loss(", seed=2")
+    assert len({unseeded, one, two}) == 3
+    assert first_loss(", seed=1") == one and first_loss(", seed=none") == unseeded
+
+
 def test_dropout_is_active_in_training_and_off_in_predict():
     model = nnd.loads(DROPOUT_MODEL, seed=0)
     rng = np.random.default_rng(0)

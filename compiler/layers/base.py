@@ -48,6 +48,7 @@ class LayerContext:
         self.flops = 0
         self.input_masks: list[Value | None] = []
         self.output_mask: Value | None = None
+        self.seed: int | None = None  # the layer's `seed` argument, for those that draw random numbers
         self.result_names: tuple[str, ...] = ()  # what a layer with several results calls them: output, h, c
         # Set by the checker for wrapper layers: apply(layer_ref, x, name, adjust) -> Value | tuple[Value, ...]
         self.apply_layer: Callable[..., Any] | None = None
@@ -73,8 +74,10 @@ class LayerContext:
 
     def random_stream(self, purpose: str = "") -> int:
         """A number naming this layer's random draws (and which of them), the same at every -O level:
-        the runtime seeds each draw from it and the run, so removing another draw changes nothing here."""
-        return zlib.crc32(f"{self.name}/{purpose}".encode())
+        the runtime seeds each draw from it and the run, so removing another draw changes nothing here.
+        A layer's own `seed` argument picks another stream, as Keras' seed gives a layer draws of its own."""
+        seeded = "" if self.seed is None else f"#{self.seed}"
+        return zlib.crc32(f"{self.name}/{purpose}{seeded}".encode())
 
     def constant(self, value: float) -> Value:
         return self.emit("constant", [], value=float(value), dtype="f32")
