@@ -13,7 +13,7 @@ from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME
                                REGULARIZER, ArgKind, ArgSpec, Symbol, choice)
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.base import LAYERS, LayerContext, LayerError, layer, require_float
-from nnd.compiler.layers.conv import _window_plan
+from nnd.compiler.layers.conv import Pads, _window_plan
 from nnd.compiler.layers.core import _with_fans, apply_activation, repeat_elements
 from nnd.compiler.layers.recurrent import RECURRENT, sequence_notes
 
@@ -38,12 +38,22 @@ def _window_fits(ctx: LayerContext, steps: int, size: int, dilation: int, paddin
                          ["use padding=same, a smaller window or a longer input"])
 
 
-def _as_image(ctx: LayerContext, x: Value) -> Value:
+def window_plan_1d(ctx: LayerContext, steps: int, size: int, stride: int, dilation: int,
+                   padding: str) -> tuple[Pads, int]:
+    """The pads of a 1-D window over the (N, 1, steps, C) image view, and the output steps."""
+    if padding == "causal":  # pad the past only, so step t never sees steps after t
+        return ((0, 0), ((size - 1) * dilation, 0)), (steps - 1) // stride + 1
+    _window_fits(ctx, steps, size, dilation, padding)
+    pads, (_, out_steps) = _window_plan(ctx.kind, (1, steps), (1, size), (1, stride), (1, dilation), padding)
+    return pads, out_steps
+
+
+def as_image(ctx: LayerContext, x: Value) -> Value:
     steps, features = _steps(ctx, x)
     return ctx.emit("reshape", [x], shape=(x.type.shape[0], 1, steps, features))
 
 
-def _as_sequence(ctx: LayerContext, y: Value) -> Value:
+def as_sequence(ctx: LayerContext, y: Value) -> Value:
     _, _, steps, features = y.type.shape
     return ctx.emit("reshape", [y], shape=(y.type.shape[0], steps, features))
 
@@ -110,23 +120,18 @@ def _conv1d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Val
     k, stride, dilation, filters = args["kernel_size"], args["strides"], args["dilation_rate"], args["filters"]
     if stride != 1 and dilation != 1:
         raise LayerError("conv1d cannot combine strides and dilation_rate other than 1")
-    if args["padding"] == "causal":  # pad the past only, so step t never sees steps after t
-        pads, out_steps = ((0, 0), ((k - 1) * dilation, 0)), (steps - 1) // stride + 1
-    else:
-        _window_fits(ctx, steps, k, dilation, args["padding"])
-        pads, (_, out_steps) = _window_plan("conv1d", (1, steps), (1, k), (1, stride), (1, dilation),
-                                            args["padding"])
+    pads, out_steps = window_plan_1d(ctx, steps, k, stride, dilation, args["padding"])
     init = _with_fans(args["kernel_initializer"], k * channels, k * filters)
     kernel = ctx.param("kernel", (k, channels, filters), init, regularizer=args["kernel_regularizer"])
     kernel2d = ctx.emit("reshape", [kernel], shape=(1, k, channels, filters))
-    y = ctx.emit("conv2d", [_as_image(ctx, x), kernel2d], strides=(1, stride), padding=pads,
+    y = ctx.emit("conv2d", [as_image(ctx, x), kernel2d], strides=(1, stride), padding=pads,
                  dilation=(1, dilation))
     ctx.count(2 * out_steps * filters * k * channels)
     # the bias and activation before the reshape back to steps: fuse-epilogues joins them to the conv2d
     if args["use_bias"]:
         bias = ctx.param("bias", (filters,), args["bias_initializer"], regularizer=args["bias_regularizer"])
         y = ctx.emit("add", [y, bias])
-    return _as_sequence(ctx, apply_activation(ctx, y, args["activation"]))
+    return as_sequence(ctx, apply_activation(ctx, y, args["activation"]))
 
 
 def _pool1d(kind: str, op: str) -> None:
@@ -144,7 +149,7 @@ def _pool1d(kind: str, op: str) -> None:
         if op == "avgpool2d":
             attrs["count_pad"] = False
         ctx.count(out_steps * features * size)
-        return _as_sequence(ctx, ctx.emit(op, [_as_image(ctx, x)], **attrs))
+        return as_sequence(ctx, ctx.emit(op, [as_image(ctx, x)], **attrs))
 
 
 _pool1d("maxpool1d", "maxpool2d")
