@@ -228,6 +228,21 @@ def test_depthwise_and_separable_conv1d_match_torch(level, steps, c, k, s, d, pa
     _check_against(model, np.random.default_rng(2).normal(size=(3, steps, c)), _sequence_reference(layer_fn))
 
 
+@pytest.mark.parametrize("level", [0, 2])
+@pytest.mark.parametrize("steps, c, filters, groups, k, s, d, padding", [
+    (9, 4, 6, 2, 3, 1, 1, "same"), (10, 6, 6, 3, 2, 2, 1, "valid"), (8, 3, 6, 3, 3, 1, 2, "causal")])
+def test_conv1d_groups_matches_torch(level, steps, c, filters, groups, k, s, d, padding):
+    layer = f"conv1d({filters}, {k}, strides={s}, padding={padding}, dilation_rate={d}, groups={groups}, name=grouped)"
+    model = _randomized(SEQUENCE_MODEL.format(steps=steps, c=c, layer=layer), level)
+    assert model.parameters()["grouped.kernel"].shape == (k, c // groups, filters)
+
+    def layer_fn(x, p):
+        y = _conv1d_ncw(x, p["grouped.kernel"].permute(2, 1, 0), groups, k, s, d, padding)
+        return y + p["grouped.bias"][None, :, None]
+
+    _check_against(model, np.random.default_rng(2).normal(size=(3, steps, c)), _sequence_reference(layer_fn))
+
+
 # ------------------------------------------------------------------------------- parameters and FLOPs
 
 COUNTED = """model m {
@@ -325,6 +340,7 @@ def test_a_small_separable_network_learns():
     ("conv2d(8, 3, groups=3)", "[6, 6, 4]", "3:5: error: conv2d groups=3 does not divide its 4 input channels"),
     ("conv2d(6, 3, groups=4)", "[6, 6, 4]", "3:5: error: conv2d groups=4 does not divide its 6 filters"),
     ("conv2d(8, 3, groups=0)", "[6, 6, 4]", "3:25: error: conv2d argument 'groups'"),
+    ("conv1d(4, 3, groups=3)", "[6, 4]", "3:5: error: conv1d groups=3 does not divide its 4 input channels"),
     ("depthwise_conv2d(3)", "[6, 4]",
      "3:5: error: depthwise_conv2d expects an image batch (N, height, width, channels), got f32[N,6,4]"),
     ("depthwise_conv1d(3)", "[6, 6, 4]", "for images (batch, height, width, channels) use depthwise_conv2d"),

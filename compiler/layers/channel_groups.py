@@ -22,7 +22,7 @@ slice, and their gradients' pads); their FLOP counts are the convolution's own.
 from __future__ import annotations
 
 from nnd.compiler.ir import Value
-from nnd.compiler.layers.base import LayerContext
+from nnd.compiler.layers.base import LayerContext, LayerError
 
 Pair = tuple[int, int]
 Pads = tuple[Pair, Pair]
@@ -106,3 +106,11 @@ def grouped_conv2d(ctx: LayerContext, x: Value, kernel: Value, groups: int, stri
         kg = ctx.emit("slice", [kernel], axis=3, start=g * per_group, stop=(g + 1) * per_group)
         parts.append(ctx.emit("conv2d", [xg, kg], strides=strides, padding=pads, dilation=dilation))
     return ctx.emit("concat", parts, axis=3)
+
+
+def check_groups(kind: str, channels: int, filters: int, groups: int) -> None:
+    """Keras' rule: every group takes as many input channels as the others and makes as many filters."""
+    for count, what in ((channels, "input channels"), (filters, "filters")):
+        if count % groups:
+            raise LayerError(f"{kind} groups={groups} does not divide its {count} {what}",
+                             [f"groups must divide both the input channels ({channels}) and filters ({filters})"])

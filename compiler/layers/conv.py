@@ -7,10 +7,8 @@ from nnd.compiler.args import (ACTIVATION, INITIALIZER, NAME, NON_NEGATIVE_FLOAT
                                PADDING_MODE, PAIR, POSITIVE_INT, REGULARIZER, UNIT_FLOAT, ArgSpec, BOOL, choice)
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.base import LayerContext, LayerError, layer, require_float
-from nnd.compiler.layers.channel_groups import grouped_conv2d
+from nnd.compiler.layers.channel_groups import Pads, check_groups, grouped_conv2d
 from nnd.compiler.layers.core import _with_fans, apply_activation, repeat_elements
-
-Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
 def _image(x: Value, kind: str) -> tuple[int, int, int]:
@@ -67,7 +65,7 @@ def _conv2d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Val
     h, w, c = _image(x, "conv2d")
     kh, kw = args["kernel_size"]
     filters, groups = args["filters"], args["groups"]
-    _check_groups(c, filters, groups)
+    check_groups("conv2d", c, filters, groups)
     if args["strides"] != (1, 1) and args["dilation_rate"] != (1, 1):
         raise LayerError("conv2d cannot combine strides and dilation_rate other than 1")
     pads, (ho, wo) = _window_plan("conv2d", (h, w), (kh, kw), args["strides"], args["dilation_rate"],
@@ -85,14 +83,6 @@ def _conv2d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Val
         y = ctx.emit("add", [y, bias])
         ctx.count(ho * wo * filters)
     return apply_activation(ctx, y, args["activation"])
-
-
-def _check_groups(channels: int, filters: int, groups: int) -> None:
-    """Keras' rule: every group takes as many input channels as the others and makes as many filters."""
-    for count, what in ((channels, "input channels"), (filters, "filters")):
-        if count % groups:
-            raise LayerError(f"conv2d groups={groups} does not divide its {count} {what}",
-                             [f"groups must divide both the input channels ({channels}) and filters ({filters})"])
 
 
 def _pool(kind: str, op: str) -> None:

@@ -13,6 +13,7 @@ from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME
                                REGULARIZER, ArgKind, ArgSpec, Symbol, choice)
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.base import LAYERS, LayerContext, LayerError, layer, require_float
+from nnd.compiler.layers.channel_groups import check_groups, grouped_conv2d
 from nnd.compiler.layers.conv import Pads, _window_plan
 from nnd.compiler.layers.core import _with_fans, apply_activation, repeat_elements
 from nnd.compiler.layers.recurrent import RECURRENT, sequence_notes
@@ -112,21 +113,27 @@ _OPTIONAL_SIZE = ArgKind("a positive int or none", _optional_size, symbolic=True
        ArgSpec("kernel_initializer", INITIALIZER, Initializer("glorot_uniform")),
        ArgSpec("bias_initializer", INITIALIZER, Initializer("zeros")),
        ArgSpec("kernel_regularizer", REGULARIZER, None), ArgSpec("bias_regularizer", REGULARIZER, None),
-       ArgSpec("name", NAME, None))
+       ArgSpec("groups", POSITIVE_INT, 1), ArgSpec("name", NAME, None))
 def _conv1d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
-    """1-D convolution over steps, kernel (kernel_size, in, out); padding valid, same or causal."""
+    """1-D convolution over steps, kernel (kernel_size, in/groups, out); padding valid, same or causal."""
     x = inputs[0]
     steps, channels = _steps(ctx, x)
     k, stride, dilation, filters = args["kernel_size"], args["strides"], args["dilation_rate"], args["filters"]
+    groups = args["groups"]
+    check_groups("conv1d", channels, filters, groups)
     if stride != 1 and dilation != 1:
         raise LayerError("conv1d cannot combine strides and dilation_rate other than 1")
     pads, out_steps = window_plan_1d(ctx, steps, k, stride, dilation, args["padding"])
-    init = _with_fans(args["kernel_initializer"], k * channels, k * filters)
-    kernel = ctx.param("kernel", (k, channels, filters), init, regularizer=args["kernel_regularizer"])
-    kernel2d = ctx.emit("reshape", [kernel], shape=(1, k, channels, filters))
-    y = ctx.emit("conv2d", [as_image(ctx, x), kernel2d], strides=(1, stride), padding=pads,
-                 dilation=(1, dilation))
-    ctx.count(2 * out_steps * filters * k * channels)
+    width = channels // groups  # the input channels each filter reads
+    init = _with_fans(args["kernel_initializer"], k * width, k * filters)
+    kernel = ctx.param("kernel", (k, width, filters), init, regularizer=args["kernel_regularizer"])
+    kernel2d = ctx.emit("reshape", [kernel], shape=(1, k, width, filters))
+    if groups == 1:
+        y = ctx.emit("conv2d", [as_image(ctx, x), kernel2d], strides=(1, stride), padding=pads,
+                     dilation=(1, dilation))
+    else:
+        y = grouped_conv2d(ctx, as_image(ctx, x), kernel2d, groups, (1, stride), (1, dilation), pads)
+    ctx.count(2 * out_steps * filters * k * width)
     # the bias and activation before the reshape back to steps: fuse-epilogues joins them to the conv2d
     if args["use_bias"]:
         bias = ctx.param("bias", (filters,), args["bias_initializer"], regularizer=args["bias_regularizer"])
