@@ -243,6 +243,30 @@ def test_conv1d_groups_matches_torch(level, steps, c, filters, groups, k, s, d, 
     _check_against(model, np.random.default_rng(2).normal(size=(3, steps, c)), _sequence_reference(layer_fn))
 
 
+def test_large_layers_match_torch_through_the_generated_c_kernels(monkeypatch):
+    """Past a few thousand elements the fused taps (and their gradients) run as generated C, which reads the
+    (C, multiplier) weights of a tap through its broadcast index arithmetic."""
+    from nnd.runtime import kernels_native_elementwise, native
+
+    if native.library() is None:
+        pytest.skip("no native library on this machine")
+    built = []
+    original = kernels_native_elementwise._function
+    monkeypatch.setattr(kernels_native_elementwise, "_function", lambda name: built.append(original(name)) or built[-1])
+    layer = "depthwise_conv2d(3, padding=same, depth_multiplier=2, activation=relu)\n    separable_conv2d(6, 3)"
+    model = _randomized(IMAGE_MODEL.format(h=12, w=12, c=8, layer=layer), 2)
+
+    def layer_fn(x, p):
+        y = _conv_nchw(x, _depthwise_weight(p["depthwise_conv2d.depthwise_kernel"]), 8, 3, 1, 1, "same")
+        y = torch.relu(_finish(y, p, "depthwise_conv2d", "linear"))
+        y = _conv_nchw(y, _depthwise_weight(p["separable_conv2d.depthwise_kernel"]), 16, 3, 1, 1, "valid")
+        return _finish(F.conv2d(y, p["separable_conv2d.pointwise_kernel"].permute(3, 2, 0, 1)), p, "separable_conv2d",
+                       "linear")
+
+    _check_against(model, np.random.default_rng(2).normal(size=(8, 12, 12, 8)), _image_reference(layer_fn))
+    assert any(function is not None for function in built)
+
+
 # ------------------------------------------------------------------------------- parameters and FLOPs
 
 COUNTED = """model m {

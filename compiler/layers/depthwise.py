@@ -8,6 +8,7 @@ step is a 1x1 conv2d; the 1-D layers run over the (N, 1, steps, C) view of their
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from nnd.compiler.args import (ACTIVATION, BOOL, INITIALIZER, NAME, PADDING_MODE, PAIR, POSITIVE_INT, REGULARIZER,
@@ -45,12 +46,15 @@ def _arguments(separable: bool, one_d: bool) -> tuple[ArgSpec, ...]:
     return tuple(specs)
 
 
+@dataclass(frozen=True)
 class _Plan:
     """Where the window goes over the (N, H, W, C) image: pads, strides, dilation and output size."""
 
-    def __init__(self, window: tuple[int, int], strides: tuple[int, int], dilation: tuple[int, int], pads: Pads,
-                 out: tuple[int, int]):
-        self.window, self.strides, self.dilation, self.pads, self.out = window, strides, dilation, pads, out
+    window: tuple[int, int]
+    strides: tuple[int, int]
+    dilation: tuple[int, int]
+    pads: Pads
+    out: tuple[int, int]
 
     @property
     def positions(self) -> int:

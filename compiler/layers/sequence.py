@@ -13,8 +13,8 @@ from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME
                                REGULARIZER, ArgKind, ArgSpec, Symbol, choice)
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.base import LAYERS, LayerContext, LayerError, layer, require_float
-from nnd.compiler.layers.channel_groups import check_groups, grouped_conv2d
-from nnd.compiler.layers.conv import Pads, _window_plan
+from nnd.compiler.layers.channel_groups import Pads, check_groups, grouped_conv2d
+from nnd.compiler.layers.conv import _window_plan
 from nnd.compiler.layers.core import _with_fans, apply_activation, repeat_elements
 from nnd.compiler.layers.recurrent import RECURRENT, sequence_notes
 
