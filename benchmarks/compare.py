@@ -1,5 +1,5 @@
-"""nnd next to PyTorch on the CPU: the seed CNN, the seed LSTM, the row-LSTM and the small ResNet, training
-and inference.
+"""nnd next to PyTorch on the CPU: the seed CNN, the seed LSTM, the row-LSTM, the small ResNet and the
+convolutional autoencoder, training and inference.
 
     python benchmarks/compare.py [--rounds 3] [--steps 20] [--workloads cnn-train-32 ...] [--no-torch]
 
@@ -34,7 +34,9 @@ WORKLOADS = {
     "lstm-infer-32": ("lstm_classifier.nnd", 32, False),
     "rowlstm-train-128": ("row_lstm_fashion.nnd", 128, True),
     "resnet-train-64": ("tiny_resnet.nnd", 64, True),
+    "autoencoder-train-64": ("conv_autoencoder.nnd", 64, True),
 }
+RECONSTRUCTIONS = ("conv_autoencoder.nnd",)  # trained to reproduce their input: the targets are the inputs
 SYSTEMS = ("nnd -O0", "nnd -O2", "torch", "torch channels_last")
 
 
@@ -65,6 +67,8 @@ def nnd_step(model_file: str, batch: int, training: bool, level: int):
     output = next(iter(model.graph.outputs.values()))
     classes = output.type.shape[-1]
     y = rng.integers(0, 2, (batch, 1)).astype(np.float32) if classes == 1 else rng.integers(0, classes, batch)
+    if model_file in RECONSTRUCTIONS:
+        y = x
     trainer = model._get_trainer()
     feeds = model._feeds(x, y)
     return lambda: trainer.step(feeds)
@@ -103,6 +107,12 @@ def torch_model(model_file: str):
         return nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1), batchnorm(16), nn.ReLU(), *(Residual(16) for _ in range(3)),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(16, 10)), (3, 32, 32), 10
+    if model_file == "conv_autoencoder.nnd":  # PyTorch's symmetric pads where 'same' pads after: same sizes
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+            nn.Conv2d(32, 1, 3, padding=1)), (1, 28, 28), 1
     if model_file == "lstm_classifier.nnd":
         return nn.Sequential(nn.LSTM(64, 64, batch_first=True), Sequence(), nn.LSTM(64, 64, batch_first=True),
                              LastStep(), nn.Linear(64, 1)), (100, 64), 1
@@ -129,7 +139,9 @@ def torch_step(model_file: str, batch: int, training: bool, channels_last: bool)
         optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     else:
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    if classes == 1:
+    if model_file in RECONSTRUCTIONS:  # the sigmoid output's binary crossentropy against the input itself
+        loss_fn, y = nn.BCEWithLogitsLoss(), x
+    elif classes == 1:
         loss_fn, y = nn.BCEWithLogitsLoss(), torch.randint(0, 2, (batch, 1)).float()
     else:
         loss_fn, y = nn.CrossEntropyLoss(), torch.randint(0, classes, (batch,))

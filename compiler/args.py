@@ -192,19 +192,29 @@ def python_word_hint(value: Any, kind: "ArgKind | ArgSpec") -> str | None:
     return f"did you mean '{value.name.lower()}'?"
 
 
-def _pair(value: Any) -> tuple[int, int]:
-    """An int or a list of two ints, each at least 1: kernel sizes, strides, pool sizes."""
-    items = value if isinstance(value, list) else [value, value]
-    if len(items) != 2:
-        raise ArgError(f"expected an int or a list of two ints, got a list of {len(items)}")
-    pair = tuple(_bounded_int(1)(v) for v in items)
-    return pair  # type: ignore[return-value]
+def _pair_at_least(lo: int) -> Converter:
+    def convert(value: Any) -> tuple[int, int]:
+        items = value if isinstance(value, list) else [value, value]
+        if len(items) != 2:
+            raise ArgError(f"expected an int or a list of two ints, got a list of {len(items)}")
+        pair = tuple(_bounded_int(lo)(v) for v in items)
+        return pair  # type: ignore[return-value]
+    return convert
 
 
-def _optional_pair(value: Any) -> tuple[int, int] | None:
-    if isinstance(value, Symbol) and value.name == "none":
-        return None
-    return _pair(value)
+# An int or a list of two ints, each at least 1: kernel sizes, strides, pool sizes.
+_pair = _pair_at_least(1)
+
+
+def _optional(convert: Converter) -> Converter:
+    def optional(value: Any) -> Any:
+        if isinstance(value, Symbol) and value.name == "none":
+            return None
+        return convert(value)
+    return optional
+
+
+_optional_pair = _optional(_pair)
 
 
 def _padding2d(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -346,6 +356,8 @@ UNIT_FLOAT = ArgKind("a number in [0, 1]", _float_range(0.0, 1.0, False))
 BOOL = ArgKind("true or false", _bool, symbolic=True)
 PAIR = ArgKind("an int or a list of two ints", _pair)
 OPTIONAL_PAIR = ArgKind("an int, a list of two ints or none", _optional_pair, symbolic=True)
+OPTIONAL_NON_NEGATIVE_PAIR = ArgKind("a non-negative int, a list of two or none", _optional(_pair_at_least(0)),
+                                     symbolic=True)
 PADDING2D = ArgKind("an int or padding list", _padding2d)
 PADDING_MODE = ArgKind("valid or same", _choice(("valid", "same"), "padding"), symbolic=True)
 def _activation(value: Any) -> str:

@@ -13,6 +13,7 @@ from nnd.compiler.ir import Graph
 from nnd.compiler.layers import INFER, LAYERS, TRAIN
 from nnd.compiler.output_checks import check_outputs
 from nnd.compiler.output_losses import check_output_losses
+from nnd.compiler.reconstruction import check_reconstruction
 from nnd.compiler.source import Span
 from nnd.compiler.training import TrainSpec, check_monitors, check_train, log_name_clash
 from nnd.compiler.unused import unused_layer_warnings
@@ -103,7 +104,7 @@ def _check_program(program: Program) -> CheckedProgram:
                 bag.diagnostics.extend(misfits)
                 continue
             errors, warnings = check_outputs(spec, checked.graphs[name])
-            bag.diagnostics.extend(errors)
+            bag.diagnostics.extend(errors + check_reconstruction(spec, checked.graphs[name]))
             checked.warnings[name] += warnings + _idle_augmentations(spec, checked.graphs[name])
     if bag:  # the warnings too: one run tells everything
         warnings = [w for found in checked.warnings.values() for w in found]

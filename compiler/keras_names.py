@@ -12,8 +12,7 @@ from nnd.compiler.diagnostics import snake_case
 # is another layer altogether, so no "did you mean" is offered for them.
 MISSING_LAYERS = frozenset((
     "group_normalization", "unit_normalization", "normalization", "rescaling",
-    "attention", "additive_attention", "multi_head_attention", "lambda", "permute", "cropping1d",
-    "cropping2d", "conv2d_transpose", "conv1d_transpose", "conv3d",
+    "additive_attention", "lambda", "permute", "cropping1d", "cropping2d", "conv3d",
     "text_vectorization", "string_lookup", "integer_lookup",
     "category_encoding", "hashing", "conv_lstm2d",
     "gaussian_noise", "gaussian_dropout", "alpha_dropout", "activity_regularization", "prelu",

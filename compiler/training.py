@@ -117,7 +117,9 @@ class TrainSpec:
     callbacks: list[Configured] = field(default_factory=list)
     lr_schedule: Configured | None = None
     augment: list[Configured] = field(default_factory=list)
-    target: str | None = None  # the CSV column holding labels, or the series a sequence model forecasts
+    # the CSV column holding labels, the series a sequence model forecasts, or an input the model reproduces
+    target: str | None = None
+    target_span: Span | None = None
     columns: list[str] | None = None  # the CSV columns a sequence model reads at each step
     span: Span | None = None
     loss_span: Span | None = None  # where the loss and loss_weights settings are written
@@ -411,6 +413,7 @@ def _apply_setting(spec: TrainSpec, key: str, value: Any, span: Span | None) -> 
         spec.seed = _convert(NON_NEGATIVE_INT, value, key, span)
     elif key == "target":
         spec.target = value if isinstance(value, str) else _convert(NAME, value, key, span)
+        spec.target_span = span
     elif key == "columns":
         spec.columns = [v if isinstance(v, str) else _convert(NAME, v, key, span) for v in _list(value, span)]
     else:

@@ -49,8 +49,8 @@ def dataset_for(model, source: str | None, data_dir: str | None, limit: int | No
                        "one-output models: use the Python API with dicts of arrays (nnd.load(...).fit({...}, {...}))")
     output = next(iter(model.graph.outputs.values()))
     base_dir = Path(model.program.program.root.file).resolve().parent
-    dataset = load_dataset(source, data_dir, model.spec, model.graph.inputs[0].type, output.type, base_dir,
-                           run_dir)
+    value = model.graph.inputs[0]
+    dataset = load_dataset(source, data_dir, model.spec, value.type, output.type, base_dir, run_dir, value.name)
     _check_sample_shape(model, source, dataset.x_train)
     if limit is not None:
         dataset.x_train = dataset.x_train[:limit]

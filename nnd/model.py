@@ -156,6 +156,16 @@ class Model:
     def output_names(self) -> list[str]:
         return list(self.graph.outputs)
 
+    @property
+    def input_shape(self) -> Any:
+        """Keras' input_shape: `(None, 28, 28, 1)`, None for the batch; a list for several inputs."""
+        return _keras_shapes([v.type for v in self.graph.inputs])
+
+    @property
+    def output_shape(self) -> Any:
+        """Keras' output_shape: `(None, 10)`, None for the batch; a list for several outputs."""
+        return _keras_shapes([v.type for v in self.graph.outputs.values()])
+
     def summary(self, batch_size: int = 32, print_fn=print) -> str:
         if print_fn is not None and not callable(print_fn):
             raise NndError(f"print_fn must be a function that takes the text (or None), got {type(print_fn).__name__}")
@@ -474,6 +484,12 @@ class Model:
         """Each output's graph value and the name of the loss it trains with."""
         outputs = self.graph.outputs
         return {name: (output, loss_for(self.spec, name, outputs).name) for name, output in outputs.items()}
+
+
+def _keras_shapes(types: list[TensorType]) -> Any:
+    """Shapes as Keras gives them: the symbolic batch as None, one tuple alone or a list of several."""
+    shapes = [tuple(None if isinstance(d, str) else d for d in t.shape) for t in types]
+    return shapes[0] if len(shapes) == 1 else shapes
 
 
 def _with_note(error: NndError, note: str) -> NndError:

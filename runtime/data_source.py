@@ -51,12 +51,34 @@ class Dataset:
 
 
 def load_dataset(source: str | None, data_dir: str | None, spec: TrainSpec, input_type: TensorType,
-                 output_type: TensorType, base_dir: Path | None = None, run_dir: Path | None = None) -> Dataset:
+                 output_type: TensorType, base_dir: Path | None = None, run_dir: Path | None = None,
+                 input_name: str | None = None) -> Dataset:
     """Load `source` shaped for a model with one input of `input_type` and one output of `output_type`;
-    `run_dir`, a trained run's directory, supplies the statistics or vocabulary saved by its training."""
-    dims = tuple(input_type.shape[1:])
+    `run_dir`, a trained run's directory, supplies the statistics or vocabulary saved by its training.
+    A train section whose `target` names the input (`input_name`) gets the inputs as targets."""
     if source is None:
-        raise no_data_error("training", dims)
+        raise no_data_error("training", tuple(input_type.shape[1:]))
+    if input_name is not None and spec.target == input_name:
+        return _reproduced(source, data_dir, spec, input_type, output_type, base_dir, input_name)
+    return _load(source, data_dir, spec, input_type, output_type, base_dir, run_dir)
+
+
+def _reproduced(source: str, data_dir: str | None, spec: TrainSpec, input_type: TensorType,
+                output_type: TensorType, base_dir: Path | None, input_name: str) -> Dataset:
+    """An autoencoder's data: the samples are their own targets, and the data's labels go unused."""
+    if Path(source).suffix.lower() in (".csv", *TEXT_SUFFIXES):
+        raise NndError(f"--data {source}: target = {input_name} reproduces arrays from a named dataset or a "
+                       ".npz/.npy file; a CSV's or text's target names what to predict from it")
+    dataset = _load(source, data_dir, spec, input_type, output_type, base_dir, None)
+    dataset.y_train, dataset.y_test = dataset.x_train, dataset.x_test
+    dataset.keys = {"y_train": "x_train", "y_test": "x_test"}
+    dataset.notes.append(f"target = {input_name}: the model learns to reproduce its input; the labels go unused")
+    return dataset
+
+
+def _load(source: str, data_dir: str | None, spec: TrainSpec, input_type: TensorType, output_type: TensorType,
+          base_dir: Path | None, run_dir: Path | None) -> Dataset:
+    dims = tuple(input_type.shape[1:])
     name = source.replace("-", "_")
     if name == "moving_fashion_mnist":
         return _moving(dims, spec, data_dir)

@@ -318,6 +318,19 @@ def _matmul_tn(ctx, attrs, a, dy):
     return ctx.xp.matmul(a.reshape(-1, a.shape[-1]).T, dy.reshape(-1, dy.shape[-1]))
 
 
+@kernel("batch_matmul")
+def _batch_matmul(ctx, attrs, a, b):
+    """One product per batch index. A transposed operand is passed as a view with its last two axes
+    swapped: NumPy's matmul and the cupy backend's cuBLAS path both read such a view without a copy."""
+    xp = ctx.xp
+    a, b = _align(xp, a, b)
+    if attrs.get("transpose_a", False):
+        a = xp.swapaxes(a, -1, -2)
+    if attrs.get("transpose_b", False):
+        b = xp.swapaxes(b, -1, -2)
+    return xp.matmul(a, b)
+
+
 # --------------------------------------------------------------------------------------- reductions
 
 @kernel("reduce_sum")

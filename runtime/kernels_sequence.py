@@ -1,6 +1,8 @@
 """Kernels of the sequence helper ops (see nnd.compiler.ops.sequence)."""
 from __future__ import annotations
 
+import numpy as np
+
 from nnd.compiler.diagnostics import NndError
 from nnd.runtime.kernel_table import kernel
 
@@ -61,3 +63,22 @@ def gather_rows_grad(ctx, attrs, dy, ids):
 @kernel("nonzero_mask")
 def nonzero_mask(ctx, attrs, x):
     return (x != 0).astype(ctx.dtype)
+
+
+def large_negative(dtype) -> float:
+    """Keras' `_large_negative_number`: the score of a pair attention must not see."""
+    return -3e4 if np.dtype(dtype) == np.float16 else -1e9
+
+
+@kernel("attention_bias")
+def attention_bias(ctx, attrs, *keep):
+    """Built in float32 (float64 when the graph runs in it) and cast once at the end: a two-byte dtype
+    holds the numbers, but not every array module builds a triangle in bfloat16."""
+    xp = ctx.xp
+    rows, cols = attrs["steps"]
+    work = np.float64 if np.dtype(ctx.dtype) == np.float64 else np.float32
+    allowed = keep[0].astype(work, copy=False) if keep else None
+    if attrs.get("causal", False):
+        lower = xp.tri(rows, cols, dtype=work)  # key j <= query i
+        allowed = lower if allowed is None else allowed * lower
+    return ((1.0 - allowed) * large_negative(ctx.dtype)).astype(ctx.dtype, copy=False)

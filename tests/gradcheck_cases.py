@@ -92,6 +92,11 @@ GRADCHECK_CASES: dict[str, list[GradCase]] = {
     # matmul
     "matmul": [GradCase([("N", 3), (3, 2)]), GradCase([(2, 2, 3), (3, 2)]), GradCase([(3,), (3, 2)])],
     "matmul_tn": [GradCase([("N", 3), ("N", 2)]), GradCase([(2, 2, 3), (2, 2, 2)])],
+    "batch_matmul": [GradCase([("N", 3, 2), ("N", 2, 4)]),
+                     GradCase([("N", 3, 2), ("N", 4, 2)], {"transpose_b": True}),
+                     GradCase([(2, 2, 3), (2, 2, 4)], {"transpose_a": True}),
+                     GradCase([(2, 1, 2, 3), (2, 1, 4, 2)], {"transpose_a": True, "transpose_b": True}),
+                     GradCase([(3, 2), (2, 2)])],
     # reductions
     "reduce_sum": [GradCase([("N", 3)], {"axes": (1,)}), GradCase([(2, 3, 2)], {"axes": (0, 2), "keepdims": True}),
                    GradCase([("N", 3)], {"axes": None})],
@@ -142,6 +147,13 @@ GRADCHECK_CASES.update({
                         {"strides": (1, 1), "padding": ((1, 1), (1, 1)), "dilation": (1, 1)}),
                GradCase([(2, 5, 4, 1), (2, 2, 1, 2)],
                         {"strides": (2, 1), "padding": ((0, 1), (0, 0)), "dilation": (1, 2)})],
+    # the transposed convolution; in the first, the convolution never reads the last of the 5 rows
+    "conv2d_grad_input": [GradCase([(2, 2, 4, 2), (3, 2, 3, 2)],
+                                   {"strides": (2, 1), "padding": ((1, 0), (0, 1)), "dilation": (1, 1),
+                                    "input_hw": (5, 4)}),
+                          GradCase([(1, 3, 3, 1), (2, 2, 2, 1)],
+                                   {"strides": (1, 1), "padding": ((0, 0), (0, 0)), "dilation": (2, 1),
+                                    "input_hw": (5, 4)})],
     "maxpool2d": [GradCase([(1, 4, 4, 2)], {"pool": (2, 2), "strides": (2, 2)}, gen=distinct),
                   GradCase([(1, 5, 5, 1)], {"pool": (3, 3), "strides": (2, 2), "padding": ((1, 1), (1, 1))},
                            gen=distinct)],
@@ -241,4 +253,6 @@ GRADCHECK_CASES.update({
     "gather_rows": [GradCase([TensorType((N, 5), "i64"), (4, 3)],
                              gen=per_input(lambda r, s, i: r.integers(0, 4, s), away_from_zero), wrt=(1,))],
     "nonzero_mask": [GradCase([(N, 3)], wrt=())],
+    "attention_bias": [GradCase([(N, 3, 4)], {"steps": (3, 4), "causal": True}, wrt=()),
+                       GradCase([(N, 1, 4)], {"steps": (3, 4)}, wrt=())],
 })

@@ -509,11 +509,15 @@ def new_builder():
 CONV_ATTRS = {"strides": (1, 1), "padding": ((0, 0), (0, 0)), "dilation": (1, 1)}
 
 
+# conv2d_grad_input is also the transposed convolutions' forward op, so it has a gradient rule of its own
+FORWARD_TOO = ("conv2d_grad_input",)
+
+
 def test_every_op_has_a_kernel_and_a_grad_decision():
     for op in MY_OPS:
         assert op in KERNELS
         definition = get_op(op)
-        if op.endswith("_grad") or "_grad_" in op:
+        if (op.endswith("_grad") or "_grad_" in op) and op not in FORWARD_TOO:
             assert definition.grad is NOT_DIFFERENTIABLE
         else:
             assert definition.differentiable

@@ -303,6 +303,17 @@ def test_matmul_and_matmul_tn_match_einsum():
     np.testing.assert_allclose(run("matmul_tn", {}, a, dy), np.einsum("ijk,ijm->km", a, dy), rtol=1e-13)
 
 
+@pytest.mark.parametrize("transpose_a, transpose_b, subscripts", [
+    (False, False, "nhmk,nhkp->nhmp"), (False, True, "nhmk,nhpk->nhmp"),
+    (True, False, "nhkm,nhkp->nhmp"), (True, True, "nhkm,nhpk->nhmp")])
+def test_batch_matmul_matches_einsum(transpose_a, transpose_b, subscripts):
+    a = rand(2, 3, 4, 5) if not transpose_a else rand(2, 3, 5, 4)
+    b = rand(2, 3, 5, 6, seed=1) if not transpose_b else rand(2, 3, 6, 5, seed=1)
+    attrs = {"transpose_a": transpose_a, "transpose_b": transpose_b}
+    np.testing.assert_allclose(run("batch_matmul", attrs, a, b), np.einsum(subscripts, a, b), rtol=1e-13)
+    assert run("batch_matmul", attrs, a.astype(np.float32), b.astype(np.float32), dtype=np.float32).dtype == np.float32
+
+
 def test_data_movement_kernels():
     x = rand(2, 3, 4)
     pads = ((0, 0), (1, 2), (0, 1))

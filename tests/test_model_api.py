@@ -264,6 +264,14 @@ def test_predict_shapes_and_batching():
     assert model.predict(x[:1]).shape == (1, 3)
 
 
+def test_input_and_output_shapes_read_as_keras_gives_them():
+    model = nnd.loads(TWO_WAY)
+    assert model.input_shape == [(None, 6, 6, 1), (None, 3)]
+    assert model.output_shape == [(None, 3), (None, 1)]
+    single = nnd.loads(CLASSIFIER)
+    assert single.input_shape == (None, 4) and single.output_shape == (None, 3)
+
+
 def test_two_inputs_two_outputs():
     model = nnd.loads(TWO_WAY, seed=2)
     rng = np.random.default_rng(1)

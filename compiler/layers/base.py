@@ -91,7 +91,8 @@ Lowering = Callable[[LayerContext, list[Value], dict[str, Any]], "Value | tuple[
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """`inputs` is the number of tensor inputs: an int, or (minimum, None) for merges like add.
+    """`inputs` is the number of tensor inputs: an int, or (minimum, maximum), the maximum None for merges
+    like add.
 
     `keeps_mask`: the output keeps the input's padding mask (per-step layers); `wrapper`: the layer takes
     another layer as an argument (bidirectional, time_distributed).
@@ -100,7 +101,7 @@ class LayerSpec:
     name: str
     args: tuple[ArgSpec, ...]
     lower: Lowering
-    inputs: int | tuple[int, None] = 1
+    inputs: int | tuple[int, int | None] = 1
     doc: str = ""
     keeps_mask: bool = False
     wrapper: bool = False
@@ -108,18 +109,22 @@ class LayerSpec:
     def accepts_inputs(self, count: int) -> bool:
         if isinstance(self.inputs, int):
             return count == self.inputs
-        return count >= self.inputs[0]
+        least, most = self.inputs
+        return count >= least and (most is None or count <= most)
 
     def input_words(self) -> str:
         if isinstance(self.inputs, int):
             return f"{self.inputs} input{'s' if self.inputs != 1 else ''}"
-        return f"at least {self.inputs[0]} inputs"
+        least, most = self.inputs
+        if most is None:
+            return f"at least {least} inputs"
+        return f"{least} or {most} inputs" if most == least + 1 else f"{least} to {most} inputs"
 
 
 LAYERS: dict[str, LayerSpec] = {}
 
 
-def layer(name: str, *args: ArgSpec, inputs: int | tuple[int, None] = 1, doc: str = "",
+def layer(name: str, *args: ArgSpec, inputs: int | tuple[int, int | None] = 1, doc: str = "",
           aliases: Sequence[str] = (), keeps_mask: bool = False, wrapper: bool = False
           ) -> Callable[[Lowering], Lowering]:
     def decorate(fn: Lowering) -> Lowering:

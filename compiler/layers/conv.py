@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from nnd.compiler.args import (ACTIVATION, INITIALIZER, NAME, NON_NEGATIVE_FLOAT, OPTIONAL_PAIR, PADDING2D,
-                               PADDING_MODE, PAIR, POSITIVE_INT, REGULARIZER, UNIT_FLOAT, ArgSpec, BOOL, choice)
+from nnd.compiler.args import (ACTIVATION, INITIALIZER, NAME, NON_NEGATIVE_FLOAT, OPTIONAL_NON_NEGATIVE_PAIR,
+                               OPTIONAL_PAIR, PADDING2D, PADDING_MODE, PAIR, POSITIVE_INT, REGULARIZER, UNIT_FLOAT,
+                               ArgSpec, BOOL, choice)
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.base import LayerContext, LayerError, layer, require_float
 from nnd.compiler.layers.channel_groups import Pads, check_groups, grouped_conv2d
@@ -83,6 +84,79 @@ def _conv2d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Val
         y = ctx.emit("add", [y, bias])
         ctx.count(ho * wo * filters)
     return apply_activation(ctx, y, args["activation"])
+
+
+def transposed_plan(kind: str, size: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int],
+                    dilation: tuple[int, int], padding: str,
+                    output_padding: tuple[int, int] | None) -> tuple[Pads, tuple[int, int]]:
+    """Output size and pads of a transposed convolution, as Keras computes them.
+
+    The transposed convolution is the input gradient of the convolution that would map its output back
+    to its input, so its pads are that convolution's, with TensorFlow's 'same' split; Keras' output
+    size: `in * stride` for same, `in * stride + max(span - stride, 0)` for valid, and with
+    `output_padding`, `(in - 1) * stride + span - 2 * (span // 2 if same else 0) + output_padding`.
+    """
+    out = []
+    for axis, (extent, k, s, d) in enumerate(zip(size, kernel, strides, dilation)):
+        span = (k - 1) * d + 1
+        if output_padding is None:
+            out.append(extent * s if padding == "same" else extent * s + max(span - s, 0))
+            continue
+        extra = output_padding[axis]
+        if extra >= s:
+            raise LayerError(f"{kind} output_padding {extra} must be less than the stride {s}",
+                             ["output_padding picks one of the stride's output sizes: 0 up to stride - 1"])
+        out.append((extent - 1) * s + span - 2 * (span // 2 if padding == "same" else 0) + extra)
+    sized = (out[0], out[1])
+    pads, back = _window_plan(kind, sized, kernel, strides, dilation, padding)
+    assert back == size, (sized, back, size)  # Keras' sizes always map back through the convolution
+    return pads, sized
+
+
+@layer("conv2d_transpose",
+       ArgSpec("filters", POSITIVE_INT), ArgSpec("kernel_size", PAIR, aliases=("kernel",)),
+       ArgSpec("strides", PAIR, (1, 1)), ArgSpec("padding", PADDING_MODE, "valid"),
+       ArgSpec("output_padding", OPTIONAL_NON_NEGATIVE_PAIR, None),
+       ArgSpec("dilation_rate", PAIR, (1, 1), aliases=("dilation",)),
+       ArgSpec("activation", ACTIVATION, "linear"), ArgSpec("use_bias", BOOL, True),
+       ArgSpec("kernel_initializer", INITIALIZER, Initializer("glorot_uniform")),
+       ArgSpec("bias_initializer", INITIALIZER, Initializer("zeros")),
+       ArgSpec("kernel_regularizer", REGULARIZER, None), ArgSpec("bias_regularizer", REGULARIZER, None),
+       ArgSpec("name", NAME, None))
+def _conv2d_transpose(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Transposed 2-D convolution (Keras' Conv2DTranspose), kernel (kh, kw, out, in): each input pixel
+    spreads a kernel-sized patch over an output `strides` times larger."""
+    x = inputs[0]
+    h, w, c = _image(x, "conv2d_transpose")
+    y = transposed_conv(ctx, x, (h, w), c, args, args["kernel_size"], args["strides"], args["dilation_rate"],
+                        args["output_padding"])
+    return apply_activation(ctx, y, args["activation"])
+
+
+def transposed_conv(ctx: LayerContext, image: Value, size: tuple[int, int], channels: int, args: dict[str, Any],
+                    kernel_hw: tuple[int, int], strides: tuple[int, int], dilation: tuple[int, int],
+                    output_padding: tuple[int, int] | None, kernel_shape: tuple[int, ...] | None = None) -> Value:
+    """The parameters, the transposed convolution of an NHWC image and its bias; conv1d_transpose
+    passes its own kernel shape, (k, out, in), which it reshapes to (1, k, out, in)."""
+    kind = ctx.kind
+    if strides != (1, 1) and dilation != (1, 1):
+        raise LayerError(f"{kind} cannot combine strides and dilation_rate other than 1")
+    filters = args["filters"]
+    pads, (ho, wo) = transposed_plan(kind, size, kernel_hw, strides, dilation, args["padding"], output_padding)
+    taps = kernel_hw[0] * kernel_hw[1]
+    init = _with_fans(args["kernel_initializer"], taps * filters, taps * channels)  # Keras' fans of (kh, kw, out, in)
+    kernel = ctx.param("kernel", kernel_shape or (*kernel_hw, filters, channels), init,
+                       regularizer=args["kernel_regularizer"])
+    if kernel_shape is not None:
+        kernel = ctx.emit("reshape", [kernel], shape=(*kernel_hw, filters, channels))
+    y = ctx.emit("conv2d_grad_input", [image, kernel], strides=strides, padding=pads, dilation=dilation,
+                 input_hw=(ho, wo))
+    ctx.count(2 * size[0] * size[1] * channels * taps * filters)
+    if args["use_bias"]:
+        bias = ctx.param("bias", (filters,), args["bias_initializer"], regularizer=args["bias_regularizer"])
+        y = ctx.emit("add", [y, bias])
+        ctx.count(ho * wo * filters)
+    return y
 
 
 def _pool(kind: str, op: str) -> None:

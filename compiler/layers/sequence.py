@@ -1,20 +1,21 @@
-"""Sequence layers, batch-major (N, steps, features) like Keras: embedding, masking, conv1d and 1-D
-pooling, time_distributed and repeat_vector.
+"""Sequence layers, batch-major (N, steps, features) like Keras: embedding, masking, conv1d,
+conv1d_transpose and 1-D pooling, time_distributed and repeat_vector.
 
-The 1-D convolution and pooling run as their 2-D counterparts over a (N, 1, steps, features) view, so
-they share the 2-D kernels; conv1d's kernel keeps Keras' layout (kernel_size, in, out).
+The 1-D convolutions and pooling run as their 2-D counterparts over a (N, 1, steps, features) view, so
+they share the 2-D kernels; conv1d's kernel keeps Keras' layout (kernel_size, in, out), and
+conv1d_transpose's (kernel_size, out, in).
 """
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
-from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME, POSITIVE_INT,
+from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME, NON_NEGATIVE_INT, POSITIVE_INT,
                                REGULARIZER, ArgKind, ArgSpec, Symbol, choice)
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.base import LAYERS, LayerContext, LayerError, layer, require_float
 from nnd.compiler.layers.channel_groups import Pads, check_groups, grouped_conv2d
-from nnd.compiler.layers.conv import _window_plan
+from nnd.compiler.layers.conv import _window_plan, transposed_conv
 from nnd.compiler.layers.core import _with_fans, apply_activation, repeat_elements
 from nnd.compiler.layers.recurrent import RECURRENT, sequence_notes
 
@@ -105,6 +106,15 @@ def _optional_size(value: Any) -> int | None:
 _OPTIONAL_SIZE = ArgKind("a positive int or none", _optional_size, symbolic=True)
 
 
+def _optional_count(value: Any) -> int | None:
+    if isinstance(value, Symbol) and value.name == "none":
+        return None
+    return NON_NEGATIVE_INT.convert(value)
+
+
+_OPTIONAL_COUNT = ArgKind("a non-negative int or none", _optional_count, symbolic=True)
+
+
 @layer("conv1d",
        ArgSpec("filters", POSITIVE_INT), ArgSpec("kernel_size", _SIZE, aliases=("kernel",)),
        ArgSpec("strides", _SIZE, 1), ArgSpec("padding", _PADDING_1D, "valid"),
@@ -138,6 +148,28 @@ def _conv1d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Val
     if args["use_bias"]:
         bias = ctx.param("bias", (filters,), args["bias_initializer"], regularizer=args["bias_regularizer"])
         y = ctx.emit("add", [y, bias])
+    return as_sequence(ctx, apply_activation(ctx, y, args["activation"]))
+
+
+@layer("conv1d_transpose",
+       ArgSpec("filters", POSITIVE_INT), ArgSpec("kernel_size", _SIZE, aliases=("kernel",)),
+       ArgSpec("strides", _SIZE, 1), ArgSpec("padding", choice(("valid", "same"), "padding"), "valid"),
+       ArgSpec("output_padding", _OPTIONAL_COUNT, None),
+       ArgSpec("dilation_rate", _SIZE, 1, aliases=("dilation",)),
+       ArgSpec("activation", ACTIVATION, "linear"), ArgSpec("use_bias", BOOL, True),
+       ArgSpec("kernel_initializer", INITIALIZER, Initializer("glorot_uniform")),
+       ArgSpec("bias_initializer", INITIALIZER, Initializer("zeros")),
+       ArgSpec("kernel_regularizer", REGULARIZER, None), ArgSpec("bias_regularizer", REGULARIZER, None),
+       ArgSpec("name", NAME, None))
+def _conv1d_transpose(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Transposed 1-D convolution (Keras' Conv1DTranspose), kernel (kernel_size, out, in): each step
+    spreads a kernel-sized patch over an output `strides` times longer."""
+    x = inputs[0]
+    steps, channels = _steps(ctx, x)
+    k, extra = args["kernel_size"], args["output_padding"]
+    y = transposed_conv(ctx, as_image(ctx, x), (1, steps), channels, args, (1, k), (1, args["strides"]),
+                        (1, args["dilation_rate"]), None if extra is None else (0, extra),
+                        kernel_shape=(k, args["filters"], channels))
     return as_sequence(ctx, apply_activation(ctx, y, args["activation"]))
 
 

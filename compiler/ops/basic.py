@@ -9,7 +9,8 @@ Attribute conventions (every attribute is a hashable Python value):
 * `shape` (reshape): ints and the batch symbol 'N' (a single -1 is allowed when no symbol appears);
 * `pads` (pad, crop): one `(before, after)` pair per axis; `value` (pad): the fill, default 0.0;
 * `dtype` (constant, cast): an IR dtype name ("f32", "f64", "i32", "i64", "bool");
-* `rate` (dropout_mask), `delta` (huber, default 1.0).
+* `rate` (dropout_mask), `delta` (huber, default 1.0);
+* `transpose_a`, `transpose_b` (batch_matmul): bool, default False.
 
 Gradient rules return one gradient per input in the shape of the node's output where the op broadcasts;
 autodiff reduces broadcast gradients back to each input's shape. Gradients with respect to loss targets
@@ -361,10 +362,54 @@ def _g_matmul_tn(g, node, dys):
     return [da, dd]
 
 
+def _batch_matrices(t: TensorType, transposed: bool) -> tuple[Any, Any]:
+    """(rows, columns) of the matrices an operand of batch_matmul stands for, after its transpose flag."""
+    rows, cols = t.shape[-2:]
+    return (cols, rows) if transposed else (rows, cols)
+
+
+def _infer_batch_matmul(attrs, types):
+    a, b = types
+    ta, tb = bool(attrs.get("transpose_a", False)), bool(attrs.get("transpose_b", False))
+    words = f"{format_shape(a.shape)}{'^T' if ta else ''} @ {format_shape(b.shape)}{'^T' if tb else ''}"
+    if a.rank < 2 or b.rank != a.rank:
+        raise ShapeError(f"batch_matmul needs a[..., m, k] and b[..., k, n] of one rank (at least 2), got {words}")
+    if a.shape[:-2] != b.shape[:-2]:
+        raise ShapeError(f"batch_matmul needs equal leading (batch) dimensions, got {words}")
+    (m, k), (k2, n) = _batch_matrices(a, ta), _batch_matrices(b, tb)
+    if k != k2:
+        raise ShapeError(f"batch_matmul: inner dimensions differ ({k} and {k2}): {words}")
+    _require_float("batch_matmul", a, "a")
+    _require_float("batch_matmul", b, "b")
+    return [TensorType(a.shape[:-2] + (m, n), _promote(a.dtype, b.dtype))]
+
+
+def _g_batch_matmul(g, node, dys):
+    """C = A' @ B' (A' = A or A^T, B' likewise): dA' = dC @ B'^T and dB' = A'^T @ dC, each written as one
+    batch_matmul of the stored operands, so no transpose is ever materialized."""
+    a, b = node.inputs
+    dc = dys[0]
+    ta, tb = bool(node.attr("transpose_a", False)), bool(node.attr("transpose_b", False))
+
+    def product(x, y, tx: bool, ty: bool):
+        return g.emit1("batch_matmul", [x, y], {"transpose_a": tx, "transpose_b": ty})
+
+    if not ta and not tb:
+        return [product(dc, b, False, True), product(a, dc, True, False)]
+    if not ta and tb:
+        return [product(dc, b, False, False), product(dc, a, True, False)]
+    if ta and not tb:
+        return [product(b, dc, False, True), product(a, dc, False, False)]
+    return [product(b, dc, True, True), product(dc, a, True, True)]
+
+
 register("matmul", infer=_infer_matmul, fusion=Fusion.OUTPUT_FUSABLE, grad=_g_matmul, arity=2,
          doc="a[..., k] @ b[k, m] -> [..., m]")
 register("matmul_tn", infer=_infer_matmul_tn, fusion=Fusion.OUTPUT_FUSABLE, grad=_g_matmul_tn, arity=2,
          doc="a.reshape(-1, k).T @ dy.reshape(-1, m) -> [k, m]: the weight gradient of matmul")
+register("batch_matmul", infer=_infer_batch_matmul, fusion=Fusion.OPAQUE, grad=_g_batch_matmul, arity=2,
+         doc="a[B..., m, k] @ b[B..., k, n] -> [B..., m, n], one product per batch index (equal leading "
+             "dimensions); transpose_a / transpose_b read an operand's last two axes swapped")
 
 
 # ----------------------------------------------------------------------------------------- reductions

@@ -237,10 +237,25 @@ def _grad_conv2d(g, node, dys):
     return [dx, dw]
 
 
+def _grad_conv2d_grad_input(g, node, dys):
+    """conv2d_grad_input is linear in each input and is conv2d's adjoint: it differentiates back into
+    conv2d (for its output-gradient input) and conv2d_grad_filter (for its kernel). This is what makes
+    conv2d_transpose, which lowers to it, trainable."""
+    (dout,) = dys
+    if dout is None:
+        return [None, None]
+    dy, w = node.inputs
+    attrs = node.attr_dict
+    common = {k: attrs[k] for k in ("strides", "padding", "dilation") if k in attrs}
+    ddy = g.emit1("conv2d", [dout, w], common)
+    dw = g.emit1("conv2d_grad_filter", [dout, dy], {**common, "kernel_hw": (w.type.shape[0], w.type.shape[1])})
+    return [ddy, dw]
+
+
 register("conv2d", infer=_infer_conv2d, fusion=Fusion.OUTPUT_FUSABLE, grad=_grad_conv2d, arity=2,
          doc="2-D convolution, NHWC input and HWIO kernel, explicit pads, strides and dilation")
-register("conv2d_grad_input", infer=_infer_conv2d_grad_input, fusion=Fusion.OPAQUE, grad=NOT_DIFFERENTIABLE,
-         arity=2, doc="gradient of conv2d with respect to its input")
+register("conv2d_grad_input", infer=_infer_conv2d_grad_input, fusion=Fusion.OPAQUE, grad=_grad_conv2d_grad_input,
+         arity=2, doc="gradient of conv2d with respect to its input; also the transposed convolution")
 register("conv2d_grad_filter", infer=_infer_conv2d_grad_filter, fusion=Fusion.OPAQUE, grad=NOT_DIFFERENTIABLE,
          arity=2, doc="gradient of conv2d with respect to its kernel")
 

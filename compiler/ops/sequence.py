@@ -9,7 +9,12 @@
 * `batch_zeros[shape](x) -> zeros[x.shape[0], *shape]`: a zero initial state sized by x's batch;
 * `gather_rows(ids[...], table[R,D]) -> [..., D]`: embedding lookup; `gather_rows_grad[rows](dy, ids)`
   scatter-adds the rows back;
-* `nonzero_mask(x) -> f32`: 1 where x != 0 (the padding mask of id sequences).
+* `nonzero_mask(x) -> f32`: 1 where x != 0 (the padding mask of id sequences);
+* `attention_bias[steps=(Tq, Tv), causal](keep?) -> f32`: what attention adds to its scores before the
+  softmax: 0 where a query may attend a key, a large negative number where it may not. `keep` (optional)
+  is 1 for allowed pairs, [N, Tq or 1, Tv or 1]; `causal` also forbids key j > query i. The number is Keras'
+  (-1e9; -3e4 in float16, whose range ends at 65504), chosen by the kernel from the dtype the graph runs
+  in, so that a float16 run adds no infinity (0 * -inf would be NaN).
 """
 from __future__ import annotations
 
@@ -111,3 +116,24 @@ register("gather_rows_grad", infer=_infer_gather_grad, fusion=Fusion.OPAQUE, gra
          doc="scatter-add of dy's rows into a zero table at ids")
 register("nonzero_mask", infer=_infer_nonzero_mask, fusion=Fusion.ELEMENTWISE, grad=_g_constant_in_x, arity=1,
          doc="1.0 where x != 0, else 0.0 (padding masks of id sequences)")
+
+
+def _infer_attention_bias(attrs, types):
+    rows, cols = attrs["steps"]
+    causal = bool(attrs.get("causal", False))
+    if not types:
+        if not causal:
+            raise ShapeError("attention_bias needs a keep mask or causal=True")
+        return [TensorType((rows, cols), "f32")]
+    (keep,) = types
+    if keep.rank != 3 or keep.shape[1] not in (1, rows) or keep.shape[2] not in (1, cols):
+        raise ShapeError(f"attention_bias needs a keep mask [N, {rows} or 1, {cols} or 1], got {keep}")
+    return [TensorType((keep.shape[0], rows, cols) if causal else keep.shape, "f32")]
+
+
+def _g_attention_bias(g, node, dys):
+    return [None] * len(node.inputs)  # masks carry no gradient
+
+
+register("attention_bias", infer=_infer_attention_bias, fusion=Fusion.OPAQUE, grad=_g_attention_bias, arity=None,
+         doc="0 where a query may attend a key, Keras' large negative number where it may not")
