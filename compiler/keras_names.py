@@ -13,7 +13,7 @@ from nnd.compiler.diagnostics import snake_case
 MISSING_LAYERS = frozenset((
     "group_normalization", "unit_normalization", "normalization", "rescaling",
     "additive_attention", "lambda", "permute", "cropping1d", "cropping2d", "conv3d",
-    "separable_conv2d", "depthwise_conv2d", "text_vectorization", "string_lookup", "integer_lookup",
+    "text_vectorization", "string_lookup", "integer_lookup",
     "category_encoding", "hashing", "conv_lstm2d",
     "gaussian_noise", "gaussian_dropout", "alpha_dropout", "activity_regularization", "prelu",
 ))

@@ -8,9 +8,8 @@ from nnd.compiler.args import (ACTIVATION, INITIALIZER, NAME, NON_NEGATIVE_FLOAT
                                ArgSpec, BOOL, choice)
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.base import LayerContext, LayerError, layer, require_float
+from nnd.compiler.layers.channel_groups import Pads, check_groups, grouped_conv2d
 from nnd.compiler.layers.core import _with_fans, apply_activation, repeat_elements
-
-Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
 def _image(x: Value, kind: str) -> tuple[int, int, int]:
@@ -60,21 +59,26 @@ def _window_too_large(kind: str, size: tuple[int, int], kernel: tuple[int, int],
        ArgSpec("kernel_initializer", INITIALIZER, Initializer("glorot_uniform")),
        ArgSpec("bias_initializer", INITIALIZER, Initializer("zeros")),
        ArgSpec("kernel_regularizer", REGULARIZER, None), ArgSpec("bias_regularizer", REGULARIZER, None),
-       ArgSpec("name", NAME, None))
+       ArgSpec("groups", POSITIVE_INT, 1), ArgSpec("name", NAME, None))
 def _conv2d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
-    """2-D convolution, kernel (kh, kw, in, out), then bias and activation."""
+    """2-D convolution, kernel (kh, kw, in/groups, out), then bias and activation."""
     x = inputs[0]
     h, w, c = _image(x, "conv2d")
     kh, kw = args["kernel_size"]
-    filters = args["filters"]
+    filters, groups = args["filters"], args["groups"]
+    check_groups("conv2d", c, filters, groups)
     if args["strides"] != (1, 1) and args["dilation_rate"] != (1, 1):
         raise LayerError("conv2d cannot combine strides and dilation_rate other than 1")
     pads, (ho, wo) = _window_plan("conv2d", (h, w), (kh, kw), args["strides"], args["dilation_rate"],
                                   args["padding"])
-    init = _with_fans(args["kernel_initializer"], kh * kw * c, kh * kw * filters)
-    kernel = ctx.param("kernel", (kh, kw, c, filters), init, regularizer=args["kernel_regularizer"])
-    y = ctx.emit("conv2d", [x, kernel], strides=args["strides"], padding=pads, dilation=args["dilation_rate"])
-    ctx.count(2 * ho * wo * filters * kh * kw * c)
+    width = c // groups  # the input channels each filter reads
+    init = _with_fans(args["kernel_initializer"], kh * kw * width, kh * kw * filters)
+    kernel = ctx.param("kernel", (kh, kw, width, filters), init, regularizer=args["kernel_regularizer"])
+    if groups == 1:
+        y = ctx.emit("conv2d", [x, kernel], strides=args["strides"], padding=pads, dilation=args["dilation_rate"])
+    else:
+        y = grouped_conv2d(ctx, x, kernel, groups, args["strides"], args["dilation_rate"], pads)
+    ctx.count(2 * ho * wo * filters * kh * kw * width)
     if args["use_bias"]:
         bias = ctx.param("bias", (filters,), args["bias_initializer"], regularizer=args["bias_regularizer"])
         y = ctx.emit("add", [y, bias])

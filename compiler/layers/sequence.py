@@ -14,6 +14,7 @@ from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME
                                REGULARIZER, ArgKind, ArgSpec, Symbol, choice)
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.base import LAYERS, LayerContext, LayerError, layer, require_float
+from nnd.compiler.layers.channel_groups import Pads, check_groups, grouped_conv2d
 from nnd.compiler.layers.conv import _window_plan, transposed_conv
 from nnd.compiler.layers.core import _with_fans, apply_activation, repeat_elements
 from nnd.compiler.layers.recurrent import RECURRENT, sequence_notes
@@ -39,12 +40,22 @@ def _window_fits(ctx: LayerContext, steps: int, size: int, dilation: int, paddin
                          ["use padding=same, a smaller window or a longer input"])
 
 
-def _as_image(ctx: LayerContext, x: Value) -> Value:
+def window_plan_1d(ctx: LayerContext, steps: int, size: int, stride: int, dilation: int,
+                   padding: str) -> tuple[Pads, int]:
+    """The pads of a 1-D window over the (N, 1, steps, C) image view, and the output steps."""
+    if padding == "causal":  # pad the past only, so step t never sees steps after t
+        return ((0, 0), ((size - 1) * dilation, 0)), (steps - 1) // stride + 1
+    _window_fits(ctx, steps, size, dilation, padding)
+    pads, (_, out_steps) = _window_plan(ctx.kind, (1, steps), (1, size), (1, stride), (1, dilation), padding)
+    return pads, out_steps
+
+
+def as_image(ctx: LayerContext, x: Value) -> Value:
     steps, features = _steps(ctx, x)
     return ctx.emit("reshape", [x], shape=(x.type.shape[0], 1, steps, features))
 
 
-def _as_sequence(ctx: LayerContext, y: Value) -> Value:
+def as_sequence(ctx: LayerContext, y: Value) -> Value:
     _, _, steps, features = y.type.shape
     return ctx.emit("reshape", [y], shape=(y.type.shape[0], steps, features))
 
@@ -112,31 +123,32 @@ _OPTIONAL_COUNT = ArgKind("a non-negative int or none", _optional_count, symboli
        ArgSpec("kernel_initializer", INITIALIZER, Initializer("glorot_uniform")),
        ArgSpec("bias_initializer", INITIALIZER, Initializer("zeros")),
        ArgSpec("kernel_regularizer", REGULARIZER, None), ArgSpec("bias_regularizer", REGULARIZER, None),
-       ArgSpec("name", NAME, None))
+       ArgSpec("groups", POSITIVE_INT, 1), ArgSpec("name", NAME, None))
 def _conv1d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
-    """1-D convolution over steps, kernel (kernel_size, in, out); padding valid, same or causal."""
+    """1-D convolution over steps, kernel (kernel_size, in/groups, out); padding valid, same or causal."""
     x = inputs[0]
     steps, channels = _steps(ctx, x)
     k, stride, dilation, filters = args["kernel_size"], args["strides"], args["dilation_rate"], args["filters"]
+    groups = args["groups"]
+    check_groups("conv1d", channels, filters, groups)
     if stride != 1 and dilation != 1:
         raise LayerError("conv1d cannot combine strides and dilation_rate other than 1")
-    if args["padding"] == "causal":  # pad the past only, so step t never sees steps after t
-        pads, out_steps = ((0, 0), ((k - 1) * dilation, 0)), (steps - 1) // stride + 1
+    pads, out_steps = window_plan_1d(ctx, steps, k, stride, dilation, args["padding"])
+    width = channels // groups  # the input channels each filter reads
+    init = _with_fans(args["kernel_initializer"], k * width, k * filters)
+    kernel = ctx.param("kernel", (k, width, filters), init, regularizer=args["kernel_regularizer"])
+    kernel2d = ctx.emit("reshape", [kernel], shape=(1, k, width, filters))
+    if groups == 1:
+        y = ctx.emit("conv2d", [as_image(ctx, x), kernel2d], strides=(1, stride), padding=pads,
+                     dilation=(1, dilation))
     else:
-        _window_fits(ctx, steps, k, dilation, args["padding"])
-        pads, (_, out_steps) = _window_plan("conv1d", (1, steps), (1, k), (1, stride), (1, dilation),
-                                            args["padding"])
-    init = _with_fans(args["kernel_initializer"], k * channels, k * filters)
-    kernel = ctx.param("kernel", (k, channels, filters), init, regularizer=args["kernel_regularizer"])
-    kernel2d = ctx.emit("reshape", [kernel], shape=(1, k, channels, filters))
-    y = ctx.emit("conv2d", [_as_image(ctx, x), kernel2d], strides=(1, stride), padding=pads,
-                 dilation=(1, dilation))
-    ctx.count(2 * out_steps * filters * k * channels)
+        y = grouped_conv2d(ctx, as_image(ctx, x), kernel2d, groups, (1, stride), (1, dilation), pads)
+    ctx.count(2 * out_steps * filters * k * width)
     # the bias and activation before the reshape back to steps: fuse-epilogues joins them to the conv2d
     if args["use_bias"]:
         bias = ctx.param("bias", (filters,), args["bias_initializer"], regularizer=args["bias_regularizer"])
         y = ctx.emit("add", [y, bias])
-    return _as_sequence(ctx, apply_activation(ctx, y, args["activation"]))
+    return as_sequence(ctx, apply_activation(ctx, y, args["activation"]))
 
 
 @layer("conv1d_transpose",
@@ -155,10 +167,10 @@ def _conv1d_transpose(ctx: LayerContext, inputs: list[Value], args: dict[str, An
     x = inputs[0]
     steps, channels = _steps(ctx, x)
     k, extra = args["kernel_size"], args["output_padding"]
-    y = transposed_conv(ctx, _as_image(ctx, x), (1, steps), channels, args, (1, k), (1, args["strides"]),
+    y = transposed_conv(ctx, as_image(ctx, x), (1, steps), channels, args, (1, k), (1, args["strides"]),
                         (1, args["dilation_rate"]), None if extra is None else (0, extra),
                         kernel_shape=(k, args["filters"], channels))
-    return _as_sequence(ctx, apply_activation(ctx, y, args["activation"]))
+    return as_sequence(ctx, apply_activation(ctx, y, args["activation"]))
 
 
 def _pool1d(kind: str, op: str) -> None:
@@ -176,7 +188,7 @@ def _pool1d(kind: str, op: str) -> None:
         if op == "avgpool2d":
             attrs["count_pad"] = False
         ctx.count(out_steps * features * size)
-        return _as_sequence(ctx, ctx.emit(op, [_as_image(ctx, x)], **attrs))
+        return as_sequence(ctx, ctx.emit(op, [as_image(ctx, x)], **attrs))
 
 
 _pool1d("maxpool1d", "maxpool2d")
