@@ -249,13 +249,17 @@ def _concat(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Val
 
 def repeat_elements(ctx: LayerContext, x: Value, axis: int, times: int) -> Value:
     """Each entry along `axis` repeated `times` times in place (nearest-neighbour upsampling): a unit axis
-    inserted after `axis`, `times` copies joined along it, then merged into `axis`. Reshape and concat
-    carry their own gradients, so the upsampling layers need no kernels of their own."""
+    inserted after `axis`, broadcast to `times` copies by a product with ones (exact, and one node however
+    large `times` is, where joining `times` copies took as many graph inputs), then merged into `axis`.
+    Reshape and the broadcasting product carry their own gradients (the sum over the copies), so the
+    upsampling layers need no kernels of their own."""
     if times == 1:
         return x
     shape = x.type.shape
     split = ctx.emit("reshape", [x], shape=(*shape[:axis + 1], 1, *shape[axis + 1:]))
-    copies = ctx.emit("concat", [split] * times, axis=axis + 1)
+    ones = ctx.emit("constant", [], value=1.0, dtype=x.type.dtype,
+                    shape=(times, *[1] * (len(shape) - axis - 1)))
+    copies = ctx.emit("mul", [split, ones])
     return ctx.emit("reshape", [copies], shape=(*shape[:axis], shape[axis] * times, *shape[axis + 1:]))
 
 
