@@ -218,7 +218,8 @@ _optional_pair = _optional(_pair)
 
 
 def _padding2d(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
-    """`1`, `[1, 2]` (rows, columns) or `[[top, bottom], [left, right]]`, as Keras' ZeroPadding2D."""
+    """`1`, `[1, 2]` (rows, columns) or `[[top, bottom], [left, right]]`, as Keras' ZeroPadding2D and
+    Cropping2D take them."""
     if isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value):
         pads = tuple(tuple(_bounded_int(0)(p) for p in side) for side in value)
         if any(len(side) != 2 for side in pads):
@@ -229,6 +230,36 @@ def _padding2d(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
         raise ArgError("expected an int, [rows, columns] or [[top, bottom], [left, right]]")
     rows, cols = (_bounded_int(0)(v) for v in items)
     return ((rows, rows), (cols, cols))
+
+
+def _cropping1d(value: Any) -> tuple[int, int]:
+    """`1` (each end) or `[start, end]`: the steps Keras' Cropping1D removes."""
+    items = value if isinstance(value, list) else [value, value]
+    if len(items) != 2:
+        raise ArgError(f"expected an int or [start, end], got a list of {len(items)}")
+    start, end = (_bounded_int(0)(v) for v in items)
+    return start, end
+
+
+def _permutation(value: Any) -> tuple[int, ...]:
+    """Keras' Permute dims: the axes after the batch, counted from 1, in their new order."""
+    if not isinstance(value, list) or not value:
+        raise _fail("a list of axes such as [2, 1]", value)
+    dims = tuple(_int(v) for v in value)
+    if sorted(dims) != list(range(1, len(dims) + 1)):
+        raise ArgError(f"expected an order of the axes 1 to {len(dims)} (the batch axis 0 stays first), got "
+                       f"[{', '.join(map(str, dims))}]")
+    return dims
+
+
+def _shared_axes(value: Any) -> tuple[int, ...] | None:
+    """Keras' PReLU shared_axes: an axis or a list of them, counted from 1 (the first after the batch)."""
+    if isinstance(value, Symbol) and value.name == "none":
+        return None
+    axes = tuple(_bounded_int(1)(v) for v in (value if isinstance(value, list) else [value]))
+    if len(set(axes)) != len(axes):
+        raise ArgError(f"an axis appears twice in [{', '.join(map(str, axes))}]")
+    return axes
 
 
 def _choice(choices: tuple[str, ...], what: str) -> Converter:
@@ -264,8 +295,9 @@ def _shape(value: Any) -> tuple[int, ...]:
     return dims
 
 
-ACTIVATIONS = ("linear", "relu", "leaky_relu", "elu", "gelu", "swish", "silu", "sigmoid", "tanh",
-               "softmax", "softplus", "exponential")
+ACTIVATIONS = ("linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "swish", "silu", "mish",
+               "sigmoid", "hard_sigmoid", "hard_silu", "hard_swish", "tanh", "softsign", "softmax", "softplus",
+               "exponential")
 
 INITIALIZERS: dict[str, tuple[str, ...]] = {
     "zeros": (), "ones": (), "constant": ("value",),
@@ -359,6 +391,10 @@ OPTIONAL_PAIR = ArgKind("an int, a list of two ints or none", _optional_pair, sy
 OPTIONAL_NON_NEGATIVE_PAIR = ArgKind("a non-negative int, a list of two or none", _optional(_pair_at_least(0)),
                                      symbolic=True)
 PADDING2D = ArgKind("an int or padding list", _padding2d)
+CROPPING1D = ArgKind("an int or [start, end]", _cropping1d)
+CROPPING2D = ArgKind("an int or cropping list", _padding2d)
+PERMUTATION = ArgKind("a list of axes", _permutation)
+SHARED_AXES = ArgKind("an axis, a list of axes or none", _shared_axes, symbolic=True)
 PADDING_MODE = ArgKind("valid or same", _choice(("valid", "same"), "padding"), symbolic=True)
 def _activation(value: Any) -> str:
     """An activation by name; `none` is Keras' activation=None, the identity."""

@@ -11,11 +11,10 @@ from nnd.compiler.diagnostics import snake_case
 # Keras layers with no counterpart in the catalog (by Keras' snake-case names); the closest catalog name
 # is another layer altogether, so no "did you mean" is offered for them.
 MISSING_LAYERS = frozenset((
-    "group_normalization", "unit_normalization", "normalization", "rescaling",
-    "additive_attention", "lambda", "permute", "cropping1d", "cropping2d", "conv3d",
+    "group_normalization", "unit_normalization", "normalization", "additive_attention", "lambda", "conv3d",
     "text_vectorization", "string_lookup", "integer_lookup",
     "category_encoding", "hashing", "conv_lstm2d",
-    "gaussian_noise", "gaussian_dropout", "alpha_dropout", "activity_regularization", "prelu",
+    "gaussian_noise", "gaussian_dropout", "alpha_dropout", "activity_regularization",
 ))
 
 # Keras layer arguments that give the shape of the data; here the `input` line does.

@@ -79,6 +79,8 @@ GRADCHECK_CASES: dict[str, list[GradCase]] = {
     "sqrt": [GradCase(_SMALL, gen=positive)],
     "square": [GradCase(_SMALL)],
     "abs": [GradCase(_SMALL)],
+    # relu_grad(a, b) = a * (b > 0): the thresholded relu's forward op; b is kept away from 0
+    "relu_grad": [GradCase([("N", 3), ("N", 3)])],
     # binary, with broadcasting reduced by autodiff
     "add": [GradCase([("N", 3), (3,)]), GradCase([(2, 1, 3), (4, 1)])],
     "sub": [GradCase([("N", 3), ("N", 1)]), GradCase([(), (2, 3)])],

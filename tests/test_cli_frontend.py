@@ -36,7 +36,7 @@ def run(*args: str):
 @pytest.fixture
 def bad_file(tmp_path) -> str:
     path = tmp_path / "bad.nnd"
-    path.write_text("model m {\n    input x: [4]\n    dense(0)\n    relu(0.5)\n}\n")
+    path.write_text("model m {\n    input x: [4]\n    dense(0)\n    tanh(0.5)\n}\n")
     return str(path)
 
 
@@ -121,8 +121,8 @@ def test_check_reports_a_bad_file_on_stderr(bad_file):
         f"{bad_file}:3:11: error: dense argument 'units': must be at least 1, got 0\n"
         "        dense(0)\n"
         "              ^\n"
-        f"{bad_file}:4:10: error: relu takes no arguments besides its input\n"
-        "        relu(0.5)\n"
+        f"{bad_file}:4:10: error: tanh takes no arguments besides its input\n"
+        "        tanh(0.5)\n"
         "             ^~~\n")
     assert "Traceback" not in result.output
 

@@ -7,6 +7,7 @@ import pytest
 
 import nnd
 from nnd import NndError
+from nnd.compiler.frontend import compile_text
 
 torch = pytest.importorskip("torch")  # the independent reference
 
@@ -91,3 +92,15 @@ def test_upsampling_mistakes_are_located_errors(source, message):
     with pytest.raises(NndError) as info:
         nnd.loads(source)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("input_shape, line, shape", [
+    ("[3, 2]", "up_sampling1d(100000)", ("N", 300_000, 2)),
+    ("[3, 2, 2]", "up_sampling2d([1, 100000])", ("N", 3, 200_000, 2)),
+])
+def test_a_large_size_lowers_to_a_few_small_nodes(input_shape, line, shape):
+    """The copies are a broadcast, not `size` inputs of one concat (which made up_sampling1d(100000000)
+    take minutes and gigabytes to compile)."""
+    graph = compile_text(f"model m {{\n input x: {input_shape}\n {line}\n}}").graphs["m"]
+    assert next(iter(graph.outputs.values())).type.shape == shape
+    assert len(graph.nodes) <= 4 and max(len(node.inputs) for node in graph.nodes) <= 2

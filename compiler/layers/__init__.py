@@ -1,5 +1,5 @@
 """The layer catalog: importing this package registers every layer in `LAYERS`."""
-from nnd.compiler.layers import attention, conv, core, depthwise, recurrent, sequence  # noqa: F401  (registration)
+from nnd.compiler.layers import activations, attention, conv, core, depthwise, recurrent, sequence  # noqa: F401
 from nnd.compiler.layers.base import INFER, LAYERS, TRAIN, LayerContext, LayerError, LayerSpec
 
 __all__ = ["INFER", "LAYERS", "TRAIN", "LayerContext", "LayerError", "LayerSpec"]

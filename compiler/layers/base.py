@@ -141,6 +141,18 @@ def layer(name: str, *args: ArgSpec, inputs: int | tuple[int, int | None] = 1, d
     return decorate
 
 
+def check_axis(x: Value, axis: int) -> int:
+    """`axis` of x counted from 0 (negative from the end); the batch axis and axes beyond the rank are
+    the user's mistake."""
+    rank = x.type.rank
+    if not -rank <= axis < rank:
+        raise LayerError(f"axis {axis} is out of range for {x.type}")
+    normalized = axis % rank
+    if normalized == 0:
+        raise LayerError("axis 0 is the batch axis; choose another")
+    return normalized
+
+
 def shape_of(value: Value) -> tuple:
     return value.type.shape
 

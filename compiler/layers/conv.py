@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from nnd.compiler.args import (ACTIVATION, INITIALIZER, NAME, NON_NEGATIVE_FLOAT, OPTIONAL_NON_NEGATIVE_PAIR,
-                               OPTIONAL_PAIR, PADDING2D, PADDING_MODE, PAIR, POSITIVE_INT, REGULARIZER, UNIT_FLOAT,
-                               ArgSpec, BOOL, choice)
+from nnd.compiler.args import (ACTIVATION, CROPPING2D, INITIALIZER, NAME, NON_NEGATIVE_FLOAT,
+                               OPTIONAL_NON_NEGATIVE_PAIR, OPTIONAL_PAIR, PADDING2D, PADDING_MODE, PAIR, POSITIVE_INT,
+                               REGULARIZER, UNIT_FLOAT, ArgSpec, BOOL, choice)
 from nnd.compiler.ir import Initializer, Value
+from nnd.compiler.layers.activations import apply_activation
 from nnd.compiler.layers.base import LayerContext, LayerError, layer, require_float
 from nnd.compiler.layers.channel_groups import Pads, check_groups, grouped_conv2d
-from nnd.compiler.layers.core import _with_fans, apply_activation, repeat_elements
+from nnd.compiler.layers.core import _with_fans, repeat_elements
 
 
 def _image(x: Value, kind: str) -> tuple[int, int, int]:
@@ -201,6 +202,20 @@ def _zero_padding2d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]
     _image(x, "zero_padding2d")
     (top, bottom), (left, right) = args["padding"]
     return ctx.emit("pad", [x], pads=((0, 0), (top, bottom), (left, right), (0, 0)), value=0.0)
+
+
+@layer("cropping2d", ArgSpec("cropping", CROPPING2D, ((0, 0), (0, 0))), ArgSpec("name", NAME, None))
+def _cropping2d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Keras' Cropping2D: rows and columns cut from each image's edges: an int, [rows, columns] or
+    [[top, bottom], [left, right]]."""
+    x = inputs[0]
+    h, w, _ = _image(x, "cropping2d")
+    (top, bottom), (left, right) = args["cropping"]
+    for removed, extent, what in ((top + bottom, h, "rows"), (left + right, w, "columns")):
+        if removed >= extent:
+            raise LayerError(f"cropping2d cuts {removed} {what} from images of {extent} {what} in {x.type}, leaving "
+                             "none", [f"crop fewer than {extent} {what} in all"])
+    return ctx.emit("crop", [x], pads=((0, 0), (top, bottom), (left, right), (0, 0)))
 
 
 @layer("up_sampling2d", ArgSpec("size", PAIR, (2, 2)), ArgSpec("interpolation", choice(("nearest",),

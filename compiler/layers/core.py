@@ -1,79 +1,16 @@
-"""Core layers: activations, dense, layer normalization, flatten, reshape, dropout, and merges of several
-values."""
+"""Core layers: dense, layer normalization, flatten, reshape, permute, rescaling, dropout, and merges of
+several values."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, INT, NAME, NON_NEGATIVE_FLOAT, POSITIVE_INT,
-                               RATE, REGULARIZER, SHAPE, ArgSpec)
+from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, INT, NAME, NON_NEGATIVE_FLOAT, PERMUTATION,
+                               POSITIVE_INT, RATE, REGULARIZER, SHAPE, ArgSpec)
 from nnd.compiler.ir import Initializer, Value
-from nnd.compiler.layers.base import LayerContext, LayerError, layer, require_float
-from nnd.compiler.tensor_type import ShapeError, broadcast_shapes, format_shape
-
-# ---------------------------------------------------------------- activations
-
-_ACTIVATION_OPS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "swish": "swish", "silu": "swish",
-                   "softplus": "softplus", "exponential": "exp"}
-
-
-def apply_activation(ctx: LayerContext, x: Value, name: str, **options: Any) -> Value:
-    """Emit the activation `name` on x; `linear` emits nothing and costs nothing."""
-    if name == "linear":
-        return x
-    ctx.count(x.type.concrete_size())
-    if name == "softmax":
-        return ctx.emit("softmax", [x], axis=options.get("axis", -1))
-    if name == "leaky_relu":
-        return ctx.emit("leaky_relu", [x], alpha=options.get("alpha", 0.2))
-    if name == "elu":
-        return ctx.emit("elu", [x], alpha=options.get("alpha", 1.0))
-    if name == "gelu":
-        return ctx.emit("gelu", [x], approximate=options.get("approximate", False))
-    return ctx.emit(_ACTIVATION_OPS[name], [x])
-
-
-def _simple_activation(name: str) -> None:
-    @layer(name, ArgSpec("name", NAME, None), doc=f"{name} activation, elementwise", keeps_mask=True)
-    def lower(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
-        return apply_activation(ctx, inputs[0], name)
-
-
-for _name in ("relu", "sigmoid", "tanh", "swish", "softplus", "linear"):
-    _simple_activation(_name)
-
-
-@layer("leaky_relu", ArgSpec("negative_slope", FLOAT, 0.3, aliases=("alpha",)), ArgSpec("name", NAME, None),
-       keeps_mask=True)
-def _leaky_relu(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
-    """x for x > 0, negative_slope * x otherwise (Keras' LeakyReLU default slope 0.3)."""
-    return apply_activation(ctx, inputs[0], "leaky_relu", alpha=args["negative_slope"])
-
-
-@layer("elu", ArgSpec("alpha", FLOAT, 1.0), ArgSpec("name", NAME, None), keeps_mask=True)
-def _elu(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
-    """x for x > 0, alpha * (exp(x) - 1) otherwise."""
-    return apply_activation(ctx, inputs[0], "elu", alpha=args["alpha"])
-
-
-@layer("gelu", ArgSpec("approximate", BOOL, False), ArgSpec("name", NAME, None), keeps_mask=True)
-def _gelu(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
-    """Gaussian error linear unit; approximate=true uses the tanh form."""
-    return apply_activation(ctx, inputs[0], "gelu", approximate=args["approximate"])
-
-
-@layer("softmax", ArgSpec("axis", INT, -1), ArgSpec("name", NAME, None), keeps_mask=True)
-def _softmax(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
-    """Softmax along an axis (the last by default)."""
-    _check_axis(inputs[0], args["axis"])
-    return apply_activation(ctx, inputs[0], "softmax", axis=args["axis"])
-
-
-@layer("activation", ArgSpec("activation", ACTIVATION), ArgSpec("name", NAME, None), keeps_mask=True)
-def _activation(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
-    """Any activation by name: activation(relu)."""
-    return apply_activation(ctx, inputs[0], args["activation"])
-
+from nnd.compiler.layers.activations import apply_activation
+from nnd.compiler.layers.base import LayerContext, LayerError, check_axis, layer, require_float
+from nnd.compiler.tensor_type import FLOAT_DTYPES, ShapeError, broadcast_shapes, format_shape
 
 # ---------------------------------------------------------------- dense and reshaping
 
@@ -173,6 +110,34 @@ def _reshape(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Va
     return ctx.emit("reshape", [x], shape=(x.type.shape[0], *target))
 
 
+@layer("permute", ArgSpec("dims", PERMUTATION), ArgSpec("name", NAME, None))
+def _permute(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Keras' Permute: reorder the axes after the batch, counted from 1 (permute([2, 1]) swaps steps and
+    features)."""
+    x = inputs[0]
+    dims = args["dims"]
+    if len(dims) != x.type.rank - 1:
+        raise LayerError(f"permute dims [{', '.join(map(str, dims))}] order {len(dims)} axes, but {x.type} has "
+                         f"{x.type.rank - 1} after the batch axis")
+    return ctx.emit("transpose", [x], perm=(0, *dims))
+
+
+@layer("rescaling", ArgSpec("scale", FLOAT), ArgSpec("offset", FLOAT, 0.0), ArgSpec("name", NAME, None),
+       keeps_mask=True)
+def _rescaling(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Keras' Rescaling: x * scale + offset, e.g. rescaling(1.0 / 255) for pixels in [0, 1]; integer
+    inputs become floats first."""
+    x = inputs[0]
+    if x.type.dtype not in FLOAT_DTYPES:
+        x = ctx.emit("cast", [x], dtype="f32")  # the executor's float dtype, as Keras casts to its own
+    y = ctx.emit("mul", [x, ctx.constant(args["scale"])])
+    ctx.count(x.type.concrete_size())
+    if args["offset"] != 0.0:
+        y = ctx.emit("add", [y, ctx.constant(args["offset"])])
+        ctx.count(x.type.concrete_size())
+    return y
+
+
 @layer("dropout", ArgSpec("rate", RATE), ArgSpec("seed", INT, None), ArgSpec("name", NAME, None),
        keeps_mask=True)
 def _dropout(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
@@ -270,7 +235,7 @@ def _average(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Va
 def _concat(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     """Join values along an axis (the last, channels, by default)."""
     first = inputs[0]
-    axis = _check_axis(first, args["axis"])
+    axis = check_axis(first, args["axis"])
     for other in inputs[1:]:
         same_rank = other.type.rank == first.type.rank
         if not same_rank or any(a != b for i, (a, b) in enumerate(zip(first.type.shape, other.type.shape))
@@ -284,24 +249,18 @@ def _concat(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Val
 
 def repeat_elements(ctx: LayerContext, x: Value, axis: int, times: int) -> Value:
     """Each entry along `axis` repeated `times` times in place (nearest-neighbour upsampling): a unit axis
-    inserted after `axis`, `times` copies joined along it, then merged into `axis`. Reshape and concat
-    carry their own gradients, so the upsampling layers need no kernels of their own."""
+    inserted after `axis`, broadcast to `times` copies by a product with ones (exact, and one node however
+    large `times` is, where joining `times` copies took as many graph inputs), then merged into `axis`.
+    Reshape and the broadcasting product carry their own gradients (the sum over the copies), so the
+    upsampling layers need no kernels of their own."""
     if times == 1:
         return x
     shape = x.type.shape
     split = ctx.emit("reshape", [x], shape=(*shape[:axis + 1], 1, *shape[axis + 1:]))
-    copies = ctx.emit("concat", [split] * times, axis=axis + 1)
+    ones = ctx.emit("constant", [], value=1.0, dtype=x.type.dtype,
+                    shape=(times, *[1] * (len(shape) - axis - 1)))
+    copies = ctx.emit("mul", [split, ones])
     return ctx.emit("reshape", [copies], shape=(*shape[:axis], shape[axis] * times, *shape[axis + 1:]))
-
-
-def _check_axis(x: Value, axis: int) -> int:
-    rank = x.type.rank
-    if not -rank <= axis < rank:
-        raise LayerError(f"axis {axis} is out of range for {x.type}")
-    normalized = axis % rank
-    if normalized == 0:
-        raise LayerError("axis 0 is the batch axis; choose another")
-    return normalized
 
 
 ARITHMETIC = {"+": ("add", "add"), "-": ("sub", "subtract"), "*": ("mul", "multiply"), "/": ("div", "divide")}

@@ -14,10 +14,11 @@ from typing import Any
 from nnd.compiler.args import (ACTIVATION, BOOL, INITIALIZER, NAME, PADDING_MODE, PAIR, POSITIVE_INT, REGULARIZER,
                                ArgSpec, choice)
 from nnd.compiler.ir import Initializer, Value
+from nnd.compiler.layers.activations import apply_activation
 from nnd.compiler.layers.base import LayerContext, LayerError, layer
 from nnd.compiler.layers.channel_groups import Pads, depthwise_taps
 from nnd.compiler.layers.conv import _image, _window_plan
-from nnd.compiler.layers.core import _with_fans, apply_activation
+from nnd.compiler.layers.core import _with_fans
 from nnd.compiler.layers.sequence import _steps, as_image, as_sequence, window_plan_1d
 
 _GLOROT = Initializer("glorot_uniform")

@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, LAYER, NAME, NON_NEGATIVE_INT, POSITIVE_INT,
-                               REGULARIZER, ArgKind, ArgSpec, Symbol, choice)
+from nnd.compiler.args import (ACTIVATION, BOOL, CROPPING1D, FLOAT, INITIALIZER, LAYER, NAME, NON_NEGATIVE_INT,
+                               POSITIVE_INT, REGULARIZER, ArgKind, ArgSpec, Symbol, choice)
 from nnd.compiler.ir import Initializer, Value
+from nnd.compiler.layers.activations import apply_activation
 from nnd.compiler.layers.base import LAYERS, LayerContext, LayerError, layer, require_float
 from nnd.compiler.layers.channel_groups import Pads, check_groups, grouped_conv2d
 from nnd.compiler.layers.conv import _window_plan, transposed_conv
-from nnd.compiler.layers.core import _with_fans, apply_activation, repeat_elements
+from nnd.compiler.layers.core import _with_fans, repeat_elements
 from nnd.compiler.layers.recurrent import RECURRENT, sequence_notes
 
 
@@ -252,6 +253,20 @@ def _up_sampling1d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any])
     if x.type.rank != 3:
         raise LayerError(f"up_sampling1d expects a batch of sequences (N, steps, features), got {x.type}")
     return repeat_elements(ctx, x, 1, args["size"])
+
+
+@layer("cropping1d", ArgSpec("cropping", CROPPING1D, (1, 1)), ArgSpec("name", NAME, None))
+def _cropping1d(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """Keras' Cropping1D: steps cut from each sequence's start and end: an int (both ends) or [start, end]."""
+    x = inputs[0]
+    if x.type.rank != 3:
+        raise LayerError(f"cropping1d expects a batch of sequences (N, steps, features), got {x.type}")
+    start, end = args["cropping"]
+    steps = x.type.shape[1]
+    if start + end >= steps:
+        raise LayerError(f"cropping1d cuts {start + end} steps from sequences of {steps} steps in {x.type}, leaving "
+                         "none", [f"crop fewer than {steps} steps in all"])
+    return ctx.emit("crop", [x], pads=((0, 0), (start, end), (0, 0)))
 
 
 @layer("repeat_vector", ArgSpec("n", POSITIVE_INT), ArgSpec("name", NAME, None),

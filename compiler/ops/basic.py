@@ -123,6 +123,12 @@ def _g_relu(g, node, dys):
     return [g.emit1("relu_grad", [dys[0], node.outputs[0]])]
 
 
+def _g_relu_grad(g, node, dys):
+    # dy * (y > 0) is linear in dy and flat in y wherever it is differentiable: the step has no gradient.
+    # (Keras' thresholded relu computes x * (x > threshold) as relu_grad(x, x - threshold).)
+    return [g.emit1("relu_grad", [dys[0], node.inputs[1]]), None]
+
+
 def _g_leaky_relu(g, node, dys):
     return [g.emit1("leaky_relu_grad", [dys[0], node.inputs[0]], {"alpha": _attr(node, "alpha")})]
 
@@ -202,7 +208,7 @@ register("sign", infer=_same("sign"), fusion=Fusion.ELEMENTWISE, grad=NOT_DIFFER
 
 # Gradient helpers: op(dy, y) uses the forward output, op(dy, x) the forward input.
 register("relu_grad", infer=_grad_pair("relu_grad"), fusion=Fusion.ELEMENTWISE,
-         grad=NOT_DIFFERENTIABLE, arity=2, doc="dy * (y > 0)")
+         grad=_g_relu_grad, arity=2, doc="dy * (y > 0)")
 register("leaky_relu_grad", infer=_grad_pair("leaky_relu_grad"), fusion=Fusion.ELEMENTWISE,
          grad=NOT_DIFFERENTIABLE, arity=2, doc="dy * (1 if x > 0 else alpha)")
 register("elu_grad", infer=_grad_pair("elu_grad"), fusion=Fusion.ELEMENTWISE,
