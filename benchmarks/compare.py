@@ -193,7 +193,7 @@ def run_child(workload: str, system: str, steps: int, threads: int) -> dict | No
 
 
 def applicable(workload: str, system: str) -> bool:
-    return not (system == "torch channels_last" and not workload.startswith(("cnn", "resnet")))
+    return not (system == "torch channels_last" and not workload.startswith(("cnn", "resnet", "autoencoder")))
 
 
 def main() -> None:
@@ -227,7 +227,8 @@ def main() -> None:
 
 
 def print_table(results: dict[tuple[str, str], list[dict]], workloads: list[str], systems: list[str]) -> None:
-    print(f"{'workload':<19}{'system':<21}{'samples/s':>11}{'min-max':>17}{'vs torch':>10}{'peak RSS':>11}")
+    width = max(len(w) for w in [*workloads, "workload"]) + 2
+    print(f"{'workload':<{width}}{'system':<21}{'samples/s':>11}{'min-max':>17}{'vs torch':>10}{'peak RSS':>11}")
     for workload in workloads:
         torch_rates = [statistics.median(r["rate"] for r in results[(workload, s)]) for s in systems
                        if s.startswith("torch") and (workload, s) in results]
@@ -240,7 +241,7 @@ def print_table(results: dict[tuple[str, str], list[dict]], workloads: list[str]
             median = statistics.median(rates)
             ratio = f"{median / best:.2f}" if best and system.startswith("nnd") else ""
             rss = max(r["rss_mb"] for r in runs)
-            print(f"{workload:<19}{system:<21}{median:>11,.0f}{f'{min(rates):,.0f}-{max(rates):,.0f}':>17}"
+            print(f"{workload:<{width}}{system:<21}{median:>11,.0f}{f'{min(rates):,.0f}-{max(rates):,.0f}':>17}"
                   f"{ratio:>10}{rss:>9,.0f} MB")
 
 
