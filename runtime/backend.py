@@ -8,14 +8,14 @@ import numpy as np
 
 from nnd.compiler.diagnostics import NndError
 from nnd.runtime.cuda_blas import DeviceArrayModule
-from nnd.runtime import (kernels_basic, kernels_conv, kernels_fused, kernels_recurrent,  # noqa: F401
+from nnd.runtime import (kernels_basic, kernels_conv, kernels_depthwise, kernels_fused, kernels_recurrent,  # noqa: F401
                          kernels_sequence)  # importing fills the kernel tables
 # cupy is imported lazily by these: they register their kernels on any machine
 from nnd.runtime import (kernels_cupy, kernels_cupy_conv, kernels_cupy_recurrent, kernels_cupy_reduce,  # noqa: F401,E402
                           kernels_cupy_step, kernels_elementwise)
 # the native kernels override some of those on NumPy (the C library is built on first use)
-from nnd.runtime import (kernels_native, kernels_native_conv, kernels_native_elementwise,  # noqa: F401,E402
-                         kernels_native_norm)
+from nnd.runtime import (kernels_native, kernels_native_conv, kernels_native_depthwise,  # noqa: F401,E402
+                         kernels_native_elementwise, kernels_native_norm)
 from nnd.runtime.kernel_table import Kernel, kernels_for
 
 BACKENDS = ("numpy", "cupy")

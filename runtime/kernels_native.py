@@ -51,6 +51,10 @@ _SIGNATURES = {
     "col2im": [_POINTER, _LONG, _LONG, _POINTER, _POINTER],
     # shape, begin, end, x, packed kernel, bias, activation, zeros, out
     "conv_forward": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER, ctypes.c_int, _POINTER, _POINTER],
+    # shape, begin, end, x (dy), kernel, out (dx); and shape, begin, end, x, dy, dw
+    "depthwise_forward": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER],
+    "depthwise_grad_input": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER],
+    "depthwise_grad_filter": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER],
     # shape, begin, end, x, dy, dw, ldw, scratch
     "conv_grad_filter": [_POINTER, _LONG, _LONG, _POINTER, _POINTER, _POINTER, _LONG, _POINTER],
     "conv_grad_filter_scratch": [_POINTER],

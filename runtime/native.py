@@ -37,7 +37,7 @@ from nnd.compiler.diagnostics import NndError
 
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 MAIN_SOURCE = "nnd_native.c"
-ABI_VERSION = 12
+ABI_VERSION = 13
 # -fno-trapping-math lets the compiler turn the clamps of the exp into vector min/max; no -ffast-math:
 # the rounding trick of the exp and the NaN behaviour of the kernels depend on IEEE arithmetic.
 BASE_FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")

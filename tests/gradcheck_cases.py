@@ -258,3 +258,15 @@ GRADCHECK_CASES.update({
     "attention_bias": [GradCase([(N, 3, 4)], {"steps": (3, 4), "causal": True}, wrt=()),
                        GradCase([(N, 1, 4)], {"steps": (3, 4)}, wrt=())],
 })
+
+
+# ------------------------------------------------------------------------------- depthwise convolution
+
+GRADCHECK_CASES.update({
+    "depthwise_conv2d": [GradCase([(2, 4, 5, 3), (3, 2, 3, 1)],
+                                  {"strides": (1, 1), "padding": ((1, 1), (0, 1)), "dilation": (1, 1)}),
+                         GradCase([(1, 5, 6, 2), (2, 3, 2, 2)],
+                                  {"strides": (2, 3), "padding": ((0, 1), (1, 0)), "dilation": (1, 1)}),
+                         GradCase([(1, 5, 5, 2), (2, 2, 2, 3)],
+                                  {"strides": (1, 1), "padding": ((0, 0), (1, 1)), "dilation": (2, 2)})],
+})

@@ -3,8 +3,9 @@
 Parameters keep Keras' names and layouts: `depthwise_kernel` (kh, kw, in, depth_multiplier), or
 (kernel_size, in, depth_multiplier) in 1-D; `pointwise_kernel` (1, 1, in*depth_multiplier, filters), or
 (1, in*depth_multiplier, filters); `bias`. Output channel c*depth_multiplier + m is input channel c's m-th
-filter, as in TensorFlow. The depthwise step lowers through `channel_groups.depthwise_taps`, the pointwise
-step is a 1x1 conv2d; the 1-D layers run over the (N, 1, steps, C) view of their sequence, as conv1d does.
+filter, as in TensorFlow. The depthwise step is the `depthwise_conv2d` op (`channel_groups.depthwise`), the
+pointwise step a 1x1 conv2d; the 1-D layers run over the (N, 1, steps, C) view of their sequence, as conv1d
+does.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from nnd.compiler.args import (ACTIVATION, BOOL, INITIALIZER, NAME, PADDING_MODE
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.activations import apply_activation
 from nnd.compiler.layers.base import LayerContext, LayerError, layer
-from nnd.compiler.layers.channel_groups import Pads, depthwise_taps
+from nnd.compiler.layers.channel_groups import Pads, depthwise
 from nnd.compiler.layers.conv import _image, _window_plan
 from nnd.compiler.layers.core import _with_fans
 from nnd.compiler.layers.sequence import _steps, as_image, as_sequence, window_plan_1d
@@ -99,7 +100,7 @@ def _depthwise(ctx: LayerContext, image: Value, plan: _Plan, args: dict[str, Any
     if one_d:
         kernel = ctx.emit("reshape", [kernel], shape=(1, kw, channels, dm))
     ctx.count(2 * plan.positions * channels * dm * plan.taps)
-    return depthwise_taps(ctx, image, kernel, plan.strides, plan.dilation, plan.pads)
+    return depthwise(ctx, image, kernel, plan.strides, plan.dilation, plan.pads)
 
 
 def _pointwise(ctx: LayerContext, y: Value, plan: _Plan, args: dict[str, Any], one_d: bool) -> Value:

@@ -1,6 +1,6 @@
 /* Native CPU kernels of nnd's NumPy backend, compiled on first use by `nnd.runtime.native`: the
- * LSTM and GRU scans, max pooling, direct convolution, the convolution's epilogue and col2im, batch
- * normalization's passes and the Adam update.
+ * LSTM and GRU scans, max pooling, direct and depthwise convolution, the convolution's epilogue and
+ * col2im, batch normalization's passes and the Adam update.
  *
  * NumPy runs a recurrent scan as a dozen array calls per time step, each on a few thousand elements,
  * so call overhead and NumPy's scalar float32 tanh bound it. Here a whole scan is one call: a small
@@ -63,6 +63,7 @@ enum { ACTIVATION_LINEAR, ACTIVATION_RELU, ACTIVATION_SIGMOID, ACTIVATION_TANH }
 #include "pool_impl.h"
 #include "conv_impl.h"
 #include "direct_conv_impl.h"
+#include "depthwise_impl.h"
 #include "norm_impl.h"
 #include "optim_impl.h"
 #undef REAL
@@ -77,6 +78,7 @@ enum { ACTIVATION_LINEAR, ACTIVATION_RELU, ACTIVATION_SIGMOID, ACTIVATION_TANH }
 #include "pool_impl.h"
 #include "conv_impl.h"
 #include "direct_conv_impl.h"
+#include "depthwise_impl.h"
 #include "norm_impl.h"
 #include "optim_impl.h"
 #undef REAL
@@ -84,4 +86,4 @@ enum { ACTIVATION_LINEAR, ACTIVATION_RELU, ACTIVATION_SIGMOID, ACTIVATION_TANH }
 #undef EXP
 
 /* Lets the loader check that the library it found is the one it compiled. */
-int nnd_native_abi_version(void) { return 12; }
+int nnd_native_abi_version(void) { return 13; }
