@@ -11,66 +11,88 @@ typedef struct {
         pad_left;
 } NAME(depthwise_shape);
 
-/* The input cell under kernel offset (i, j) of output pixel (oy, ox), or -1 in the padding. */
-static inline long NAME(depthwise_cell)(const NAME(depthwise_shape) *s, long oy, long ox, long i, long j) {
-    long y = oy * s->stride_h + i * s->dilation_h - s->pad_top;
-    long x = ox * s->stride_w + j * s->dilation_w - s->pad_left;
-    if (y < 0 || y >= s->h || x < 0 || x >= s->w) return -1;
-    return y * s->w + x;
+/* The output columns [*lo, *hi) whose window cell at kernel column j lies inside the input (not in the
+ * left or right padding). */
+static inline void NAME(depthwise_columns)(const NAME(depthwise_shape) *s, long j, long *lo, long *hi) {
+    long offset = j * s->dilation_w - s->pad_left;  /* input column of output column 0 */
+    long first = offset >= 0 ? 0 : (-offset + s->stride_w - 1) / s->stride_w;
+    long last = (s->w - 1 - offset) / s->stride_w + 1;  /* one past the last inside */
+    *lo = first;
+    *hi = s->w - 1 - offset < 0 ? first : (last < s->out_w ? last : s->out_w);
 }
+
+/* The input row under kernel row i of output row oy, or -1 in the padding. */
+static inline long NAME(depthwise_row)(const NAME(depthwise_shape) *s, long oy, long i) {
+    long y = oy * s->stride_h + i * s->dilation_h - s->pad_top;
+    return y < 0 || y >= s->h ? -1 : y;
+}
+
+/* The loops below go over output rows, then kernel offsets, then the output columns that offset reaches
+ * inside the input, with the channels innermost: no bounds test in the inner loops. */
 
 void NAME(depthwise_forward)(const NAME(depthwise_shape) *s, long begin, long end, const REAL *x,
                              const REAL *kernel, REAL *out) {
-    const long c = s->c, dm = s->dm, width = c * dm;
-    for (long b = begin; b < end; b++) {
-        const REAL *image = x + b * s->h * s->w * c;
-        for (long oy = 0; oy < s->out_h; oy++)
-            for (long ox = 0; ox < s->out_w; ox++) {
-                REAL *restrict o = out + ((b * s->out_h + oy) * s->out_w + ox) * width;
-                memset(o, 0, sizeof(REAL) * width);
-                for (long i = 0; i < s->kernel_h; i++)
-                    for (long j = 0; j < s->kernel_w; j++) {
-                        long cell = NAME(depthwise_cell)(s, oy, ox, i, j);
-                        if (cell < 0) continue;
-                        const REAL *restrict in = image + cell * c;
-                        const REAL *restrict k = kernel + (i * s->kernel_w + j) * width;
+    const long c = s->c, dm = s->dm, width = c * dm, step = s->stride_w * c;
+    for (long b = begin; b < end; b++)
+        for (long oy = 0; oy < s->out_h; oy++) {
+            REAL *row = out + (b * s->out_h + oy) * s->out_w * width;
+            memset(row, 0, sizeof(REAL) * s->out_w * width);
+            for (long i = 0; i < s->kernel_h; i++) {
+                long y = NAME(depthwise_row)(s, oy, i);
+                if (y < 0) continue;
+                const REAL *line = x + (b * s->h + y) * s->w * c;
+                for (long j = 0; j < s->kernel_w; j++) {
+                    long lo, hi;
+                    NAME(depthwise_columns)(s, j, &lo, &hi);
+                    const REAL *restrict k = kernel + (i * s->kernel_w + j) * width;
+                    const REAL *in = line + (lo * s->stride_w + j * s->dilation_w - s->pad_left) * c;
+                    for (long ox = lo; ox < hi; ox++, in += step) {
+                        REAL *restrict o = row + ox * width;
+                        const REAL *restrict v = in;
                         if (dm == 1)
-                            for (long ch = 0; ch < c; ch++) o[ch] += in[ch] * k[ch];
+                            for (long ch = 0; ch < c; ch++) o[ch] += v[ch] * k[ch];
                         else
                             for (long ch = 0; ch < c; ch++)
-                                for (long m = 0; m < dm; m++) o[ch * dm + m] += in[ch] * k[ch * dm + m];
+                                for (long m = 0; m < dm; m++) o[ch * dm + m] += v[ch] * k[ch * dm + m];
                     }
+                }
             }
-    }
+        }
 }
 
 /* dx (the unpadded input's shape) for images [begin, end): every output pixel's gradient, weighted by
  * each offset's kernel, added into the input cell it read. */
 void NAME(depthwise_grad_input)(const NAME(depthwise_shape) *s, long begin, long end, const REAL *dy,
                                 const REAL *kernel, REAL *dx) {
-    const long c = s->c, dm = s->dm, width = c * dm;
+    const long c = s->c, dm = s->dm, width = c * dm, step = s->stride_w * c;
     for (long b = begin; b < end; b++) {
-        REAL *image = dx + b * s->h * s->w * c;
-        memset(image, 0, sizeof(REAL) * s->h * s->w * c);
-        for (long oy = 0; oy < s->out_h; oy++)
-            for (long ox = 0; ox < s->out_w; ox++) {
-                const REAL *restrict g = dy + ((b * s->out_h + oy) * s->out_w + ox) * width;
-                for (long i = 0; i < s->kernel_h; i++)
-                    for (long j = 0; j < s->kernel_w; j++) {
-                        long cell = NAME(depthwise_cell)(s, oy, ox, i, j);
-                        if (cell < 0) continue;
-                        REAL *restrict d = image + cell * c;
-                        const REAL *restrict k = kernel + (i * s->kernel_w + j) * width;
+        memset(dx + b * s->h * s->w * c, 0, sizeof(REAL) * s->h * s->w * c);
+        for (long oy = 0; oy < s->out_h; oy++) {
+            const REAL *row = dy + (b * s->out_h + oy) * s->out_w * width;
+            for (long i = 0; i < s->kernel_h; i++) {
+                long y = NAME(depthwise_row)(s, oy, i);
+                if (y < 0) continue;
+                REAL *line = dx + (b * s->h + y) * s->w * c;
+                for (long j = 0; j < s->kernel_w; j++) {
+                    long lo, hi;
+                    NAME(depthwise_columns)(s, j, &lo, &hi);
+                    const REAL *restrict k = kernel + (i * s->kernel_w + j) * width;
+                    REAL *d = line + (lo * s->stride_w + j * s->dilation_w - s->pad_left) * c;
+                    for (long ox = lo; ox < hi; ox++, d += step) {
+                        const REAL *restrict g = row + ox * width;
+                        REAL *restrict target = d;
                         if (dm == 1)
-                            for (long ch = 0; ch < c; ch++) d[ch] += g[ch] * k[ch];
+                            for (long ch = 0; ch < c; ch++) target[ch] += g[ch] * k[ch];
                         else
                             for (long ch = 0; ch < c; ch++) {
                                 REAL sum = 0;
                                 for (long m = 0; m < dm; m++) sum += g[ch * dm + m] * k[ch * dm + m];
-                                d[ch] += sum;
+                                target[ch] += sum;
                             }
                     }
+                }
             }
+        }
     }
 }
 
@@ -78,24 +100,29 @@ void NAME(depthwise_grad_input)(const NAME(depthwise_shape) *s, long begin, long
  * zeroes: a buffer per thread, added up afterwards. */
 void NAME(depthwise_grad_filter)(const NAME(depthwise_shape) *s, long begin, long end, const REAL *x,
                                  const REAL *dy, REAL *dw) {
-    const long c = s->c, dm = s->dm, width = c * dm;
-    for (long b = begin; b < end; b++) {
-        const REAL *image = x + b * s->h * s->w * c;
-        for (long oy = 0; oy < s->out_h; oy++)
-            for (long ox = 0; ox < s->out_w; ox++) {
-                const REAL *restrict g = dy + ((b * s->out_h + oy) * s->out_w + ox) * width;
-                for (long i = 0; i < s->kernel_h; i++)
-                    for (long j = 0; j < s->kernel_w; j++) {
-                        long cell = NAME(depthwise_cell)(s, oy, ox, i, j);
-                        if (cell < 0) continue;
-                        const REAL *restrict in = image + cell * c;
-                        REAL *restrict d = dw + (i * s->kernel_w + j) * width;
+    const long c = s->c, dm = s->dm, width = c * dm, step = s->stride_w * c;
+    for (long b = begin; b < end; b++)
+        for (long oy = 0; oy < s->out_h; oy++) {
+            const REAL *row = dy + (b * s->out_h + oy) * s->out_w * width;
+            for (long i = 0; i < s->kernel_h; i++) {
+                long y = NAME(depthwise_row)(s, oy, i);
+                if (y < 0) continue;
+                const REAL *line = x + (b * s->h + y) * s->w * c;
+                for (long j = 0; j < s->kernel_w; j++) {
+                    long lo, hi;
+                    NAME(depthwise_columns)(s, j, &lo, &hi);
+                    REAL *restrict d = dw + (i * s->kernel_w + j) * width;
+                    const REAL *in = line + (lo * s->stride_w + j * s->dilation_w - s->pad_left) * c;
+                    for (long ox = lo; ox < hi; ox++, in += step) {
+                        const REAL *restrict g = row + ox * width;
+                        const REAL *restrict v = in;
                         if (dm == 1)
-                            for (long ch = 0; ch < c; ch++) d[ch] += in[ch] * g[ch];
+                            for (long ch = 0; ch < c; ch++) d[ch] += v[ch] * g[ch];
                         else
                             for (long ch = 0; ch < c; ch++)
-                                for (long m = 0; m < dm; m++) d[ch * dm + m] += in[ch] * g[ch * dm + m];
+                                for (long m = 0; m < dm; m++) d[ch * dm + m] += v[ch] * g[ch * dm + m];
                     }
+                }
             }
-    }
+        }
 }
