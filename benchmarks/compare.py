@@ -1,5 +1,5 @@
-"""nnd next to PyTorch on the CPU: the seed CNN, the seed LSTM, the row-LSTM, the small ResNet and the
-convolutional autoencoder, training and inference.
+"""nnd next to PyTorch on the CPU: the seed CNN, the seed LSTM, the row-LSTM, the small ResNet, the
+convolutional autoencoder and the small MobileNet, training and inference.
 
     python benchmarks/compare.py [--rounds 3] [--steps 20] [--workloads cnn-train-32 ...] [--no-torch]
 
@@ -35,6 +35,7 @@ WORKLOADS = {
     "rowlstm-train-128": ("row_lstm_fashion.nnd", 128, True),
     "resnet-train-64": ("tiny_resnet.nnd", 64, True),
     "autoencoder-train-64": ("conv_autoencoder.nnd", 64, True),
+    "mobilenet-train-64": ("mobilenet_fashion.nnd", 64, True),
 }
 RECONSTRUCTIONS = ("conv_autoencoder.nnd",)  # trained to reproduce their input: the targets are the inputs
 SYSTEMS = ("nnd -O0", "nnd -O2", "torch", "torch channels_last")
@@ -113,6 +114,16 @@ def torch_model(model_file: str):
             nn.ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
             nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
             nn.Conv2d(32, 1, 3, padding=1)), (1, 28, 28), 1
+    if model_file == "mobilenet_fashion.nnd":  # depthwise-separable blocks, biasless convolutions, relu6
+        def unit(cin: int, cout: int, kernel: int, stride: int, groups: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+                    nn.BatchNorm2d(cout, eps=1e-3, momentum=0.1), nn.ReLU6()]
+
+        def separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return unit(cin, cin, 3, stride, cin) + unit(cin, cout, 1, 1, 1)
+        return nn.Sequential(*unit(1, 16, 3, 2, 1), *separable(16, 32, 1), *separable(32, 64, 2),
+                             *separable(64, 64, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)), \
+            (1, 28, 28), 10
     if model_file == "lstm_classifier.nnd":
         return nn.Sequential(nn.LSTM(64, 64, batch_first=True), Sequence(), nn.LSTM(64, 64, batch_first=True),
                              LastStep(), nn.Linear(64, 1)), (100, 64), 1
@@ -193,7 +204,8 @@ def run_child(workload: str, system: str, steps: int, threads: int) -> dict | No
 
 
 def applicable(workload: str, system: str) -> bool:
-    return not (system == "torch channels_last" and not workload.startswith(("cnn", "resnet", "autoencoder")))
+    return not (system == "torch channels_last"
+                and not workload.startswith(("cnn", "resnet", "autoencoder", "mobilenet")))
 
 
 def main() -> None:

@@ -546,7 +546,8 @@ def test_direct_convolution_over_random_geometry_and_threads_equals_numpy(monkey
 
 
 @needs_compiler
-@pytest.mark.parametrize("name, batch", [("mnist_cnn", 12), ("tiny_resnet", 8), ("vgg_blocks", 16)])
+@pytest.mark.parametrize("name, batch", [("mnist_cnn", 12), ("tiny_resnet", 8), ("vgg_blocks", 16),
+                                         ("mobilenet_fashion", 8)])
 def test_cnn_examples_take_the_same_gradients_with_and_without_native_kernels(name, batch):
     """Whole training steps (direct convolutions, native batchnorm with its fused relu, pooling, Adam)
     against the array-module kernels, in float64; batches large enough for the direct kernels."""

@@ -43,3 +43,17 @@ def test_mnist_cnn_learns_fashion_mnist(fashion):
           f"train loss {history.history['loss'][0]:.3f}; test accuracy {logs['accuracy']:.3f}")
     assert np.isfinite(logs["loss"]) and logs["loss"] < 1.2
     assert logs["accuracy"] >= THRESHOLD
+
+
+MOBILENET = EXAMPLE.parent / "mobilenet_fashion.nnd"
+
+
+@pytest.mark.slow
+def test_mobilenet_learns_fashion_mnist(fashion):
+    """The depthwise-separable example, one epoch on the same 4,000 images at batch 64. Measured: test
+    accuracy 0.684 and 0.665 (seeds 0 and 1)."""
+    x_train, y_train, x_test, y_test = fashion
+    model = nnd.load(MOBILENET)
+    model.fit(x_train[:TRAIN_IMAGES], y_train[:TRAIN_IMAGES], epochs=1, batch_size=64, verbose=0)
+    logs = model.evaluate(x_test[:TEST_IMAGES], y_test[:TEST_IMAGES])
+    assert logs["accuracy"] >= 0.5
