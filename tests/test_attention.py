@@ -17,31 +17,20 @@ from nnd.runtime.kernel_table import KernelContext
 from nnd.runtime.kernels_sequence import attention_bias
 
 torch = pytest.importorskip("torch")  # the independent reference
+from torch_reference import assert_matches_torch, randomized, torch_parameters  # noqa: E402
 
 LEVELS = [0, 2]
 
 
 def _randomized(source: str, level: int, scale: float = 0.5) -> nnd.Model:
-    model = nnd.loads(source, dtype="float64", seed=0, opt_level=level)
-    rng = np.random.default_rng(1)
-    model.set_parameters({name: rng.normal(size=value.shape) * scale for name, value in model.parameters().items()})
-    return model
+    return randomized(source, level, scale)
 
 
 def _check_against(model: nnd.Model, x, y: np.ndarray, reference) -> None:
     """The model's prediction, loss (mse) and every parameter's gradient equal the reference's."""
-    p = {k: torch.tensor(v, requires_grad=True) for k, v in model.parameters().items()}
+    p = torch_parameters(model)
     inputs = {k: torch.tensor(v) for k, v in x.items()} if isinstance(x, dict) else torch.tensor(x)
-    out = reference(inputs, p)
-    loss = ((out - torch.tensor(y)) ** 2).mean()
-    loss.backward()
-    np.testing.assert_allclose(model.predict(x), out.detach().numpy(), rtol=1e-10, atol=1e-12)
-    value, grads = model.loss_and_gradients(x, y)
-    assert value == pytest.approx(float(loss.detach()), rel=1e-10)
-    assert set(grads) == set(p)
-    for name, grad in grads.items():
-        assert np.abs(grad).max() > 0, name  # every parameter takes part, or the comparison proves little
-        np.testing.assert_allclose(grad, p[name].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+    assert_matches_torch(model, x, y, reference(inputs, p), p, every_parameter_used=True)
 
 
 # ------------------------------------------------------------------------------ the torch reference

@@ -10,6 +10,7 @@ import nnd
 from nnd import NndError
 
 torch = pytest.importorskip("torch")  # the independent reference
+from torch_reference import assert_matches_torch, randomized, torch_parameters  # noqa: E402
 
 IMAGE_MODEL = """model m {{
     input x: [{h}, {w}, 2]
@@ -49,24 +50,10 @@ def _tf_transpose(x, kernel, strides, dilation, padding, extra):
     return full
 
 
-def _randomized(source: str, level: int) -> nnd.Model:
-    model = nnd.loads(source, dtype="float64", seed=0, opt_level=level)
-    rng = np.random.default_rng(1)
-    model.set_parameters({name: rng.normal(size=value.shape) * 0.3 for name, value in model.parameters().items()})
-    return model
-
-
 def _check_against(model: nnd.Model, x: np.ndarray, reference) -> None:
     y = np.random.default_rng(5).normal(size=(len(x), 2))
-    p = {k: torch.tensor(v, requires_grad=True) for k, v in model.parameters().items()}
-    out = reference(torch.tensor(x), p)
-    loss = ((out - torch.tensor(y)) ** 2).mean()
-    loss.backward()
-    np.testing.assert_allclose(model.predict(x), out.detach().numpy(), rtol=1e-11, atol=1e-12)
-    value, grads = model.loss_and_gradients(x, y)
-    assert value == pytest.approx(float(loss.detach()), rel=1e-11)
-    for name, grad in grads.items():
-        np.testing.assert_allclose(grad, p[name].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    p = torch_parameters(model)
+    assert_matches_torch(model, x, y, reference(torch.tensor(x), p), p, rtol=1e-11, grad_rtol=1e-10)
 
 
 CASES = [  # (h, w), filters, kernel, strides, dilation, padding, output_padding
@@ -94,7 +81,7 @@ def test_conv2d_transpose_matches_tensorflow_semantics(monkeypatch, layout, leve
     monkeypatch.setenv("NND_LAYOUT", layout)
     source = IMAGE_MODEL.format(h=size[0], w=size[1], filters=filters, kernel=list(kernel),
                                 args=_argument_text(strides, dilation, padding, extra))
-    model = _randomized(source, level)
+    model = randomized(source, level)
     x = np.random.default_rng(2).normal(size=(2, *size, 2))
 
     def reference(images, p):
@@ -143,7 +130,7 @@ def test_conv1d_transpose_matches_torch(level, strides, padding, extra):
 }}
 train m {{ loss = mse }}
 """
-    model = _randomized(source, level)
+    model = randomized(source, level)
     x = np.random.default_rng(3).normal(size=(2, 5, 2))
 
     def reference(steps, p):

@@ -14,6 +14,7 @@ from nnd import NndError
 from nnd.compiler.summary import summarize
 
 torch = pytest.importorskip("torch")  # the independent reference
+from torch_reference import assert_matches_torch, randomized, torch_parameters  # noqa: E402
 F = torch.nn.functional
 
 # a 1x1 convolution before the layer, so that its kernel's gradient checks the gradient of the layer's input
@@ -36,13 +37,6 @@ SEQUENCE_MODEL = """model m {{
 train m {{ loss = mse }}
 """
 SETTINGS = [(0, "NHWC"), (2, "NHWC"), (2, "NCHW")]  # the layout pass runs at -O2 only
-
-
-def _randomized(source: str, level: int) -> nnd.Model:
-    model = nnd.loads(source, dtype="float64", seed=0, opt_level=level)
-    rng = np.random.default_rng(1)
-    model.set_parameters({name: rng.normal(size=value.shape) * 0.4 for name, value in model.parameters().items()})
-    return model
 
 
 def _tf_pads(size: int, k: int, s: int, d: int, padding: str) -> tuple[int, int]:
@@ -80,16 +74,8 @@ def _finish(y, p, name: str, activation: str):
 def _check_against(model: nnd.Model, x: np.ndarray, reference) -> None:
     """Predictions, the loss and the gradient of every parameter against the PyTorch reference."""
     y = np.random.default_rng(3).normal(size=(len(x), 2))
-    p = {k: torch.tensor(v, requires_grad=True) for k, v in model.parameters().items()}
-    out = reference(torch.tensor(x), p)
-    loss = ((out - torch.tensor(y)) ** 2).mean()
-    loss.backward()
-    np.testing.assert_allclose(model.predict(x), out.detach().numpy(), rtol=1e-10, atol=1e-12)
-    value, grads = model.loss_and_gradients(x, y)
-    assert value == pytest.approx(float(loss.detach()), rel=1e-10)
-    assert set(grads) == set(p)
-    for name, grad in grads.items():
-        np.testing.assert_allclose(grad, p[name].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+    p = torch_parameters(model)
+    assert_matches_torch(model, x, y, reference(torch.tensor(x), p), p)
 
 
 def _image_reference(layer_fn):
@@ -129,7 +115,7 @@ def test_depthwise_conv2d_matches_torch(monkeypatch, level, layout, shape, k, s,
     h, w, c = shape
     layer = (f"depthwise_conv2d({_window_text(k, s, d, padding)}, depth_multiplier={dm}, "
              f"activation={activation}, use_bias={use_bias})")
-    model = _randomized(IMAGE_MODEL.format(h=h, w=w, c=c, layer=layer), level)
+    model = randomized(IMAGE_MODEL.format(h=h, w=w, c=c, layer=layer), level, scale=0.4)
 
     def layer_fn(x, p):
         y = _conv_nchw(x, _depthwise_weight(p["depthwise_conv2d.depthwise_kernel"]), c, k, s, d, padding)
@@ -152,7 +138,7 @@ def test_separable_conv2d_matches_torch(monkeypatch, level, layout, shape, k, s,
     monkeypatch.setenv("NND_LAYOUT", layout)
     h, w, c = shape
     layer = f"separable_conv2d({filters}, {_window_text(k, s, d, padding)}, depth_multiplier={dm}, activation=tanh)"
-    model = _randomized(IMAGE_MODEL.format(h=h, w=w, c=c, layer=layer), level)
+    model = randomized(IMAGE_MODEL.format(h=h, w=w, c=c, layer=layer), level, scale=0.4)
 
     def layer_fn(x, p):
         y = _conv_nchw(x, _depthwise_weight(p["separable_conv2d.depthwise_kernel"]), c, k, s, d, padding)
@@ -179,7 +165,7 @@ def test_conv2d_groups_matches_torch(monkeypatch, level, layout, shape, filters,
     monkeypatch.setenv("NND_LAYOUT", layout)
     h, w, c = shape
     layer = f"conv2d({filters}, {_window_text(k, s, d, padding)}, groups={groups}, activation=tanh, name=grouped)"
-    model = _randomized(IMAGE_MODEL.format(h=h, w=w, c=c, layer=layer), level)
+    model = randomized(IMAGE_MODEL.format(h=h, w=w, c=c, layer=layer), level, scale=0.4)
     assert model.parameters()["grouped.kernel"].shape == (*_pair(k), c // groups, filters)
 
     def layer_fn(x, p):
@@ -216,7 +202,7 @@ def test_depthwise_and_separable_conv1d_match_torch(level, steps, c, k, s, d, pa
     kind = "separable_conv1d" if separable else "depthwise_conv1d"
     window = f"{k}, strides={s}, padding={padding}, depth_multiplier={dm}, dilation_rate={d}, activation=tanh"
     layer = f"{kind}({'4, ' if separable else ''}{window})"
-    model = _randomized(SEQUENCE_MODEL.format(steps=steps, c=c, layer=layer), level)
+    model = randomized(SEQUENCE_MODEL.format(steps=steps, c=c, layer=layer), level, scale=0.4)
 
     def layer_fn(x, p):
         kernel = p[f"{kind}.depthwise_kernel"]                     # (k, C, dm)
@@ -233,7 +219,7 @@ def test_depthwise_and_separable_conv1d_match_torch(level, steps, c, k, s, d, pa
     (9, 4, 6, 2, 3, 1, 1, "same"), (10, 6, 6, 3, 2, 2, 1, "valid"), (8, 3, 6, 3, 3, 1, 2, "causal")])
 def test_conv1d_groups_matches_torch(level, steps, c, filters, groups, k, s, d, padding):
     layer = f"conv1d({filters}, {k}, strides={s}, padding={padding}, dilation_rate={d}, groups={groups}, name=grouped)"
-    model = _randomized(SEQUENCE_MODEL.format(steps=steps, c=c, layer=layer), level)
+    model = randomized(SEQUENCE_MODEL.format(steps=steps, c=c, layer=layer), level, scale=0.4)
     assert model.parameters()["grouped.kernel"].shape == (k, c // groups, filters)
 
     def layer_fn(x, p):
@@ -254,7 +240,7 @@ def test_layers_match_torch_through_the_native_kernels(monkeypatch):
     monkeypatch.setattr(kernels_native_depthwise, "native_function",
                         lambda name, dtype: used.append(name) or original(name, dtype))
     layer = "depthwise_conv2d(3, padding=same, depth_multiplier=2, activation=relu)\n    separable_conv2d(6, 3)"
-    model = _randomized(IMAGE_MODEL.format(h=12, w=12, c=8, layer=layer), 2)
+    model = randomized(IMAGE_MODEL.format(h=12, w=12, c=8, layer=layer), 2, scale=0.4)
 
     def layer_fn(x, p):
         y = _conv_nchw(x, _depthwise_weight(p["depthwise_conv2d.depthwise_kernel"]), 8, 3, 1, 1, "same")

@@ -14,6 +14,7 @@ from nnd.compiler.summary import summarize
 from nnd.runtime import kernels_native_elementwise, native
 
 torch = pytest.importorskip("torch")  # the independent reference
+from torch_reference import assert_matches_torch, torch_parameters  # noqa: E402
 F = torch.nn.functional
 
 WIDTH = 12
@@ -59,18 +60,11 @@ def _model(first: str, second: str, level: int) -> nnd.Model:
 
 def _check_against(model: nnd.Model, activation, points: np.ndarray = POINTS) -> None:
     """`activation(z, params)` in torch between the identity dense layer and the last dense layer."""
-    p = {k: torch.tensor(v, requires_grad=True) for k, v in model.parameters().items()}
+    p = torch_parameters(model)
     x = torch.tensor(points)
     out = activation(x @ p["dense.kernel"] + p["dense.bias"], p) @ p["dense_1.kernel"] + p["dense_1.bias"]
     y = np.random.default_rng(2).normal(size=(len(points), 3))
-    loss = ((out - torch.tensor(y)) ** 2).mean()
-    loss.backward()
-    np.testing.assert_allclose(model.predict(points), out.detach().numpy(), rtol=1e-12, atol=1e-12)
-    value, grads = model.loss_and_gradients(points, y)
-    assert value == pytest.approx(float(loss.detach()), rel=1e-12)
-    assert set(grads) == set(p)
-    for name, grad in grads.items():
-        np.testing.assert_allclose(grad, p[name].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    assert_matches_torch(model, points, y, out, p, rtol=1e-12, grad_rtol=1e-10)
 
 
 @pytest.mark.parametrize("level", [0, 2])
@@ -167,19 +161,12 @@ def _prelu_model(shape: tuple[int, ...], args: str, level: int) -> tuple[nnd.Mod
 
 
 def _check_prelu(model: nnd.Model, x: np.ndarray, reference) -> None:
-    p = {k: torch.tensor(v, requires_grad=True) for k, v in model.parameters().items()}
+    p = torch_parameters(model)
     first = "conv2d" if x.ndim == 4 else "dense"
     z = torch.tensor(x) @ p[f"{first}.kernel"].reshape(x.shape[-1], -1) + p[f"{first}.bias"]
     out = reference(z, p["prelu.alpha"]).reshape(len(x), -1) @ p["head.kernel"] + p["head.bias"]
     y = np.random.default_rng(3).normal(size=(len(x), 3))
-    loss = ((out - torch.tensor(y)) ** 2).mean()
-    loss.backward()
-    np.testing.assert_allclose(model.predict(x), out.detach().numpy(), rtol=1e-12, atol=1e-12)
-    value, grads = model.loss_and_gradients(x, y)
-    assert value == pytest.approx(float(loss.detach()), rel=1e-12)
-    assert set(grads) == set(p)
-    for name, grad in grads.items():
-        np.testing.assert_allclose(grad, p[name].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    assert_matches_torch(model, x, y, out, p, rtol=1e-12, grad_rtol=1e-10)
 
 
 def _where_prelu(z, alpha):

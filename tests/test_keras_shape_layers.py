@@ -12,6 +12,7 @@ from nnd.compiler.frontend import compile_text
 from nnd.compiler.summary import summarize
 
 torch = pytest.importorskip("torch")  # the independent reference
+from torch_reference import assert_matches_torch, randomized, torch_parameters  # noqa: E402
 F = torch.nn.functional
 
 MODEL = """model m {{
@@ -26,26 +27,15 @@ train m {{ loss = mse }}
 
 
 def _randomized(shape: str, first: str, layer: str, level: int) -> nnd.Model:
-    model = nnd.loads(MODEL.format(shape=shape, first=first, layer=layer), dtype="float64", seed=0,
-                      opt_level=level)
-    rng = np.random.default_rng(1)
-    model.set_parameters({name: rng.normal(size=value.shape) * 0.5 for name, value in model.parameters().items()})
-    return model
+    return randomized(MODEL.format(shape=shape, first=first, layer=layer), level, scale=0.5)
 
 
 def _check_against(model: nnd.Model, x: np.ndarray, reference) -> None:
     """`reference(x, params)` is the torch value that reaches flatten()."""
-    p = {k: torch.tensor(v, requires_grad=True) for k, v in model.parameters().items()}
+    p = torch_parameters(model)
     out = reference(torch.tensor(x), p).reshape(len(x), -1) @ p["head.kernel"] + p["head.bias"]
     y = np.random.default_rng(3).normal(size=(len(x), 3))
-    loss = ((out - torch.tensor(y)) ** 2).mean()
-    loss.backward()
-    np.testing.assert_allclose(model.predict(x), out.detach().numpy(), rtol=1e-12, atol=1e-12)
-    value, grads = model.loss_and_gradients(x, y)
-    assert value == pytest.approx(float(loss.detach()), rel=1e-12)
-    assert set(grads) == set(p)
-    for name, grad in grads.items():
-        np.testing.assert_allclose(grad, p[name].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    assert_matches_torch(model, x, y, out, p, rtol=1e-12, grad_rtol=1e-10)
 
 
 def _conv(images, p):

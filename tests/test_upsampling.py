@@ -10,6 +10,7 @@ from nnd import NndError
 from nnd.compiler.frontend import compile_text
 
 torch = pytest.importorskip("torch")  # the independent reference
+from torch_reference import assert_matches_torch, randomized, torch_parameters  # noqa: E402
 
 IMAGE_MODEL = """model m {{
     input x: [3, 4, 2]
@@ -31,23 +32,9 @@ train m { loss = mse }
 """
 
 
-def _randomized(source: str, level: int) -> nnd.Model:
-    model = nnd.loads(source, dtype="float64", seed=0, opt_level=level)
-    rng = np.random.default_rng(1)
-    model.set_parameters({name: rng.normal(size=value.shape) * 0.3 for name, value in model.parameters().items()})
-    return model
-
-
 def _check_against(model: nnd.Model, x: np.ndarray, y: np.ndarray, reference) -> None:
-    p = {k: torch.tensor(v, requires_grad=True) for k, v in model.parameters().items()}
-    out = reference(torch.tensor(x), p)
-    loss = ((out - torch.tensor(y)) ** 2).mean()
-    loss.backward()
-    np.testing.assert_allclose(model.predict(x), out.detach().numpy(), rtol=1e-12, atol=1e-12)
-    value, grads = model.loss_and_gradients(x, y)
-    assert value == pytest.approx(float(loss.detach()), rel=1e-12)
-    for name, grad in grads.items():
-        np.testing.assert_allclose(grad, p[name].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    p = torch_parameters(model)
+    assert_matches_torch(model, x, y, reference(torch.tensor(x), p), p, rtol=1e-12, grad_rtol=1e-10)
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
@@ -55,7 +42,7 @@ def _check_against(model: nnd.Model, x: np.ndarray, y: np.ndarray, reference) ->
 @pytest.mark.parametrize("size, scale", [("", (2, 2)), ("[2, 3]", (2, 3)), ("size=[1, 2]", (1, 2))])
 def test_up_sampling2d_matches_torch_nearest_interpolation(monkeypatch, layout, level, size, scale):
     monkeypatch.setenv("NND_LAYOUT", layout)
-    model = _randomized(IMAGE_MODEL.format(size=size), level)
+    model = randomized(IMAGE_MODEL.format(size=size), level)
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(2, 3, 4, 2)), rng.normal(size=(2, 2))
 
@@ -69,7 +56,7 @@ def test_up_sampling2d_matches_torch_nearest_interpolation(monkeypatch, layout, 
 
 @pytest.mark.parametrize("level", [0, 2])
 def test_up_sampling1d_matches_torch_nearest_interpolation(level):
-    model = _randomized(SEQUENCE_MODEL, level)
+    model = randomized(SEQUENCE_MODEL, level)
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(2, 5, 3)), rng.normal(size=(2, 2))
 
