@@ -81,10 +81,13 @@ class Frame:
 class ModelLowering:
     """Lowers one model to a graph in one mode (`infer` or `train`), reporting errors into `bag`."""
 
-    def __init__(self, defs: Definitions, bag: DiagnosticBag, mode: str = INFER):
+    def __init__(self, defs: Definitions, bag: DiagnosticBag, mode: str = INFER, calls_apply_layers: bool = True):
         self.defs = defs
         self.bag = bag
         self.mode = mode
+        # False for a train section's values, where a call names an optimizer, a loss, a callback or an
+        # augmentation, never a layer or block (gaussian_noise is both an augmentation and a layer)
+        self.calls_apply_layers = calls_apply_layers
         self.call_stack: list[tuple[str, Span | None]] = []
         self.layer_counts: dict[str, int] = {}
         self.layer_names: dict[str, Span | None] = {}  # every layer name used, with the layer's place
@@ -437,7 +440,9 @@ class ModelLowering:
         """
         positional: list[tuple[Any, S.Arg]] = []
         keywords: dict[str, tuple[Any, S.Arg]] = {}
-        wrapper = call.callee in LAYERS and LAYERS[call.callee].wrapper
+        layer = call.callee in LAYERS and self.calls_apply_layers
+        block = call.callee in self.defs.blocks and self.calls_apply_layers
+        wrapper = layer and LAYERS[call.callee].wrapper
         for arg in call.args:
             if wrapper and self._names_a_layer(arg.value):
                 value: Any = LayerRef(arg.value, frame)  # applied by the wrapper, to inputs it chooses
@@ -449,13 +454,13 @@ class ModelLowering:
                     return POISON
                 positional.append((value, arg))
             elif arg.name in keywords:
-                callee = f"block '{call.callee}'" if call.callee in self.defs.blocks else call.callee
+                callee = f"block '{call.callee}'" if block else call.callee
                 return self.error(f"argument '{arg.name}' of {callee} given twice", arg.span)
             else:
                 keywords[arg.name] = (value, arg)
-        if call.callee in self.defs.blocks:
+        if block:
             return self.call_block(self.defs.blocks[call.callee], call, piped, implicit, positional, keywords)
-        if call.callee in LAYERS:
+        if layer:
             return self.call_layer(LAYERS[call.callee], call, piped, implicit, positional, keywords, rename, adjust)
         if piped is not None or statement:
             return self.unknown_layer(call.callee, call.span)

@@ -207,7 +207,7 @@ def _check_train_section(section: S.TrainDef, defs: Definitions, bag: Diagnostic
         hint = did_you_mean(section.model, defs.models)
         bag.error(f"train section names unknown model '{section.model}'"
                   + (f"; did you mean '{hint}'?" if hint else ""), section.span)
-    evaluator = ModelLowering(defs, bag)
+    evaluator = ModelLowering(defs, bag, calls_apply_layers=False)
     values = {}
     first: dict[str, Span | None] = {}
     for setting in section.settings:

@@ -14,7 +14,7 @@ MISSING_LAYERS = frozenset((
     "group_normalization", "unit_normalization", "normalization", "additive_attention", "lambda", "conv3d",
     "text_vectorization", "string_lookup", "integer_lookup",
     "category_encoding", "hashing", "conv_lstm2d",
-    "gaussian_noise", "gaussian_dropout", "alpha_dropout", "activity_regularization",
+    "activity_regularization",
 ))
 
 # Keras layer arguments that give the shape of the data; here the `input` line does.

@@ -486,6 +486,17 @@ def _dropout_mask(ctx, attrs, x):
     return ctx.host_random(draw, shape, dtype, attrs.get("stream"))
 
 
+@kernel("normal_noise")
+def _normal_noise(ctx, attrs, x):
+    stddev = float(attrs["stddev"])
+    shape, dtype = tuple(x.shape), x.dtype
+
+    def draw(rng: np.random.Generator) -> np.ndarray:
+        return (rng.standard_normal(shape) * stddev).astype(dtype)
+
+    return ctx.host_random(draw, shape, dtype, attrs.get("stream"))
+
+
 # ------------------------------------------------------------------------------------------- losses
 
 def _lse(xp, x, axis):

@@ -661,6 +661,19 @@ register("dropout_mask", infer=_infer_dropout_mask, fusion=Fusion.OPAQUE, grad=N
          doc="random 0 or 1/(1-rate) in x's shape; its value does not depend on x's values")
 
 
+def _infer_normal_noise(attrs, types):
+    stddev = attrs.get("stddev")
+    if not isinstance(stddev, (int, float)) or isinstance(stddev, bool) or not stddev >= 0.0:
+        raise ShapeError(f"normal_noise stddev must be a number >= 0, got {stddev!r}")
+    _require_float("normal_noise", types[0])
+    return [types[0]]
+
+
+register("normal_noise", infer=_infer_normal_noise, fusion=Fusion.OPAQUE, grad=NOT_DIFFERENTIABLE,
+         arity=1, stochastic=True,
+         doc="normal draws of mean 0 and standard deviation stddev in x's shape; independent of x's values")
+
+
 # --------------------------------------------------------------------------------------------- losses
 
 def _infer_sparse(op: str):
