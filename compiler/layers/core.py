@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, INT, NAME, NON_NEGATIVE_FLOAT, PERMUTATION,
+from nnd.compiler.args import (ACTIVATION, BOOL, FLOAT, INITIALIZER, INT, NAME, PERMUTATION,
                                POSITIVE_INT, RATE, REGULARIZER, SHAPE, ArgSpec)
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.activations import apply_activation
@@ -49,39 +49,6 @@ def _with_fans(init: Initializer, fan_in: int, fan_out: int) -> Initializer:
     if init.name.split("_")[0] in ("glorot", "he", "lecun"):
         return Initializer(init.name, tuple(sorted(dict(init.args, fan_in=fan_in, fan_out=fan_out).items())))
     return init
-
-
-# ---------------------------------------------------------------- layer normalization
-
-@layer("layer_normalization", ArgSpec("axis", INT, -1), ArgSpec("epsilon", NON_NEGATIVE_FLOAT, 1e-3),
-       ArgSpec("center", BOOL, True), ArgSpec("scale", BOOL, True),
-       ArgSpec("gamma_initializer", INITIALIZER, Initializer("ones")),
-       ArgSpec("beta_initializer", INITIALIZER, Initializer("zeros")), ArgSpec("name", NAME, None),
-       aliases=("layer_norm",), keeps_mask=True)
-def _layer_normalization(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
-    """Keras' LayerNormalization over the last axis: each sample's (each step's) features centred on their
-    mean and divided by sqrt(variance + epsilon), then scaled by gamma and shifted by beta. Composed of
-    elementwise ops and reductions, so autodiff and the elementwise fusion serve it as they are."""
-    x = inputs[0]
-    require_float(x, "layer_normalization")
-    if x.type.rank < 2:
-        raise LayerError(f"layer_normalization expects a batch of vectors, got {x.type}")
-    if args["axis"] not in (-1, x.type.rank - 1):
-        raise LayerError(f"layer_normalization normalizes over the last axis (axis=-1), got axis={args['axis']} "
-                         f"for {x.type}")
-    axis = (x.type.rank - 1,)
-    mean = ctx.emit("reduce_mean", [x], axes=axis, keepdims=True)
-    centred = ctx.emit("sub", [x, mean])
-    variance = ctx.emit("reduce_mean", [ctx.emit("square", [centred])], axes=axis, keepdims=True)
-    spread = ctx.emit("sqrt", [ctx.emit("add", [variance, ctx.constant(args["epsilon"])])])
-    y = ctx.emit("div", [centred, spread])
-    features = x.type.shape[-1]
-    if args["scale"]:
-        y = ctx.emit("mul", [y, ctx.param("gamma", (features,), args["gamma_initializer"])])
-    if args["center"]:
-        y = ctx.emit("add", [y, ctx.param("beta", (features,), args["beta_initializer"])])
-    ctx.count(8 * x.type.concrete_size())
-    return y
 
 
 @layer("flatten", ArgSpec("name", NAME, None))
