@@ -365,6 +365,67 @@ def test_attention_masks_padded_keys_and_zeroes_padded_queries(level, head):
     _check_against(model, TOKENS, y, reference)
 
 
+def torch_additive(p: dict, query, value, key=None, *, scale: bool = True, keep=None, causal: bool = False,
+                   query_keep=None):
+    """Keras' AdditiveAttention with torch ops: sum_d scale[d] * tanh(query[i, d] + key[j, d])."""
+    key = value if key is None else key
+    pairs = torch.tanh(query[:, :, None, :] + key[:, None, :, :])
+    scores = (pairs * p["additive_attention.scale"] if scale else pairs).sum(-1)
+    allowed = torch.ones(scores.shape[-2:], dtype=torch.float64)
+    if causal:
+        allowed = torch.tril(allowed)
+    if keep is not None:
+        allowed = allowed * keep[:, None, :]
+    scores = scores - 1e9 * (1.0 - allowed)
+    out = torch.softmax(scores, dim=-1) @ value
+    return out if query_keep is None else out * query_keep[:, :, None]
+
+
+ADDITIVE_CASES = [
+    ("additive_attention(query, v)", {}),
+    ("additive_attention(query, v, k, use_scale=false)", {"key": True, "scale": False}),
+    ("query -> additive_attention(v, use_causal_mask=true)", {"causal": True}),
+]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("call, options", ADDITIVE_CASES, ids=[c for c, _ in ADDITIVE_CASES])
+def test_additive_attention_matches_torch(level, call, options):
+    model = _randomized(LUONG_MODEL.format(call=call), level)
+    rng = np.random.default_rng(10)
+    x = {"q": rng.normal(size=(3, 4, 3)), "v": rng.normal(size=(3, 6, 3)), "k": rng.normal(size=(3, 6, 3))}
+    y = rng.normal(size=(3, 2))
+
+    def reference(x, p):
+        query = dense(p, "dense", x["q"], torch.tanh)
+        a = torch_additive(p, query, x["v"], x["k"] if options.get("key") else None,
+                           scale=options.get("scale", True), causal=options.get("causal", False))
+        return dense(p, "dense_1", a.reshape(3, -1))
+
+    _check_against(model, x, y, reference)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_additive_attention_masks_padded_keys_and_zeroes_padded_queries(level):
+    model = _randomized(PADDED_MODEL.format(call="additive_attention(e, e)", head="flatten()"), level)
+    y = np.random.default_rng(11).normal(size=(3, 2))
+
+    def reference(tokens, p):
+        keep = (tokens != 0).double()
+        e = p["embedding.embeddings"][tokens]
+        a = torch_additive(p, e, e, keep=keep, query_keep=keep)
+        return dense(p, "dense", _head("flatten()", a, keep))
+
+    _check_against(model, TOKENS, y, reference)
+
+
+def test_additive_attention_scale_is_a_keras_vector():
+    model = nnd.loads(LUONG_MODEL.format(call="additive_attention(query, v)"))
+    assert model.parameters()["additive_attention.scale"].shape == (3,)
+    assert "additive_attention.scale" not in nnd.loads(LUONG_MODEL.format(
+        call="additive_attention(query, v, use_scale=false)")).parameters()
+
+
 def test_attention_parameters_are_keras_scalars():
     shapes = {k: v.shape for k, v in nnd.loads(LUONG_MODEL.format(
         call="attention(query, v, use_scale=true, score_mode=concat)")).parameters().items()}

@@ -102,25 +102,60 @@ def _attention(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> 
     scalar `scale` (Keras' weight of that name), multiplying the dot scores or the sum inside the tanh;
     concat learns `concat_score_weight`. Both start at 1. dropout drops attention weights while training.
     """
-    query, value, key = _sequences(ctx, inputs)
-    if query.type.shape[2] != key.type.shape[2]:
-        which = "key" if len(inputs) > 2 else "value (the key when none is given)"
-        raise LayerError(f"attention compares the query's features with the {which}'s: the query has "
-                         f"{query.type.shape[2]}, the {which.split(' ')[0]} {key.type.shape[2]} ({query.type} and "
-                         f"{key.type})", ["project one of them with dense(...) first, or use "
-                                          "multi_head_attention, which projects both"])
+    query, value, key = _comparable_sequences(ctx, inputs)
     scale = ctx.param("scale", (), Initializer("ones")) if args["use_scale"] else None
     if args["score_mode"] == "dot":
         scores = ctx.emit("batch_matmul", [query, key], transpose_b=True)
+        ctx.count(2 * query.type.shape[1] * key.type.shape[1] * key.type.shape[2])
         if scale is not None:
             scores = ctx.emit("mul", [scores, scale])
     else:
         scores = _concat_scores(ctx, query, key, scale)
+    return _weighted_values(ctx, query, value, scores, args)
+
+
+@layer("additive_attention", ArgSpec("use_scale", BOOL, True), ArgSpec("dropout", RATE, 0.0),
+       ArgSpec("seed", INT, None), ArgSpec("use_causal_mask", BOOL, False), ArgSpec("name", NAME, None),
+       inputs=(2, 3))
+def _additive_attention(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
+    """additive_attention(query, value[, key]): Keras' AdditiveAttention (Bahdanau), the value's steps
+    weighed by softmax over the keys of sum_d scale[d] * tanh(query[i, d] + key[j, d]). use_scale learns
+    the vector `scale` (glorot_uniform, as Keras'); without it every feature weighs 1. Masks, the causal
+    mask and dropout as attention's."""
+    query, value, key = _comparable_sequences(ctx, inputs)
+    n, tq, d = query.type.shape
+    tv = key.type.shape[1]
+    pairs = ctx.emit("tanh", [ctx.emit("add", [ctx.emit("reshape", [query], shape=(n, tq, 1, d)),
+                                                ctx.emit("reshape", [key], shape=(n, 1, tv, d))])])
+    if args["use_scale"]:
+        init = Initializer("glorot_uniform", (("fan_in", d), ("fan_out", d)))  # Keras' fans of a vector
+        pairs = ctx.emit("mul", [pairs, ctx.param("scale", (d,), init)])
+    scores = ctx.emit("reduce_sum", [pairs], axes=(3,), keepdims=False)
+    ctx.count(4 * tq * tv * d)
+    return _weighted_values(ctx, query, value, scores, args)
+
+
+def _comparable_sequences(ctx: LayerContext, inputs: list[Value]) -> list[Value]:
+    """The query, value and key of the single-head layers, whose scores compare query and key features
+    one to one."""
+    query, value, key = _sequences(ctx, inputs)
+    if query.type.shape[2] != key.type.shape[2]:
+        which = "key" if len(inputs) > 2 else "value (the key when none is given)"
+        raise LayerError(f"{ctx.kind} compares the query's features with the {which}'s: the query has "
+                         f"{query.type.shape[2]}, the {which.split(' ')[0]} {key.type.shape[2]} ({query.type} and "
+                         f"{key.type})", ["project one of them with dense(...) first, or use "
+                                          "multi_head_attention, which projects both"])
+    return [query, value, key]
+
+
+def _weighted_values(ctx: LayerContext, query: Value, value: Value, scores: Value, args: dict[str, Any]) -> Value:
+    """What Keras' Attention does with its scores (N, Tq, Tv): masks, softmax, dropout, the weighted sum
+    of the value's steps, and zeros at padded queries."""
     n, tq, tv = query.type.shape[0], query.type.shape[1], value.type.shape[1]
     keep = _keep_mask(ctx, query, value, multi_head=False)
     bias = _bias(ctx, keep, (tq, tv), args["use_causal_mask"])
     result = _attend(ctx, scores, value, bias, args["dropout"])
-    ctx.count(2 * tq * tv * (key.type.shape[2] + value.type.shape[2]) + 5 * tq * tv)
+    ctx.count(2 * tq * tv * value.type.shape[2] + 5 * tq * tv)
     query_mask = ctx.input_masks[0] if ctx.input_masks else None
     if query_mask is not None:  # Keras zeroes the output at padded queries
         result = ctx.emit("mul", [result, ctx.emit("reshape", [query_mask], shape=(n, tq, 1))])
