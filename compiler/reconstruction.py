@@ -8,7 +8,7 @@ makes a denoising autoencoder: the noisy input, the clean target.
 from __future__ import annotations
 
 from nnd.compiler.diagnostics import Diagnostic
-from nnd.compiler.ir import Graph
+from nnd.compiler.ir import Graph, Value
 from nnd.compiler.training import TrainSpec
 
 NOISE_AUGMENTATIONS = ("gaussian_noise",)
@@ -44,5 +44,5 @@ def check_reconstruction(spec: TrainSpec, graph: Graph) -> list[Diagnostic]:
     return errors
 
 
-def _dims(value) -> tuple:
+def _dims(value: Value) -> tuple:
     return tuple(value.type.shape[1:])

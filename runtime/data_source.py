@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from nnd.compiler.diagnostics import NndError
+from nnd.compiler.reconstruction import reproduced_input
 from nnd.compiler.tensor_type import FLOAT_DTYPES, TensorType
 from nnd.compiler.training import NAMED_DATASETS, TrainSpec
 from nnd.runtime.checkpoint import atomic_write
@@ -58,7 +59,7 @@ def load_dataset(source: str | None, data_dir: str | None, spec: TrainSpec, inpu
     A train section whose `target` names the input (`input_name`) gets the inputs as targets."""
     if source is None:
         raise no_data_error("training", tuple(input_type.shape[1:]))
-    if input_name is not None and spec.target == input_name:
+    if input_name is not None and reproduced_input(spec, [input_name]):
         return _reproduced(source, data_dir, spec, input_type, output_type, base_dir, input_name)
     return _load(source, data_dir, spec, input_type, output_type, base_dir, run_dir)
 
