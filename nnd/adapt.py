@@ -100,9 +100,10 @@ def _values_at(model: "Model", source: Value, inputs: dict[str, np.ndarray]) -> 
     graph = PassManager.for_level(1, verify=False).run(cut)  # dead-code removal keeps what feeds `source`
     executor = Executor(graph, model.backend, model.compute_dtype, seed=model.seed)
     n = len(next(iter(inputs.values())))
-    parts = [model._backend.to_numpy(executor.run({k: v[start:start + ADAPT_SLICE] for k, v in inputs.items()},
-                                                  model.params)["source"])
-             for start in range(0, n, ADAPT_SLICE)]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a non-finite result is reported below
+        parts = [model._backend.to_numpy(executor.run({k: v[start:start + ADAPT_SLICE] for k, v in inputs.items()},
+                                                      model.params)["source"])
+                 for start in range(0, n, ADAPT_SLICE)]
     return np.concatenate(parts).astype(np.float64)
 
 
