@@ -333,3 +333,42 @@ def test_nnd_summary_shows_the_non_trainable_statistics(tabular):
 def test_keras_class_name_points_at_the_layer():
     with pytest.raises(NndError, match="unknown layer 'Normalization'; did you mean 'normalization'\\?"):
         nnd.loads("model m {\n    input x: [4]\n    Normalization()\n}")
+
+
+# ------------------------------------------------------------------------------------------ cupy backend
+
+CUPY_MODEL = f"""model m {{
+    input x: [5]
+    a = x -> normalization(mean={MEAN}, variance={[v + 1 for v in VARIANCE]}, name=given)
+    b = x -> normalization(name=learned) -> dense(5, activation=relu)
+    output concat(a, b) -> normalization(name=deeper, invert=true) -> dense(3)
+}}
+train m {{ loss = mse }}
+"""
+
+
+def test_training_steps_through_the_cupy_kernels_and_a_captured_graph_on_a_host_stand_in(tmp_path, monkeypatch):
+    """The per-feature constant is made once, before the capture, and replays as the eager run computes."""
+    import sys
+
+    from capture_sim import simulate
+    from host_cuda import FakeCupy
+    from nnd.runtime import backend as backend_module
+    from nnd.runtime import kernels_cupy
+
+    monkeypatch.setitem(sys.modules, "cupy", FakeCupy(tmp_path))
+    monkeypatch.setattr(backend_module, "_CACHE", {})
+    monkeypatch.setattr(kernels_cupy, "_COMPILED", {})
+    x, y = _data(12, n=8)
+    losses, params = {}, {}
+    for backend in ("numpy", "cupy"):
+        model = nnd.loads(CUPY_MODEL, backend=backend, seed=0, dtype="float64")
+        model.adapt(x * 3 + 2)
+        trainer = model._get_trainer()
+        graphs = simulate(trainer.train_executor) if backend == "cupy" else None
+        losses[backend] = [float(trainer.step(model._feeds(x[i:i + 4], y[i:i + 4]))["loss"]) for i in (0, 4, 0)]
+        params[backend] = model.parameters()
+    assert (graphs.captures, graphs.replays) == (1, 2)
+    np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-12)
+    for name, want in params["numpy"].items():
+        np.testing.assert_allclose(params["cupy"][name], want, rtol=1e-10, atol=1e-13, err_msg=name)
