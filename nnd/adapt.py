@@ -54,9 +54,15 @@ def _layer_input(graph: Graph, record: LayerRecord) -> Value:
 
 
 def unadapted(model: "Model") -> list[Adaptable]:
-    """The learning normalization layers whose statistics were never computed (count 0)."""
-    return [layer for layer in adaptable_layers(model.graph)
-            if float(model._backend.to_numpy(model.params[layer.param(COUNT)])) == 0]
+    """The learning normalization layers whose statistics were never computed: count 0 and the initial
+    mean 0 and variance 1. Keras 3's adapt leaves its `count` weight at 0, so weights brought from Keras
+    with learned statistics count as adapted."""
+    def untouched(layer: Adaptable) -> bool:
+        mean, variance, count = (model._backend.to_numpy(model.params[layer.param(suffix)])
+                                 for suffix in (MEAN, VARIANCE_PARAM, COUNT))
+        return float(count) == 0 and not np.any(mean) and bool(np.all(variance == 1))
+
+    return [layer for layer in adaptable_layers(model.graph) if untouched(layer)]
 
 
 def require_adapted(model: "Model", doing: str) -> None:

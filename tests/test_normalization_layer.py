@@ -202,6 +202,19 @@ def test_a_layer_never_adapted_is_refused_by_fit_evaluate_predict_and_gradients(
     model.fit(x, y, epochs=1, verbose=0)  # now it trains
 
 
+def test_keras_3_weights_run_though_their_count_stayed_0():
+    # Keras 3's adapt assigns mean and variance only: its count weight stays 0
+    model = nnd.loads(LEARNED, dtype="float64")
+    x, _ = _data(13)
+    kernel, bias = model.parameters()["dense.kernel"], model.parameters()["dense.bias"]
+    model.set_weights([np.asarray(MEAN), np.asarray(VARIANCE) + 1, np.asarray(0), kernel, bias])
+    expected = (x - np.asarray(MEAN)) / np.sqrt(np.asarray(VARIANCE) + 1) @ kernel + bias
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-12)
+    model.set_weights([np.zeros(5), np.ones(5), np.asarray(0), kernel, bias])  # what a layer never adapted holds
+    with pytest.raises(NndError, match="cannot predict: normalization layer 'norm' has no statistics yet"):
+        model.predict(x)
+
+
 def test_statistics_survive_save_load_set_weights_and_a_copy(tmp_path):
     import copy
 

@@ -19,8 +19,9 @@ from nnd.compiler.layers.base import LayerContext, LayerError, layer, require_fl
 
 EPSILON = 1e-7  # Keras' backend.epsilon(), the floor of the standard deviation
 
-# What a layer learning its statistics calls them, as Keras' weights are named; `count` is the number of
-# values per feature that adapt averaged, 0 until it has run (the runtime refuses such a layer).
+# What a layer learning its statistics calls them, as Keras' weights are named (in Keras' order); `count`
+# is the number of values per feature that adapt averaged, 0 until it has run. The runtime refuses a layer
+# whose count is 0 and whose statistics are still the initial 0 and 1 (see nnd/adapt.py).
 MEAN, VARIANCE_PARAM, COUNT = "mean", "variance", "count"
 
 
