@@ -262,6 +262,21 @@ def _shared_axes(value: Any) -> tuple[int, ...] | None:
     return axes
 
 
+def _statistics(least: float | None) -> Converter:
+    """Keras' Normalization mean or variance: one number for every feature, or a list of one per feature;
+    `least` bounds each value from below (a variance is at least 0)."""
+    def convert(value: Any) -> float | tuple[float, ...]:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise ArgError("expected a number or a list of numbers, got an empty list")
+        numbers = tuple(_float(v) for v in items)
+        if least is not None and any(v < least for v in numbers):
+            raise ArgError(f"must be at least {least:g}, got {min(numbers):g}")
+        return numbers if isinstance(value, list) else numbers[0]
+
+    return convert
+
+
 def _choice(choices: tuple[str, ...], what: str) -> Converter:
     def convert(value: Any) -> str:
         name = value.name if isinstance(value, Symbol) else value if isinstance(value, str) else None
@@ -395,6 +410,8 @@ CROPPING1D = ArgKind("an int or [start, end]", _cropping1d)
 CROPPING2D = ArgKind("an int or cropping list", _padding2d)
 PERMUTATION = ArgKind("a list of axes", _permutation)
 SHARED_AXES = ArgKind("an axis, a list of axes or none", _shared_axes, symbolic=True)
+STATISTIC = ArgKind("a number or a list of numbers", _statistics(None))
+VARIANCE = ArgKind("a non-negative number or a list of them", _statistics(0.0))
 PADDING_MODE = ArgKind("valid or same", _choice(("valid", "same"), "padding"), symbolic=True)
 def _activation(value: Any) -> str:
     """An activation by name; `none` is Keras' activation=None, the identity."""

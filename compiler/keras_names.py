@@ -11,7 +11,7 @@ from nnd.compiler.diagnostics import snake_case
 # Keras layers with no counterpart in the catalog (by Keras' snake-case names); the closest catalog name
 # is another layer altogether, so no "did you mean" is offered for them.
 MISSING_LAYERS = frozenset((
-    "normalization", "lambda", "conv3d",
+    "lambda", "conv3d",
     "text_vectorization", "string_lookup", "integer_lookup",
     "category_encoding", "hashing", "conv_lstm2d",
     "activity_regularization",

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nnd.compiler.ir import Graph, Node, Value
+from nnd.compiler.ops.registry import CONSTANT_OPS
 
 # Elementwise ops whose kernels have a form that writes into an existing buffer (`out=`); one output.
 IN_PLACE_OPS = frozenset({
@@ -71,7 +72,7 @@ def _reusable_input(node: Node, index: int, last_use: dict[Value, int], owned_el
     for position, value in enumerate(node.inputs):
         if (last_use.get(value) == index and value not in owned_elsewhere and node.inputs.count(value) == 1
                 and value.type.shape == result.shape and value.type.dtype == result.dtype
-                and (value.producer is None or value.producer.op != "constant")):
+                and (value.producer is None or value.producer.op not in CONSTANT_OPS)):
             return position
     return None
 

@@ -149,7 +149,10 @@ def run_training(file: str, options: TrainOptions) -> None:
     echo(f"training {model.name} on {source}: {samples}, batch "
          f"{options.batch_size or spec.batch_size}, {epochs} epoch{'s' if epochs != 1 else ''}{precision}; "
          f"run directory {run_dir.path}")
-    for note in dataset.notes:
+    notes = list(dataset.notes)
+    if options.resume is None:  # a resumed run's checkpoint holds the statistics it learned
+        notes += _adapt_normalizations(model, dataset.x_train, spec.validation_split)
+    for note in notes:
         echo(f"note: {note}")
     validation = None
     warnings = list(model.program.warnings.get(model.name, []))
@@ -166,6 +169,21 @@ def run_training(file: str, options: TrainOptions) -> None:
         logs = model.evaluate(dataset.x_test, dataset.y_test)
         echo(f"test: {format_logs(logs)}")
     echo(f"saved {run_dir.path / 'weights.npz'}")
+
+
+def _adapt_normalizations(model, x_train: np.ndarray, validation_split: float | None) -> list[str]:
+    """Learn the statistics of the normalization layers that have none (no mean= and variance= in the
+    source, none from --weights) on the samples that train, as model.adapt(x) would; the notes to print."""
+    from nnd.adapt import adapt, unadapted
+
+    layers = unadapted(model)
+    if not layers:
+        return []
+    trained = len(x_train) - (validation_count(len(x_train), validation_split) if validation_split else 0)
+    names = adapt(model, model._inputs(x_train[:trained]), layers)
+    which = ", ".join(f"'{name}'" for name in names)
+    return [f"normalization {which}: mean and variance per feature learned from the {trained:,} training samples "
+            "(as model.adapt(x) does), before the first epoch"]
 
 
 def _run_directory(model_name: str, options: TrainOptions, dataset: Dataset):
@@ -226,6 +244,7 @@ def run_parity(file, model_name, data, data_dir, limit, batch_size, seed, level,
     dataset = dataset_for(model, source, data_dir, limit)
     if dataset.y_train is None:
         raise NndError(f"--data {source}: the file holds inputs but no targets (y)")
+    _adapt_normalizations(model, dataset.x_train, None)  # the step nnd train would take first
     batch = min(batch_size or model.spec.batch_size, len(dataset.x_train))
     trainer = model._get_trainer()
     feeds = trainer.with_sample_weights(model._feeds(dataset.x_train[:batch], dataset.y_train[:batch]))

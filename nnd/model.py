@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from nnd.adapt import require_adapted
 from nnd.arguments import (Arrays, as_array, as_path, by_name, check_target, input_array, non_negative_int,
                            parameter_array, positive_int, same_count, sample_count, split_last, validation_fraction,
                            verbosity)
@@ -276,6 +277,16 @@ class Model:
 
     # ------------------------------------------------------------------------------ running
 
+    def adapt(self, x: Arrays) -> None:
+        """Compute the mean and variance of every normalization layer that learns them (one given no
+        mean= and variance=) from the inputs `x`, an array or a dict by input name, as Keras'
+        `layer.adapt(data)` does: per feature (the last axis), over every other axis, the population
+        variance. A layer deeper in the model is adapted on `x` run through the layers before it. `fit`
+        does not adapt (nor does Keras'); `nnd train` does, before the first epoch."""
+        from nnd.adapt import adapt
+
+        adapt(self, self._inputs(x))
+
     def predict(self, x: Arrays, batch_size: int | None = None, verbose: int = 0) -> Any:
         """Outputs for x: an array for a one-output model, else a dict name -> array.
 
@@ -285,6 +296,7 @@ class Model:
         """
         batch_size = positive_int(PREDICT_BATCH if batch_size is None else batch_size, "batch_size")
         inputs = self._inputs(x)
+        require_adapted(self, "predict")
         if self._predictor is None:
             with self._predictor_lock:
                 if self._predictor is None:
@@ -336,6 +348,7 @@ class Model:
         feeds = self._feeds(x, y, sample_weight)
         if sample_count(feeds) == 0:
             raise NndError("no samples to evaluate: x and y are empty")
+        require_adapted(self, "evaluate")
         trainer = self._get_trainer()
         logs = trainer.run_epoch(plain_batches(feeds, self._slice_size(batch_size)), self.output_names,
                                  training=False)
@@ -348,6 +361,7 @@ class Model:
         feeds = self._feeds(x, y, sample_weight)
         if sample_count(feeds) == 0:
             raise NndError("no samples: x and y are empty")
+        require_adapted(self, "compute gradients")
         loss, grads = self._get_trainer().gradients(feeds)
         return loss, {name: np.array(self._backend.to_numpy(g)) for name, g in grads.items()}
 
@@ -378,6 +392,7 @@ class Model:
         feeds = self._feeds(x, y)
         if sample_count(feeds) == 0:
             raise NndError("no training samples: x and y are empty")
+        require_adapted(self, "fit")
         feeds.update(weight_feeds(sample_weight, class_weight, feeds, self._output_losses(), sample_count(feeds)))
         split = spec.validation_split if validation_split is None else validation_fraction(validation_split)
         val_feeds = self._validation_feeds(validation_data)

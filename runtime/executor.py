@@ -18,6 +18,7 @@ import numpy as np
 from nnd.compiler.diagnostics import Diagnostic, NndError
 from nnd.compiler.ir import Graph, Node, Value
 from nnd.compiler.memory_plan import plan_memory
+from nnd.compiler.ops import CONSTANT_OPS
 from nnd.compiler.tensor_type import FLOAT_DTYPES, NUMPY_DTYPES, TensorType, format_shape
 from nnd.runtime.backend import Backend, get_backend
 from nnd.runtime.kernel_table import KernelContext, NodeKernel
@@ -104,8 +105,9 @@ class Executor:
         self.memory_plan = plan
         self.steps: list[Step] = []
         self.constants: list[tuple[int, Any]] = []  # (slot, array) made once and placed in every run
+        self.constant_ids: set[int] = set()  # their ids, which `collect` hands out as copies
         for index, node in enumerate(graph.nodes):
-            if node.op == "constant" and not node.inputs and node.outputs[0] in needed:
+            if node.op in CONSTANT_OPS and not node.inputs and node.outputs[0] in needed:
                 self.constants.append((slot(node.outputs[0]), self._constant(node)))
                 continue
             free = tuple(sorted({slot(v) for v in plan.dies_at[index] + plan.never_read[index]}))
@@ -123,7 +125,9 @@ class Executor:
 
     def _constant(self, node: Node) -> Any:
         array = self._kernel(node)(self.ctx, node.attr_dict)
-        self.ctx.host_values[id(array)] = float(node.attr_dict["value"])
+        self.constant_ids.add(id(array))
+        if node.op == "constant":
+            self.ctx.host_values[id(array)] = float(node.attr_dict["value"])
         return array
 
     def _kernel(self, node: Node) -> Callable[..., Any]:
@@ -212,7 +216,7 @@ class Executor:
         result = {}
         for name, index in self.output_slots + self.update_slots:
             array = xp.asarray(slots[index])
-            result[name] = array.copy() if id(array) in self.ctx.host_values else array
+            result[name] = array.copy() if id(array) in self.constant_ids else array
         return result
 
     def _place_constants(self, slots: list[Any]) -> None:

@@ -265,6 +265,12 @@ def _constant(ctx, attrs):
     return ctx.xp.full(tuple(attrs.get("shape", ())), attrs["value"], dtype=dtype)
 
 
+@kernel("constant_values")
+def _constant_values(ctx, attrs):
+    # made once when the executor is built (see Executor._compile), never inside a captured run
+    return ctx.xp.asarray(np.asarray(attrs["values"], dtype=_float_dtype(ctx, attrs.get("dtype", "f32"))))
+
+
 @kernel("cast")
 def _cast(ctx, attrs, x):
     return x.astype(_float_dtype(ctx, attrs["dtype"]))

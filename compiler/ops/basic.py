@@ -277,6 +277,16 @@ def _infer_constant(attrs, types):
     return [TensorType(shape, dtype)]
 
 
+def _infer_constant_values(attrs, types):
+    dtype = attrs.get("dtype", "f32")
+    if dtype not in _DTYPE_ORDER:
+        raise ShapeError(f"constant_values: unknown dtype {dtype!r}")
+    values = attrs.get("values")
+    if not isinstance(values, tuple) or not values or not all(isinstance(v, float) for v in values):
+        raise ShapeError("constant_values needs a non-empty tuple of floats")
+    return [TensorType((len(values),), dtype)]
+
+
 def _infer_cast(attrs, types):
     dtype = attrs.get("dtype")
     if dtype not in _DTYPE_ORDER:
@@ -291,6 +301,9 @@ def _infer_zeros_like(attrs, types):
 register("constant", infer=_infer_constant, fusion=Fusion.ELEMENTWISE, grad=NOT_DIFFERENTIABLE,
          arity=0, doc="a scalar, or an array of one value with `shape`; float dtypes run in the executor's "
                       "float dtype")
+register("constant_values", infer=_infer_constant_values, fusion=Fusion.OPAQUE, grad=NOT_DIFFERENTIABLE,
+         arity=0, doc="a vector of the given `values` (per-feature statistics written in the source); made once "
+                      "per executor, as constants are")
 register("cast", infer=_infer_cast, fusion=Fusion.ELEMENTWISE, grad=NOT_DIFFERENTIABLE, arity=1)
 register("zeros_like", infer=_infer_zeros_like, fusion=Fusion.ELEMENTWISE, grad=NOT_DIFFERENTIABLE,
          arity=1, doc="zeros of x's shape and dtype: the gradient of an input that does not reach the loss")

@@ -57,6 +57,11 @@ class OpDef:
 _REGISTRY: dict[str, OpDef] = {}
 
 
+# Ops without inputs whose result the executor makes once and places in every run: a kernel may never
+# write over such a value in place.
+CONSTANT_OPS = frozenset(("constant", "constant_values"))
+
+
 def register(name: str, *, infer: ShapeRule, fusion: Fusion, grad: GradRule | _NotDifferentiable,
              arity: int | None = None, stochastic: bool = False, doc: str = "") -> OpDef:
     if name in _REGISTRY:
