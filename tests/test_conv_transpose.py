@@ -177,3 +177,31 @@ def test_mistakes_are_located(line, column, message):
         nnd.loads(source, name="m.nnd")
     text = str(caught.value)
     assert f"m.nnd:3:{column}: error" in text and message in text
+
+
+@pytest.mark.parametrize("line, message, note", [
+    ("conv2d_transpose(4, 2, strides=2, padding=same, output_padding=0)",
+     "makes 10 rows, which its convolution maps back to 5, not the input's 6", "use output_padding 1, an odd"),
+    ("conv2d_transpose(4, [3, 4], padding=same, output_padding=0)",
+     "spanning 4 makes 5 columns, which its convolution maps back to 5, not the input's 6",
+     "use an odd kernel_size or padding=valid"),
+    ("conv2d_transpose(4, [3, 2], strides=3, padding=same, output_padding=[1, 0])",
+     "makes 15 columns, which its convolution maps back to 5", "use output_padding 1 to 2"),
+])
+def test_output_padding_zero_with_an_even_same_window_is_located(line, message, note):
+    """Keras' formula gives these an output whose convolution is one position short of the input, which
+    TensorFlow refuses when it runs; the layer says so at its call."""
+    source = f"model m {{\n    input x: [6, 6, 2]\n    {line}\n}}\n"
+    with pytest.raises(NndError) as caught:
+        nnd.loads(source, name="m.nnd")
+    text = str(caught.value)
+    assert "m.nnd:3:5: error: conv2d_transpose output_padding 0 with padding=same" in text
+    assert message in text and note in text
+
+
+def test_conv1d_transpose_output_padding_zero_with_an_even_same_window_is_located():
+    with pytest.raises(NndError) as caught:
+        nnd.loads("model m {\n    input x: [6, 2]\n    conv1d_transpose(4, 2, padding=same, output_padding=0)\n}\n",
+                  name="m.nnd")
+    assert "m.nnd:3:5: error: conv1d_transpose output_padding 0" in str(caught.value)
+    assert "makes 5 steps" in str(caught.value)

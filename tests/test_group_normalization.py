@@ -81,3 +81,13 @@ def test_parameters_are_keras_gamma_and_beta_per_channel():
 def test_mistakes_are_located(layer, message):
     with pytest.raises(NndError, match=message):
         nnd.loads(IMAGE_MODEL.format(layer=layer), name="m.nnd")
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_unit_normalization_leaves_a_zero_vector_zero_in_mixed_precision(precision):
+    """float16 rounds Keras' floor of 1e-12 to zero; a zero vector must not become 0 / 0."""
+    model = nnd.loads("model m { input x: [2, 3]\n unit_normalization() }", mixed_precision=precision)
+    x = np.array([[[0.0, 0.0, 0.0], [3.0, 0.0, 4.0]]], dtype=np.float32)
+    out = np.asarray(model.predict(x), dtype=np.float64)
+    np.testing.assert_array_equal(out[0, 0], [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(out[0, 1], [0.6, 0.0, 0.8], rtol=1e-2)

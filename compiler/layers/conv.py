@@ -110,8 +110,25 @@ def transposed_plan(kind: str, size: tuple[int, int], kernel: tuple[int, int], s
         out.append((extent - 1) * s + span - 2 * (span // 2 if padding == "same" else 0) + extra)
     sized = (out[0], out[1])
     pads, back = _window_plan(kind, sized, kernel, strides, dilation, padding)
-    assert back == size, (sized, back, size)  # Keras' sizes always map back through the convolution
+    if back != size:
+        spans = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+        raise _unreachable_size(kind, size, sized, back, (spans[0], spans[1]), strides)
     return pads, sized
+
+
+def _unreachable_size(kind: str, size: tuple[int, int], sized: tuple[int, int], back: tuple[int, int],
+                      span: tuple[int, int], strides: tuple[int, int]) -> LayerError:
+    """Keras' output_padding formula with padding=same and a window of even span gives, at output_padding 0,
+    an output whose convolution has one position fewer than the input: TensorFlow refuses it when run."""
+    axis = 0 if back[0] != size[0] else 1
+    what = "steps" if kind == "conv1d_transpose" else ("rows", "columns")[axis]
+    fixes = "an odd kernel_size or padding=valid"
+    if strides[axis] > 1:
+        choices = "1" if strides[axis] == 2 else f"1 to {strides[axis] - 1}"
+        fixes = f"output_padding {choices}, " + fixes
+    return LayerError(f"{kind} output_padding 0 with padding=same and a window spanning {span[axis]} makes "
+                      f"{sized[axis]} {what}, which its convolution maps back to {back[axis]}, not the "
+                      f"input's {size[axis]}", [f"use {fixes}"])
 
 
 @layer("conv2d_transpose",

@@ -11,6 +11,8 @@ from nnd.compiler.args import BOOL, INITIALIZER, INT, NAME, NON_NEGATIVE_FLOAT, 
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.base import LayerContext, LayerError, layer, require_float
 
+HALF_TINY = 2.0 ** -24  # float16's smallest positive (subnormal) number
+
 
 def _standardized(ctx: LayerContext, x: Value, axes: tuple[int, ...], epsilon: float) -> Value:
     """(x - mean) / sqrt(variance + epsilon), the moments taken over `axes` of each sample."""
@@ -84,7 +86,7 @@ def _group_normalization(ctx: LayerContext, inputs: list[Value], args: dict[str,
 @layer("unit_normalization", ArgSpec("axis", INT, -1), ArgSpec("name", NAME, None), keeps_mask=True)
 def _unit_normalization(ctx: LayerContext, inputs: list[Value], args: dict[str, Any]) -> Value:
     """Keras' UnitNormalization: each vector along the last axis divided by its Euclidean length (at
-    least 1e-12 squared, Keras' floor, so that a zero vector stays zero)."""
+    least 1e-12 squared, Keras' floor, so that a zero vector stays zero, in float16 too)."""
     x = inputs[0]
     require_float(x, "unit_normalization")
     if x.type.rank < 2:
@@ -92,5 +94,8 @@ def _unit_normalization(ctx: LayerContext, inputs: list[Value], args: dict[str, 
     _last_axis_only("unit_normalization", x, args["axis"])
     squares = ctx.emit("reduce_sum", [ctx.emit("square", [x])], axes=(x.type.rank - 1,), keepdims=True)
     length = ctx.emit("sqrt", [ctx.emit("maximum", [squares, ctx.constant(1e-12)])])
+    # float16 (mixed precision) rounds 1e-12 to 0, so a zero vector would divide 0 by 0; its smallest
+    # number keeps the length positive, and is below 1e-6, the length's floor in float32 and float64.
+    length = ctx.emit("maximum", [length, ctx.constant(HALF_TINY)])
     ctx.count(3 * x.type.concrete_size())
     return ctx.emit("div", [x, length])
