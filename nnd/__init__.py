@@ -29,15 +29,15 @@ __version__ = "0.1.0"
 
 def load(path: str | Path, model: str | None = None, *, weights: str | Path | None = None,
          backend: str = "numpy", dtype: str | None = None, seed: int | None = None, opt_level: int = 2,
-         mixed_precision: bool | str | None = None, tf32: bool = False, cuda_graphs: bool = False) -> "Model":
+         mixed_precision: bool | str | None = None, tf32: bool = False, cuda_graphs: bool | None = None) -> "Model":
     """Compile a `.nnd` file (or a directory written by `Model.save` / `nnd train --out`) into a Model.
 
     A saved directory brings back its weights, dtype, precision and what `compile()` set, unless given
     here. `dtype` is float32 (default) or float64; `mixed_precision=True` (or "float16") trains and
     predicts in float16 on float32 weights, with dynamic loss scaling, `mixed_precision="bfloat16"` in
     bfloat16 (needs ml_dtypes; no scaling); `tf32=True` (cupy) lets float32 GEMMs run on Tensor Cores in
-    TF32; `cuda_graphs=True` (cupy) replays each training, evaluation and prediction step as one captured
-    CUDA graph."""
+    TF32; on cupy, each training, evaluation and prediction step replays as one captured CUDA graph
+    unless `cuda_graphs=False`."""
     from nnd.arguments import as_path
     from nnd.compiler.frontend import compile_file
     from nnd.runtime.saved_model import SOURCE_DIR, WEIGHTS, read_manifest, read_optimizer_state
@@ -76,7 +76,7 @@ def load(path: str | Path, model: str | None = None, *, weights: str | Path | No
 
 def loads(text: str, model: str | None = None, *, name: str = "<string>", base_dir: str | Path | None = None,
           backend: str = "numpy", dtype: str = "float32", seed: int | None = None, opt_level: int = 2,
-          mixed_precision: bool | str = False, tf32: bool = False, cuda_graphs: bool = False) -> "Model":
+          mixed_precision: bool | str = False, tf32: bool = False, cuda_graphs: bool | None = None) -> "Model":
     """Compile `.nnd` source text into a Model; imports resolve against `base_dir` (default: cwd)."""
     from nnd.arguments import as_path
     from nnd.compiler.frontend import compile_text

@@ -209,8 +209,9 @@ def graph(file: str, model_name: str | None, params: bool, output: str | None) -
 
 BACKEND_OPTION = click.option("--backend", type=click.Choice(["numpy", "cupy"]), default="numpy", show_default=True,
                               help="Where to run.")
-CUDA_GRAPHS_OPTION = click.option("--cuda-graphs", is_flag=True,
-                                  help="With --backend cupy: replay each step as one captured CUDA graph.")
+CUDA_GRAPHS_OPTION = click.option("--cuda-graphs/--no-cuda-graphs", default=None,
+                                  help="Replay each step as one captured CUDA graph (default: on with "
+                                       "--backend cupy).")
 DATA_OPTIONS = [
     click.option("--data", default=None, metavar="NAME|PATH",
                  help="fashion_mnist, mnist, moving_fashion_mnist, or a .npz/.npy/.csv/.txt file (default: the "
@@ -260,7 +261,7 @@ def data_options(fn: Callable) -> Callable:
 def train(file: str, model_name: str | None, data: str | None, data_dir: str | None, limit: int | None,
           epochs: int | None, batch_size: int | None, lr: float | None, validation_split: float | None,
           seed: int | None, backend: str, level: int, out: str | None, resume: str | None, weights: str | None,
-          overwrite: bool, quiet: bool, mixed_precision: str | None, tf32: bool, cuda_graphs: bool,
+          overwrite: bool, quiet: bool, mixed_precision: str | None, tf32: bool, cuda_graphs: bool | None,
           compare: str | None) -> None:
     """Train a model on a dataset; then report the test figures when the dataset has a test split."""
     from nnd.cli_train import TrainOptions, run_parity, run_training
@@ -309,7 +310,7 @@ def _refuse_beside_compare(ctx: click.Context) -> None:
 @CUDA_GRAPHS_OPTION
 @user_errors
 def evaluate(file: str, model_name: str | None, weights: str, data: str | None, data_dir: str | None,
-             limit: int | None, batch_size: int, confusion: bool, backend: str, cuda_graphs: bool) -> None:
+             limit: int | None, batch_size: int, confusion: bool, backend: str, cuda_graphs: bool | None) -> None:
     """Loss and metrics of trained weights on a dataset's test split (or on a whole file)."""
     from nnd.cli_inference import run_evaluation
 
@@ -329,7 +330,7 @@ def evaluate(file: str, model_name: str | None, weights: str, data: str | None, 
 @CUDA_GRAPHS_OPTION
 @user_errors
 def predict(file: str, model_name: str | None, weights: str, input_path: str, output_path: str, batch_size: int,
-            backend: str, cuda_graphs: bool) -> None:
+            backend: str, cuda_graphs: bool | None) -> None:
     """Run trained weights on inputs from a file and write the outputs."""
     from nnd.cli_inference import run_prediction
 

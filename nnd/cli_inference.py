@@ -14,7 +14,7 @@ from nnd.runtime.data_source import VOCABULARY_FILE, load_prediction_inputs, no_
 from nnd.runtime.progress import format_logs
 
 
-def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend, cuda_graphs=False,
+def run_evaluation(file, model_name, weights, data, data_dir, limit, batch_size, backend, cuda_graphs=None,
                    confusion=False) -> None:
     model = load_model(file, model_name, backend, cuda_graphs=cuda_graphs)
     weights_path = weights_file(weights)
@@ -79,7 +79,7 @@ def _confusion_table(model, ending: str, x: np.ndarray, y: np.ndarray, batch_siz
 
 
 def run_prediction(file, model_name, weights, input_path, output_path, batch_size, backend,
-                   cuda_graphs=False) -> None:
+                   cuda_graphs=None) -> None:
     model = load_model(file, model_name, backend, cuda_graphs=cuda_graphs)
     _check_output(output_path, model.output_names)
     weights_path = weights_file(weights)

@@ -18,7 +18,7 @@ from nnd.runtime.progress import format_logs
 
 
 def load_model(file: str, model_name: str | None, backend: str, seed: int | None = None, level: int = 2,
-           mixed_precision: str | None = None, tf32: bool = False, cuda_graphs: bool = False):
+           mixed_precision: str | None = None, tf32: bool = False, cuda_graphs: bool | None = None):
     import nnd
 
     if cuda_graphs and backend != "cupy":
@@ -104,7 +104,7 @@ class TrainOptions:
     quiet: bool = False
     mixed_precision: str | None = None
     tf32: bool = False
-    cuda_graphs: bool = False
+    cuda_graphs: bool | None = None  # None: on with the cupy backend
 
 
 def run_training(file: str, options: TrainOptions) -> None:

@@ -56,7 +56,7 @@ PREDICT_BATCH = 256  # predict's and evaluate's largest slice unless given
 class Model:
     def __init__(self, program: CheckedProgram, name: str | None = None, *, backend: str = "numpy",
                  dtype: str = "float32", seed: int | None = None, opt_level: int = 2,
-                 mixed_precision: bool | str = False, tf32: bool = False, cuda_graphs: bool = False):
+                 mixed_precision: bool | str = False, tf32: bool = False, cuda_graphs: bool | None = None):
         if not isinstance(dtype, str) or dtype not in DTYPES:
             raise NndError(f"dtype must be float32 or float64, not {dtype!r}")
         low = mixed_precision_dtype(mixed_precision)
@@ -68,7 +68,9 @@ class Model:
             _allow_tf32(backend)
         if cuda_graphs and backend != "cupy":
             raise NndError(f"CUDA graphs replay GPU work: they need the cupy backend, not {backend!r}")
-        self.cuda_graphs = cuda_graphs
+        # on by default on the GPU: a small batch's step is dozens to hundreds of launches from Python,
+        # and a capture that fails falls back to running eagerly (nnd.runtime.cuda_graphs)
+        self.cuda_graphs = backend == "cupy" if cuda_graphs is None else bool(cuda_graphs)
         self.program = program
         self.name = program.model_name(name)
         self.graph = program.graphs[self.name]

@@ -174,9 +174,11 @@ def test_under_capture_an_all_valid_mask_still_masks():
     assert valid.shape == (3, 2, 1) and valid.all()
 
 
-def test_cuda_graphs_need_the_cupy_backend():
+def test_cuda_graphs_need_the_cupy_backend_and_are_off_on_numpy_by_default():
     with pytest.raises(NndError, match="CUDA graphs replay GPU work: they need the cupy backend, not 'numpy'"):
         nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", cuda_graphs=True)
+    assert nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd").cuda_graphs is False
+    assert nnd.load(EXAMPLES[0].parent / "mnist_cnn.nnd", cuda_graphs=False).cuda_graphs is False
 
 
 def test_a_profiled_executor_runs_eagerly():
@@ -340,9 +342,9 @@ def test_running_out_of_memory_while_capturing_is_one_clear_error():
 # ------------------------------------------------------------------------------------------ end to end
 
 def test_train_and_predict_commands_with_cuda_graphs_on_a_host_stand_in(tmp_path, monkeypatch):
-    """`--backend cupy --cuda-graphs` from the command line to the executors of training, validation and
-    prediction (the cupy module a NumPy stand-in, the capture simulated): the same metrics and outputs as
-    the run without graphs, with every executor replaying."""
+    """`--backend cupy` (CUDA graphs by default) from the command line to the executors of training,
+    validation and prediction (the cupy module a NumPy stand-in, the capture simulated): the same metrics
+    and outputs as the run with `--no-cuda-graphs`, with every executor replaying."""
     from click.testing import CliRunner
     from host_cuda import FakeCupy
 
@@ -369,8 +371,8 @@ def test_train_and_predict_commands_with_cuda_graphs_on_a_host_stand_in(tmp_path
     np.savez(tmp_path / "data.npz", x_train=x[:80], y_train=y[:80], x_test=x[80:], y_test=y[80:])
     np.save(tmp_path / "x.npy", x[:7])
     outputs = {}
-    for flags in ([], ["--cuda-graphs"]):
-        run = f"run{len(flags)}"
+    for flags in (["--no-cuda-graphs"], []):
+        run = "eager" if flags else "graphs"
         result = CliRunner().invoke(main, ["train", "tiny.nnd", "--data", "data.npz", "--backend", "cupy", "-q",
                                            "--out", run, *flags])
         assert result.exit_code == 0, result.output
@@ -378,7 +380,7 @@ def test_train_and_predict_commands_with_cuda_graphs_on_a_host_stand_in(tmp_path
                                            "--output", f"{run}.npy", "--backend", "cupy", *flags])
         assert result.exit_code == 0, result.output
         outputs[run] = (json.loads((tmp_path / run / "metrics.json").read_text()), np.load(f"{run}.npy"))
-    assert outputs["run0"][0] == outputs["run1"][0]
-    np.testing.assert_array_equal(outputs["run1"][1], outputs["run0"][1])
+    assert outputs["eager"][0] == outputs["graphs"][0]
+    np.testing.assert_array_equal(outputs["graphs"][1], outputs["eager"][1])
     # training (80 = 5 batches of 16), validation (one batch of 20), prediction: all captured and replayed
     assert len(runners) == 3 and all(r.captures >= 1 and r.replays >= 1 for r in runners[:2])

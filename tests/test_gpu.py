@@ -246,7 +246,7 @@ def test_training_steps_of_every_example_through_the_cupy_kernels_on_a_host_stan
     for path in EXAMPLES:
         losses, params = {}, {}
         for backend in ("numpy", "cupy"):
-            model = nnd.load(path, backend=backend, seed=0, dtype="float64")
+            model = nnd.load(path, backend=backend, seed=0, dtype="float64", cuda_graphs=False)  # simulated below
             trainer = model._get_trainer()
             if backend == "cupy":
                 graphs = simulate(trainer.train_executor)
@@ -598,10 +598,23 @@ def test_captured_training_steps_match_eager_ones_on_the_device(path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs cupy and a CUDA device")
+def test_the_cupy_backend_captures_by_default():
+    path = next(p for p in EXAMPLES if p.stem == "mnist_cnn")
+    model = nnd.load(path, backend="cupy", seed=0)
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    with no_capture_failures():
+        for _ in range(3):
+            model.predict(x)
+    assert model.cuda_graphs and model._predictor.graphs.replays == 1
+    assert nnd.load(path, backend="cupy", cuda_graphs=False)._get_trainer().train_executor.graphs is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs cupy and a CUDA device")
 def test_captured_predictions_match_eager_ones_on_the_device():
     path = next(p for p in EXAMPLES if p.stem == "mnist_cnn")
     x = np.random.default_rng(0).random((10, 28, 28, 1), dtype=np.float32)
-    want = nnd.load(path, backend="cupy", seed=0).predict(x, batch_size=4)
+    want = nnd.load(path, backend="cupy", seed=0, cuda_graphs=False).predict(x, batch_size=4)
     model = nnd.load(path, backend="cupy", seed=0, cuda_graphs=True)
     with no_capture_failures():
         for _ in range(3):
@@ -615,7 +628,7 @@ def test_a_graph_captured_on_unpadded_sequences_masks_padded_ones():
     source = "model m {\n input x: int32[5]\n embedding(9, 3, mask_zero=true)\n lstm(4)\n dense(2)\n}\n"
     unpadded = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]], dtype=np.int32)
     padded = np.array([[1, 2, 3, 0, 0], [5, 4, 0, 0, 0]], dtype=np.int32)
-    want = nnd.loads(source, backend="cupy", seed=0).predict(padded)
+    want = nnd.loads(source, backend="cupy", seed=0, cuda_graphs=False).predict(padded)
     model = nnd.loads(source, backend="cupy", seed=0, cuda_graphs=True)
     with no_capture_failures():
         model.predict(unpadded)
