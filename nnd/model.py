@@ -68,9 +68,12 @@ class Model:
             _allow_tf32(backend)
         if cuda_graphs and backend != "cupy":
             raise NndError(f"CUDA graphs replay GPU work: they need the cupy backend, not {backend!r}")
-        # on by default on the GPU: a small batch's step is dozens to hundreds of launches from Python,
-        # and a capture that fails falls back to running eagerly (nnd.runtime.cuda_graphs)
-        self.cuda_graphs = backend == "cupy" if cuda_graphs is None else bool(cuda_graphs)
+        # On by default on the GPU, where a small batch's step is dozens to hundreds of launches from Python,
+        # except under mixed precision, whose steps do not capture yet (they would run eagerly after a
+        # warning); a capture that fails falls back to running eagerly (nnd.runtime.cuda_graphs).
+        if cuda_graphs is None:
+            cuda_graphs = backend == "cupy" and low is None
+        self.cuda_graphs = bool(cuda_graphs)
         self.program = program
         self.name = program.model_name(name)
         self.graph = program.graphs[self.name]

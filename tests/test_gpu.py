@@ -607,6 +607,7 @@ def test_the_cupy_backend_captures_by_default():
             model.predict(x)
     assert model.cuda_graphs and model._predictor.graphs.replays == 1
     assert nnd.load(path, backend="cupy", cuda_graphs=False)._get_trainer().train_executor.graphs is None
+    assert not nnd.load(path, backend="cupy", mixed_precision=True).cuda_graphs  # its steps do not capture
 
 
 @pytest.mark.gpu
