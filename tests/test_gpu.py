@@ -605,7 +605,7 @@ def test_the_cupy_backend_captures_by_default():
     with no_capture_failures():
         for _ in range(3):
             model.predict(x)
-    assert model.cuda_graphs and model._predictor.graphs.replays == 1
+    assert model.cuda_graphs and (model._predictor.graphs.captures, model._predictor.graphs.replays) == (1, 2)
     assert nnd.load(path, backend="cupy", cuda_graphs=False)._get_trainer().train_executor.graphs is None
     assert not nnd.load(path, backend="cupy", mixed_precision=True).cuda_graphs  # its steps do not capture
 
