@@ -8,11 +8,8 @@ from typing import Any
 
 from nnd.compiler.args import INT, NAME, NON_NEGATIVE_FLOAT, RATE, ArgSpec
 from nnd.compiler.ir import Value
+from nnd.compiler.layers.activations import SELU_ALPHA, SELU_SCALE
 from nnd.compiler.layers.base import LayerContext, layer, require_float
-
-# selu's constants, whose negative saturation value alpha dropout sets dropped units to
-_SELU_ALPHA = 1.6732632423543772848170429916717
-_SELU_SCALE = 1.0507009873554804934193349852946
 
 
 def _noise(ctx: LayerContext, x: Value, stddev: float) -> Value:
@@ -57,7 +54,7 @@ def _alpha_dropout(ctx: LayerContext, inputs: list[Value], args: dict[str, Any])
     rate = args["rate"]
     if not ctx.training or rate == 0.0:
         return x
-    saturated = -_SELU_ALPHA * _SELU_SCALE
+    saturated = -SELU_ALPHA * SELU_SCALE  # selu's negative saturation value
     a = ((1.0 - rate) * (1.0 + rate * saturated ** 2)) ** -0.5
     b = -a * saturated * rate
     # dropout's mask is 0 or 1/(1-rate); (1-rate) times it is the 0-or-1 choice of the kept elements
