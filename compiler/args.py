@@ -206,15 +206,16 @@ def _pair_at_least(lo: int) -> Converter:
 _pair = _pair_at_least(1)
 
 
-def _optional(convert: Converter) -> Converter:
-    def optional(value: Any) -> Any:
+def optional(convert: Converter) -> Converter:
+    """`convert`, or None for `none` (Keras' None)."""
+    def convert_or_none(value: Any) -> Any:
         if isinstance(value, Symbol) and value.name == "none":
             return None
         return convert(value)
-    return optional
+    return convert_or_none
 
 
-_optional_pair = _optional(_pair)
+_optional_pair = optional(_pair)
 
 
 def _padding2d(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -403,7 +404,7 @@ UNIT_FLOAT = ArgKind("a number in [0, 1]", _float_range(0.0, 1.0, False))
 BOOL = ArgKind("true or false", _bool, symbolic=True)
 PAIR = ArgKind("an int or a list of two ints", _pair)
 OPTIONAL_PAIR = ArgKind("an int, a list of two ints or none", _optional_pair, symbolic=True)
-OPTIONAL_NON_NEGATIVE_PAIR = ArgKind("a non-negative int, a list of two or none", _optional(_pair_at_least(0)),
+OPTIONAL_NON_NEGATIVE_PAIR = ArgKind("a non-negative int, a list of two or none", optional(_pair_at_least(0)),
                                      symbolic=True)
 PADDING2D = ArgKind("an int or padding list", _padding2d)
 CROPPING1D = ArgKind("an int or [start, end]", _cropping1d)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from nnd.compiler.args import (ACTIVATION, BOOL, CROPPING1D, FLOAT, INITIALIZER, LAYER, NAME, NON_NEGATIVE_INT,
-                               POSITIVE_INT, REGULARIZER, ArgKind, ArgSpec, Symbol, choice)
+                               POSITIVE_INT, REGULARIZER, ArgKind, ArgSpec, choice, optional)
 from nnd.compiler.ir import Initializer, Value
 from nnd.compiler.layers.activations import apply_activation
 from nnd.compiler.layers.base import LAYERS, LayerContext, LayerError, layer, require_float
@@ -98,22 +98,8 @@ _PADDING_1D = choice(("valid", "same", "causal"), "padding")
 _SIZE = ArgKind("a positive int", POSITIVE_INT.convert)
 
 
-def _optional_size(value: Any) -> int | None:
-    if isinstance(value, Symbol) and value.name == "none":
-        return None
-    return POSITIVE_INT.convert(value)
-
-
-_OPTIONAL_SIZE = ArgKind("a positive int or none", _optional_size, symbolic=True)
-
-
-def _optional_count(value: Any) -> int | None:
-    if isinstance(value, Symbol) and value.name == "none":
-        return None
-    return NON_NEGATIVE_INT.convert(value)
-
-
-_OPTIONAL_COUNT = ArgKind("a non-negative int or none", _optional_count, symbolic=True)
+_OPTIONAL_SIZE = ArgKind("a positive int or none", optional(POSITIVE_INT.convert), symbolic=True)
+_OPTIONAL_COUNT = ArgKind("a non-negative int or none", optional(NON_NEGATIVE_INT.convert), symbolic=True)
 
 
 @layer("conv1d",

@@ -223,18 +223,28 @@ def _infer_conv2d_grad_filter(attrs: dict[str, Any], types: Sequence[TensorType]
     return [TensorType(w_shape, dtype)]
 
 
+def window_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The strides, pads and dilation of a convolution node, which its gradient ops take as they are."""
+    return {k: attrs[k] for k in ("strides", "padding", "dilation") if k in attrs}
+
+
+def input_and_filter_gradients(g, node, dy, input_op: str, filter_op: str) -> list:
+    """The gradients of a convolution node (x, w) for its output gradient dy: `input_op`(dy, w) at x's size
+    and `filter_op`(x, dy) at w's window."""
+    x, w = node.inputs
+    window = window_attrs(node.attr_dict)
+    dx = g.emit1(input_op, [dy, w], {**window, "input_hw": (x.type.shape[1], x.type.shape[2])})
+    dw = g.emit1(filter_op, [x, dy], {**window, "kernel_hw": (w.type.shape[0], w.type.shape[1])})
+    return [dx, dw]
+
+
 def _grad_conv2d(g, node, dys):
     (dy,) = dys
     if dy is None:
         return [None, None]
     if conv_layout(node.attr_dict) != "NHWC":
         raise ShapeError("conv2d: gradients are taken before layout selection; an NCHW convolution has none")
-    x, w = node.inputs
-    attrs = node.attr_dict
-    common = {k: attrs[k] for k in ("strides", "padding", "dilation") if k in attrs}
-    dx = g.emit1("conv2d_grad_input", [dy, w], {**common, "input_hw": (x.type.shape[1], x.type.shape[2])})
-    dw = g.emit1("conv2d_grad_filter", [x, dy], {**common, "kernel_hw": (w.type.shape[0], w.type.shape[1])})
-    return [dx, dw]
+    return input_and_filter_gradients(g, node, dy, "conv2d_grad_input", "conv2d_grad_filter")
 
 
 def _grad_conv2d_grad_input(g, node, dys):
@@ -245,10 +255,9 @@ def _grad_conv2d_grad_input(g, node, dys):
     if dout is None:
         return [None, None]
     dy, w = node.inputs
-    attrs = node.attr_dict
-    common = {k: attrs[k] for k in ("strides", "padding", "dilation") if k in attrs}
-    ddy = g.emit1("conv2d", [dout, w], common)
-    dw = g.emit1("conv2d_grad_filter", [dout, dy], {**common, "kernel_hw": (w.type.shape[0], w.type.shape[1])})
+    window = window_attrs(node.attr_dict)
+    ddy = g.emit1("conv2d", [dout, w], window)
+    dw = g.emit1("conv2d_grad_filter", [dout, dy], {**window, "kernel_hw": (w.type.shape[0], w.type.shape[1])})
     return [ddy, dw]
 
 

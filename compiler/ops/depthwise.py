@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from nnd.compiler.ops.conv import _check_float, _check_rank, _conv_out_hw, _known, _pair, _same_dim, conv_params
+from nnd.compiler.ops.conv import (_check_float, _check_rank, _conv_out_hw, _known, _pair, _same_dim, conv_params,
+                                   input_and_filter_gradients)
 from nnd.compiler.ops.registry import NOT_DIFFERENTIABLE, Fusion, register
 from nnd.compiler.tensor_type import ShapeError, TensorType, format_shape
 
@@ -80,13 +81,7 @@ def _grad(g, node, dys):
     (dy,) = dys
     if dy is None:
         return [None, None]
-    x, w = node.inputs
-    attrs = node.attr_dict
-    common = {k: attrs[k] for k in ("strides", "padding", "dilation") if k in attrs}
-    dx = g.emit1("depthwise_conv2d_grad_input", [dy, w], {**common, "input_hw": (x.type.shape[1], x.type.shape[2])})
-    dw = g.emit1("depthwise_conv2d_grad_filter", [x, dy],
-                 {**common, "kernel_hw": (w.type.shape[0], w.type.shape[1])})
-    return [dx, dw]
+    return input_and_filter_gradients(g, node, dy, "depthwise_conv2d_grad_input", "depthwise_conv2d_grad_filter")
 
 
 register("depthwise_conv2d", infer=_infer_forward, fusion=Fusion.OPAQUE, grad=_grad, arity=2,
